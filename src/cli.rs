@@ -1,0 +1,27 @@
+//! The `opscore` command line.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DbArgs, RawSettings};
+
+/// Ops-Core: the control plane for fleets of AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "opscore", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(Box<RawSettings>),
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Where the database is.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}

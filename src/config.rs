@@ -1,0 +1,504 @@
+//! Configuration: every setting is an environment variable and a flag of
+//! `opscore serve`. Raw values come from clap; [`RawSettings::resolve`]
+//! validates them and names the setting when one is wrong. Nothing falls back
+//! to an insecure default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::store::StoreOptions;
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default; what log shippers want).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// A setting that failed validation, named by its variable and flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {env} (--{flag}): {message}")]
+pub struct ConfigError {
+    env: &'static str,
+    flag: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(env: &'static str, flag: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            env,
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the database lives; shared by `serve` and `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Directory for the SQLite database and the generated API key.
+    #[arg(long, env = "OPSCORE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    /// [default: sqlite://<data-dir>/opscore.db]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DbArgs {
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn url(&self) -> Result<String, ConfigError> {
+        match &self.database_url {
+            Some(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres:")
+                    || url.starts_with("postgresql:") =>
+            {
+                Ok(url.clone())
+            }
+            Some(_) => Err(ConfigError::new(
+                "DATABASE_URL",
+                "database-url",
+                "must start with sqlite:// or postgres://",
+            )),
+            None => Ok(format!(
+                "sqlite://{}",
+                self.data_dir.join("opscore.db").display()
+            )),
+        }
+    }
+}
+
+/// Raw settings of `opscore serve`, as given on the command line or in the
+/// environment. Values are strings here so that validation can name the
+/// setting in its error.
+#[derive(Debug, Clone, Args)]
+pub struct RawSettings {
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address to listen on.
+    #[arg(long, env = "OPSCORE_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+    /// Bootstrap admin API key. Unset: one is generated once and kept in
+    /// <data-dir>/api_key (mode 0600).
+    #[arg(long, env = "OPSCORE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// HMAC secret the agent framework signs registration webhooks with.
+    #[arg(long, env = "OPSCORE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Largest accepted distance between a webhook's timestamp and now, in seconds.
+    #[arg(long, env = "OPSCORE_WEBHOOK_TOLERANCE_SECS", default_value = "300")]
+    pub webhook_tolerance_secs: String,
+    /// Accept unauthenticated registration webhooks (legacy load scripts only).
+    #[arg(long, env = "OPSCORE_ALLOW_UNSIGNED_NOTIFY", default_value = "false")]
+    pub allow_unsigned_notify: String,
+    /// AgentKit API base URL including /v1, e.g. http://agentkit:8000/v1.
+    #[arg(long, env = "AGENTKIT_API_URL")]
+    pub agentkit_api_url: Option<String>,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format: json or text.
+    #[arg(long, env = "OPSCORE_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Largest request body accepted on any route, in bytes.
+    #[arg(long, env = "OPSCORE_MAX_BODY_BYTES", default_value = "1048576")]
+    pub max_body_bytes: String,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "OPSCORE_SHUTDOWN_GRACE_SECS", default_value = "10")]
+    pub shutdown_grace_secs: String,
+    /// Most database connections (PostgreSQL pool; SQLite readers).
+    #[arg(long, env = "OPSCORE_DB_MAX_CONNECTIONS", default_value = "16")]
+    pub db_max_connections: String,
+    /// How long a request waits for a database connection, in seconds.
+    #[arg(long, env = "OPSCORE_DB_ACQUIRE_TIMEOUT_SECS", default_value = "5")]
+    pub db_acquire_timeout_secs: String,
+}
+
+/// Validated configuration of a running service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL (may hold a password; not logged).
+    pub database_url: Secret,
+    /// Bootstrap admin key.
+    pub api_key: Secret,
+    /// Webhook signing secret.
+    pub webhook_secret: Option<Secret>,
+    /// Webhook timestamp tolerance.
+    pub webhook_tolerance: Duration,
+    /// Accept unauthenticated webhooks.
+    pub allow_unsigned_notify: bool,
+    /// AgentKit base URL.
+    pub agentkit_api_url: Option<url::Url>,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Database pool tuning.
+    pub db: StoreOptions,
+}
+
+impl Config {
+    /// A configuration with every default, for a given database and key.
+    /// Tests and embedders start here and adjust fields.
+    pub fn new(database_url: impl Into<String>, api_key: impl Into<String>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("./data"),
+            database_url: Secret::new(database_url),
+            api_key: Secret::new(api_key),
+            webhook_secret: None,
+            webhook_tolerance: Duration::from_secs(300),
+            allow_unsigned_notify: false,
+            agentkit_api_url: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Json,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            db: StoreOptions::default(),
+        }
+    }
+}
+
+impl RawSettings {
+    /// Validate every setting. The API key, when not given, is read from (or
+    /// generated into) the data directory; the second value says which.
+    pub fn resolve(self) -> Result<(Config, KeySource), anyhow::Error> {
+        let database_url = self.db.url()?;
+        let bind: SocketAddr = self.bind.parse().map_err(|e| {
+            ConfigError::new(
+                "OPSCORE_BIND",
+                "bind",
+                format!("'{}' is not a socket address: {e}", self.bind),
+            )
+        })?;
+        let webhook_secret = match self.webhook_secret {
+            Some(s) if s.is_empty() => {
+                return Err(ConfigError::new(
+                    "OPSCORE_WEBHOOK_SECRET",
+                    "webhook-secret",
+                    "must not be empty",
+                )
+                .into())
+            }
+            Some(s) => Some(Secret::new(s)),
+            None => None,
+        };
+        let webhook_tolerance = Duration::from_secs(parse_num(
+            &self.webhook_tolerance_secs,
+            1,
+            86_400,
+            "OPSCORE_WEBHOOK_TOLERANCE_SECS",
+            "webhook-tolerance-secs",
+        )?);
+        let allow_unsigned_notify = parse_bool(
+            &self.allow_unsigned_notify,
+            "OPSCORE_ALLOW_UNSIGNED_NOTIFY",
+            "allow-unsigned-notify",
+        )?;
+        let agentkit_api_url = match self.agentkit_api_url.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                let url = url::Url::parse(s).map_err(|e| {
+                    ConfigError::new(
+                        "AGENTKIT_API_URL",
+                        "agentkit-api-url",
+                        format!("'{s}' is not a URL: {e}"),
+                    )
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::new(
+                        "AGENTKIT_API_URL",
+                        "agentkit-api-url",
+                        "must be an http or https URL",
+                    )
+                    .into());
+                }
+                Some(url)
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            ConfigError::new(
+                "LOG_LEVEL",
+                "log-level",
+                format!("'{}': {e}", self.log_level),
+            )
+        })?;
+        let log_format = match self.log_format.to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "text" | "pretty" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::new(
+                    "OPSCORE_LOG_FORMAT",
+                    "log-format",
+                    format!("'{other}' is not one of json, text"),
+                )
+                .into())
+            }
+        };
+        let max_body_bytes = parse_num(
+            &self.max_body_bytes,
+            1024,
+            1 << 30,
+            "OPSCORE_MAX_BODY_BYTES",
+            "max-body-bytes",
+        )? as usize;
+        let shutdown_grace = Duration::from_secs(parse_num(
+            &self.shutdown_grace_secs,
+            0,
+            3600,
+            "OPSCORE_SHUTDOWN_GRACE_SECS",
+            "shutdown-grace-secs",
+        )?);
+        let db = StoreOptions {
+            max_connections: parse_num(
+                &self.db_max_connections,
+                1,
+                1000,
+                "OPSCORE_DB_MAX_CONNECTIONS",
+                "db-max-connections",
+            )? as u32,
+            acquire_timeout: Duration::from_secs(parse_num(
+                &self.db_acquire_timeout_secs,
+                1,
+                600,
+                "OPSCORE_DB_ACQUIRE_TIMEOUT_SECS",
+                "db-acquire-timeout-secs",
+            )?),
+        };
+        let (api_key, source) = match self.api_key {
+            Some(k) => (validate_key(&k)?, KeySource::Configured),
+            None => {
+                let path = self.db.data_dir.join("api_key");
+                let (key, created) = load_or_create_key(&path)?;
+                (key, KeySource::File { path, created })
+            }
+        };
+        let config = Config {
+            bind,
+            data_dir: self.db.data_dir,
+            database_url: Secret::new(database_url),
+            api_key,
+            webhook_secret,
+            webhook_tolerance,
+            allow_unsigned_notify,
+            agentkit_api_url,
+            log_level: self.log_level,
+            log_format,
+            max_body_bytes,
+            shutdown_grace,
+            db,
+        };
+        Ok((config, source))
+    }
+}
+
+/// Where the bootstrap API key came from, for the startup log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `OPSCORE_API_KEY` / `--api-key`.
+    Configured,
+    /// The key file in the data directory.
+    File {
+        /// Its path.
+        path: PathBuf,
+        /// Whether this start generated it.
+        created: bool,
+    },
+}
+
+fn parse_num(
+    raw: &str,
+    min: u64,
+    max: u64,
+    env: &'static str,
+    flag: &'static str,
+) -> Result<u64, ConfigError> {
+    let n: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(env, flag, format!("'{raw}' is not a whole number")))?;
+    if !(min..=max).contains(&n) {
+        return Err(ConfigError::new(
+            env,
+            flag,
+            format!("{n} is not between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_bool(raw: &str, env: &'static str, flag: &'static str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::new(
+            env,
+            flag,
+            format!("'{raw}' is not true or false"),
+        )),
+    }
+}
+
+/// Shortest API key accepted from configuration.
+const MIN_KEY_LEN: usize = 16;
+
+fn validate_key(k: &str) -> Result<Secret, ConfigError> {
+    if k.trim().len() < MIN_KEY_LEN {
+        return Err(ConfigError::new(
+            "OPSCORE_API_KEY",
+            "api-key",
+            format!("must be at least {MIN_KEY_LEN} characters (unset it to have one generated)"),
+        ));
+    }
+    Ok(Secret::new(k.trim()))
+}
+
+/// Read the generated key at `path`, or generate and store one (owner-only
+/// permissions) if there is none. Returns the key and whether it is new.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<(Secret, bool)> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            check_private(path)?;
+            let key = text.trim();
+            if key.len() < MIN_KEY_LEN {
+                anyhow::bail!(
+                    "API key file {} is too short or empty; delete it to generate a new key",
+                    path.display()
+                );
+            }
+            Ok((Secret::new(key), false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
+                })?;
+            }
+            let key = generate_key();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut file = opts.open(path).map_err(|e| {
+                anyhow::anyhow!("cannot create API key file {}: {e}", path.display())
+            })?;
+            file.write_all(format!("{key}\n").as_bytes())?;
+            file.sync_all()?;
+            Ok((Secret::new(key), true))
+        }
+        Err(e) => anyhow::bail!("cannot read API key file {}: {e}", path.display()),
+    }
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "API key file {} is readable by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// A new random key: 32 bytes from the OS generator, hex-encoded.
+pub fn generate_key() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("opscore_{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/api_key");
+        let (k1, created) = load_or_create_key(&path).unwrap();
+        assert!(created);
+        assert!(k1.expose().len() > 64);
+        let (k2, created) = load_or_create_key(&path).unwrap();
+        assert!(!created);
+        assert_eq!(k1, k2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = load_or_create_key(&path).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let c = Config::new("sqlite://x.db", "supersecretkey-123456");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("supersecretkey"), "{dbg}");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = parse_num("abc", 1, 10, "OPSCORE_X", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("OPSCORE_X") && e.contains("--x") && e.contains("abc"),
+            "{e}"
+        );
+        assert!(parse_bool("maybe", "B", "b").is_err());
+        assert!(validate_key("short").is_err());
+    }
+}

@@ -1,0 +1,318 @@
+//! Agents: identity, registration details and the registration webhook's
+//! events.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{FieldError, Validator};
+
+/// Longest agent id accepted (contract 1.1).
+pub const MAX_AGENT_ID_LEN: usize = 128;
+/// Longest agent name or version accepted.
+const MAX_TEXT_LEN: usize = 256;
+/// Most capabilities one agent may declare.
+const MAX_CAPABILITIES: usize = 256;
+/// Longest capability name.
+const MAX_CAPABILITY_LEN: usize = 128;
+/// Longest contact URL.
+const MAX_URL_LEN: usize = 2048;
+
+/// A validated agent id: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(String);
+
+impl AgentId {
+    /// Validate `s` as an agent id.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > MAX_AGENT_ID_LEN {
+            return Err(format!("must be at most {MAX_AGENT_ID_LEN} characters"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return Err("may contain only letters, digits, '.', '_', ':' and '-'".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AgentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a REGISTER event carries once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// The agent's id.
+    pub agent_id: AgentId,
+    /// Human name.
+    pub name: String,
+    /// The agent's own version string.
+    pub version: String,
+    /// What it can do; workflows match tasks to these.
+    pub capabilities: Vec<String>,
+    /// Where the framework (or Ops-Core in direct mode) reaches the agent.
+    pub contact_endpoint: String,
+    /// Free-form metadata, always a JSON object.
+    pub metadata: Map<String, Value>,
+}
+
+/// A registration webhook event (contract 1.1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotifyEvent {
+    /// An agent appeared or changed its details.
+    Register(Registration),
+    /// An agent went away.
+    Deregister(AgentId),
+}
+
+/// The webhook body as the framework sends it. Every field is optional here
+/// so that validation can name each missing or malformed one.
+#[derive(Debug, Deserialize)]
+pub struct NotifyBody {
+    event_type: Option<String>,
+    agent_details: Option<AgentDetailsBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentDetailsBody {
+    agent_id: Option<String>,
+    agent_name: Option<String>,
+    version: Option<String>,
+    capabilities: Option<Vec<String>>,
+    contact_endpoint: Option<String>,
+    metadata: Option<Value>,
+}
+
+/// Why a webhook body was refused.
+#[derive(Debug, PartialEq)]
+pub enum NotifyError {
+    /// `event_type` is neither REGISTER nor DEREGISTER (contract: 400).
+    UnknownEventType(String),
+    /// Missing or malformed fields (422).
+    Invalid(Vec<FieldError>),
+}
+
+impl NotifyBody {
+    /// Validate the body into an event.
+    pub fn validate(self) -> Result<NotifyEvent, NotifyError> {
+        let mut v = Validator::default();
+        let Some(event_type) = self.event_type else {
+            return Err(NotifyError::Invalid(vec![FieldError::new(
+                "event_type",
+                "field required (REGISTER or DEREGISTER)",
+            )]));
+        };
+        let register = if event_type.eq_ignore_ascii_case("REGISTER") {
+            true
+        } else if event_type.eq_ignore_ascii_case("DEREGISTER") {
+            false
+        } else {
+            return Err(NotifyError::UnknownEventType(event_type));
+        };
+        let Some(d) = v.required("agent_details", self.agent_details) else {
+            return Err(NotifyError::Invalid(v.finish().err().unwrap_or_default()));
+        };
+        let agent_id = v
+            .required("agent_details.agentId", d.agent_id)
+            .and_then(|id| {
+                v.check(
+                    AgentId::parse(&id).map_err(|m| FieldError::new("agent_details.agentId", m)),
+                )
+            });
+        if !register {
+            return match (agent_id, v.finish()) {
+                (Some(id), Ok(())) => Ok(NotifyEvent::Deregister(id)),
+                (_, Err(e)) => Err(NotifyError::Invalid(e)),
+                (None, Ok(())) => Err(NotifyError::Invalid(vec![])),
+            };
+        }
+        let name = v
+            .required("agent_details.agentName", d.agent_name)
+            .and_then(|s| v.check(bounded_text("agent_details.agentName", s)));
+        let version = v
+            .required("agent_details.version", d.version)
+            .and_then(|s| v.check(bounded_text("agent_details.version", s)));
+        let contact_endpoint = v
+            .required("agent_details.contactEndpoint", d.contact_endpoint)
+            .and_then(|s| v.check(validate_contact_endpoint(&s)));
+        let capabilities = v.check(validate_capabilities(d.capabilities.unwrap_or_default()));
+        let metadata = match d.metadata {
+            None | Some(Value::Null) => Some(Map::new()),
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => {
+                v.push("agent_details.metadata", "must be a JSON object");
+                None
+            }
+        };
+        if let Err(e) = v.finish() {
+            return Err(NotifyError::Invalid(e));
+        }
+        match (
+            agent_id,
+            name,
+            version,
+            contact_endpoint,
+            capabilities,
+            metadata,
+        ) {
+            (
+                Some(agent_id),
+                Some(name),
+                Some(version),
+                Some(contact_endpoint),
+                Some(capabilities),
+                Some(metadata),
+            ) => Ok(NotifyEvent::Register(Registration {
+                agent_id,
+                name,
+                version,
+                capabilities,
+                contact_endpoint,
+                metadata,
+            })),
+            _ => Err(NotifyError::Invalid(vec![])),
+        }
+    }
+}
+
+fn bounded_text(field: &str, s: String) -> Result<String, FieldError> {
+    if s.chars().count() > MAX_TEXT_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TEXT_LEN} characters"),
+        ));
+    }
+    Ok(s)
+}
+
+fn validate_capabilities(caps: Vec<String>) -> Result<Vec<String>, FieldError> {
+    const FIELD: &str = "agent_details.capabilities";
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(FieldError::new(
+            FIELD,
+            format!("at most {MAX_CAPABILITIES} capabilities"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(caps.len());
+    for c in caps {
+        if c.is_empty() || c.chars().count() > MAX_CAPABILITY_LEN {
+            return Err(FieldError::new(
+                FIELD,
+                format!("each capability must be 1 to {MAX_CAPABILITY_LEN} characters"),
+            ));
+        }
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// A contact endpoint must be an absolute http or https URL with a host.
+pub fn validate_contact_endpoint(s: &str) -> Result<String, FieldError> {
+    const FIELD: &str = "agent_details.contactEndpoint";
+    if s.len() > MAX_URL_LEN {
+        return Err(FieldError::new(
+            FIELD,
+            format!("must be at most {MAX_URL_LEN} characters"),
+        ));
+    }
+    let url = url::Url::parse(s)
+        .map_err(|e| FieldError::new(FIELD, format!("not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FieldError::new(FIELD, "must use http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::new(FIELD, "must name a host"));
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> NotifyBody {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn agent_ids() {
+        assert!(AgentId::parse("agent-7.a:b_c").is_ok());
+        assert!(AgentId::parse(&"a".repeat(128)).is_ok());
+        for bad in ["", "a b", "a/b", "é", &"a".repeat(129)] {
+            assert!(AgentId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn register_with_defaults() {
+        let ev = body(r#"{"event_type":"register","agent_details":{"agentId":"a1","agentName":"S","version":"1.0","contactEndpoint":"http://agent-7:8080/task","registrationTime":"x"}}"#)
+            .validate()
+            .unwrap();
+        let NotifyEvent::Register(r) = ev else {
+            panic!("not a register")
+        };
+        assert!(r.capabilities.is_empty());
+        assert!(r.metadata.is_empty());
+    }
+
+    #[test]
+    fn deregister_needs_only_the_id() {
+        let ev = body(r#"{"event_type":"DEREGISTER","agent_details":{"agentId":"a1"}}"#).validate();
+        assert_eq!(
+            ev,
+            Ok(NotifyEvent::Deregister(AgentId::parse("a1").unwrap()))
+        );
+    }
+
+    #[test]
+    fn names_every_bad_field() {
+        let err = body(r#"{"event_type":"REGISTER","agent_details":{"agentId":"a 1","contactEndpoint":"ftp://x","metadata":[]}}"#)
+            .validate()
+            .unwrap_err();
+        let NotifyError::Invalid(errs) = err else {
+            panic!("{err:?}")
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "agent_details.agentId",
+                "agent_details.agentName",
+                "agent_details.version",
+                "agent_details.contactEndpoint",
+                "agent_details.metadata"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_event_type() {
+        let err = body(r#"{"event_type":"UPDATE","agent_details":{}}"#)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, NotifyError::UnknownEventType("UPDATE".into()));
+    }
+
+    #[test]
+    fn contact_endpoints() {
+        assert!(validate_contact_endpoint("https://a.example/x").is_ok());
+        for bad in ["/relative", "mailto:x@y", "http://", "not a url"] {
+            assert!(validate_contact_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Timestamps as they travel: RFC 3339 / ISO 8601 on the wire, whole
+//! microseconds since the Unix epoch in storage.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+/// Microseconds since the Unix epoch, UTC. The storage representation of every
+/// instant, identical in SQLite and PostgreSQL so ordering is exact in both.
+pub type Micros = i64;
+
+/// Parse an ISO 8601 / RFC 3339 timestamp. A timestamp without an offset is
+/// UTC (Python's `datetime.utcnow().isoformat()` sends exactly that).
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return in_range(dt.with_timezone(&Utc));
+    }
+    // ISO 8601 variants RFC 3339 does not allow: an offset without a colon,
+    // a space separator with an offset.
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
+            return in_range(dt.with_timezone(&Utc));
+        }
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
+            return in_range(Utc.from_utc_datetime(&naive));
+        }
+    }
+    Err(format!(
+        "'{}' is not an ISO 8601 timestamp (expected e.g. 2026-04-21T10:00:00.123456+00:00)",
+        truncate(s, 64)
+    ))
+}
+
+fn in_range(dt: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let year = chrono::Datelike::year(&dt);
+    if (1970..=9999).contains(&year) {
+        Ok(dt)
+    } else {
+        Err(format!("year {year} is out of range (1970-9999)"))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Convert to storage form.
+pub fn to_micros(dt: DateTime<Utc>) -> Micros {
+    dt.timestamp_micros()
+}
+
+/// Convert from storage form. Values come from our own writes, so an
+/// out-of-range value cannot occur; it maps to the epoch rather than panic.
+pub fn from_micros(us: Micros) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// Render for the wire: RFC 3339 with microseconds and a `+00:00` offset, the
+/// same shape Python's `isoformat()` produces for an aware UTC datetime.
+pub fn format_micros(us: Micros) -> String {
+    from_micros(us).to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+/// The current time in storage form.
+pub fn now_micros() -> Micros {
+    Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_shapes() {
+        let want = Utc.with_ymd_and_hms(2026, 4, 21, 10, 0, 0).unwrap();
+        for s in [
+            "2026-04-21T10:00:00+00:00",
+            "2026-04-21T10:00:00Z",
+            "2026-04-21T10:00:00",
+            "2026-04-21 10:00:00",
+            "2026-04-21T12:00:00+02:00",
+            "2026-04-21T12:00:00+0200",
+            "2026-04-21 12:00:00+02:00",
+        ] {
+            assert_eq!(parse_timestamp(s).unwrap(), want, "{s}");
+        }
+        let us = parse_timestamp("2026-04-21T10:00:00.123456+00:00").unwrap();
+        assert_eq!(us.timestamp_subsec_micros(), 123456);
+    }
+
+    #[test]
+    fn rejects_garbage_and_out_of_range() {
+        for s in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00",
+            "1960-01-01T00:00:00Z",
+            "12345",
+        ] {
+            assert!(parse_timestamp(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn round_trips_through_storage() {
+        let dt = parse_timestamp("2026-04-21T10:00:00.123456+00:00").unwrap();
+        assert_eq!(
+            format_micros(to_micros(dt)),
+            "2026-04-21T10:00:00.123456+00:00"
+        );
+    }
+}

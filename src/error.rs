@@ -1,0 +1,173 @@
+//! The one error type handlers return, and how it becomes a response.
+//!
+//! Every error body is `{"detail": "...", "code": "..."}` (plus `errors` for
+//! validation failures), per contract 1.8. A 5xx never carries internal text:
+//! that is logged once, inside the request's span, and the client gets a
+//! generic detail.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+/// Result alias for handlers.
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// An error on its way to becoming an HTTP response.
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {detail}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    errors: Vec<FieldError>,
+    /// For 5xx only: what to log, never sent.
+    internal: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    detail: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a human-readable detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            internal: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 401.
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, detail)
+    }
+
+    /// 404.
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    /// 422 with one entry per offending field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = if errors.is_empty() {
+            "Validation failed".to_owned()
+        } else {
+            let parts: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            format!("Validation failed: {}", parts.join("; "))
+        };
+        Self {
+            errors,
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                detail,
+            )
+        }
+    }
+
+    /// 422 for a single field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// 500 with an internal reason that is logged, not sent.
+    pub fn internal(reason: impl Into<String>) -> Self {
+        Self {
+            internal: Some(reason.into()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal server error",
+            )
+        }
+    }
+
+    /// 503 for a storage outage.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            internal: Some(reason.into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "Storage is unavailable; retry shortly",
+            )
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { entity, id } => {
+                let code = match entity {
+                    "Agent" => "agent_not_found",
+                    _ => "not_found",
+                };
+                Self::not_found(code, format!("{entity} not found: {id}"))
+            }
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Unavailable(m) => Self::unavailable(m),
+            StoreError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            // Logged here, inside the request span, once per failed request.
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                reason = self.internal.as_deref().unwrap_or(&self.detail),
+                "request failed"
+            );
+        }
+        let body = Body {
+            detail: &self.detail,
+            code: self.code,
+            errors: &self.errors,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

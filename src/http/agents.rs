@@ -1,0 +1,400 @@
+//! Agents: the registration webhook, agent reads, and state reports and
+//! reads (contract 1.1-1.3).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::auth::{
+    authenticate, verify_signature, Principal, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
+use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
+use crate::domain::agent::{AgentId, NotifyBody, NotifyError, NotifyEvent};
+use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
+use crate::domain::time::{format_micros, now_micros};
+use crate::domain::FieldError;
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+use crate::store::{Agent, AgentQuery, HistoryQuery, RegisterOutcome};
+
+/// Default page size for listings.
+const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size a client may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/opscore/internal/agent/notify", post(notify))
+        .route("/v1/opscore/agents", get(list_agents))
+        .route("/v1/opscore/agent/{agent_id}", get(get_agent))
+        .route(
+            "/v1/opscore/agent/{agent_id}/state",
+            post(report_state).get(get_state),
+        )
+        .route(
+            "/v1/opscore/agent/{agent_id}/state/history",
+            get(state_history),
+        )
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    status: &'static str,
+    message: String,
+}
+
+/// The registration webhook. Authentication comes before anything in the
+/// body is looked at.
+async fn notify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<StatusBody>> {
+    authorize_webhook(&state, &headers, &body)?;
+    require_json(&headers)?;
+    let event = parse_json::<NotifyBody>(&body)?
+        .validate()
+        .map_err(|e| match e {
+            NotifyError::UnknownEventType(t) => ApiError::bad_request(
+                "unknown_event_type",
+                format!("Unknown event_type '{t}' (expected REGISTER or DEREGISTER)"),
+            ),
+            NotifyError::Invalid(errors) => ApiError::validation(errors),
+        })?;
+    let now = now_micros();
+    let message = match event {
+        NotifyEvent::Register(reg) => {
+            let outcome = state.store.register_agent(&reg, now).await?;
+            tracing::info!(agent_id = %reg.agent_id, new = outcome == RegisterOutcome::Created, "agent registered");
+            format!("Agent {} registered successfully.", reg.agent_id)
+        }
+        NotifyEvent::Deregister(id) => {
+            state.store.deregister_agent(&id, now).await?;
+            tracing::info!(agent_id = %id, "agent deregistered");
+            format!("Agent {id} deregistered successfully.")
+        }
+    };
+    Ok(Json(StatusBody {
+        status: "success",
+        message,
+    }))
+}
+
+/// A bearer key, or a valid AgentKit signature, or (only when the operator
+/// allowed it) nothing at all. A wrong key or a bad signature is refused even
+/// when unsigned calls are allowed: it is a client that means to
+/// authenticate and got it wrong.
+fn authorize_webhook(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<()> {
+    if authenticate(&state.keys, headers)?.is_some() {
+        return Ok(());
+    }
+    let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    let (ts, sig) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
+    if ts.is_some() || sig.is_some() {
+        let Some(secret) = &state.config.webhook_secret else {
+            return Err(ApiError::unauthorized(
+                "invalid_signature",
+                "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
+            ));
+        };
+        let now = chrono::Utc::now().timestamp();
+        return verify_signature(
+            secret.expose().as_bytes(),
+            ts,
+            sig,
+            body,
+            now,
+            state.config.webhook_tolerance,
+        )
+        .map_err(|e| {
+            let code = match e {
+                SignatureError::Stale(..) => "stale_timestamp",
+                SignatureError::MissingHeader(_) => "missing_signature",
+                _ => "invalid_signature",
+            };
+            ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
+        });
+    }
+    if state.config.allow_unsigned_notify {
+        return Ok(());
+    }
+    Err(ApiError::unauthorized(
+        "missing_credentials",
+        "Webhook needs X-AgentKit-Timestamp and X-AgentKit-Signature headers, or a bearer API key",
+    ))
+}
+
+/// A path agent id that is not well formed names no agent: 404.
+fn path_agent(raw: &str) -> Result<AgentId> {
+    AgentId::parse(raw).map_err(|why| {
+        ApiError::not_found("agent_not_found", format!("Agent not found: {raw} ({why})"))
+    })
+}
+
+/// A state report (contract 1.2): 202 only once durably stored.
+async fn report_state(
+    _: Principal,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    JsonBody(body): JsonBody<StateReportBody>,
+) -> Result<(StatusCode, Json<StatusBody>)> {
+    let agent = path_agent(&agent_id)?;
+    let report = body
+        .validate(&agent, chrono::Utc::now())
+        .map_err(|e| match e {
+            ReportError::AgentMismatch { path, body } => ApiError::bad_request(
+                "agent_id_mismatch",
+                format!("agentId in the body ({body}) does not match the path ({path})"),
+            ),
+            ReportError::Invalid(errors) => ApiError::validation(errors),
+        })?;
+    state.writer.submit(report).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StatusBody {
+            status: "success",
+            message: "State update accepted".into(),
+        }),
+    ))
+}
+
+/// A stored state on the wire.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateView {
+    state: String,
+    details: Option<Box<RawValue>>,
+    timestamp: String,
+    received_at: String,
+}
+
+impl From<StateRecord> for StateView {
+    fn from(r: StateRecord) -> Self {
+        Self {
+            state: r.state,
+            details: r.details,
+            timestamp: format_micros(r.timestamp),
+            received_at: format_micros(r.received_at),
+        }
+    }
+}
+
+/// The current state with the agent id, as contract 1.3 shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CurrentStateView {
+    agent_id: String,
+    #[serde(flatten)]
+    state: StateView,
+}
+
+async fn get_state(
+    _: Principal,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<CurrentStateView>> {
+    let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
+    Ok(Json(CurrentStateView {
+        agent_id: agent.agent_id,
+        state: agent.current.into(),
+    }))
+}
+
+/// An agent's registration and current state.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentView {
+    agent_id: String,
+    agent_name: String,
+    version: String,
+    capabilities: Vec<String>,
+    contact_endpoint: String,
+    metadata: Map<String, Value>,
+    registered: bool,
+    registered_at: String,
+    updated_at: String,
+    deregistered_at: Option<String>,
+    last_seen: String,
+    current_state: StateView,
+}
+
+impl From<Agent> for AgentView {
+    fn from(a: Agent) -> Self {
+        Self {
+            agent_id: a.agent_id,
+            agent_name: a.name,
+            version: a.version,
+            capabilities: a.capabilities,
+            contact_endpoint: a.contact_endpoint,
+            metadata: a.metadata,
+            registered: a.deregistered_at.is_none(),
+            registered_at: format_micros(a.registered_at),
+            updated_at: format_micros(a.updated_at),
+            deregistered_at: a.deregistered_at.map(format_micros),
+            last_seen: format_micros(a.last_seen),
+            current_state: a.current.into(),
+        }
+    }
+}
+
+async fn get_agent(
+    _: Principal,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<AgentView>> {
+    let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
+    Ok(Json(agent.into()))
+}
+
+/// A page of results and the cursor of the next page (null on the last).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListAgentsParams {
+    state: Option<String>,
+    capability: Option<String>,
+    include_deregistered: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(FieldError::new(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            )),
+        },
+    }
+}
+
+fn decode_cursor(raw: &str) -> Option<String> {
+    hex::decode(raw)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+fn bad_cursor() -> FieldError {
+    FieldError::new("cursor", "is not a cursor this server issued")
+}
+
+async fn list_agents(
+    _: Principal,
+    State(state): State<AppState>,
+    Query(p): Query<ListAgentsParams>,
+) -> Result<Json<Page<AgentView>>> {
+    let mut errors = Vec::new();
+    let limit = parse_limit(p.limit.as_deref()).unwrap_or_else(|e| {
+        errors.push(e);
+        DEFAULT_LIMIT
+    });
+    let include_deregistered = match p.include_deregistered.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "includeDeregistered",
+                "must be true or false",
+            ));
+            false
+        }
+    };
+    if let Some(s) = &p.state {
+        if let Err(m) = validate_state_name(s) {
+            errors.push(FieldError::new("state", m));
+        }
+    }
+    let after = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => match decode_cursor(c).filter(|id| AgentId::parse(id).is_ok()) {
+            Some(id) => Some(id),
+            None => {
+                errors.push(bad_cursor());
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let q = AgentQuery {
+        state: p.state,
+        capability: p.capability,
+        include_deregistered,
+        after,
+        limit,
+    };
+    let agents = state.store.list_agents(&q).await?;
+    let next_cursor = (agents.len() == limit as usize)
+        .then(|| agents.last().map(|a| hex::encode(&a.agent_id)))
+        .flatten();
+    Ok(Json(Page {
+        items: agents.into_iter().map(AgentView::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Deserialize)]
+struct PageParams {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+async fn state_history(
+    _: Principal,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Page<StateView>>> {
+    let agent = path_agent(&agent_id)?;
+    let mut errors = Vec::new();
+    let limit = parse_limit(p.limit.as_deref()).unwrap_or_else(|e| {
+        errors.push(e);
+        DEFAULT_LIMIT
+    });
+    let before = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let pos = decode_cursor(c).and_then(|s| {
+                let (ts, seq) = s.split_once(':')?;
+                Some((ts.parse::<i64>().ok()?, seq.parse::<i64>().ok()?))
+            });
+            if pos.is_none() {
+                errors.push(bad_cursor());
+            }
+            pos
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let entries = state
+        .store
+        .state_history(&agent, &HistoryQuery { before, limit })
+        .await?;
+    let next_cursor = (entries.len() == limit as usize)
+        .then(|| {
+            entries
+                .last()
+                .map(|e| hex::encode(format!("{}:{}", e.record.timestamp, e.seq)))
+        })
+        .flatten();
+    Ok(Json(Page {
+        items: entries.into_iter().map(|e| e.record.into()).collect(),
+        next_cursor,
+    }))
+}

@@ -1,0 +1,274 @@
+//! Authentication: bearer API keys, and AgentKit's webhook signature.
+//!
+//! The signature scheme (contract 1.1): header `X-AgentKit-Timestamp` holds
+//! whole Unix seconds (or an RFC 3339 time), `X-AgentKit-Signature` the
+//! lowercase hex HMAC-SHA256, keyed with the shared secret, of
+//! `timestamp + "." + raw body`. The check is over the raw bytes, in constant
+//! time, and refuses a timestamp too far from now.
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying the signing time.
+pub const TIMESTAMP_HEADER: &str = "x-agentkit-timestamp";
+/// Header carrying the hex signature.
+pub const SIGNATURE_HEADER: &str = "x-agentkit-signature";
+
+/// The keys the service accepts. Keys are kept only as SHA-256 digests, so a
+/// comparison never touches the plaintext and runs in constant time.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    admin: [u8; 32],
+}
+
+impl KeyRing {
+    /// A ring holding the bootstrap admin key.
+    pub fn new(admin_key: &str) -> Self {
+        Self {
+            admin: digest(admin_key),
+        }
+    }
+
+    fn check(&self, presented: &str) -> bool {
+        digest(presented).ct_eq(&self.admin).into()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The caller, once authenticated with a bearer key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The bootstrap key: every right.
+    Admin,
+}
+
+/// What the `Authorization` header held.
+enum Bearer<'a> {
+    Missing,
+    Malformed,
+    Key(&'a str),
+}
+
+fn bearer(headers: &HeaderMap) -> Bearer<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Bearer::Missing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Bearer::Malformed;
+    };
+    match value.trim().split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => {
+            Bearer::Key(key.trim())
+        }
+        _ => Bearer::Malformed,
+    }
+}
+
+/// Authenticate a bearer key: `Ok(None)` when no `Authorization` header was
+/// sent, 401 when one was sent and is malformed or wrong.
+pub fn authenticate(keys: &KeyRing, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    match bearer(headers) {
+        Bearer::Missing => Ok(None),
+        Bearer::Malformed => Err(ApiError::unauthorized(
+            "invalid_authorization",
+            "Authorization header must be 'Bearer <api key>'",
+        )),
+        Bearer::Key(k) if keys.check(k) => Ok(Some(Principal::Admin)),
+        Bearer::Key(_) => Err(ApiError::unauthorized("invalid_api_key", "Invalid API key")),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(&state.keys, &parts.headers)?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_credentials",
+                "Missing Authorization header (expected 'Bearer <api key>')",
+            )
+        })
+    }
+}
+
+/// Why a webhook signature was refused. Each says what was wrong, never what
+/// the right value would have been.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// One of the two headers is absent.
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// The timestamp header is neither Unix seconds nor RFC 3339.
+    #[error("X-AgentKit-Timestamp is not Unix seconds or an RFC 3339 time")]
+    BadTimestamp,
+    /// The timestamp is outside the tolerance window.
+    #[error("X-AgentKit-Timestamp is {0} seconds from the server's clock (limit {1})")]
+    Stale(i64, u64),
+    /// The signature header is not hex of the right length.
+    #[error("X-AgentKit-Signature is not a hex HMAC-SHA256 digest")]
+    BadEncoding,
+    /// The signature does not match.
+    #[error("signature does not match")]
+    Mismatch,
+}
+
+/// Parse a webhook timestamp header into Unix seconds.
+pub fn parse_webhook_timestamp(raw: &str) -> Result<i64, SignatureError> {
+    let raw = raw.trim();
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse().map_err(|_| SignatureError::BadTimestamp);
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|dt| dt.timestamp())
+        .map_err(|_| SignatureError::BadTimestamp)
+}
+
+/// Compute the signature AgentKit sends for `body` at `timestamp` (the
+/// header's exact text). Used by the check below, and by the simulator and
+/// tests to sign as AgentKit does.
+pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+}
+
+fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    m.update(timestamp.as_bytes());
+    m.update(b".");
+    m.update(body);
+    m
+}
+
+/// Verify a webhook's signature headers against `body` at time `now` (Unix
+/// seconds). Pure: no clock, no I/O.
+pub fn verify_signature(
+    secret: &[u8],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), SignatureError> {
+    let ts_raw = timestamp.ok_or(SignatureError::MissingHeader("X-AgentKit-Timestamp"))?;
+    let sig_raw = signature.ok_or(SignatureError::MissingHeader("X-AgentKit-Signature"))?;
+    let ts = parse_webhook_timestamp(ts_raw)?;
+    let skew = now.saturating_sub(ts);
+    if skew.unsigned_abs() > tolerance.as_secs() {
+        return Err(SignatureError::Stale(skew, tolerance.as_secs()));
+    }
+    let sig_hex = sig_raw.trim();
+    let sig_hex = sig_hex.strip_prefix("sha256=").unwrap_or(sig_hex);
+    let sig = hex::decode(sig_hex).map_err(|_| SignatureError::BadEncoding)?;
+    if sig.len() != 32 {
+        return Err(SignatureError::BadEncoding);
+    }
+    // verify_slice compares in constant time.
+    mac(secret, ts_raw, body)
+        .verify_slice(&sig)
+        .map_err(|_| SignatureError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"s3cret";
+    const BODY: &[u8] = br#"{"event_type":"REGISTER","agent_details":{"agentId":"a1"}}"#;
+    const TOL: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn known_vector() {
+        // python3 -c 'import hmac,hashlib;print(hmac.new(b"key",b"1700000000.{}",hashlib.sha256).hexdigest())'
+        assert_eq!(
+            sign(b"key", "1700000000", b"{}"),
+            "9d713ed406bb7076d4123f0dc2c39d2df5c654ed4b0cd56b52c8b4c940bd63ae"
+        );
+    }
+
+    #[test]
+    fn accepts_valid_and_rfc3339() {
+        let now = 1_700_000_000;
+        let sig = sign(SECRET, "1700000000", BODY);
+        assert_eq!(
+            verify_signature(SECRET, Some("1700000000"), Some(&sig), BODY, now, TOL),
+            Ok(())
+        );
+        let ts = "2023-11-14T22:13:20Z"; // the same instant
+        let sig = sign(SECRET, ts, BODY);
+        assert_eq!(
+            verify_signature(SECRET, Some(ts), Some(&sig), BODY, now, TOL),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refuses_tampering_staleness_and_wrong_secret() {
+        let now = 1_700_000_000;
+        let sig = sign(SECRET, "1700000000", BODY);
+        let mut tampered = BODY.to_vec();
+        tampered[5] ^= 1;
+        assert_eq!(
+            verify_signature(SECRET, Some("1700000000"), Some(&sig), &tampered, now, TOL),
+            Err(SignatureError::Mismatch)
+        );
+        assert!(matches!(
+            verify_signature(SECRET, Some("1700000000"), Some(&sig), BODY, now + 301, TOL),
+            Err(SignatureError::Stale(301, 300))
+        ));
+        assert!(matches!(
+            verify_signature(SECRET, Some("1700000000"), Some(&sig), BODY, now - 301, TOL),
+            Err(SignatureError::Stale(-301, 300))
+        ));
+        assert_eq!(
+            verify_signature(b"other", Some("1700000000"), Some(&sig), BODY, now, TOL),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature(SECRET, Some("1700000000"), Some("zz"), BODY, now, TOL),
+            Err(SignatureError::BadEncoding)
+        );
+        assert_eq!(
+            verify_signature(SECRET, Some("yesterday"), Some(&sig), BODY, now, TOL),
+            Err(SignatureError::BadTimestamp)
+        );
+        assert!(matches!(
+            verify_signature(SECRET, None, Some(&sig), BODY, now, TOL),
+            Err(SignatureError::MissingHeader(_))
+        ));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let keys = KeyRing::new("k-0123456789abcdef");
+        let mut h = HeaderMap::new();
+        assert_eq!(authenticate(&keys, &h).unwrap(), None);
+        for ok in [
+            "Bearer k-0123456789abcdef",
+            "bearer k-0123456789abcdef",
+            "BEARER  k-0123456789abcdef ",
+        ] {
+            h.insert(header::AUTHORIZATION, ok.parse().unwrap());
+            assert_eq!(
+                authenticate(&keys, &h).unwrap(),
+                Some(Principal::Admin),
+                "{ok}"
+            );
+        }
+        for bad in ["Basic abc", "Bearer", "k-0123456789abcdef", "Bearer wrong"] {
+            h.insert(header::AUTHORIZATION, bad.parse().unwrap());
+            assert!(authenticate(&keys, &h).is_err(), "{bad}");
+        }
+    }
+}

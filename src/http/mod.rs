@@ -1,0 +1,94 @@
+//! The HTTP layer: routes, extraction, authentication, and the middleware
+//! every request passes through (request id, one log line, body limit).
+
+pub mod agents;
+pub mod auth;
+pub mod extract;
+pub mod ops;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header that carries the request id both ways.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole application: every resource's routes plus the shared layers.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .merge(ops::router())
+        .merge(agents::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(request_log))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "No such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed on this route",
+    )
+}
+
+/// Reuse the caller's `x-request-id` when it is a sane token, else mint one.
+fn request_id(req: &Request) -> HeaderValue {
+    req.headers()
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("invalid"))
+        })
+}
+
+/// One span per request (method, matched route, request id) and one log line
+/// when it ends (status, latency). Health probes log at debug so they do not
+/// drown the rest. Bodies, keys and signatures are never recorded.
+async fn request_log(mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = request_id(&req);
+    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        request_id = %id.to_str().unwrap_or("invalid"),
+    );
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let _enter = span.enter();
+    if route == "/health" || route == "/ready" {
+        tracing::debug!(status, latency_ms, "request finished");
+    } else {
+        tracing::info!(status, latency_ms, "request finished");
+    }
+    resp.headers_mut().insert(REQUEST_ID.clone(), id);
+    resp
+}

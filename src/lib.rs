@@ -1,0 +1,81 @@
+//! Ops-Core: the control plane for fleets of AI agents.
+//!
+//! [`serve`] is the one entry point, used by the binary and by every
+//! end-to-end test.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::auth::KeyRing;
+use crate::state::AppState;
+use crate::store::writer::{StateWriter, WriterOptions};
+
+/// Run the service on `listener` until `shutdown` is cancelled.
+///
+/// Opens (and migrates) the database, starts the background writers, serves
+/// HTTP, and on shutdown stops accepting, lets in-flight requests finish
+/// within `config.shutdown_grace`, writes every report already accepted, and
+/// closes the database.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let url = config.database_url.expose().to_owned();
+    let store = store::connect(&url, &config.db).await?;
+    let sqlite = url.starts_with("sqlite:");
+    let writer_opts = WriterOptions {
+        // SQLite has one writer; PostgreSQL overlaps a few commits.
+        workers: if sqlite { 1 } else { 4 },
+        max_batch: 512,
+        queue: 16_384,
+    };
+    let writer_stop = CancellationToken::new();
+    let (writer, mut writers) = StateWriter::spawn(store.clone(), writer_opts, writer_stop.clone());
+    let grace = config.shutdown_grace;
+    let state = AppState {
+        keys: Arc::new(KeyRing::new(config.api_key.expose())),
+        config: Arc::new(config),
+        store: store.clone(),
+        writer,
+    };
+    let app = http::router(state);
+    tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");
+
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; closing remaining connections");
+        }
+    }
+    // No new reports from here on; write out what was accepted.
+    writer_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(30), async {
+        while writers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::error!("state writer did not finish within 30s");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The `opscore` binary: parse the command line, start logging, run.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use opscore::cli::{Cli, Command};
+use opscore::config::{KeySource, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(raw) => run_serve(*raw).await,
+        Command::Migrate { db } => run_migrate(db).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be set up yet (a bad setting), so say it plainly.
+            eprintln!("opscore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
+    let (config, key_source) = raw.resolve()?;
+    opscore::telemetry::init(&config.log_level, config.log_format);
+    match key_source {
+        KeySource::Configured => tracing::info!("using the API key from OPSCORE_API_KEY"),
+        KeySource::File {
+            path,
+            created: true,
+        } => {
+            tracing::warn!(path = %path.display(), "OPSCORE_API_KEY is not set: generated an API key and stored it (mode 0600); read it from that file")
+        }
+        KeySource::File {
+            path,
+            created: false,
+        } => {
+            tracing::info!(path = %path.display(), "using the generated API key stored in the data directory")
+        }
+    }
+    if config.webhook_secret.is_none() && !config.allow_unsigned_notify {
+        tracing::warn!("OPSCORE_WEBHOOK_SECRET is not set: the registration webhook accepts only bearer API keys");
+    }
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on OPSCORE_BIND={}: {e}", config.bind))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    opscore::serve(config, listener, shutdown).await
+}
+
+async fn run_migrate(db: opscore::config::DbArgs) -> anyhow::Result<()> {
+    opscore::telemetry::init("info", LogFormat::Text);
+    opscore::store::migrate(&db.url()?).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// Cancel `token` on SIGINT or SIGTERM.
+async fn on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+    token.cancel();
+}

@@ -1,0 +1,21 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::http::auth::KeyRing;
+use crate::store::writer::StateWriter;
+use crate::store::Store;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Group-commit writer for state reports.
+    pub writer: StateWriter,
+    /// Accepted API keys.
+    pub keys: Arc<KeyRing>,
+}

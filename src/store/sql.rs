@@ -1,0 +1,370 @@
+//! The SQL both backends share, and the one `Store` implementation written
+//! over it. SQLite accepts PostgreSQL's `$N` placeholders, and every statement
+//! here sticks to what both dialects mean the same way, so the storage
+//! behaviour is written once; each backend only says how it connects.
+
+/// Columns of `agents` in the order `agent_from_row` reads them.
+pub(super) const AGENT_COLUMNS: &str =
+    "agent_id, name, version, contact_endpoint, capabilities, metadata, \
+     registered_at_us, updated_at_us, deregistered_at_us, last_seen_us, \
+     state, state_details, state_ts_us, state_received_us";
+
+pub(super) const INSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, version, contact_endpoint, capabilities, metadata, \
+     registered_at_us, updated_at_us, last_seen_us, state, state_details, state_ts_us, state_received_us, state_reported) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, 'UNKNOWN', NULL, $7, $7, 0) \
+     ON CONFLICT (agent_id) DO NOTHING";
+
+pub(super) const UPDATE_AGENT: &str =
+    "UPDATE agents SET name = $2, version = $3, contact_endpoint = $4, capabilities = $5, \
+     metadata = $6, updated_at_us = $7, deregistered_at_us = NULL, \
+     last_seen_us = CASE WHEN last_seen_us < $7 THEN $7 ELSE last_seen_us END \
+     WHERE agent_id = $1";
+
+pub(super) const DELETE_CAPABILITIES: &str = "DELETE FROM agent_capabilities WHERE agent_id = $1";
+
+pub(super) const INSERT_CAPABILITY: &str =
+    "INSERT INTO agent_capabilities (capability, agent_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+pub(super) const INSERT_HISTORY: &str =
+    "INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ($1, $2, $3, $4, $5)";
+
+pub(super) const DEREGISTER: &str =
+    "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1";
+
+/// Applies one report to the current state. Every SET expression reads the
+/// row as it was before the update, so `newer` judges against the old state.
+/// Latest agent timestamp wins; on a tie the later arrival does.
+pub(super) const APPLY_REPORT: &str = "UPDATE agents SET \
+     last_seen_us = CASE WHEN last_seen_us < $5 THEN $5 ELSE last_seen_us END, \
+     state = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $2 ELSE state END, \
+     state_details = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $3 ELSE state_details END, \
+     state_ts_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $4 ELSE state_ts_us END, \
+     state_received_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $5 ELSE state_received_us END, \
+     state_reported = 1 \
+     WHERE agent_id = $1 AND deregistered_at_us IS NULL";
+
+pub(super) const AGENT_EXISTS: &str = "SELECT 1 FROM agents WHERE agent_id = $1";
+
+pub(super) const HISTORY_FIRST_PAGE: &str =
+    "SELECT seq, state, details, ts_us, received_us FROM state_history \
+     WHERE agent_id = $1 ORDER BY ts_us DESC, seq DESC LIMIT $2";
+
+pub(super) const HISTORY_NEXT_PAGE: &str =
+    "SELECT seq, state, details, ts_us, received_us FROM state_history \
+     WHERE agent_id = $1 AND (ts_us < $3 OR (ts_us = $3 AND seq < $4)) \
+     ORDER BY ts_us DESC, seq DESC LIMIT $2";
+
+pub(super) const LATEST_MIGRATION: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
+
+/// Build the listing query for `q`, returning SQL and its text binds in
+/// order (`$1`, `$2`, …) plus the limit as the last bind.
+pub(super) fn list_agents_sql(q: &super::AgentQuery) -> (String, Vec<String>) {
+    let mut sql = format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE 1 = 1");
+    let mut binds = Vec::new();
+    let next = |sql: &mut String, clause: &str, value: &str, binds: &mut Vec<String>| {
+        binds.push(value.to_owned());
+        sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
+    };
+    if !q.include_deregistered {
+        sql.push_str(" AND deregistered_at_us IS NULL");
+    }
+    if let Some(state) = &q.state {
+        next(&mut sql, " AND state = $?", state, &mut binds);
+    }
+    if let Some(cap) = &q.capability {
+        next(
+            &mut sql,
+            " AND EXISTS (SELECT 1 FROM agent_capabilities c WHERE c.capability = $? AND c.agent_id = a.agent_id)",
+            cap,
+            &mut binds,
+        );
+    }
+    if let Some(after) = &q.after {
+        next(&mut sql, " AND agent_id > $?", after, &mut binds);
+    }
+    sql.push_str(&format!(" ORDER BY agent_id LIMIT ${}", binds.len() + 1));
+    (sql, binds)
+}
+
+/// Implements [`Store`](super::Store) for a backend struct that has
+/// `fn writer(&self) -> &Pool<DB>`, `fn reader(&self) -> &Pool<DB>` and a
+/// `MIGRATOR` static, over the shared SQL above.
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $migrator:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn ready(&self) -> $crate::store::StoreResult<()> {
+                use $crate::store::StoreError;
+                let want = $migrator.iter().map(|m| m.version).max().unwrap_or(0);
+                let have: Option<i64> = sqlx::query_scalar($crate::store::sql::LATEST_MIGRATION)
+                    .fetch_one(self.reader())
+                    .await?;
+                match have {
+                    Some(v) if v >= want => Ok(()),
+                    _ => Err(StoreError::Unavailable(format!(
+                        "database schema is not at the latest migration ({want})"
+                    ))),
+                }
+            }
+
+            async fn register_agent(
+                &self,
+                reg: &$crate::domain::agent::Registration,
+                now: i64,
+            ) -> $crate::store::StoreResult<$crate::store::RegisterOutcome> {
+                use $crate::store::sql::*;
+                let caps = serde_json::to_string(&reg.capabilities)
+                    .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
+                let meta = serde_json::to_string(&reg.metadata)
+                    .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
+                let id = reg.agent_id.as_str();
+                let mut tx = self.writer().begin().await?;
+                let inserted = sqlx::query(INSERT_AGENT)
+                    .bind(id)
+                    .bind(&reg.name)
+                    .bind(&reg.version)
+                    .bind(&reg.contact_endpoint)
+                    .bind(&caps)
+                    .bind(&meta)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                let outcome = if inserted {
+                    sqlx::query(INSERT_HISTORY)
+                        .bind(id)
+                        .bind($crate::domain::state::UNKNOWN)
+                        .bind(None::<String>)
+                        .bind(now)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    $crate::store::RegisterOutcome::Created
+                } else {
+                    sqlx::query(UPDATE_AGENT)
+                        .bind(id)
+                        .bind(&reg.name)
+                        .bind(&reg.version)
+                        .bind(&reg.contact_endpoint)
+                        .bind(&caps)
+                        .bind(&meta)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(DELETE_CAPABILITIES)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    $crate::store::RegisterOutcome::Updated
+                };
+                for cap in &reg.capabilities {
+                    sqlx::query(INSERT_CAPABILITY)
+                        .bind(cap)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            async fn deregister_agent(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+                now: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let done = sqlx::query($crate::store::sql::DEREGISTER)
+                    .bind(id.as_str())
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if done == 0 {
+                    return Err($crate::store::StoreError::agent_not_found(id));
+                }
+                Ok(())
+            }
+
+            async fn apply_state_reports(
+                &self,
+                reports: &[$crate::domain::state::StateReport],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<()>>> {
+                use $crate::store::sql::*;
+                // Take row locks in agent-id order so that concurrent batches
+                // (several writers, several replicas) cannot deadlock; the
+                // sort is stable, so one agent's reports keep arrival order.
+                let mut order: Vec<usize> = (0..reports.len()).collect();
+                order.sort_by(|&a, &b| reports[a].agent_id.cmp(&reports[b].agent_id));
+                let mut results: Vec<$crate::store::StoreResult<()>> =
+                    (0..reports.len()).map(|_| Ok(())).collect();
+                let mut tx = self.writer().begin().await?;
+                for i in order {
+                    let r = &reports[i];
+                    let details = r.details.as_ref().map(|d| d.get());
+                    let applied = sqlx::query(APPLY_REPORT)
+                        .bind(r.agent_id.as_str())
+                        .bind(&r.state)
+                        .bind(details)
+                        .bind(r.timestamp)
+                        .bind(r.received_at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if applied == 0 {
+                        results[i] = Err($crate::store::StoreError::agent_not_found(&r.agent_id));
+                        continue;
+                    }
+                    sqlx::query(INSERT_HISTORY)
+                        .bind(r.agent_id.as_str())
+                        .bind(&r.state)
+                        .bind(details)
+                        .bind(r.timestamp)
+                        .bind(r.received_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            async fn get_agent(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+            ) -> $crate::store::StoreResult<$crate::store::Agent> {
+                let sql = format!(
+                    "SELECT {} FROM agents WHERE agent_id = $1",
+                    $crate::store::sql::AGENT_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::agent_not_found(id))?;
+                agent_from_row(&row)
+            }
+
+            async fn list_agents(
+                &self,
+                q: &$crate::store::AgentQuery,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::Agent>> {
+                let (sql, binds) = $crate::store::sql::list_agents_sql(q);
+                let mut query = sqlx::query(&sql);
+                for b in &binds {
+                    query = query.bind(b);
+                }
+                let rows = query
+                    .bind(i64::from(q.limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(agent_from_row).collect()
+            }
+
+            async fn state_history(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+                q: &$crate::store::HistoryQuery,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::HistoryEntry>> {
+                use sqlx::Row;
+                use $crate::store::sql::*;
+                let mut conn = self.reader().acquire().await?;
+                let rows = match q.before {
+                    None => {
+                        sqlx::query(HISTORY_FIRST_PAGE)
+                            .bind(id.as_str())
+                            .bind(i64::from(q.limit))
+                            .fetch_all(&mut *conn)
+                            .await?
+                    }
+                    Some((ts, seq)) => {
+                        sqlx::query(HISTORY_NEXT_PAGE)
+                            .bind(id.as_str())
+                            .bind(i64::from(q.limit))
+                            .bind(ts)
+                            .bind(seq)
+                            .fetch_all(&mut *conn)
+                            .await?
+                    }
+                };
+                if rows.is_empty()
+                    && sqlx::query(AGENT_EXISTS)
+                        .bind(id.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .is_none()
+                {
+                    return Err($crate::store::StoreError::agent_not_found(id));
+                }
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::store::HistoryEntry {
+                            seq: row.try_get(0)?,
+                            record: $crate::domain::state::StateRecord {
+                                state: row.try_get(1)?,
+                                details: $crate::store::decode_details(row.try_get(2)?),
+                                timestamp: row.try_get(3)?,
+                                received_at: row.try_get(4)?,
+                            },
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn close(&self) {
+                self.writer().close().await;
+                self.reader().close().await;
+            }
+        }
+
+        fn agent_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> $crate::store::StoreResult<$crate::store::Agent> {
+            use sqlx::Row;
+            let caps: String = row.try_get(4)?;
+            let meta: String = row.try_get(5)?;
+            Ok($crate::store::Agent {
+                agent_id: row.try_get(0)?,
+                name: row.try_get(1)?,
+                version: row.try_get(2)?,
+                contact_endpoint: row.try_get(3)?,
+                capabilities: $crate::store::decode_capabilities(&caps),
+                metadata: $crate::store::decode_metadata(&meta),
+                registered_at: row.try_get(6)?,
+                updated_at: row.try_get(7)?,
+                deregistered_at: row.try_get(8)?,
+                last_seen: row.try_get(9)?,
+                current: $crate::domain::state::StateRecord {
+                    state: row.try_get(10)?,
+                    details: $crate::store::decode_details(row.try_get(11)?),
+                    timestamp: row.try_get(12)?,
+                    received_at: row.try_get(13)?,
+                },
+            })
+        }
+    };
+}
+
+pub(super) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AgentQuery;
+
+    #[test]
+    fn listing_numbers_its_binds_in_order() {
+        let (sql, binds) = list_agents_sql(&AgentQuery {
+            state: Some("idle".into()),
+            capability: Some("summarise".into()),
+            include_deregistered: false,
+            after: Some("a5".into()),
+            limit: 10,
+        });
+        assert!(sql.contains("state = $1"), "{sql}");
+        assert!(sql.contains("c.capability = $2"), "{sql}");
+        assert!(sql.contains("agent_id > $3"), "{sql}");
+        assert!(sql.ends_with("LIMIT $4"), "{sql}");
+        assert!(sql.contains("deregistered_at_us IS NULL"));
+        assert_eq!(binds, ["idle", "summarise", "a5"]);
+    }
+}

@@ -1,0 +1,68 @@
+//! SQLite backend: the zero-configuration default.
+//!
+//! WAL mode with `synchronous = FULL`, so an acknowledged commit survives a
+//! crash or power loss. SQLite has one writer at a time; writes go through a
+//! one-connection pool (no `SQLITE_BUSY` storms between our own connections),
+//! reads through a separate pool that WAL lets run beside the writer. One
+//! Ops-Core process per database file.
+
+use std::str::FromStr;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::sql::impl_store;
+use super::StoreOptions;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `url` and migrate it.
+    pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(opts.acquire_timeout)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect.clone())
+            .await?;
+        MIGRATOR.run(&write).await?;
+        // An in-memory database exists once per connection: read through the
+        // writer's pool there, or reads would see an empty database.
+        let read = if in_memory {
+            write.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.max(1))
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(connect.read_only(true))
+                .await?
+        };
+        Ok(Self { write, read })
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
