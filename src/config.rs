@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::store::StoreOptions;
+use crate::domain::workflow::Backoff;
+use crate::store::{EngineRules, StoreOptions};
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -143,6 +144,48 @@ pub struct RawSettings {
     /// How long a request waits for a database connection, in seconds.
     #[arg(long, env = "OPSCORE_DB_ACQUIRE_TIMEOUT_SECS", default_value = "5")]
     pub db_acquire_timeout_secs: String,
+    /// Directory of workflow definitions (*.json, *.yaml, *.yml) loaded at
+    /// startup. [default: ./workflows, skipped if absent]
+    #[arg(long, env = "OPSCORE_WORKFLOWS_DIR")]
+    pub workflows_dir: Option<PathBuf>,
+    /// Where tasks are sent: agentkit (AGENTKIT_API_URL), direct (each agent's
+    /// contactEndpoint), or auto (agentkit when AGENTKIT_API_URL is set).
+    #[arg(long, env = "OPSCORE_DISPATCH_MODE", default_value = "auto")]
+    pub dispatch_mode: String,
+    /// Run the dispatcher in this process (false: serve the API only).
+    #[arg(long, env = "OPSCORE_DISPATCHER", default_value = "true")]
+    pub dispatcher: String,
+    /// Also send tasks to agents whose state is still UNKNOWN (just registered).
+    #[arg(long, env = "OPSCORE_DISPATCH_TO_UNKNOWN", default_value = "true")]
+    pub dispatch_to_unknown: String,
+    /// Deadline of an attempt when the task sets no timeoutSeconds, in seconds.
+    #[arg(long, env = "OPSCORE_TASK_TIMEOUT_SECS", default_value = "300")]
+    pub task_timeout_secs: String,
+    /// Delay before the first retry, in milliseconds (doubles per attempt by default).
+    #[arg(long, env = "OPSCORE_RETRY_BASE_MS", default_value = "1000")]
+    pub retry_base_ms: String,
+    /// Growth of the retry delay per attempt.
+    #[arg(long, env = "OPSCORE_RETRY_FACTOR", default_value = "2")]
+    pub retry_factor: String,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "OPSCORE_RETRY_MAX_MS", default_value = "60000")]
+    pub retry_max_ms: String,
+    /// Connect timeout of a dispatch request, in milliseconds.
+    #[arg(
+        long,
+        env = "OPSCORE_DISPATCH_CONNECT_TIMEOUT_MS",
+        default_value = "2000"
+    )]
+    pub dispatch_connect_timeout_ms: String,
+    /// Overall timeout of a dispatch request, in milliseconds.
+    #[arg(long, env = "OPSCORE_DISPATCH_TIMEOUT_MS", default_value = "10000")]
+    pub dispatch_timeout_ms: String,
+    /// Most dispatch requests in flight at once.
+    #[arg(long, env = "OPSCORE_DISPATCH_CONCURRENCY", default_value = "64")]
+    pub dispatch_concurrency: String,
+    /// How often the dispatcher looks for due tasks when nothing woke it, in milliseconds.
+    #[arg(long, env = "OPSCORE_DISPATCH_POLL_MS", default_value = "250")]
+    pub dispatch_poll_ms: String,
 }
 
 /// Validated configuration of a running service.
@@ -172,8 +215,65 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
-    /// Database pool tuning.
+    /// Database pool tuning and the workflow rules applied in storage.
     pub db: StoreOptions,
+    /// Directory of workflow definitions loaded at startup; a missing
+    /// directory is an error only when it was set explicitly.
+    pub workflows_dir: PathBuf,
+    /// Whether `workflows_dir` was set explicitly.
+    pub workflows_dir_explicit: bool,
+    /// Dispatcher settings.
+    pub dispatch: DispatchConfig,
+}
+
+/// Where tasks are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchTarget {
+    /// `POST {AGENTKIT_API_URL}/agents/{agentId}/run` (contract 1.7).
+    AgentKit(url::Url),
+    /// The same body straight to the agent's `contactEndpoint`.
+    Direct,
+}
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Run the dispatcher in this process.
+    pub enabled: bool,
+    /// Where tasks go.
+    pub target: DispatchTarget,
+    /// Dispatch to agents still `UNKNOWN`.
+    pub allow_unknown: bool,
+    /// Connect timeout per request.
+    pub connect_timeout: Duration,
+    /// Overall timeout per request.
+    pub request_timeout: Duration,
+    /// Most requests in flight.
+    pub concurrency: usize,
+    /// Idle poll interval.
+    pub poll_interval: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target: DispatchTarget::Direct,
+            allow_unknown: true,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            concurrency: 64,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// How long a claim is held before another dispatcher may take it over:
+    /// comfortably longer than one request can take.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 3 + Duration::from_secs(5)
+    }
 }
 
 impl Config {
@@ -194,6 +294,9 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             db: StoreOptions::default(),
+            workflows_dir: PathBuf::from("./workflows"),
+            workflows_dir_explicit: false,
+            dispatch: DispatchConfig::default(),
         }
     }
 }
@@ -202,6 +305,7 @@ impl RawSettings {
     /// Validate every setting. The API key, when not given, is read from (or
     /// generated into) the data directory; the second value says which.
     pub fn resolve(self) -> Result<(Config, KeySource), anyhow::Error> {
+        let workflows_dir_explicit = self.workflows_dir.is_some();
         let database_url = self.db.url()?;
         let bind: SocketAddr = self.bind.parse().map_err(|e| {
             ConfigError::new(
@@ -288,7 +392,110 @@ impl RawSettings {
             "OPSCORE_SHUTDOWN_GRACE_SECS",
             "shutdown-grace-secs",
         )?);
+        let ms = |raw: &str, min, max, env, flag| {
+            parse_num(raw, min, max, env, flag).map(Duration::from_millis)
+        };
+        let backoff = Backoff {
+            base_ms: parse_num(
+                &self.retry_base_ms,
+                1,
+                3_600_000,
+                "OPSCORE_RETRY_BASE_MS",
+                "retry-base-ms",
+            )?,
+            factor: match self.retry_factor.trim().parse::<f64>() {
+                Ok(f) if (1.0..=10.0).contains(&f) => f,
+                _ => {
+                    return Err(ConfigError::new(
+                        "OPSCORE_RETRY_FACTOR",
+                        "retry-factor",
+                        format!("'{}' is not a number from 1 to 10", self.retry_factor),
+                    )
+                    .into())
+                }
+            },
+            cap_ms: parse_num(
+                &self.retry_max_ms,
+                1,
+                86_400_000,
+                "OPSCORE_RETRY_MAX_MS",
+                "retry-max-ms",
+            )?,
+        };
+        let target = match self.dispatch_mode.to_ascii_lowercase().as_str() {
+            "auto" => agentkit_api_url
+                .clone()
+                .map_or(DispatchTarget::Direct, DispatchTarget::AgentKit),
+            "direct" => DispatchTarget::Direct,
+            "agentkit" => match &agentkit_api_url {
+                Some(u) => DispatchTarget::AgentKit(u.clone()),
+                None => {
+                    return Err(ConfigError::new(
+                        "OPSCORE_DISPATCH_MODE",
+                        "dispatch-mode",
+                        "agentkit needs AGENTKIT_API_URL to be set",
+                    )
+                    .into())
+                }
+            },
+            other => {
+                return Err(ConfigError::new(
+                    "OPSCORE_DISPATCH_MODE",
+                    "dispatch-mode",
+                    format!("'{other}' is not one of auto, agentkit, direct"),
+                )
+                .into())
+            }
+        };
+        let dispatch = DispatchConfig {
+            enabled: parse_bool(&self.dispatcher, "OPSCORE_DISPATCHER", "dispatcher")?,
+            target,
+            allow_unknown: parse_bool(
+                &self.dispatch_to_unknown,
+                "OPSCORE_DISPATCH_TO_UNKNOWN",
+                "dispatch-to-unknown",
+            )?,
+            connect_timeout: ms(
+                &self.dispatch_connect_timeout_ms,
+                1,
+                600_000,
+                "OPSCORE_DISPATCH_CONNECT_TIMEOUT_MS",
+                "dispatch-connect-timeout-ms",
+            )?,
+            request_timeout: ms(
+                &self.dispatch_timeout_ms,
+                1,
+                600_000,
+                "OPSCORE_DISPATCH_TIMEOUT_MS",
+                "dispatch-timeout-ms",
+            )?,
+            concurrency: parse_num(
+                &self.dispatch_concurrency,
+                1,
+                10_000,
+                "OPSCORE_DISPATCH_CONCURRENCY",
+                "dispatch-concurrency",
+            )? as usize,
+            poll_interval: ms(
+                &self.dispatch_poll_ms,
+                1,
+                60_000,
+                "OPSCORE_DISPATCH_POLL_MS",
+                "dispatch-poll-ms",
+            )?,
+        };
+        let engine = EngineRules {
+            backoff,
+            default_timeout_secs: parse_num(
+                &self.task_timeout_secs,
+                1,
+                crate::domain::workflow::MAX_SECONDS,
+                "OPSCORE_TASK_TIMEOUT_SECS",
+                "task-timeout-secs",
+            )?,
+        };
         let db = StoreOptions {
+            engine,
             max_connections: parse_num(
                 &self.db_max_connections,
                 1,
@@ -326,6 +533,11 @@ impl RawSettings {
             max_body_bytes,
             shutdown_grace,
             db,
+            workflows_dir: self
+                .workflows_dir
+                .unwrap_or_else(|| PathBuf::from("./workflows")),
+            workflows_dir_explicit,
+            dispatch,
         };
         Ok((config, source))
     }

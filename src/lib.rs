@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod state;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -37,7 +39,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let url = config.database_url.expose().to_owned();
+    // Read the definition files before touching the database: a broken file
+    // stops startup with its name and the reason.
+    let definitions = if config.workflows_dir.is_dir() || config.workflows_dir_explicit {
+        engine::read_definitions(&config.workflows_dir)?
+    } else {
+        Vec::new()
+    };
     let store = store::connect(&url, &config.db).await?;
+    engine::load_definitions(&*store, &definitions).await?;
     let sqlite = url.starts_with("sqlite:");
     let writer_opts = WriterOptions {
         // SQLite has one writer; PostgreSQL overlaps a few commits.
@@ -45,14 +55,30 @@ pub async fn serve(
         max_batch: 512,
         queue: 16_384,
     };
+    let wake = Arc::new(Notify::new());
     let writer_stop = CancellationToken::new();
-    let (writer, mut writers) = StateWriter::spawn(store.clone(), writer_opts, writer_stop.clone());
+    let (writer, mut writers) = StateWriter::spawn(
+        store.clone(),
+        writer_opts,
+        wake.clone(),
+        writer_stop.clone(),
+    );
+    let dispatcher_stop = CancellationToken::new();
+    let dispatcher = config.dispatch.enabled.then(|| {
+        engine::dispatcher::spawn(
+            store.clone(),
+            config.dispatch.clone(),
+            wake.clone(),
+            dispatcher_stop.clone(),
+        )
+    });
     let grace = config.shutdown_grace;
     let state = AppState {
         keys: Arc::new(KeyRing::new(config.api_key.expose())),
         config: Arc::new(config),
         store: store.clone(),
         writer,
+        wake,
     };
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");
@@ -64,6 +90,11 @@ pub async fn serve(
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; closing remaining connections");
         }
+    }
+    // Stop claiming tasks and let deliveries in flight record their result.
+    dispatcher_stop.cancel();
+    if let Some(d) = dispatcher {
+        let _ = d.await;
     }
     // No new reports from here on; write out what was accepted.
     writer_stop.cancel();

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::config::Config;
 use crate::http::auth::KeyRing;
 use crate::store::writer::StateWriter;
@@ -18,4 +20,7 @@ pub struct AppState {
     pub writer: StateWriter,
     /// Accepted API keys.
     pub keys: Arc<KeyRing>,
+    /// Wakes the dispatcher when work may have become due (a trigger, a
+    /// state report that finished a task).
+    pub wake: Arc<Notify>,
 }

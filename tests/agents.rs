@@ -12,9 +12,14 @@ async fn register_then_state_is_unknown(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["agentId"], "a1");
     assert_eq!(body["state"], "UNKNOWN");
-    let (status, body) = s.report("a1", "idle", "2026-04-21T10:00:00.123456+00:00").await;
+    let (status, body) = s
+        .report("a1", "idle", "2026-04-21T10:00:00.123456+00:00")
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, serde_json::json!({"status": "success", "message": "State update accepted"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "success", "message": "State update accepted"})
+    );
     let (_, body) = s.state("a1").await;
     assert_eq!(body["state"], "idle");
     assert_eq!(body["details"], serde_json::json!({"n": 1}));

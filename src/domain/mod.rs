@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod state;
 pub mod time;
+pub mod workflow;
 
 use serde::Serialize;
 

@@ -13,6 +13,7 @@ use super::auth::{
     authenticate, verify_signature, Principal, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
+use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros};
@@ -20,11 +21,6 @@ use crate::domain::FieldError;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, RegisterOutcome};
-
-/// Default page size for listings.
-const DEFAULT_LIMIT: u32 = 100;
-/// Largest page size a client may ask for.
-pub const MAX_LIMIT: u32 = 1000;
 
 /// Routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -130,7 +126,7 @@ fn authorize_webhook(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Resu
 }
 
 /// A path agent id that is not well formed names no agent: 404.
-fn path_agent(raw: &str) -> Result<AgentId> {
+pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
     AgentId::parse(raw).map_err(|why| {
         ApiError::not_found("agent_not_found", format!("Agent not found: {raw} ({why})"))
     })
@@ -251,14 +247,6 @@ async fn get_agent(
     Ok(Json(agent.into()))
 }
 
-/// A page of results and the cursor of the next page (null on the last).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ListAgentsParams {
@@ -267,29 +255,6 @@ struct ListAgentsParams {
     include_deregistered: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
-}
-
-fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
-    match raw {
-        None => Ok(DEFAULT_LIMIT),
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(FieldError::new(
-                "limit",
-                format!("must be a whole number from 1 to {MAX_LIMIT}"),
-            )),
-        },
-    }
-}
-
-fn decode_cursor(raw: &str) -> Option<String> {
-    hex::decode(raw)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-}
-
-fn bad_cursor() -> FieldError {
-    FieldError::new("cursor", "is not a cursor this server issued")
 }
 
 async fn list_agents(
@@ -339,9 +304,7 @@ async fn list_agents(
         limit,
     };
     let agents = state.store.list_agents(&q).await?;
-    let next_cursor = (agents.len() == limit as usize)
-        .then(|| agents.last().map(|a| hex::encode(&a.agent_id)))
-        .flatten();
+    let next_cursor = next_cursor(&agents, limit, |a| a.agent_id.clone());
     Ok(Json(Page {
         items: agents.into_iter().map(AgentView::from).collect(),
         next_cursor,
@@ -386,13 +349,9 @@ async fn state_history(
         .store
         .state_history(&agent, &HistoryQuery { before, limit })
         .await?;
-    let next_cursor = (entries.len() == limit as usize)
-        .then(|| {
-            entries
-                .last()
-                .map(|e| hex::encode(format!("{}:{}", e.record.timestamp, e.seq)))
-        })
-        .flatten();
+    let next_cursor = next_cursor(&entries, limit, |e| {
+        format!("{}:{}", e.record.timestamp, e.seq)
+    });
     Ok(Json(Page {
         items: entries.into_iter().map(|e| e.record.into()).collect(),
         next_cursor,

@@ -5,6 +5,9 @@ pub mod agents;
 pub mod auth;
 pub mod extract;
 pub mod ops;
+pub mod paging;
+pub mod sessions;
+pub mod workflows;
 
 use std::time::Instant;
 
@@ -27,6 +30,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(agents::router())
+        .merge(workflows::router())
+        .merge(sessions::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -6,6 +6,7 @@
 mod postgres;
 mod sql;
 mod sqlite;
+mod workflow_sql;
 pub mod writer;
 
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use serde_json::{Map, Value};
 use crate::domain::agent::{AgentId, Registration};
 use crate::domain::state::{StateRecord, StateReport};
 use crate::domain::time::Micros;
+use crate::domain::workflow::{
+    Backoff, RunStatus, SessionStatus, TaskDefinition, WorkflowDefinition,
+};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -48,6 +52,14 @@ impl StoreError {
         Self::NotFound {
             entity: "Agent",
             id: id.to_string(),
+        }
+    }
+
+    /// Shorthand for a missing thing of another kind.
+    pub fn not_found(entity: &'static str, id: &str) -> Self {
+        Self::NotFound {
+            entity,
+            id: id.to_owned(),
         }
     }
 }
@@ -161,10 +173,15 @@ pub struct HistoryEntry {
     pub record: StateRecord,
 }
 
-/// The storage interface the service runs on. Both backends implement it and
-/// both run the same test suite.
+/// The storage interface the service runs on: agents and their states, and
+/// workflows. Both backends implement it and both run the same test suite.
+pub trait Store: AgentStore + WorkflowStore {}
+
+impl<T: AgentStore + WorkflowStore> Store for T {}
+
+/// Agents, their states and history.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait AgentStore: Send + Sync + 'static {
     /// Check the database answers and its migrations are applied.
     async fn ready(&self) -> StoreResult<()>;
 
@@ -175,9 +192,11 @@ pub trait Store: Send + Sync + 'static {
     /// Mark an agent deregistered. Unknown agent: `NotFound`.
     async fn deregister_agent(&self, id: &AgentId, now: Micros) -> StoreResult<()>;
 
-    /// Store a batch of state reports in one transaction. The outer error
-    /// means nothing was stored; otherwise there is one result per report, in
-    /// order (`NotFound` for an unknown or deregistered agent).
+    /// Store a batch of state reports in one transaction, and in the same
+    /// transaction move on any task a report completes, starts or fails
+    /// (contract 1.7). The outer error means nothing was stored; otherwise
+    /// there is one result per report, in order (`NotFound` for an unknown or
+    /// deregistered agent).
     async fn apply_state_reports(
         &self,
         reports: &[StateReport],
@@ -205,6 +224,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a request waits for a connection before `Unavailable`.
     pub acquire_timeout: std::time::Duration,
+    /// The workflow rules the store applies inside its transactions.
+    pub engine: EngineRules,
 }
 
 impl Default for StoreOptions {
@@ -212,8 +233,270 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             acquire_timeout: std::time::Duration::from_secs(5),
+            engine: EngineRules::default(),
         }
     }
+}
+
+/// Workflow rules applied when a task moves on inside a storage transaction
+/// (a report fails an attempt, a deadline passes, the next task is queued).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineRules {
+    /// Delay between attempts.
+    pub backoff: Backoff,
+    /// Deadline of an attempt whose task sets no `timeoutSeconds`.
+    pub default_timeout_secs: u64,
+}
+
+impl Default for EngineRules {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            default_timeout_secs: 300,
+        }
+    }
+}
+
+/// Whether storing a definition created it, found it unchanged, or replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// It was new.
+    Created,
+    /// An identical definition was already stored.
+    Unchanged,
+    /// A different definition under the same id was replaced (startup files only).
+    Replaced,
+}
+
+/// A task run to insert.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Run id (UUIDv7).
+    pub run_id: String,
+    /// Position in the session (0 for the first task).
+    pub position: i64,
+    /// The definition's task id.
+    pub task_id: String,
+    /// The task's name.
+    pub task_name: String,
+    /// JSON payload sent to the agent.
+    pub payload: String,
+    /// Retries after the first attempt.
+    pub max_retries: i64,
+    /// Attempt deadline in seconds.
+    pub timeout_secs: i64,
+    /// When it becomes due.
+    pub due_at: Micros,
+}
+
+impl NewRun {
+    /// The run for `task` at `position`, due after its delay.
+    pub fn for_task(
+        task: &TaskDefinition,
+        position: i64,
+        payload: &serde_json::Value,
+        now: Micros,
+        rules: &EngineRules,
+    ) -> Self {
+        let delay_us =
+            i64::try_from(task.delay_seconds).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
+        Self {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            position,
+            task_id: task.task_id.clone(),
+            task_name: if task.name.is_empty() {
+                task.task_id.clone()
+            } else {
+                task.name.clone()
+            },
+            payload: payload.to_string(),
+            max_retries: i64::from(task.max_retries),
+            timeout_secs: task.timeout_seconds.unwrap_or(rules.default_timeout_secs) as i64,
+            due_at: now.saturating_add(delay_us),
+        }
+    }
+}
+
+/// A session to create, with its first task run (none for an empty workflow).
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Session id (UUIDv7).
+    pub session_id: String,
+    /// The agent that runs it.
+    pub agent_id: AgentId,
+    /// The definition it runs.
+    pub definition: WorkflowDefinition,
+    /// Its first task, queued in the same transaction.
+    pub first_run: Option<NewRun>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Id.
+    pub session_id: String,
+    /// Definition id.
+    pub workflow_id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Status.
+    pub status: SessionStatus,
+    /// The last task's result, once completed.
+    pub result: Option<Box<serde_json::value::RawValue>>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Created.
+    pub created_at: Micros,
+    /// Last change.
+    pub updated_at: Micros,
+    /// Reached a final status.
+    pub finished_at: Option<Micros>,
+    /// Its task runs in order (empty in listings).
+    pub runs: Vec<RunRecord>,
+}
+
+/// A task run as stored.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// The definition's task id.
+    pub task_id: String,
+    /// Task name.
+    pub task_name: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Retries allowed after the first attempt.
+    pub max_retries: i64,
+    /// Payload sent.
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+    /// When queued: due time; in flight: deadline.
+    pub due_at: Micros,
+    /// Last dispatch.
+    pub dispatched_at: Option<Micros>,
+    /// Agent reported active.
+    pub started_at: Option<Micros>,
+    /// Reached a final status.
+    pub finished_at: Option<Micros>,
+    /// Last failure reason.
+    pub last_error: Option<String>,
+    /// The agent's details when it finished.
+    pub result: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Filters and paging for an agent's sessions, newest first.
+#[derive(Debug, Clone)]
+pub struct SessionQuery {
+    /// Whose sessions.
+    pub agent_id: AgentId,
+    /// Only this status.
+    pub status: Option<SessionStatus>,
+    /// Start strictly before this session id.
+    pub before: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A run claimed for dispatch.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    /// Run id (`opscore_task_id`).
+    pub run_id: String,
+    /// Session.
+    pub session_id: String,
+    /// Task name.
+    pub task_name: String,
+    /// Agent.
+    pub agent_id: String,
+    /// The agent's contact endpoint (direct mode).
+    pub contact_endpoint: String,
+    /// JSON payload.
+    pub payload: String,
+    /// This attempt's number, from 1.
+    pub attempt: i64,
+}
+
+/// How a dispatch attempt went.
+#[derive(Debug, Clone)]
+pub enum DispatchOutcome {
+    /// The framework accepted it.
+    Accepted,
+    /// It failed and may be retried, not before the given time (Retry-After).
+    Retry {
+        /// Why.
+        error: String,
+        /// Earliest retry time the target asked for.
+        not_before: Option<Micros>,
+    },
+    /// It failed and must not be retried (a 4xx).
+    Fail {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Workflows: definitions, sessions, and the durable queue of task runs.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Store a definition. With `replace` false a different definition under
+    /// the same id is a `Conflict`; with true (startup files) it is replaced.
+    async fn put_definition(
+        &self,
+        def: &WorkflowDefinition,
+        replace: bool,
+        now: Micros,
+    ) -> StoreResult<PutOutcome>;
+
+    /// One definition.
+    async fn get_definition(&self, id: &str) -> StoreResult<WorkflowDefinition>;
+
+    /// Every definition, by id.
+    async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>>;
+
+    /// Delete a definition; `Conflict` while an unfinished session uses it.
+    async fn delete_definition(&self, id: &str) -> StoreResult<()>;
+
+    /// Create a session and queue its first task, in one transaction.
+    /// `NotFound` when the agent is unknown or deregistered.
+    async fn create_session(&self, s: &NewSession, now: Micros) -> StoreResult<()>;
+
+    /// One session with its task runs.
+    async fn get_session(&self, id: &str) -> StoreResult<SessionRecord>;
+
+    /// A page of an agent's sessions, newest first (without runs).
+    async fn list_sessions(&self, q: &SessionQuery) -> StoreResult<Vec<SessionRecord>>;
+
+    /// Cancel a session and its unfinished runs; idempotent. `Conflict` when
+    /// it already completed or failed. Returns the status it now has.
+    async fn cancel_session(&self, id: &str, now: Micros) -> StoreResult<SessionStatus>;
+
+    /// Claim up to `limit` due runs whose agent is free (idle, or UNKNOWN
+    /// when allowed, with no other run in flight), leasing them to `owner`
+    /// until `lease_until`. Expired leases and passed deadlines are dealt
+    /// with first.
+    async fn claim_due_runs(
+        &self,
+        owner: &str,
+        now: Micros,
+        lease_until: Micros,
+        limit: u32,
+        allow_unknown: bool,
+    ) -> StoreResult<Vec<ClaimedRun>>;
+
+    /// Record how dispatching a claimed run went.
+    async fn record_dispatch(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now: Micros,
+        outcome: &DispatchOutcome,
+    ) -> StoreResult<()>;
+
+    /// Give back leases of dispatchers that stopped, and fail (or retry)
+    /// attempts whose deadline passed. Returns how many runs were touched.
+    async fn expire_overdue(&self, now: Micros) -> StoreResult<u64>;
 }
 
 /// Open the database named by `url` (`sqlite://…` or `postgres://…`) and run

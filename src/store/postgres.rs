@@ -4,8 +4,9 @@
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::sql::impl_store;
-use super::StoreOptions;
+use super::sql::impl_agent_store;
+use super::workflow_sql::impl_workflow_store;
+use super::{EngineRules, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -13,6 +14,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    rules: EngineRules,
 }
 
 impl PgStore {
@@ -25,7 +27,10 @@ impl PgStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            rules: opts.engine,
+        })
     }
 
     fn writer(&self) -> &PgPool {
@@ -35,6 +40,12 @@ impl PgStore {
     fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    fn rules(&self) -> &EngineRules {
+        &self.rules
+    }
 }
 
-impl_store!(PgStore, sqlx::Postgres, MIGRATOR);
+impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
+// Replicas claim due runs concurrently: each skips rows another holds.
+impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");

@@ -86,13 +86,14 @@ pub(super) fn list_agents_sql(q: &super::AgentQuery) -> (String, Vec<String>) {
     (sql, binds)
 }
 
-/// Implements [`Store`](super::Store) for a backend struct that has
-/// `fn writer(&self) -> &Pool<DB>`, `fn reader(&self) -> &Pool<DB>` and a
-/// `MIGRATOR` static, over the shared SQL above.
-macro_rules! impl_store {
+/// Implements [`AgentStore`](super::AgentStore) for a backend struct that
+/// has `fn writer(&self) -> &Pool<DB>`, `fn reader(&self) -> &Pool<DB>` and
+/// `fn rules(&self) -> &EngineRules`, over the shared SQL above. Expects
+/// `impl_workflow_store!` in the same module (for `advance_on_report`).
+macro_rules! impl_agent_store {
     ($store:ty, $db:ty, $migrator:expr) => {
         #[async_trait::async_trait]
-        impl $crate::store::Store for $store {
+        impl $crate::store::AgentStore for $store {
             async fn ready(&self) -> $crate::store::StoreResult<()> {
                 use $crate::store::StoreError;
                 let want = $migrator.iter().map(|m| m.version).max().unwrap_or(0);
@@ -223,6 +224,9 @@ macro_rules! impl_store {
                         .bind(r.received_at)
                         .execute(&mut *tx)
                         .await?;
+                    if $crate::domain::workflow::MEANINGFUL_STATES.contains(&r.state.as_str()) {
+                        advance_on_report(&mut tx, r, self.rules()).await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(results)
@@ -344,7 +348,7 @@ macro_rules! impl_store {
     };
 }
 
-pub(super) use impl_store;
+pub(super) use impl_agent_store;
 
 #[cfg(test)]
 mod tests {

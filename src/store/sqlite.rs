@@ -13,8 +13,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::sql::impl_store;
-use super::StoreOptions;
+use super::sql::impl_agent_store;
+use super::workflow_sql::impl_workflow_store;
+use super::{EngineRules, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -23,6 +24,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    rules: EngineRules,
 }
 
 impl SqliteStore {
@@ -53,7 +55,11 @@ impl SqliteStore {
                 .connect_with(connect.read_only(true))
                 .await?
         };
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            rules: opts.engine,
+        })
     }
 
     fn writer(&self) -> &SqlitePool {
@@ -63,6 +69,12 @@ impl SqliteStore {
     fn reader(&self) -> &SqlitePool {
         &self.read
     }
+
+    fn rules(&self) -> &EngineRules {
+        &self.rules
+    }
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
+impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
+// One dispatcher per SQLite database: its single writer serialises claims.
+impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,7 @@ impl StateWriter {
     pub fn spawn(
         store: Arc<dyn Store>,
         opts: WriterOptions,
+        wake: Arc<Notify>,
         stop: CancellationToken,
     ) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -57,6 +58,7 @@ impl StateWriter {
                 store.clone(),
                 rx.clone(),
                 opts.max_batch.max(1),
+                wake.clone(),
                 stop.clone(),
             ));
         }
@@ -79,6 +81,7 @@ async fn worker(
     store: Arc<dyn Store>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
+    wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
@@ -116,6 +119,8 @@ async fn worker(
             }
             Err(e) => reports.iter().map(|_| Err(e.clone())).collect(),
         };
+        // A report may have finished a task and freed its agent.
+        wake.notify_one();
         for (done, result) in waiters.into_iter().zip(results) {
             // The submitter may have gone (client hung up); the report is
             // stored either way.

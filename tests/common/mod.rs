@@ -3,6 +3,8 @@
 //! is dropped afterwards), plus helpers to talk to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod agentkit;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -79,11 +81,16 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
         // Drop runs outside async context; use a thread with its own runtime.
         let admin = pg_admin_url();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -129,7 +136,9 @@ impl TestServer {
 
     /// Start over an existing database (to restart on the same data).
     pub async fn start_on(db: TestDb, config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(opscore::serve(config, listener, shutdown.clone()));
@@ -240,7 +249,12 @@ pub async fn register_at(client: &reqwest::Client, base: &str, id: &str, caps: &
         .send()
         .await
         .expect("send");
-    assert_eq!(r.status(), StatusCode::OK, "register {id}: {:?}", r.text().await);
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "register {id}: {:?}",
+        r.text().await
+    );
 }
 
 /// The Ops-Core binary run as a child process, for tests that kill it.

@@ -1,0 +1,145 @@
+//! The workflow engine: triggering sessions, loading definitions at startup,
+//! and the dispatcher that sends due tasks to agents. How a task moves on
+//! after a state report is decided by `domain::workflow` and applied by the
+//! store inside the report's own transaction.
+
+pub mod dispatcher;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::domain::agent::AgentId;
+use crate::domain::time::now_micros;
+use crate::domain::workflow::{parse_definition, WorkflowDefinition};
+use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreError, StoreResult};
+
+/// Which definition a trigger runs.
+#[derive(Debug, Clone)]
+pub enum DefinitionSource {
+    /// A stored definition, by id.
+    Stored(String),
+    /// A definition sent with the trigger (already validated); stored if its
+    /// id is new.
+    Inline(WorkflowDefinition),
+}
+
+/// A session that was created.
+#[derive(Debug, Clone)]
+pub struct Triggered {
+    /// The new session's id.
+    pub session_id: String,
+    /// The definition it runs.
+    pub workflow_id: String,
+}
+
+/// Create a session of `source` for `agent` and queue its first task (its
+/// payload is `initial_payload` if given, else the task's parameters), or
+/// complete it at once when the definition has no tasks (contract 1.4).
+pub async fn trigger(
+    store: &dyn Store,
+    rules: &EngineRules,
+    agent: &AgentId,
+    source: DefinitionSource,
+    initial_payload: Option<Value>,
+) -> StoreResult<Triggered> {
+    // Refuse an unknown agent before storing an inline definition, so a
+    // rejected trigger leaves nothing behind.
+    let found = store.get_agent(agent).await?;
+    if found.deregistered_at.is_some() {
+        return Err(StoreError::agent_not_found(agent));
+    }
+    let now = now_micros();
+    let definition = match source {
+        DefinitionSource::Stored(id) => store.get_definition(&id).await?,
+        DefinitionSource::Inline(def) => {
+            store.put_definition(&def, false, now).await?;
+            def
+        }
+    };
+    let first_run = definition.tasks.first().map(|task| {
+        let payload = initial_payload.as_ref().unwrap_or(&task.parameters);
+        NewRun::for_task(task, 0, payload, now, rules)
+    });
+    let session = NewSession {
+        session_id: uuid::Uuid::now_v7().to_string(),
+        agent_id: agent.clone(),
+        first_run,
+        definition,
+    };
+    store.create_session(&session, now).await?;
+    Ok(Triggered {
+        session_id: session.session_id,
+        workflow_id: session.definition.id,
+    })
+}
+
+/// Read and validate every `*.json`, `*.yaml` and `*.yml` file in `dir`.
+/// Any file that does not parse or validate is an error naming the file.
+pub fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, WorkflowDefinition)>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read workflows directory {}: {e}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension()
+                        .and_then(|x| x.to_str())
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
+                    Some("json" | "yaml" | "yml")
+                )
+        })
+        .collect();
+    paths.sort();
+    let mut out: Vec<(String, WorkflowDefinition)> = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("workflow file {name}: {e}"))?;
+        let yaml = path.extension().is_some_and(|x| x != "json");
+        let def = parse_definition(&text, yaml)
+            .map_err(|e| anyhow::anyhow!("workflow file {name}: {e}"))?;
+        if let Err(errors) = def.validate() {
+            let why: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            anyhow::bail!("workflow file {name}: {}", why.join("; "));
+        }
+        if let Some((other, _)) = out.iter().find(|(_, d)| d.id == def.id) {
+            anyhow::bail!(
+                "workflow file {name}: id '{}' is also defined in {other}",
+                def.id
+            );
+        }
+        out.push((name, def));
+    }
+    Ok(out)
+}
+
+/// Store the definitions read from files. A file is the source of truth for
+/// its id: a different stored definition is replaced (sessions keep the
+/// definition they started with).
+pub async fn load_definitions(
+    store: &dyn Store,
+    defs: &[(String, WorkflowDefinition)],
+) -> anyhow::Result<()> {
+    let now = now_micros();
+    for (file, def) in defs {
+        let outcome = store.put_definition(def, true, now).await?;
+        match outcome {
+            PutOutcome::Created => {
+                tracing::info!(file = %file, workflow_id = %def.id, "workflow definition loaded")
+            }
+            PutOutcome::Unchanged => {
+                tracing::debug!(file = %file, workflow_id = %def.id, "workflow definition unchanged")
+            }
+            PutOutcome::Replaced => {
+                tracing::warn!(file = %file, workflow_id = %def.id, "workflow definition replaced by the file's version")
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,790 @@
+//! Workflow storage, written once for both backends like `sql.rs`: the SQL,
+//! the plain helpers, and `impl_workflow_store!`, which implements
+//! [`WorkflowStore`](super::WorkflowStore) plus the in-transaction steps that
+//! state reports, dispatch results and deadlines share.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::domain::workflow::RunStatus;
+
+pub(super) const SESSION_COLUMNS: &str =
+    "session_id, workflow_id, agent_id, status, result, error, created_at_us, updated_at_us, finished_at_us";
+
+pub(super) const RUN_COLUMNS: &str =
+    "run_id, task_id, task_name, status, attempts, max_retries, payload, due_at_us, \
+     dispatched_at_us, started_at_us, finished_at_us, last_error, result";
+
+/// Columns of a run that is being moved along, in `InFlight` order.
+pub(super) const IN_FLIGHT_COLUMNS: &str =
+    "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us";
+
+pub(super) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, position, task_id, task_name, agent_id, status, payload, \
+     attempts, max_retries, timeout_secs, due_at_us, created_at_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, 0, $8, $9, $10, $11)";
+
+pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts \
+     FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
+     WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
+       AND (a.state = 'idle' OR ($2 = 1 AND a.state = 'UNKNOWN')) \
+       AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
+                       AND f.status IN ('dispatching', 'dispatched', 'running')) \
+     ORDER BY r.due_at_us LIMIT $3";
+
+pub(super) const CLAIM_ONE: &str = "UPDATE task_runs SET status = 'dispatching', lease_owner = $2, due_at_us = $3, attempts = attempts + 1 \
+     WHERE run_id = $1 AND status = 'queued'";
+
+/// A dispatcher that stopped before confirming delivery gives its claim
+/// back. The attempt number goes back too, so the resend carries the same
+/// Idempotency-Key and the framework can drop a duplicate.
+pub(super) const RECOVER_LEASES: &str =
+    "UPDATE task_runs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+     last_error = 'dispatcher stopped before confirming delivery; resending' \
+     WHERE status = 'dispatching' AND due_at_us <= $1";
+
+/// A run being moved along.
+#[derive(Debug, Clone)]
+pub(super) struct InFlight {
+    pub run_id: String,
+    pub session_id: String,
+    pub agent_id: String,
+    pub task_id: String,
+    pub position: i64,
+    pub status: RunStatus,
+    pub attempts: i64,
+    pub max_retries: i64,
+    pub timeout_secs: i64,
+    pub dispatched_at: Option<i64>,
+}
+
+pub(super) type InFlightRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+impl InFlight {
+    pub(super) fn from_row(r: InFlightRow) -> Self {
+        Self {
+            run_id: r.0,
+            session_id: r.1,
+            agent_id: r.2,
+            task_id: r.3,
+            position: r.4,
+            status: RunStatus::parse(&r.5).unwrap_or(RunStatus::Failed),
+            attempts: r.6,
+            max_retries: r.7,
+            timeout_secs: r.8,
+            dispatched_at: r.9,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Refs {
+    #[serde(rename = "taskId")]
+    task_id: Option<String>,
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+}
+
+/// Does a report's `details` name this run (`explicit`), or name another
+/// one (`other`)? `taskId` may be the run id (`opscore_task_id`) or the
+/// definition's task id.
+pub(super) fn match_details(details: Option<&RawValue>, run: &InFlight) -> (bool, bool) {
+    let Some(refs) = details.and_then(|d| serde_json::from_str::<Refs>(d.get()).ok()) else {
+        return (false, false);
+    };
+    let mut explicit = false;
+    if let Some(s) = refs.session_id {
+        if s != run.session_id {
+            return (false, true);
+        }
+        explicit = true;
+    }
+    if let Some(t) = refs.task_id {
+        if t != run.run_id && t != run.task_id {
+            return (false, true);
+        }
+        explicit = true;
+    }
+    (explicit, false)
+}
+
+/// The reason recorded when an agent reports `error`, with its details.
+pub(super) fn agent_error_reason(details: Option<&RawValue>) -> String {
+    match details {
+        Some(d) => {
+            let text = d.get();
+            let cut = text
+                .char_indices()
+                .nth(500)
+                .map_or(text, |(i, _)| &text[..i]);
+            format!("agent reported error: {cut}")
+        }
+        None => "agent reported error".to_owned(),
+    }
+}
+
+macro_rules! impl_workflow_store {
+    ($store:ty, $db:ty, $claim_lock:expr) => {
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        async fn in_flight_by_run(
+            conn: &mut Conn,
+            run_id: &str,
+            status_in: &str,
+        ) -> $crate::store::StoreResult<Option<$crate::store::workflow_sql::InFlight>> {
+            let sql = format!(
+                "SELECT {} FROM task_runs WHERE run_id = $1 AND status IN ({status_in})",
+                $crate::store::workflow_sql::IN_FLIGHT_COLUMNS
+            );
+            let row: Option<$crate::store::workflow_sql::InFlightRow> =
+                sqlx::query_as(&sql).bind(run_id).fetch_optional(&mut *conn).await?;
+            Ok(row.map($crate::store::workflow_sql::InFlight::from_row))
+        }
+
+        async fn insert_run(
+            conn: &mut Conn,
+            session_id: &str,
+            agent_id: &str,
+            run: &$crate::store::NewRun,
+            now: i64,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::workflow_sql::INSERT_RUN)
+                .bind(&run.run_id)
+                .bind(session_id)
+                .bind(run.position)
+                .bind(&run.task_id)
+                .bind(&run.task_name)
+                .bind(agent_id)
+                .bind(&run.payload)
+                .bind(run.max_retries)
+                .bind(run.timeout_secs)
+                .bind(run.due_at)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// Apply a state report's meaning to the agent's run in flight.
+        async fn advance_on_report(
+            conn: &mut Conn,
+            r: &$crate::domain::state::StateReport,
+            rules: &$crate::store::EngineRules,
+        ) -> $crate::store::StoreResult<()> {
+            use $crate::domain::workflow::{report_effect, ReportEffect};
+            use $crate::store::workflow_sql::*;
+            let sql = format!(
+                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN ('dispatched', 'running')"
+            );
+            let row: Option<InFlightRow> = sqlx::query_as(&sql)
+                .bind(r.agent_id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(run) = row.map(InFlight::from_row) else {
+                return Ok(());
+            };
+            let (explicit, other) = match_details(r.details.as_deref(), &run);
+            if other {
+                return Ok(());
+            }
+            let after_dispatch = run.dispatched_at.is_some_and(|d| r.timestamp >= d);
+            match report_effect(run.status, &r.state, explicit, after_dispatch) {
+                ReportEffect::None => Ok(()),
+                ReportEffect::Started => {
+                    sqlx::query(
+                        "UPDATE task_runs SET status = 'running', started_at_us = $2 \
+                         WHERE run_id = $1 AND status = 'dispatched'",
+                    )
+                    .bind(&run.run_id)
+                    .bind(r.received_at)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+                ReportEffect::Completed => {
+                    complete_run(conn, &run, r.details.as_ref().map(|d| d.get()), r.received_at, rules).await
+                }
+                ReportEffect::Failed => {
+                    let reason = agent_error_reason(r.details.as_deref());
+                    fail_attempt(conn, &run, &reason, true, None, r.received_at, rules).await
+                }
+            }
+        }
+
+        /// The run is done: store its result, then queue the next task or
+        /// complete the session.
+        async fn complete_run(
+            conn: &mut Conn,
+            run: &$crate::store::workflow_sql::InFlight,
+            details: Option<&str>,
+            now: i64,
+            rules: &$crate::store::EngineRules,
+        ) -> $crate::store::StoreResult<()> {
+            use $crate::store::StoreError;
+            let done = sqlx::query(
+                "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3, lease_owner = NULL \
+                 WHERE run_id = $1 AND status = $4",
+            )
+            .bind(&run.run_id)
+            .bind(details)
+            .bind(now)
+            .bind(run.status.as_str())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if done == 0 {
+                return Ok(());
+            }
+            // Locks the session row and re-checks it is still unfinished, so
+            // a concurrent cancel cannot be followed by a new task.
+            let definition: Option<String> = sqlx::query_scalar(
+                "UPDATE sessions SET updated_at_us = $2 \
+                 WHERE session_id = $1 AND status IN ('started', 'running') RETURNING definition",
+            )
+            .bind(&run.session_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(definition) = definition else {
+                return Ok(());
+            };
+            let def: $crate::domain::workflow::WorkflowDefinition = serde_json::from_str(&definition)
+                .map_err(|e| StoreError::Internal(format!("stored definition of session {}: {e}", run.session_id)))?;
+            let next = def
+                .task(&run.task_id)
+                .and_then(|t| t.next_task_id.as_deref())
+                .and_then(|id| def.task(id));
+            match next {
+                Some(task) => {
+                    let new = $crate::store::NewRun::for_task(task, run.position + 1, &task.parameters, now, rules);
+                    insert_run(conn, &run.session_id, &run.agent_id, &new, now).await
+                }
+                None => {
+                    sqlx::query(
+                        "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
+                         WHERE session_id = $1 AND status IN ('started', 'running')",
+                    )
+                    .bind(&run.session_id)
+                    .bind(details)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+            }
+        }
+
+        /// An attempt failed: queue a retry after backoff (or not before
+        /// `not_before`), or fail the run and its session when retries are
+        /// spent or the failure is not retryable.
+        async fn fail_attempt(
+            conn: &mut Conn,
+            run: &$crate::store::workflow_sql::InFlight,
+            reason: &str,
+            retryable: bool,
+            not_before: Option<i64>,
+            now: i64,
+            rules: &$crate::store::EngineRules,
+        ) -> $crate::store::StoreResult<()> {
+            if retryable && run.attempts <= run.max_retries {
+                let attempt = u32::try_from(run.attempts).unwrap_or(u32::MAX);
+                let delay_us = rules.backoff.delay_ms(attempt, rand::random::<f64>()) as i64 * 1000;
+                let due = now.saturating_add(delay_us).max(not_before.unwrap_or(0));
+                sqlx::query(
+                    "UPDATE task_runs SET status = 'queued', due_at_us = $2, lease_owner = NULL, last_error = $3 \
+                     WHERE run_id = $1 AND status = $4",
+                )
+                .bind(&run.run_id)
+                .bind(due)
+                .bind(reason)
+                .bind(run.status.as_str())
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
+            let failed = sqlx::query(
+                "UPDATE task_runs SET status = 'failed', finished_at_us = $2, lease_owner = NULL, last_error = $3 \
+                 WHERE run_id = $1 AND status = $4",
+            )
+            .bind(&run.run_id)
+            .bind(now)
+            .bind(reason)
+            .bind(run.status.as_str())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if failed == 1 {
+                let why = format!(
+                    "task {} failed after {} attempt{}: {reason}",
+                    run.task_id,
+                    run.attempts,
+                    if run.attempts == 1 { "" } else { "s" }
+                );
+                sqlx::query(
+                    "UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
+                     WHERE session_id = $1 AND status IN ('started', 'running')",
+                )
+                .bind(&run.session_id)
+                .bind(why)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        fn session_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> $crate::store::StoreResult<$crate::store::SessionRecord> {
+            use sqlx::Row;
+            let status: String = row.try_get(3)?;
+            Ok($crate::store::SessionRecord {
+                session_id: row.try_get(0)?,
+                workflow_id: row.try_get(1)?,
+                agent_id: row.try_get(2)?,
+                status: $crate::domain::workflow::SessionStatus::parse(&status)
+                    .ok_or_else(|| $crate::store::StoreError::Internal(format!("unknown session status {status}")))?,
+                result: $crate::store::decode_details(row.try_get(4)?),
+                error: row.try_get(5)?,
+                created_at: row.try_get(6)?,
+                updated_at: row.try_get(7)?,
+                finished_at: row.try_get(8)?,
+                runs: Vec::new(),
+            })
+        }
+
+        fn run_from_row(row: &<$db as sqlx::Database>::Row) -> $crate::store::StoreResult<$crate::store::RunRecord> {
+            use sqlx::Row;
+            let status: String = row.try_get(3)?;
+            Ok($crate::store::RunRecord {
+                run_id: row.try_get(0)?,
+                task_id: row.try_get(1)?,
+                task_name: row.try_get(2)?,
+                status: $crate::domain::workflow::RunStatus::parse(&status)
+                    .ok_or_else(|| $crate::store::StoreError::Internal(format!("unknown run status {status}")))?,
+                attempts: row.try_get(4)?,
+                max_retries: row.try_get(5)?,
+                payload: $crate::store::decode_details(row.try_get(6)?),
+                due_at: row.try_get(7)?,
+                dispatched_at: row.try_get(8)?,
+                started_at: row.try_get(9)?,
+                finished_at: row.try_get(10)?,
+                last_error: row.try_get(11)?,
+                result: $crate::store::decode_details(row.try_get(12)?),
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::WorkflowStore for $store {
+            async fn put_definition(
+                &self,
+                def: &$crate::domain::workflow::WorkflowDefinition,
+                replace: bool,
+                now: i64,
+            ) -> $crate::store::StoreResult<$crate::store::PutOutcome> {
+                use $crate::store::{PutOutcome, StoreError};
+                let canonical = def.canonical_json();
+                let mut tx = self.writer().begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
+                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
+                )
+                .bind(&def.id)
+                .bind(&def.name)
+                .bind(&canonical)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let outcome = if inserted == 1 {
+                    PutOutcome::Created
+                } else {
+                    let stored: String =
+                        sqlx::query_scalar("SELECT definition FROM workflow_definitions WHERE workflow_id = $1")
+                            .bind(&def.id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if stored == canonical {
+                        PutOutcome::Unchanged
+                    } else if replace {
+                        sqlx::query(
+                            "UPDATE workflow_definitions SET name = $2, definition = $3, updated_at_us = $4 \
+                             WHERE workflow_id = $1",
+                        )
+                        .bind(&def.id)
+                        .bind(&def.name)
+                        .bind(&canonical)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        PutOutcome::Replaced
+                    } else {
+                        return Err(StoreError::Conflict(format!(
+                            "a different workflow definition with id '{}' already exists",
+                            def.id
+                        )));
+                    }
+                };
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            async fn get_definition(
+                &self,
+                id: &str,
+            ) -> $crate::store::StoreResult<$crate::domain::workflow::WorkflowDefinition> {
+                let text: Option<String> =
+                    sqlx::query_scalar("SELECT definition FROM workflow_definitions WHERE workflow_id = $1")
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                let text = text.ok_or_else(|| $crate::store::StoreError::not_found("Workflow definition", id))?;
+                serde_json::from_str(&text).map_err(|e| $crate::store::StoreError::Internal(e.to_string()))
+            }
+
+            async fn list_definitions(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::workflow::WorkflowDefinition>> {
+                let rows: Vec<String> =
+                    sqlx::query_scalar("SELECT definition FROM workflow_definitions ORDER BY workflow_id")
+                        .fetch_all(self.reader())
+                        .await?;
+                rows.iter()
+                    .map(|t| serde_json::from_str(t).map_err(|e| $crate::store::StoreError::Internal(e.to_string())))
+                    .collect()
+            }
+
+            async fn delete_definition(&self, id: &str) -> $crate::store::StoreResult<()> {
+                use $crate::store::StoreError;
+                let mut tx = self.writer().begin().await?;
+                let busy: Option<String> = sqlx::query_scalar(
+                    "SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN ('started', 'running') LIMIT 1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(session) = busy {
+                    return Err(StoreError::Conflict(format!(
+                        "workflow definition '{id}' is in use by unfinished session {session}"
+                    )));
+                }
+                let deleted = sqlx::query("DELETE FROM workflow_definitions WHERE workflow_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::not_found("Workflow definition", id));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, s: &$crate::store::NewSession, now: i64) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                let exists: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL")
+                        .bind(s.agent_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_none() {
+                    return Err($crate::store::StoreError::agent_not_found(&s.agent_id));
+                }
+                let (status, finished) = match s.first_run {
+                    Some(_) => ("started", None),
+                    None => ("completed", Some(now)),
+                };
+                sqlx::query(
+                    "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
+                     created_at_us, updated_at_us, finished_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+                )
+                .bind(&s.session_id)
+                .bind(&s.definition.id)
+                .bind(s.agent_id.as_str())
+                .bind(s.definition.canonical_json())
+                .bind(status)
+                .bind(now)
+                .bind(finished)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(run) = &s.first_run {
+                    insert_run(&mut tx, &s.session_id, s.agent_id.as_str(), run, now).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_session(&self, id: &str) -> $crate::store::StoreResult<$crate::store::SessionRecord> {
+                use $crate::store::workflow_sql::*;
+                let mut conn = self.reader().acquire().await?;
+                let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::not_found("Session", id))?;
+                let mut session = session_from_row(&row)?;
+                let runs = sqlx::query(&format!(
+                    "SELECT {RUN_COLUMNS} FROM task_runs WHERE session_id = $1 ORDER BY position, created_at_us"
+                ))
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?;
+                session.runs = runs.iter().map(run_from_row).collect::<Result<_, _>>()?;
+                Ok(session)
+            }
+
+            async fn list_sessions(
+                &self,
+                q: &$crate::store::SessionQuery,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::SessionRecord>> {
+                use $crate::store::workflow_sql::*;
+                let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE agent_id = $1");
+                let mut binds: Vec<&str> = vec![q.agent_id.as_str()];
+                if let Some(status) = q.status {
+                    binds.push(status.as_str());
+                    sql.push_str(&format!(" AND status = ${}", binds.len()));
+                }
+                if let Some(before) = &q.before {
+                    binds.push(before);
+                    sql.push_str(&format!(" AND session_id < ${}", binds.len()));
+                }
+                sql.push_str(&format!(" ORDER BY session_id DESC LIMIT ${}", binds.len() + 1));
+                let mut query = sqlx::query(&sql);
+                for b in binds {
+                    query = query.bind(b);
+                }
+                let rows = query.bind(i64::from(q.limit)).fetch_all(self.reader()).await?;
+                rows.iter().map(session_from_row).collect()
+            }
+
+            async fn cancel_session(
+                &self,
+                id: &str,
+                now: i64,
+            ) -> $crate::store::StoreResult<$crate::domain::workflow::SessionStatus> {
+                use $crate::domain::workflow::SessionStatus;
+                use $crate::store::StoreError;
+                let mut tx = self.writer().begin().await?;
+                let cancelled = sqlx::query(
+                    "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
+                     error = 'cancelled by operator' WHERE session_id = $1 AND status IN ('started', 'running')",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if cancelled == 0 {
+                    let status: Option<String> = sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return match status.as_deref().and_then(SessionStatus::parse) {
+                        None => Err(StoreError::not_found("Session", id)),
+                        Some(SessionStatus::Cancelled) => Ok(SessionStatus::Cancelled),
+                        Some(other) => Err(StoreError::Conflict(format!(
+                            "session {id} already {} and cannot be cancelled",
+                            other.as_str()
+                        ))),
+                    };
+                }
+                sqlx::query(
+                    "UPDATE task_runs SET status = 'cancelled', finished_at_us = $2, lease_owner = NULL \
+                     WHERE session_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running')",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(SessionStatus::Cancelled)
+            }
+
+            async fn claim_due_runs(
+                &self,
+                owner: &str,
+                now: i64,
+                lease_until: i64,
+                limit: u32,
+                allow_unknown: bool,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ClaimedRun>> {
+                use $crate::store::workflow_sql::*;
+                type Candidate = (String, String, String, String, String, String, i64);
+                let sql = format!("{CLAIM_CANDIDATES}{}", $claim_lock);
+                let mut tx = self.writer().begin().await?;
+                let candidates: Vec<Candidate> = sqlx::query_as(&sql)
+                    .bind(now)
+                    .bind(i64::from(allow_unknown))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut claimed = Vec::new();
+                let mut agents = std::collections::HashSet::new();
+                for c in candidates {
+                    // One run per agent: the first due wins this round.
+                    if !agents.insert(c.3.clone()) {
+                        continue;
+                    }
+                    let n = sqlx::query(CLAIM_ONE)
+                        .bind(&c.0)
+                        .bind(owner)
+                        .bind(lease_until)
+                        .execute(&mut *tx)
+                        .await;
+                    match n {
+                        Ok(r) if r.rows_affected() == 1 => claimed.push($crate::store::ClaimedRun {
+                            run_id: c.0,
+                            session_id: c.1,
+                            task_name: c.2,
+                            agent_id: c.3,
+                            contact_endpoint: c.4,
+                            payload: c.5,
+                            attempt: c.6 + 1,
+                        }),
+                        Ok(_) => {}
+                        Err(e) => {
+                            return match $crate::store::StoreError::from(e) {
+                                // Another replica put a run of this agent in
+                                // flight first; nothing is claimed this round.
+                                $crate::store::StoreError::Conflict(_) => Ok(Vec::new()),
+                                other => Err(other),
+                            };
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn record_dispatch(
+                &self,
+                run_id: &str,
+                owner: &str,
+                now: i64,
+                outcome: &$crate::store::DispatchOutcome,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::DispatchOutcome;
+                let mut tx = self.writer().begin().await?;
+                match outcome {
+                    DispatchOutcome::Accepted => {
+                        let session: Option<String> = sqlx::query_scalar(
+                            "UPDATE task_runs SET status = 'dispatched', dispatched_at_us = $3, \
+                             due_at_us = $3 + timeout_secs * 1000000, lease_owner = NULL \
+                             WHERE run_id = $1 AND status = 'dispatching' AND lease_owner = $2 RETURNING session_id",
+                        )
+                        .bind(run_id)
+                        .bind(owner)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(session) = session {
+                            sqlx::query(
+                                "UPDATE sessions SET status = 'running', updated_at_us = $2 \
+                                 WHERE session_id = $1 AND status = 'started'",
+                            )
+                            .bind(session)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    DispatchOutcome::Retry { error, not_before } => {
+                        if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
+                            fail_attempt(&mut tx, &run, error, true, *not_before, now, self.rules()).await?;
+                        }
+                    }
+                    DispatchOutcome::Fail { error } => {
+                        if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
+                            fail_attempt(&mut tx, &run, error, false, None, now, self.rules()).await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn expire_overdue(&self, now: i64) -> $crate::store::StoreResult<u64> {
+                use $crate::store::workflow_sql::*;
+                let mut tx = self.writer().begin().await?;
+                let mut touched = sqlx::query(RECOVER_LEASES).bind(now).execute(&mut *tx).await?.rows_affected();
+                let sql = format!(
+                    "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs \
+                     WHERE status IN ('dispatched', 'running') AND due_at_us <= $1 LIMIT 256{}",
+                    $claim_lock
+                );
+                let overdue: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+                for row in overdue {
+                    let run = InFlight::from_row(row);
+                    let reason = format!("timed out after {}s without finishing", run.timeout_secs);
+                    fail_attempt(&mut tx, &run, &reason, true, None, now, self.rules()).await?;
+                    touched += 1;
+                }
+                tx.commit().await?;
+                Ok(touched)
+            }
+        }
+    };
+}
+
+pub(super) use impl_workflow_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> InFlight {
+        InFlight::from_row((
+            "run-1".into(),
+            "sess-1".into(),
+            "a1".into(),
+            "step_1".into(),
+            0,
+            "dispatched".into(),
+            1,
+            3,
+            60,
+            Some(0),
+        ))
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn matching_reports_to_runs() {
+        let r = run();
+        assert_eq!(match_details(None, &r), (false, false));
+        assert_eq!(match_details(Some(&raw(r#"{"x":1}"#)), &r), (false, false));
+        assert_eq!(
+            match_details(Some(&raw(r#"{"taskId":"run-1"}"#)), &r),
+            (true, false)
+        );
+        assert_eq!(
+            match_details(Some(&raw(r#"{"taskId":"step_1"}"#)), &r),
+            (true, false)
+        );
+        assert_eq!(
+            match_details(Some(&raw(r#"{"sessionId":"sess-1"}"#)), &r),
+            (true, false)
+        );
+        assert_eq!(
+            match_details(Some(&raw(r#"{"sessionId":"sess-2"}"#)), &r),
+            (false, true)
+        );
+        assert_eq!(
+            match_details(Some(&raw(r#"{"sessionId":"sess-1","taskId":"x"}"#)), &r),
+            (false, true)
+        );
+    }
+}
