@@ -31,14 +31,14 @@ CREATE INDEX sessions_by_workflow ON sessions (workflow_id, status);
 CREATE TABLE task_runs (
     run_id           TEXT    NOT NULL PRIMARY KEY,
     session_id       TEXT    NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
-    position         INTEGER NOT NULL,
+    position         BIGINT  NOT NULL,
     task_id          TEXT    NOT NULL,
     task_name        TEXT    NOT NULL,
     agent_id         TEXT    NOT NULL,
     status           TEXT    NOT NULL, -- queued | dispatching | dispatched | running | completed | failed | cancelled
     payload          TEXT    NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    max_retries      INTEGER NOT NULL,
+    attempts         BIGINT  NOT NULL DEFAULT 0,
+    max_retries      BIGINT  NOT NULL,
     timeout_secs     BIGINT NOT NULL,
     due_at_us        BIGINT NOT NULL,
     lease_owner      TEXT,

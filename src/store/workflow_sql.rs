@@ -26,7 +26,7 @@ pub(super) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, 
 pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts \
      FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
      WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
-       AND (a.state = 'idle' OR ($2 = 1 AND a.state = 'UNKNOWN')) \
+       AND (a.state = 'idle' OR ($2 AND a.state = 'UNKNOWN')) \
        AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
                        AND f.status IN ('dispatching', 'dispatched', 'running')) \
      ORDER BY r.due_at_us LIMIT $3";
@@ -624,7 +624,7 @@ macro_rules! impl_workflow_store {
                 let mut tx = self.writer().begin().await?;
                 let candidates: Vec<Candidate> = sqlx::query_as(&sql)
                     .bind(now)
-                    .bind(i64::from(allow_unknown))
+                    .bind(allow_unknown)
                     .bind(i64::from(limit))
                     .fetch_all(&mut *tx)
                     .await?;
@@ -718,7 +718,7 @@ macro_rules! impl_workflow_store {
                 let mut tx = self.writer().begin().await?;
                 let mut touched = sqlx::query(RECOVER_LEASES).bind(now).execute(&mut *tx).await?.rows_affected();
                 let sql = format!(
-                    "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs \
+                    "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs r \
                      WHERE status IN ('dispatched', 'running') AND due_at_us <= $1 LIMIT 256{}",
                     $claim_lock
                 );

@@ -136,6 +136,10 @@ impl TestServer {
 
     /// Start over an existing database (to restart on the same data).
     pub async fn start_on(db: TestDb, config: Config) -> Self {
+        // OPSCORE_TEST_LOG=debug (or any filter) shows the server's logs.
+        if let Ok(filter) = std::env::var("OPSCORE_TEST_LOG") {
+            opscore::telemetry::init(&filter, opscore::config::LogFormat::Text);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -266,6 +270,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `opscore serve` on a free port over `db_url`; waits until ready.
     pub async fn spawn(db_url: &str, data_dir: &std::path::Path) -> Self {
+        Self::spawn_with(db_url, data_dir, &[]).await
+    }
+
+    /// As `spawn`, with extra environment settings.
+    pub async fn spawn_with(
+        db_url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_opscore"))
             .arg("serve")
             .env_clear()
@@ -276,6 +289,7 @@ impl ServerProcess {
             .env("OPSCORE_API_KEY", KEY)
             .env("OPSCORE_WEBHOOK_SECRET", SECRET)
             .env("LOG_LEVEL", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
