@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(Box<RawSettings>),
+    /// Run a fleet of simulated agents (and a simulated AgentKit) against a server.
+    Simulate(Box<crate::sim::SimArgs>),
     /// Apply database migrations and exit.
     Migrate {
         /// Where the database is.

@@ -6,11 +6,13 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod telemetry;

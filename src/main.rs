@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(raw) => run_serve(*raw).await,
         Command::Migrate { db } => run_migrate(db).await,
+        Command::Simulate(args) => run_simulate(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,6 +53,13 @@ async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     opscore::serve(config, listener, shutdown).await
+}
+
+async fn run_simulate(args: opscore::sim::SimArgs) -> anyhow::Result<()> {
+    opscore::telemetry::init("info", LogFormat::Text);
+    let stop = CancellationToken::new();
+    tokio::spawn(on_signal(stop.clone()));
+    opscore::sim::run(args, stop).await
 }
 
 async fn run_migrate(db: opscore::config::DbArgs) -> anyhow::Result<()> {

@@ -38,6 +38,18 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory");
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            // Zero-config start: the data directory may not exist yet.
+            if let Some(dir) = connect
+                .get_filename()
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
+                })?;
+            }
+        }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(opts.acquire_timeout)
