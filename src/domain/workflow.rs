@@ -333,18 +333,24 @@ pub enum ReportEffect {
 /// `active` is completed by `idle` only if the report is clearly about it
 /// (explicit, or stamped after the dispatch): otherwise an idle heartbeat the
 /// agent sent just before it received the task would complete it.
+///
+/// A run still `dispatching` counts as in flight: a fast agent can report
+/// before the dispatcher has recorded the framework's answer.
 pub fn report_effect(
     status: RunStatus,
     state: &str,
     explicit: bool,
     after_dispatch: bool,
 ) -> ReportEffect {
-    let in_flight = matches!(status, RunStatus::Dispatched | RunStatus::Running);
+    let in_flight = matches!(
+        status,
+        RunStatus::Dispatching | RunStatus::Dispatched | RunStatus::Running
+    );
     if !in_flight {
         return ReportEffect::None;
     }
     match state {
-        "active" if status == RunStatus::Dispatched => ReportEffect::Started,
+        "active" if status != RunStatus::Running => ReportEffect::Started,
         "finished" => ReportEffect::Completed,
         "idle" if status == RunStatus::Running || explicit || after_dispatch => {
             ReportEffect::Completed
@@ -472,14 +478,18 @@ mod tests {
             report_effect(R::Dispatched, "idle", false, true),
             E::Completed
         );
+        // Reported before the dispatcher recorded the framework's answer.
+        assert_eq!(
+            report_effect(R::Dispatching, "active", false, false),
+            E::Started
+        );
+        assert_eq!(
+            report_effect(R::Dispatching, "idle", true, false),
+            E::Completed
+        );
+        assert_eq!(report_effect(R::Dispatching, "idle", false, false), E::None);
         // Ended or not yet sent: nothing.
-        for s in [
-            R::Queued,
-            R::Dispatching,
-            R::Completed,
-            R::Failed,
-            R::Cancelled,
-        ] {
+        for s in [R::Queued, R::Completed, R::Failed, R::Cancelled] {
             assert_eq!(report_effect(s, "idle", true, true), E::None);
             assert_eq!(report_effect(s, "error", true, true), E::None);
         }

@@ -42,6 +42,16 @@ pub(super) const RECOVER_LEASES: &str =
      last_error = 'dispatcher stopped before confirming delivery; resending' \
      WHERE status = 'dispatching' AND due_at_us <= $1";
 
+/// Statuses of a run the agent may be working on. Guards on updates name
+/// the whole set, not the status last read: on PostgreSQL another
+/// transaction (the dispatcher recording its answer) may move the run from
+/// one to another in between, and the update must still apply.
+pub(super) const IN_FLIGHT: &str = "('dispatching', 'dispatched', 'running')";
+/// A run claimed by a dispatcher that has not recorded the answer yet.
+pub(super) const CLAIMED: &str = "('dispatching')";
+/// A run the framework accepted.
+pub(super) const SENT: &str = "('dispatched', 'running')";
+
 /// A run being moved along.
 #[derive(Debug, Clone)]
 pub(super) struct InFlight {
@@ -184,7 +194,7 @@ macro_rules! impl_workflow_store {
             use $crate::domain::workflow::{report_effect, ReportEffect};
             use $crate::store::workflow_sql::*;
             let sql = format!(
-                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN ('dispatched', 'running')"
+                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
             );
             let row: Option<InFlightRow> = sqlx::query_as(&sql)
                 .bind(r.agent_id.as_str())
@@ -203,7 +213,7 @@ macro_rules! impl_workflow_store {
                 ReportEffect::Started => {
                     sqlx::query(
                         "UPDATE task_runs SET status = 'running', started_at_us = $2 \
-                         WHERE run_id = $1 AND status = 'dispatched'",
+                         WHERE run_id = $1 AND status IN ('dispatching', 'dispatched')",
                     )
                     .bind(&run.run_id)
                     .bind(r.received_at)
@@ -216,7 +226,7 @@ macro_rules! impl_workflow_store {
                 }
                 ReportEffect::Failed => {
                     let reason = agent_error_reason(r.details.as_deref());
-                    fail_attempt(conn, &run, &reason, true, None, r.received_at, rules).await
+                    fail_attempt(conn, &run, &reason, IN_FLIGHT, true, None, r.received_at, rules).await
                 }
             }
         }
@@ -233,12 +243,11 @@ macro_rules! impl_workflow_store {
             use $crate::store::StoreError;
             let done = sqlx::query(
                 "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3, lease_owner = NULL \
-                 WHERE run_id = $1 AND status = $4",
+                 WHERE run_id = $1 AND status IN ('dispatching', 'dispatched', 'running')",
             )
             .bind(&run.run_id)
             .bind(details)
             .bind(now)
-            .bind(run.status.as_str())
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -291,6 +300,7 @@ macro_rules! impl_workflow_store {
             conn: &mut Conn,
             run: &$crate::store::workflow_sql::InFlight,
             reason: &str,
+            guard: &str,
             retryable: bool,
             not_before: Option<i64>,
             now: i64,
@@ -300,26 +310,24 @@ macro_rules! impl_workflow_store {
                 let attempt = u32::try_from(run.attempts).unwrap_or(u32::MAX);
                 let delay_us = rules.backoff.delay_ms(attempt, rand::random::<f64>()) as i64 * 1000;
                 let due = now.saturating_add(delay_us).max(not_before.unwrap_or(0));
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE task_runs SET status = 'queued', due_at_us = $2, lease_owner = NULL, last_error = $3 \
-                     WHERE run_id = $1 AND status = $4",
-                )
+                     WHERE run_id = $1 AND status IN {guard}"
+                ))
                 .bind(&run.run_id)
                 .bind(due)
                 .bind(reason)
-                .bind(run.status.as_str())
                 .execute(&mut *conn)
                 .await?;
                 return Ok(());
             }
-            let failed = sqlx::query(
+            let failed = sqlx::query(&format!(
                 "UPDATE task_runs SET status = 'failed', finished_at_us = $2, lease_owner = NULL, last_error = $3 \
-                 WHERE run_id = $1 AND status = $4",
-            )
+                 WHERE run_id = $1 AND status IN {guard}"
+            ))
             .bind(&run.run_id)
             .bind(now)
             .bind(reason)
-            .bind(run.status.as_str())
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -678,9 +686,13 @@ macro_rules! impl_workflow_store {
                 match outcome {
                     DispatchOutcome::Accepted => {
                         let session: Option<String> = sqlx::query_scalar(
-                            "UPDATE task_runs SET status = 'dispatched', dispatched_at_us = $3, \
-                             due_at_us = $3 + timeout_secs * 1000000, lease_owner = NULL \
-                             WHERE run_id = $1 AND status = 'dispatching' AND lease_owner = $2 RETURNING session_id",
+                            // The agent may already have reported `active`
+                            // (running): keep that, but start the deadline.
+                            "UPDATE task_runs SET \
+                             status = CASE WHEN status = 'dispatching' THEN 'dispatched' ELSE status END, \
+                             dispatched_at_us = $3, due_at_us = $3 + timeout_secs * 1000000, lease_owner = NULL \
+                             WHERE run_id = $1 AND lease_owner = $2 AND status IN ('dispatching', 'running') \
+                             RETURNING session_id",
                         )
                         .bind(run_id)
                         .bind(owner)
@@ -700,12 +712,12 @@ macro_rules! impl_workflow_store {
                     }
                     DispatchOutcome::Retry { error, not_before } => {
                         if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
-                            fail_attempt(&mut tx, &run, error, true, *not_before, now, self.rules()).await?;
+                            fail_attempt(&mut tx, &run, error, $crate::store::workflow_sql::CLAIMED, true, *not_before, now, self.rules()).await?;
                         }
                     }
                     DispatchOutcome::Fail { error } => {
                         if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
-                            fail_attempt(&mut tx, &run, error, false, None, now, self.rules()).await?;
+                            fail_attempt(&mut tx, &run, error, $crate::store::workflow_sql::CLAIMED, false, None, now, self.rules()).await?;
                         }
                     }
                 }
@@ -726,7 +738,7 @@ macro_rules! impl_workflow_store {
                 for row in overdue {
                     let run = InFlight::from_row(row);
                     let reason = format!("timed out after {}s without finishing", run.timeout_secs);
-                    fail_attempt(&mut tx, &run, &reason, true, None, now, self.rules()).await?;
+                    fail_attempt(&mut tx, &run, &reason, SENT, true, None, now, self.rules()).await?;
                     touched += 1;
                 }
                 tx.commit().await?;

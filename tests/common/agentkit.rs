@@ -29,11 +29,17 @@ pub enum Reply {
     RetryAfter(u16, u64),
 }
 
+/// Called for every first delivery of an Idempotency-Key (the agent's side).
+pub type OnCall = Arc<dyn Fn(&Call) + Send + Sync>;
+
 #[derive(Default)]
 struct Inner {
     calls: Mutex<Vec<Call>>,
     script: Mutex<VecDeque<Reply>>,
     arrived: Notify,
+    on_call: Mutex<Option<OnCall>>,
+    keys: Mutex<std::collections::HashSet<String>>,
+    duplicates: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -72,6 +78,17 @@ impl FakeAgentKit {
             .extend(replies.iter().copied());
     }
 
+    /// Play the agent: `f` runs for each new attempt (a repeated
+    /// Idempotency-Key is acknowledged but not passed on, as AgentKit does).
+    pub fn on_call(&self, f: OnCall) {
+        *self.inner.on_call.lock().unwrap() = Some(f);
+    }
+
+    /// Keys delivered more than once.
+    pub fn duplicates(&self) -> Vec<String> {
+        self.inner.duplicates.lock().unwrap().clone()
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.inner.calls.lock().unwrap().clone()
     }
@@ -108,7 +125,7 @@ async fn run(
         .unwrap()
         .pop_front()
         .unwrap_or(Reply::Status(202));
-    inner.calls.lock().unwrap().push(Call {
+    let call = Call {
         agent_id,
         idempotency_key: headers
             .get("idempotency-key")
@@ -116,7 +133,24 @@ async fn run(
             .unwrap_or_default()
             .to_owned(),
         body,
-    });
+    };
+    let first = inner
+        .keys
+        .lock()
+        .unwrap()
+        .insert(call.idempotency_key.clone());
+    if !first {
+        inner
+            .duplicates
+            .lock()
+            .unwrap()
+            .push(call.idempotency_key.clone());
+    }
+    let hook = inner.on_call.lock().unwrap().clone();
+    if let (true, Some(f), Reply::Status(200..=299)) = (first, hook, reply) {
+        f(&call);
+    }
+    inner.calls.lock().unwrap().push(call);
     inner.arrived.notify_waiters();
     match reply {
         Reply::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),

@@ -312,7 +312,14 @@ impl ServerProcess {
         .flatten()
         .expect("opscore printed its listening address");
         // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let echo = std::env::var("OPSCORE_TEST_LOG").is_ok();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    println!("{line}");
+                }
+            }
+        });
         Self {
             child,
             base: format!("http://{addr}"),
