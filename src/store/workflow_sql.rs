@@ -52,6 +52,19 @@ pub(super) const CLAIMED: &str = "('dispatching')";
 /// A run the framework accepted.
 pub(super) const SENT: &str = "('dispatched', 'running')";
 
+/// Why and how an attempt failed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Failure<'a> {
+    /// Recorded as the run's last error (and the session's, if final).
+    pub reason: &'a str,
+    /// Statuses the run must still be in for the failure to apply.
+    pub guard: &'static str,
+    /// Whether another attempt may follow.
+    pub retryable: bool,
+    /// Earliest retry time the dispatch target asked for.
+    pub not_before: Option<i64>,
+}
+
 /// A run being moved along.
 #[derive(Debug, Clone)]
 pub(super) struct InFlight {
@@ -226,7 +239,8 @@ macro_rules! impl_workflow_store {
                 }
                 ReportEffect::Failed => {
                     let reason = agent_error_reason(r.details.as_deref());
-                    fail_attempt(conn, &run, &reason, IN_FLIGHT, true, None, r.received_at, rules).await
+                    let failure = Failure { reason: &reason, guard: IN_FLIGHT, retryable: true, not_before: None };
+                    fail_attempt(conn, &run, &failure, r.received_at, rules).await
                 }
             }
         }
@@ -299,13 +313,16 @@ macro_rules! impl_workflow_store {
         async fn fail_attempt(
             conn: &mut Conn,
             run: &$crate::store::workflow_sql::InFlight,
-            reason: &str,
-            guard: &str,
-            retryable: bool,
-            not_before: Option<i64>,
+            failure: &$crate::store::workflow_sql::Failure<'_>,
             now: i64,
             rules: &$crate::store::EngineRules,
         ) -> $crate::store::StoreResult<()> {
+            let $crate::store::workflow_sql::Failure {
+                reason,
+                guard,
+                retryable,
+                not_before,
+            } = *failure;
             if retryable && run.attempts <= run.max_retries {
                 let attempt = u32::try_from(run.attempts).unwrap_or(u32::MAX);
                 let delay_us = rules.backoff.delay_ms(attempt, rand::random::<f64>()) as i64 * 1000;
@@ -712,12 +729,24 @@ macro_rules! impl_workflow_store {
                     }
                     DispatchOutcome::Retry { error, not_before } => {
                         if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
-                            fail_attempt(&mut tx, &run, error, $crate::store::workflow_sql::CLAIMED, true, *not_before, now, self.rules()).await?;
+                            let failure = $crate::store::workflow_sql::Failure {
+                                reason: error,
+                                guard: $crate::store::workflow_sql::CLAIMED,
+                                retryable: true,
+                                not_before: *not_before,
+                            };
+                            fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
                         }
                     }
                     DispatchOutcome::Fail { error } => {
                         if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
-                            fail_attempt(&mut tx, &run, error, $crate::store::workflow_sql::CLAIMED, false, None, now, self.rules()).await?;
+                            let failure = $crate::store::workflow_sql::Failure {
+                                reason: error,
+                                guard: $crate::store::workflow_sql::CLAIMED,
+                                retryable: false,
+                                not_before: None,
+                            };
+                            fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
                         }
                     }
                 }
@@ -738,7 +767,8 @@ macro_rules! impl_workflow_store {
                 for row in overdue {
                     let run = InFlight::from_row(row);
                     let reason = format!("timed out after {}s without finishing", run.timeout_secs);
-                    fail_attempt(&mut tx, &run, &reason, SENT, true, None, now, self.rules()).await?;
+                    let failure = Failure { reason: &reason, guard: SENT, retryable: true, not_before: None };
+                    fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
                     touched += 1;
                 }
                 tx.commit().await?;
