@@ -1,0 +1,79 @@
+# Ops-Core container image.
+#
+#   docker build -t opscore .
+#   KEY=$(openssl rand -hex 32); echo "$KEY"
+#   docker run -p 8000:8000 -e OPSCORE_API_KEY="$KEY" -v opscore-data:/data opscore
+#
+# Without OPSCORE_API_KEY a key is generated once into /data/api_key.
+#
+# Without DATABASE_URL the service keeps a SQLite database in /data (a
+# volume); set DATABASE_URL=postgres://... to use PostgreSQL instead.
+# Migrations are embedded in the binary (sqlx::migrate!), so the runtime
+# stage needs nothing but the binary.
+
+# ---------------------------------------------------------------- builder
+FROM rust:1-bookworm AS builder
+WORKDIR /build
+
+# Compile the dependencies alone first, against placeholder sources, so that
+# this (slow) layer is reused until Cargo.toml or Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && echo '' > src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+# The real sources. migrations/ must be present at compile time: the
+# migrate! macro embeds it. The placeholder crate's build artefacts are
+# deleted (and the sources touched) so cargo cannot mistake the placeholder
+# binary for an up-to-date build: COPY keeps the context's older mtimes.
+COPY src ./src
+COPY migrations ./migrations
+RUN rm -rf target/release/.fingerprint/opscore-* \
+        target/release/deps/opscore-* target/release/deps/libopscore-* \
+        target/release/opscore target/release/libopscore.* \
+    && find src migrations -type f -exec touch {} + \
+    && cargo build --release --locked \
+    && ./target/release/opscore --version
+
+# ---------------------------------------------------------------- runtime
+FROM debian:bookworm-slim
+
+# ca-certificates: outbound HTTPS (rustls, to AgentKit). curl: the
+# HEALTHCHECK below. Nothing else: TLS is rustls, so no OpenSSL.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed, unprivileged uid/gid so volume ownership is predictable.
+# /data holds the SQLite database and the generated API key, owner-only.
+RUN groupadd --system --gid 10001 opscore \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data \
+        --no-create-home --shell /usr/sbin/nologin opscore \
+    && mkdir -p /data \
+    && chown opscore:opscore /data \
+    && chmod 0700 /data
+
+COPY --from=builder /build/target/release/opscore /usr/local/bin/opscore
+
+# Listen on every interface inside the container (the binary's own default,
+# 127.0.0.1, is unreachable from outside it) and keep data in the volume.
+ENV OPSCORE_BIND=0.0.0.0:8000 \
+    OPSCORE_DATA_DIR=/data
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8000
+
+# Liveness only (no database access). If you change OPSCORE_BIND's port,
+# override this check too.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD curl -fsS -o /dev/null http://127.0.0.1:8000/health || exit 1
+
+# SIGTERM (docker stop) starts a graceful shutdown: see
+# OPSCORE_SHUTDOWN_GRACE_SECS. The binary runs as PID 1 and handles it.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["opscore"]
+CMD ["serve"]
