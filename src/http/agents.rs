@@ -13,7 +13,7 @@ use super::auth::{
     authenticate, verify_signature, Principal, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
-use crate::domain::agent::{AgentId, NotifyBody, NotifyError, NotifyEvent};
+use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::FieldError;
@@ -317,6 +317,12 @@ async fn list_agents(
         if let Err(m) = validate_state_name(s) {
             errors.push(FieldError::new("state", m));
         }
+    }
+    if p.capability.as_deref().is_some_and(has_nul) {
+        errors.push(FieldError::new(
+            "capability",
+            "must not contain NUL characters",
+        ));
     }
     let after = match p.cursor.as_deref() {
         None => None,
