@@ -126,6 +126,8 @@ async fn list_agents_filters(backend: Backend) {
     for (query, field) in [
         ("?state=not%20ok", "state"),
         ("?includeDeregistered=maybe", "includeDeregistered"),
+        ("?capability=%00", "capability"),
+        ("?capability=a%00b&state=idle", "capability"),
     ] {
         let r = s.get_json(&format!("/v1/opscore/agents{query}")).await;
         assert_invalid_field(&r, field);

@@ -490,6 +490,50 @@ async fn deregister_unknown_agent_is_404(backend: Backend) {
     s.stop().await;
 }
 
+async fn nul_characters_are_422_on_every_backend(backend: Backend) {
+    // SQLite would store a NUL character, PostgreSQL cannot: the same
+    // request must get the same answer on both, a 422 naming the field.
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let before = s.everything().await;
+    let endpoint = "http://agent-7:8080/task";
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            register_payload("a2", "bad\u{0}name", &["x"], endpoint),
+            "agent_details.agentName",
+        ),
+        (
+            register_payload("a1", "bad\u{0}name", &["x"], endpoint),
+            "agent_details.agentName",
+        ),
+        (
+            register_payload("a2", "ok", &["x\u{0}"], endpoint),
+            "agent_details.capabilities",
+        ),
+        (
+            register_payload("a2", "ok", &["x"], "http://agent-7:8080/\u{0}"),
+            "agent_details.contactEndpoint",
+        ),
+    ];
+    for (body, field) in cases {
+        assert_invalid_field(&s.notify_bearer(&body).await, field);
+        let signed = agentkit_sign(&body, SECRET, 0, false).await;
+        assert_invalid_field(&s.notify_signed(&signed).await, field);
+    }
+    let mut body = reg("a2");
+    body["agent_details"]["version"] = json!("1.0\u{0}");
+    assert_invalid_field(&s.notify_bearer(&body).await, "agent_details.version");
+    assert_eq!(s.everything().await, before);
+    // NUL inside metadata is stored escaped, which both backends can hold.
+    let mut body = reg("a2");
+    body["agent_details"]["metadata"] = json!({"k\u{0}": "v\u{0}"});
+    let r = s.notify_bearer(&body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let agent = s.get_json("/v1/opscore/agent/a2").await;
+    assert_eq!(agent.body["metadata"], json!({"k\u{0}": "v\u{0}"}));
+    s.stop().await;
+}
+
 backend_tests!(
     signed_like_agentkit_is_accepted,
     one_changed_byte_is_refused,
@@ -505,4 +549,5 @@ backend_tests!(
     reregistration_updates_details_and_keeps_state,
     deregister_then_register_again,
     deregister_unknown_agent_is_404,
+    nul_characters_are_422_on_every_backend,
 );
