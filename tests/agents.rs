@@ -458,6 +458,53 @@ async fn null_details_allowed(backend: Backend) {
     s.stop().await;
 }
 
+async fn details_must_be_strict_json(backend: Backend) {
+    // JSON's grammar lets a string escape half a surrogate pair; strict
+    // parsers (serde_json among them) refuse such text. Stored verbatim it
+    // would make this agent's state, its history and every listing page
+    // that shows it unreadable to them, so it is refused up front.
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let ts = ts_at(future_base(), 0);
+    let before = s.everything().await;
+    for details in [
+        r#"{"x":"\ud800"}"#,
+        r#"{"x":"a\udc00b"}"#,
+        r#"{"\ud83d":1}"#,
+    ] {
+        let raw = format!(
+            r#"{{"agentId":"a1","timestamp":"{ts}","state":"active","details":{details}}}"#
+        );
+        let r = send(
+            s.post("/v1/opscore/agent/a1/state")
+                .header("content-type", "application/json")
+                .body(raw),
+        )
+        .await;
+        assert_invalid_field(&r, "details");
+    }
+    assert_eq!(s.everything().await, before);
+
+    // A whole pair is fine and reads back as the character it encodes.
+    let raw = format!(
+        r#"{{"agentId":"a1","timestamp":"{ts}","state":"active","details":{{"x":"\ud83d\ude00"}}}}"#
+    );
+    let r = send(
+        s.post("/v1/opscore/agent/a1/state")
+            .header("content-type", "application/json")
+            .body(raw),
+    )
+    .await;
+    assert_accepted(&r);
+    assert_eq!(s.state("a1").await.1["details"], json!({"x": "\u{1F600}"}));
+    let listing = s.get_json("/v1/opscore/agents").await;
+    assert_eq!(
+        listing.body["items"][0]["currentState"]["details"]["x"],
+        "\u{1F600}"
+    );
+    s.stop().await;
+}
+
 backend_tests!(
     report_is_stored_and_readable,
     report_auth_errors,
@@ -468,4 +515,5 @@ backend_tests!(
     latest_timestamp_wins,
     equal_timestamps_later_arrival_wins,
     null_details_allowed,
+    details_must_be_strict_json,
 );
