@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    agentkit_sign, assert_error, assert_invalid_field, deregister_payload, register_payload, send,
-    Backend, TestServer, KEY, NOTIFY, SECRET,
+    agentkit_sign, assert_error, assert_invalid_field, deregister_payload, parse_time,
+    register_payload, send, Backend, TestServer, KEY, NOTIFY, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -23,12 +23,15 @@ fn reg(id: &str) -> Value {
 async fn signed_like_agentkit_is_accepted(backend: Backend) {
     let s = TestServer::start(backend).await;
     // A non-ASCII name: Python escapes it (\u00e9) in the signed bytes.
-    let payload = register_payload(
+    let mut payload = register_payload(
         "5b0e-a1:x_y.z",
         "Résumé writer",
         &["summarise", "translate"],
         "https://agent-7.example:8443/task",
     );
+    // Unknown fields are ignored, wherever they are.
+    payload["sentBy"] = json!("agentkit 0.9");
+    payload["agent_details"]["region"] = json!("eu");
     let signed = agentkit_sign(&payload, SECRET, 0, false).await;
     assert!(
         !signed.body.contains("\": ") && !signed.body.contains(", \""),
@@ -62,6 +65,10 @@ async fn signed_like_agentkit_is_accepted(backend: Backend) {
     );
     assert_eq!(agent.body["metadata"], json!({"team": "blue"}));
     assert_eq!(agent.body["registered"], true);
+    // registrationTime in the body is ignored: registeredAt is the server's.
+    let registered_at = parse_time(&agent.body["registeredAt"]);
+    let age = chrono::Utc::now().signed_duration_since(registered_at);
+    assert!(age.num_hours().abs() < 1, "registeredAt {registered_at}");
     assert_eq!(s.history("5b0e-a1:x_y.z").await.len(), 1);
     s.stop().await;
 }
@@ -380,6 +387,7 @@ async fn reregistration_updates_details_and_keeps_state(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let before = s.get_json("/v1/opscore/agent/a1").await.body;
+    let last_seen_before = parse_time(&before["lastSeen"]);
     let history_before = s.history("a1").await;
     assert_eq!(history_before.len(), 2);
 
@@ -405,6 +413,7 @@ async fn reregistration_updates_details_and_keeps_state(backend: Backend) {
     assert_eq!(after["contactEndpoint"], "https://new-host:9000/run");
     assert_eq!(after["registeredAt"], before["registeredAt"]);
     assert_eq!(after["currentState"], before["currentState"]);
+    assert!(parse_time(&after["lastSeen"]) >= last_seen_before);
     assert_eq!(after["currentState"]["state"], "active");
     assert_eq!(s.history("a1").await, history_before);
     // The capability index follows the new details.
@@ -449,6 +458,7 @@ async fn deregister_then_register_again(backend: Backend) {
     assert_eq!(state.body["state"], "idle");
     assert_eq!(s.history("a1").await.len(), 2);
     let agent = s.get_json("/v1/opscore/agent/a1").await.body;
+    let registered_at = agent["registeredAt"].clone();
     assert_eq!(agent["registered"], false);
     assert!(agent["deregisteredAt"].is_string(), "{agent}");
     let listed = s.get_json("/v1/opscore/agents").await.body;
@@ -464,6 +474,7 @@ async fn deregister_then_register_again(backend: Backend) {
     let agent = s.get_json("/v1/opscore/agent/a1").await.body;
     assert_eq!(agent["registered"], true);
     assert_eq!(agent["deregisteredAt"], Value::Null);
+    assert_eq!(agent["registeredAt"], registered_at);
     assert_eq!(agent["currentState"]["state"], "idle");
     let r = s.report_json("a1", &report(2, "active")).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
