@@ -188,7 +188,17 @@ impl NotifyBody {
     }
 }
 
+/// PostgreSQL text cannot hold a NUL character (SQLite can): refuse it in
+/// every stored string, so both backends give the same 422 rather than one
+/// storing it and the other failing with a 500.
+pub fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
 fn bounded_text(field: &str, s: String) -> Result<String, FieldError> {
+    if has_nul(&s) {
+        return Err(FieldError::new(field, "must not contain NUL characters"));
+    }
     if s.chars().count() > MAX_TEXT_LEN {
         return Err(FieldError::new(
             field,
@@ -208,10 +218,10 @@ fn validate_capabilities(caps: Vec<String>) -> Result<Vec<String>, FieldError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(caps.len());
     for c in caps {
-        if c.is_empty() || c.chars().count() > MAX_CAPABILITY_LEN {
+        if c.is_empty() || c.chars().count() > MAX_CAPABILITY_LEN || has_nul(&c) {
             return Err(FieldError::new(
                 FIELD,
-                format!("each capability must be 1 to {MAX_CAPABILITY_LEN} characters"),
+                format!("each capability must be 1 to {MAX_CAPABILITY_LEN} characters, no NUL"),
             ));
         }
         if !out.contains(&c) {
@@ -229,6 +239,9 @@ pub fn validate_contact_endpoint(s: &str) -> Result<String, FieldError> {
             FIELD,
             format!("must be at most {MAX_URL_LEN} characters"),
         ));
+    }
+    if has_nul(s) {
+        return Err(FieldError::new(FIELD, "must not contain NUL characters"));
     }
     let url = url::Url::parse(s)
         .map_err(|e| FieldError::new(FIELD, format!("not an absolute URL: {e}")))?;
@@ -311,7 +324,13 @@ mod tests {
     #[test]
     fn contact_endpoints() {
         assert!(validate_contact_endpoint("https://a.example/x").is_ok());
-        for bad in ["/relative", "mailto:x@y", "http://", "not a url"] {
+        for bad in [
+            "/relative",
+            "mailto:x@y",
+            "http://",
+            "not a url",
+            "http://a/\0",
+        ] {
             assert!(validate_contact_endpoint(bad).is_err(), "{bad}");
         }
     }

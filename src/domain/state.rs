@@ -120,6 +120,10 @@ impl StateReportBody {
                     "details",
                     format!("must be at most {MAX_DETAILS_BYTES} bytes serialised"),
                 );
+            } else if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+                // RawValue does not check \u escapes: a lone surrogate stored
+                // verbatim would make every later read of it unparseable.
+                v.push("details", format!("is not strict JSON: {e}"));
             }
         }
         v.finish().map_err(ReportError::Invalid)?;
@@ -185,6 +189,17 @@ mod tests {
         for bad in ["", "a b", "é", &"x".repeat(65)] {
             assert!(validate_state_name(bad).is_err());
         }
+    }
+
+    #[test]
+    fn details_with_a_lone_surrogate() {
+        let e = parse(r#"{"agentId":"a1","timestamp":"2026-04-21T10:00:00Z","state":"idle","details":{"x":"\ud800"}}"#)
+            .unwrap_err();
+        assert!(
+            matches!(e, ReportError::Invalid(ref errs) if errs[0].field == "details"),
+            "{e:?}"
+        );
+        assert!(parse(r#"{"agentId":"a1","timestamp":"2026-04-21T10:00:00Z","state":"idle","details":{"x":"\ud83d\ude00"}}"#).is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::auth::{
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
-use crate::domain::agent::{AgentId, NotifyBody, NotifyError, NotifyEvent};
+use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::FieldError;
@@ -282,6 +282,12 @@ async fn list_agents(
         if let Err(m) = validate_state_name(s) {
             errors.push(FieldError::new("state", m));
         }
+    }
+    if p.capability.as_deref().is_some_and(has_nul) {
+        errors.push(FieldError::new(
+            "capability",
+            "must not contain NUL characters",
+        ));
     }
     let after = match p.cursor.as_deref() {
         None => None,

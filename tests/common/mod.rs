@@ -119,6 +119,9 @@ pub fn test_config(db: &TestDb) -> Config {
     c.webhook_secret = Some(Secret::new(SECRET));
     c.data_dir = db.dir.path().to_owned();
     c.shutdown_grace = Duration::from_secs(5);
+    // The PostgreSQL server is shared by every test running at once (and by
+    // other checkouts on the machine): keep each server's pool small.
+    c.db.max_connections = 6;
     c
 }
 
@@ -261,6 +264,296 @@ pub async fn register_at(client: &reqwest::Client, base: &str, id: &str, caps: &
     );
 }
 
+/// A response read in full: status, headers, and the body as JSON (a
+/// non-JSON body becomes a JSON string, so assertions on it fail visibly).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+/// Send a request and read the whole response.
+pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    let r = rb.send().await.expect("send");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.expect("read body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Assert a contract 1.8 error: the status, a JSON object body holding a
+/// non-empty `detail` and exactly `code`, and nothing but `detail`, `code`
+/// and (for validation errors) `errors`.
+#[track_caller]
+pub fn assert_error(r: &Resp, status: StatusCode, code: &str) {
+    assert_eq!(r.status, status, "body: {}", r.body);
+    let obj = r
+        .body
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not a JSON object: {}", r.body));
+    assert_eq!(
+        obj.get("code").and_then(Value::as_str),
+        Some(code),
+        "body: {}",
+        r.body
+    );
+    let detail = obj
+        .get("detail")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("error body has no detail string: {}", r.body));
+    assert!(!detail.is_empty(), "empty detail: {}", r.body);
+    for k in obj.keys() {
+        assert!(
+            matches!(k.as_str(), "detail" | "code" | "errors"),
+            "unexpected key {k} in error body {}",
+            r.body
+        );
+    }
+    let ct = r
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+}
+
+/// Assert a 422 `validation_failed` whose `errors` name `field`.
+#[track_caller]
+pub fn assert_invalid_field(r: &Resp, field: &str) {
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let errors = r.body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors array: {}", r.body));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["field"] == field && e["message"].as_str().is_some_and(|m| !m.is_empty())),
+        "no error for field {field}: {}",
+        r.body
+    );
+}
+
+/// The exact 202 body of an accepted state report.
+pub const ACCEPTED_BODY: &str = r#"{"status":"success","message":"State update accepted"}"#;
+
+/// A state report body.
+pub fn report(id: &str, ts: &str, state: &str, details: Value) -> Value {
+    json!({"agentId": id, "timestamp": ts, "state": state, "details": details})
+}
+
+/// Assert a 202 with exactly the contract's body.
+#[track_caller]
+pub fn assert_accepted(r: &Resp) {
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        r.body,
+        serde_json::from_str::<Value>(ACCEPTED_BODY).unwrap()
+    );
+}
+
+/// Parse an RFC 3339 time from a JSON value, or fail the test.
+#[track_caller]
+pub fn parse_time(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+/// An RFC 3339 timestamp `secs` seconds after `base`, in the shape the
+/// server renders (microseconds, `+00:00`).
+pub fn ts_at(base: chrono::DateTime<chrono::Utc>, secs: i64) -> String {
+    (base + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}
+
+/// A base instant a day from now, on a whole second: report timestamps built
+/// on it sort after every registration's `UNKNOWN` entry.
+pub fn future_base() -> chrono::DateTime<chrono::Utc> {
+    let t = chrono::Utc::now() + chrono::Duration::days(1);
+    chrono::DateTime::from_timestamp(t.timestamp(), 0).expect("in range")
+}
+
+/// A webhook body, signature and timestamp made the way AgentKit makes them,
+/// by Python's own `json`, `hmac` and `hashlib` (not by our Rust code).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub body: String,
+    pub timestamp: String,
+    pub signature: String,
+}
+
+const AGENTKIT_SIGNER: &str = r#"
+import datetime, hashlib, hmac, json, sys, time
+payload = json.loads(sys.argv[1])
+secret, age, mode = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+body = json.dumps(payload, separators=(",", ":"))
+if mode == "rfc3339":
+    ts = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age)).isoformat()
+else:
+    ts = str(int(time.time()) - age)
+sig = hmac.new(secret.encode(), (ts + "." + body).encode(), hashlib.sha256).hexdigest()
+print(json.dumps({"body": body, "timestamp": ts, "signature": sig}))
+"#;
+
+/// Sign `payload` with `secret` as AgentKit does: compact JSON body,
+/// `str(int(time.time()))` timestamp (minus `age_secs`), lowercase hex
+/// HMAC-SHA256 of `timestamp + "." + body`. With `rfc3339` the timestamp is
+/// an ISO time instead of Unix seconds.
+pub async fn agentkit_sign(payload: &Value, secret: &str, age_secs: i64, rfc3339: bool) -> Signed {
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(AGENTKIT_SIGNER)
+        .arg(payload.to_string())
+        .arg(secret)
+        .arg(age_secs.to_string())
+        .arg(if rfc3339 { "rfc3339" } else { "unix" })
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python3 signer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("signer output");
+    let field = |k: &str| v[k].as_str().expect("signer field").to_owned();
+    Signed {
+        body: field("body"),
+        timestamp: field("timestamp"),
+        signature: field("signature"),
+    }
+}
+
+/// A REGISTER payload with every field AgentKit sends.
+pub fn register_payload(id: &str, name: &str, caps: &[&str], endpoint: &str) -> Value {
+    json!({"event_type": "REGISTER", "agent_details": {
+        "agentId": id, "agentName": name, "version": "1.0", "capabilities": caps,
+        "contactEndpoint": endpoint, "metadata": {"team": "blue"},
+        "registrationTime": "2026-04-21T10:00:00Z"}})
+}
+
+/// A DEREGISTER payload.
+pub fn deregister_payload(id: &str) -> Value {
+    json!({"event_type": "DEREGISTER", "agent_details": {"agentId": id}})
+}
+
+pub const NOTIFY: &str = "/v1/opscore/internal/agent/notify";
+
+impl TestServer {
+    /// POST a signed webhook exactly as given.
+    pub async fn notify_signed(&self, s: &Signed) -> Resp {
+        send(
+            self.client
+                .post(self.url(NOTIFY))
+                .header("content-type", "application/json")
+                .header("X-AgentKit-Timestamp", &s.timestamp)
+                .header("X-AgentKit-Signature", &s.signature)
+                .body(s.body.clone()),
+        )
+        .await
+    }
+
+    /// POST a webhook with the bearer key.
+    pub async fn notify_bearer(&self, body: &Value) -> Resp {
+        send(
+            self.post(NOTIFY)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// POST a webhook with no credentials at all.
+    pub async fn notify_unsigned(&self, body: &Value) -> Resp {
+        send(
+            self.client
+                .post(self.url(NOTIFY))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// GET with the key, read in full.
+    pub async fn get_json(&self, path: &str) -> Resp {
+        send(self.get(path)).await
+    }
+
+    /// POST a state report body (any JSON) for `id` with the key.
+    pub async fn report_json(&self, id: &str, body: &Value) -> Resp {
+        send(
+            self.post(&format!("/v1/opscore/agent/{id}/state"))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// Every history entry of `id`, newest first, across all pages.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        history_at(&self.client, &self.base, id).await
+    }
+
+    /// Every agent (deregistered too) with its full history: everything the
+    /// service has stored about agents. Rejected requests must leave it equal.
+    pub async fn everything(&self) -> Value {
+        everything_at(&self.client, &self.base).await
+    }
+}
+
+/// Every history entry of `id` on the server at `base`, newest first.
+pub async fn history_at(client: &reqwest::Client, base: &str, id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/opscore/agent/{id}/state/history?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = send(client.get(url).bearer_auth(KEY)).await;
+        assert_eq!(r.status, StatusCode::OK, "history of {id}: {}", r.body);
+        out.extend(r.body["items"].as_array().expect("items").iter().cloned());
+        match r.body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Every agent (deregistered too) on the server at `base`, in listing order.
+pub async fn all_agents_at(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/opscore/agents?includeDeregistered=true&limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = send(client.get(url).bearer_auth(KEY)).await;
+        assert_eq!(r.status, StatusCode::OK, "list agents: {}", r.body);
+        out.extend(r.body["items"].as_array().expect("items").iter().cloned());
+        match r.body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Every agent with its history, as one JSON value.
+pub async fn everything_at(client: &reqwest::Client, base: &str) -> Value {
+    let mut out = Vec::new();
+    for agent in all_agents_at(client, base).await {
+        let id = agent["agentId"].as_str().expect("agentId").to_owned();
+        let history = history_at(client, base, &id).await;
+        out.push(json!({"agent": agent, "history": history}));
+    }
+    Value::Array(out)
+}
+
 /// The Ops-Core binary run as a child process, for tests that kill it.
 pub struct ServerProcess {
     pub child: tokio::process::Child,
@@ -290,6 +583,7 @@ impl ServerProcess {
             .env("OPSCORE_WEBHOOK_SECRET", SECRET)
             .env("LOG_LEVEL", "info")
             .envs(env.iter().copied())
+            .env("OPSCORE_DB_MAX_CONNECTIONS", "6")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
