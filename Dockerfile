@@ -56,11 +56,15 @@ RUN groupadd --system --gid 10001 opscore \
     && chmod 0700 /data
 
 COPY --from=builder /build/target/release/opscore /usr/local/bin/opscore
+# Workflow definitions loaded at startup (contract 1.6). Mount another
+# directory over it, or set OPSCORE_WORKFLOWS_DIR, to load your own.
+COPY workflows /etc/opscore/workflows
 
 # Listen on every interface inside the container (the binary's own default,
 # 127.0.0.1, is unreachable from outside it) and keep data in the volume.
 ENV OPSCORE_BIND=0.0.0.0:8000 \
-    OPSCORE_DATA_DIR=/data
+    OPSCORE_DATA_DIR=/data \
+    OPSCORE_WORKFLOWS_DIR=/etc/opscore/workflows
 
 USER 10001:10001
 WORKDIR /data

@@ -622,7 +622,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<(Secret, bool)> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                create_private_dir(dir).map_err(|e| {
                     anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
                 })?;
             }
@@ -659,6 +659,16 @@ fn check_private(path: &Path) -> anyhow::Result<()> {
 #[cfg(not(unix))]
 fn check_private(_: &Path) -> anyhow::Result<()> {
     Ok(())
+}
+
+/// Create `dir` (and its parents) if missing; directories this creates are
+/// owner-only (0700), since they hold the database and the API key.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 /// A new random key: 32 bytes from the OS generator, hex-encoded.

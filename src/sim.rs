@@ -50,6 +50,13 @@ pub struct SimArgs {
     /// Probability that a task ends in `error` (0 to 1).
     #[arg(long, env = "SIM_ERROR_RATE", default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Also trigger this workflow on the agents in turn, and log how each
+    /// session ends.
+    #[arg(long, env = "SIM_TRIGGER_WORKFLOW")]
+    pub trigger_workflow: Option<String>,
+    /// How often to trigger it, in milliseconds.
+    #[arg(long, env = "SIM_TRIGGER_EVERY_MS", default_value_t = 2000)]
+    pub trigger_every_ms: u64,
 }
 
 struct Sim {
@@ -107,6 +114,16 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
     }
     tracing::info!(agents = ids.len(), "simulated agents registered and idle");
 
+    if let (Some(workflow), false) = (&args.trigger_workflow, ids.is_empty()) {
+        let every = Duration::from_millis(args.trigger_every_ms.max(10));
+        tokio::spawn(trigger_loop(
+            sim.clone(),
+            ids.clone(),
+            workflow.clone(),
+            every,
+            stop.clone(),
+        ));
+    }
     stop.cancelled().await;
     for id in &ids {
         let details = json!({"agentId": id});
@@ -120,6 +137,59 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
     }
     server.await??;
     Ok(())
+}
+
+/// Trigger `workflow` on each agent in turn, and follow each session to its
+/// end in the log.
+async fn trigger_loop(
+    sim: Arc<Sim>,
+    ids: Vec<String>,
+    workflow: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    for n in 0usize.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let agent = &ids[n % ids.len()];
+        let body = json!({"workflowDefinitionId": workflow, "initialPayload": {"n": n}});
+        let session = match sim
+            .client
+            .post_json(&format!("/v1/opscore/agent/{agent}/workflow"), &body)
+            .await
+        {
+            Ok(v) => v["sessionId"].as_str().unwrap_or_default().to_owned(),
+            Err(e) => {
+                tracing::warn!(agent_id = %agent, error = %e, "trigger failed");
+                continue;
+            }
+        };
+        tracing::info!(agent_id = %agent, session_id = %session, "workflow triggered");
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Ok(v) = sim
+                    .client
+                    .get_json(&format!("/v1/opscore/sessions/{session}"))
+                    .await
+                else {
+                    continue;
+                };
+                let status = v["status"].as_str().unwrap_or_default();
+                if matches!(status, "completed" | "failed" | "cancelled") {
+                    let attempts: i64 = v["tasks"]
+                        .as_array()
+                        .map_or(0, |t| t.iter().filter_map(|t| t["attempts"].as_i64()).sum());
+                    tracing::info!(session_id = %session, status, attempts, error = v["error"].as_str().unwrap_or(""), "workflow session finished");
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// Ops-Core may still be starting (docker compose): retry for a while.

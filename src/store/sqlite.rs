@@ -45,7 +45,7 @@ impl SqliteStore {
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
             {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                crate::config::create_private_dir(dir).map_err(|e| {
                     anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
                 })?;
             }
