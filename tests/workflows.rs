@@ -271,6 +271,32 @@ async fn timeout_then_retry(backend: Backend) {
     s.stop().await;
 }
 
+async fn delay_seconds_holds_a_task_back(backend: Backend) {
+    let kit = FakeAgentKit::start().await;
+    let s = start(backend, &kit).await;
+    s.register("a1").await;
+    let def = one_task("w_delay", json!({"delaySeconds": 2}));
+    let (_, body) = trigger(&s, "a1", json!({"workflowDefinition": def})).await;
+    let sid = body["sessionId"].as_str().unwrap().to_owned();
+    let v = session(&s, &sid).await;
+    assert_eq!(v["tasks"][0]["status"], "queued");
+    let due =
+        chrono::DateTime::parse_from_rfc3339(v["tasks"][0]["dueAt"].as_str().unwrap()).unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339(v["createdAt"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        due.signed_duration_since(created),
+        chrono::Duration::seconds(2)
+    );
+    let calls = kit.wait_calls(1, 10).await;
+    assert_eq!(calls[0].body["opscore_session_id"], sid.as_str());
+    let v = wait_session(&s, &sid, |v| v["tasks"][0]["dispatchedAt"].is_string()).await;
+    let sent =
+        chrono::DateTime::parse_from_rfc3339(v["tasks"][0]["dispatchedAt"].as_str().unwrap())
+            .unwrap();
+    assert!(sent >= due, "dispatched at {sent}, due at {due}");
+    s.stop().await;
+}
+
 async fn agent_error_fails_the_attempt(backend: Backend) {
     let kit = FakeAgentKit::start().await;
     let s = start(backend, &kit).await;
@@ -794,6 +820,7 @@ backend_tests!(
     client_errors_are_not_retried,
     retry_after_and_429_are_honoured,
     timeout_then_retry,
+    delay_seconds_holds_a_task_back,
     agent_error_fails_the_attempt,
     cancel_mid_flight,
     late_and_duplicate_reports_change_nothing,

@@ -42,6 +42,11 @@ impl Validator {
         self.errors.push(FieldError::new(field, message));
     }
 
+    /// Record an error built elsewhere.
+    pub fn add(&mut self, e: FieldError) {
+        self.errors.push(e);
+    }
+
     /// Keep the value of a check, or record its error and return `None`.
     pub fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
         match result {

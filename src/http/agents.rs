@@ -17,7 +17,7 @@ use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, D
 use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, RegisterOutcome};
@@ -262,16 +262,15 @@ async fn list_agents(
     State(state): State<AppState>,
     Query(p): Query<ListAgentsParams>,
 ) -> Result<Json<Page<AgentView>>> {
-    let mut errors = Vec::new();
-    let limit = parse_limit(p.limit.as_deref()).unwrap_or_else(|e| {
-        errors.push(e);
-        DEFAULT_LIMIT
-    });
+    let mut v = Validator::default();
+    let limit = v
+        .check(parse_limit(p.limit.as_deref()))
+        .unwrap_or(DEFAULT_LIMIT);
     let include_deregistered = match p.include_deregistered.as_deref() {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
         Some(_) => {
-            errors.push(FieldError::new(
+            v.add(FieldError::new(
                 "includeDeregistered",
                 "must be true or false",
             ));
@@ -280,11 +279,11 @@ async fn list_agents(
     };
     if let Some(s) = &p.state {
         if let Err(m) = validate_state_name(s) {
-            errors.push(FieldError::new("state", m));
+            v.add(FieldError::new("state", m));
         }
     }
     if p.capability.as_deref().is_some_and(has_nul) {
-        errors.push(FieldError::new(
+        v.add(FieldError::new(
             "capability",
             "must not contain NUL characters",
         ));
@@ -294,14 +293,12 @@ async fn list_agents(
         Some(c) => match decode_cursor(c).filter(|id| AgentId::parse(id).is_ok()) {
             Some(id) => Some(id),
             None => {
-                errors.push(bad_cursor());
+                v.add(bad_cursor());
                 None
             }
         },
     };
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    v.finish().map_err(ApiError::validation)?;
     let q = AgentQuery {
         state: p.state,
         capability: p.capability,
@@ -330,11 +327,10 @@ async fn state_history(
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page<StateView>>> {
     let agent = path_agent(&agent_id)?;
-    let mut errors = Vec::new();
-    let limit = parse_limit(p.limit.as_deref()).unwrap_or_else(|e| {
-        errors.push(e);
-        DEFAULT_LIMIT
-    });
+    let mut v = Validator::default();
+    let limit = v
+        .check(parse_limit(p.limit.as_deref()))
+        .unwrap_or(DEFAULT_LIMIT);
     let before = match p.cursor.as_deref() {
         None => None,
         Some(c) => {
@@ -343,14 +339,12 @@ async fn state_history(
                 Some((ts.parse::<i64>().ok()?, seq.parse::<i64>().ok()?))
             });
             if pos.is_none() {
-                errors.push(bad_cursor());
+                v.add(bad_cursor());
             }
             pos
         }
     };
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    v.finish().map_err(ApiError::validation)?;
     let entries = state
         .store
         .state_history(&agent, &HistoryQuery { before, limit })

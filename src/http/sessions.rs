@@ -12,7 +12,7 @@ use super::extract::{Path, Query};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::workflow::{RunStatus, SessionStatus};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
 use crate::store::{RunRecord, SessionQuery, SessionRecord, StoreError};
@@ -146,17 +146,16 @@ async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<Page<SessionView>>> {
     let agent = path_agent(&agent_id)?;
-    let mut errors = Vec::new();
-    let limit = parse_limit(p.limit.as_deref()).unwrap_or_else(|e| {
-        errors.push(e);
-        DEFAULT_LIMIT
-    });
+    let mut v = Validator::default();
+    let limit = v
+        .check(parse_limit(p.limit.as_deref()))
+        .unwrap_or(DEFAULT_LIMIT);
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => match SessionStatus::parse(s) {
             Some(st) => Some(st),
             None => {
-                errors.push(FieldError::new(
+                v.add(FieldError::new(
                     "status",
                     "must be one of started, running, completed, failed, cancelled",
                 ));
@@ -169,14 +168,12 @@ async fn list(
         Some(c) => {
             let pos = decode_cursor(c).filter(|s| uuid::Uuid::parse_str(s).is_ok());
             if pos.is_none() {
-                errors.push(bad_cursor());
+                v.add(bad_cursor());
             }
             pos
         }
     };
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    v.finish().map_err(ApiError::validation)?;
     state.store.get_agent(&agent).await?;
     let sessions = state
         .store

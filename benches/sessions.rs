@@ -1,0 +1,148 @@
+//! Benchmark: workflow sessions completed per second, end to end.
+//!
+//! One process runs Ops-Core (in direct dispatch mode) and `opscore
+//! simulate`'s agents, which answer every task at once (active, then idle).
+//! The bench triggers the two-step sample workflow many times across the
+//! agents and times until every session has completed: each session is two
+//! dispatches, four state reports and their database transactions.
+//!
+//! `cargo bench --bench sessions` runs it on SQLite; with
+//! OPSCORE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres it
+//! also runs on a scratch PostgreSQL database (created and dropped).
+//! BENCH_SESSIONS and BENCH_AGENTS change the size (defaults 2000 and 50).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use opscore::config::{Config, DispatchTarget};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "bench-admin-key-0123456789";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sessions = env_usize("BENCH_SESSIONS", 2000);
+    let agents = env_usize("BENCH_AGENTS", 50);
+    println!("sessions completed per second: {sessions} sessions of the 2-task sample workflow over {agents} simulated agents");
+    println!(
+        "{:<10} {:>10} {:>12} {:>12}",
+        "backend", "seconds", "sessions/s", "tasks/s"
+    );
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+    run("sqlite", &sqlite, sessions, agents).await?;
+    if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
+        let name = format!("opscore_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let url = format!(
+            "{}/{name}",
+            admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
+        );
+        let result = run("postgres", &url, sessions, agents).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        result?;
+    }
+    Ok(())
+}
+
+async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::Result<()> {
+    let mut config = Config::new(url, KEY);
+    config.dispatch.target = DispatchTarget::Direct;
+    config.dispatch.poll_interval = Duration::from_millis(10);
+    config.workflows_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
+    config.log_level = "warn".into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(opscore::serve(config, listener, stop.clone()));
+
+    let sim_args = opscore::sim::SimArgs {
+        url: base.clone(),
+        api_key: KEY.into(),
+        webhook_secret: None,
+        agents,
+        id_prefix: "bench".into(),
+        listen: "127.0.0.1:0".parse()?,
+        advertise_url: None,
+        task_ms: 0,
+        error_rate: 0.0,
+        trigger_workflow: None,
+        trigger_every_ms: 1000,
+    };
+    let sim_stop = CancellationToken::new();
+    let sim = tokio::spawn(opscore::sim::run(sim_args, sim_stop.clone()));
+
+    let client = opscore::client::Client::new(&base, Some(KEY.into()));
+    // Wait until every simulated agent is registered and idle.
+    loop {
+        let v = client
+            .get_json("/v1/opscore/agents?state=idle&limit=1000")
+            .await;
+        if v.is_ok_and(|v| v["items"].as_array().is_some_and(|a| a.len() == agents)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let started = Instant::now();
+    futures::stream::iter(0..sessions)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let body = json!({"workflowDefinitionId": "sample_workflow_id", "initialPayload": {"i": i}});
+                client
+                    .post_json(&format!("/v1/opscore/agent/bench-{}/workflow", i % agents), &body)
+                    .await
+            }
+        })
+        .buffer_unordered(32)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                eprintln!("trigger failed: {e}");
+            }
+        })
+        .await;
+    loop {
+        let mut done = 0;
+        for a in 0..agents {
+            let v: Value = client
+                .get_json(&format!(
+                    "/v1/opscore/agent/bench-{a}/sessions?status=completed&limit=1000"
+                ))
+                .await?;
+            done += v["items"].as_array().map_or(0, Vec::len);
+        }
+        if done >= sessions {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("only {done} of {sessions} sessions completed in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{label:<10} {secs:>10.2} {:>12.0} {:>12.0}",
+        sessions as f64 / secs,
+        2.0 * sessions as f64 / secs
+    );
+    sim_stop.cancel();
+    let _ = sim.await;
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
