@@ -581,7 +581,7 @@ fn parse_num(
 fn parse_bool(raw: &str, env: &'static str, flag: &'static str) -> Result<bool, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
+        "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(ConfigError::new(
             env,
             flag,
@@ -721,6 +721,9 @@ mod tests {
             "{e}"
         );
         assert!(parse_bool("maybe", "B", "b").is_err());
+        // An empty value is a mistake, not "false": it must not silently
+        // turn the dispatcher off.
+        assert!(parse_bool("", "B", "b").is_err());
         assert!(validate_key("short").is_err());
     }
 }

@@ -181,10 +181,14 @@ async fn trigger_loop(
                 };
                 let status = v["status"].as_str().unwrap_or_default();
                 if matches!(status, "completed" | "failed" | "cancelled") {
-                    let attempts: i64 = v["tasks"]
-                        .as_array()
-                        .map_or(0, |t| t.iter().filter_map(|t| t["attempts"].as_i64()).sum());
-                    tracing::info!(session_id = %session, status, attempts, error = v["error"].as_str().unwrap_or(""), "workflow session finished");
+                    // Attempts per task, in order, e.g. "1,2".
+                    let attempts = v["tasks"].as_array().map_or(String::new(), |t| {
+                        t.iter()
+                            .map(|t| t["attempts"].to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    });
+                    tracing::info!(session_id = %session, status, attempts = %attempts, error = v["error"].as_str().unwrap_or(""), "workflow session finished");
                     return;
                 }
             }

@@ -425,6 +425,31 @@ async fn idle_heartbeat_from_before_dispatch_is_not_completion(backend: Backend)
     s.stop().await;
 }
 
+async fn heartbeat_during_a_retry_send_is_not_completion(backend: Backend) {
+    let kit = FakeAgentKit::start().await;
+    kit.script(&[Reply::Status(202), Reply::SlowAccept(1500)]);
+    let s = start(backend, &kit).await;
+    s.register("a1").await;
+    let def = one_task("w_retry_hb", json!({"maxRetries": 1}));
+    let (_, body) = trigger(&s, "a1", json!({"workflowDefinition": def})).await;
+    let sid = body["sessionId"].as_str().unwrap().to_owned();
+    kit.wait_calls(1, 10).await;
+    wait_session(&s, &sid, status_is("running")).await;
+    report(&s, "a1", "active", json!({})).await;
+    report(&s, "a1", "error", json!({})).await;
+    report(&s, "a1", "idle", json!({})).await;
+    // The retry is on its way (the framework holds it); a plain idle
+    // heartbeat now is not about it, whatever the first attempt's send time.
+    kit.wait_calls(2, 10).await;
+    report(&s, "a1", "idle", json!({})).await;
+    let v = session(&s, &sid).await;
+    assert_ne!(v["tasks"][0]["status"], "completed", "{v}");
+    assert_eq!(v["tasks"][0]["attempts"], 2);
+    let v = wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "dispatched").await;
+    assert_eq!(v["status"], "running");
+    s.stop().await;
+}
+
 async fn definitions_api(backend: Backend) {
     let kit = FakeAgentKit::start().await;
     let s = start(backend, &kit).await;
@@ -825,6 +850,7 @@ backend_tests!(
     cancel_mid_flight,
     late_and_duplicate_reports_change_nothing,
     idle_heartbeat_from_before_dispatch_is_not_completion,
+    heartbeat_during_a_retry_send_is_not_completion,
     definitions_api,
     invalid_triggers_and_definitions_are_refused,
     sessions_are_listed_per_agent,

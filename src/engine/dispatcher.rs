@@ -77,7 +77,11 @@ async fn run(
     stop: CancellationToken,
     owner: String,
 ) {
-    tracing::info!(owner = %owner, target = ?cfg.target, "dispatcher started");
+    let target = match &cfg.target {
+        DispatchTarget::AgentKit(url) => url.as_str().to_owned(),
+        DispatchTarget::Direct => "direct (each agent's contactEndpoint)".to_owned(),
+    };
+    tracing::info!(owner = %owner, target = %target, "dispatcher started");
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut deliveries = JoinSet::new();
     let mut last_sweep: Option<Instant> = None;

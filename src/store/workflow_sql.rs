@@ -31,7 +31,11 @@ pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task
                        AND f.status IN ('dispatching', 'dispatched', 'running')) \
      ORDER BY r.due_at_us LIMIT $3";
 
-pub(super) const CLAIM_ONE: &str = "UPDATE task_runs SET status = 'dispatching', lease_owner = $2, due_at_us = $3, attempts = attempts + 1 \
+/// Claims one run. The previous attempt's dispatch time is cleared: until
+/// this attempt is confirmed sent, no report may count as coming after it.
+pub(super) const CLAIM_ONE: &str =
+    "UPDATE task_runs SET status = 'dispatching', lease_owner = $2, due_at_us = $3, \
+     attempts = attempts + 1, dispatched_at_us = NULL \
      WHERE run_id = $1 AND status = 'queued'";
 
 /// A dispatcher that stopped before confirming delivery gives its claim
@@ -160,17 +164,23 @@ macro_rules! impl_workflow_store {
     ($store:ty, $db:ty, $claim_lock:expr) => {
         type Conn = <$db as sqlx::Database>::Connection;
 
-        async fn in_flight_by_run(
+        /// The run `owner` claimed and has not recorded an answer for. A
+        /// dispatcher whose lease ran out (and whose claim another took
+        /// over) finds nothing, so its late answer changes nothing.
+        async fn claimed_run(
             conn: &mut Conn,
             run_id: &str,
-            status_in: &str,
+            owner: &str,
         ) -> $crate::store::StoreResult<Option<$crate::store::workflow_sql::InFlight>> {
             let sql = format!(
-                "SELECT {} FROM task_runs WHERE run_id = $1 AND status IN ({status_in})",
+                "SELECT {} FROM task_runs WHERE run_id = $1 AND status = 'dispatching' AND lease_owner = $2",
                 $crate::store::workflow_sql::IN_FLIGHT_COLUMNS
             );
-            let row: Option<$crate::store::workflow_sql::InFlightRow> =
-                sqlx::query_as(&sql).bind(run_id).fetch_optional(&mut *conn).await?;
+            let row: Option<$crate::store::workflow_sql::InFlightRow> = sqlx::query_as(&sql)
+                .bind(run_id)
+                .bind(owner)
+                .fetch_optional(&mut *conn)
+                .await?;
             Ok(row.map($crate::store::workflow_sql::InFlight::from_row))
         }
 
@@ -728,7 +738,7 @@ macro_rules! impl_workflow_store {
                         }
                     }
                     DispatchOutcome::Retry { error, not_before } => {
-                        if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
+                        if let Some(run) = claimed_run(&mut tx, run_id, owner).await? {
                             let failure = $crate::store::workflow_sql::Failure {
                                 reason: error,
                                 guard: $crate::store::workflow_sql::CLAIMED,
@@ -739,7 +749,7 @@ macro_rules! impl_workflow_store {
                         }
                     }
                     DispatchOutcome::Fail { error } => {
-                        if let Some(run) = in_flight_by_run(&mut tx, run_id, "'dispatching'").await? {
+                        if let Some(run) = claimed_run(&mut tx, run_id, owner).await? {
                             let failure = $crate::store::workflow_sql::Failure {
                                 reason: error,
                                 guard: $crate::store::workflow_sql::CLAIMED,

@@ -27,6 +27,9 @@ pub struct Call {
 pub enum Reply {
     Status(u16),
     RetryAfter(u16, u64),
+    /// 202, but only after this many milliseconds (the call is recorded at
+    /// once, so a test can act while the dispatcher is still waiting).
+    SlowAccept(u64),
 }
 
 /// Called for every first delivery of an Idempotency-Key (the agent's side).
@@ -153,6 +156,10 @@ async fn run(
     inner.calls.lock().unwrap().push(call);
     inner.arrived.notify_waiters();
     match reply {
+        Reply::SlowAccept(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::ACCEPTED.into_response()
+        }
         Reply::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
         Reply::RetryAfter(s, secs) => (
             StatusCode::from_u16(s).unwrap(),
