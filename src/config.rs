@@ -138,6 +138,10 @@ pub struct RawSettings {
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "OPSCORE_SHUTDOWN_GRACE_SECS", default_value = "10")]
     pub shutdown_grace_secs: String,
+    /// Longest a client may take to send a request's headers, in seconds;
+    /// also how long an idle kept-alive connection stays open.
+    #[arg(long, env = "OPSCORE_HEADER_READ_TIMEOUT_SECS", default_value = "10")]
+    pub header_read_timeout_secs: String,
     /// Most database connections (PostgreSQL pool; SQLite readers).
     #[arg(long, env = "OPSCORE_DB_MAX_CONNECTIONS", default_value = "16")]
     pub db_max_connections: String,
@@ -215,6 +219,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Deadline for a request's headers (and for an idle kept-alive
+    /// connection's next request).
+    pub header_read_timeout: Duration,
     /// Database pool tuning and the workflow rules applied in storage.
     pub db: StoreOptions,
     /// Directory of workflow definitions loaded at startup; a missing
@@ -293,6 +300,7 @@ impl Config {
             log_format: LogFormat::Json,
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
             db: StoreOptions::default(),
             workflows_dir: PathBuf::from("./workflows"),
             workflows_dir_explicit: false,
@@ -391,6 +399,13 @@ impl RawSettings {
             3600,
             "OPSCORE_SHUTDOWN_GRACE_SECS",
             "shutdown-grace-secs",
+        )?);
+        let header_read_timeout = Duration::from_secs(parse_num(
+            &self.header_read_timeout_secs,
+            1,
+            3600,
+            "OPSCORE_HEADER_READ_TIMEOUT_SECS",
+            "header-read-timeout-secs",
         )?);
         let ms = |raw: &str, min, max, env, flag| {
             parse_num(raw, min, max, env, flag).map(Duration::from_millis)
@@ -532,6 +547,7 @@ impl RawSettings {
             log_format,
             max_body_bytes,
             shutdown_grace,
+            header_read_timeout,
             db,
             workflows_dir: self
                 .workflows_dir

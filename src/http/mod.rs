@@ -1,11 +1,13 @@
-//! The HTTP layer: routes, extraction, authentication, and the middleware
-//! every request passes through (request id, one log line, body limit).
+//! The HTTP layer: routes, extraction, authentication, the middleware every
+//! request passes through (request id, one log line, body limit), and the
+//! accept loop that serves it all.
 
 pub mod agents;
 pub mod auth;
 pub mod extract;
 pub mod ops;
 pub mod paging;
+pub mod server;
 pub mod sessions;
 pub mod workflows;
 
