@@ -32,9 +32,10 @@ use crate::store::writer::{StateWriter, WriterOptions};
 /// Run the service on `listener` until `shutdown` is cancelled.
 ///
 /// Opens (and migrates) the database, starts the background writers, serves
-/// HTTP (with the header read timeout of `config`), and on shutdown stops
-/// accepting, lets in-flight requests finish within `config.shutdown_grace`,
-/// writes every report already accepted, and closes the database.
+/// HTTP (with the header read timeout, request timeout and concurrency limit
+/// of `config`), and on shutdown stops accepting, lets in-flight requests
+/// finish within `config.shutdown_grace`, writes every report already
+/// accepted, and closes the database.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
