@@ -138,6 +138,18 @@ pub struct RawSettings {
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "OPSCORE_SHUTDOWN_GRACE_SECS", default_value = "10")]
     pub shutdown_grace_secs: String,
+    /// Longest a request may take (reading its body included) before it is
+    /// answered 503 request_timeout, in seconds.
+    #[arg(long, env = "OPSCORE_REQUEST_TIMEOUT_SECS", default_value = "30")]
+    pub request_timeout_secs: String,
+    /// Longest a client may take to send a request's headers, in seconds;
+    /// also how long an idle kept-alive connection stays open.
+    #[arg(long, env = "OPSCORE_HEADER_READ_TIMEOUT_SECS", default_value = "10")]
+    pub header_read_timeout_secs: String,
+    /// Most requests handled at once; past it requests are refused at once
+    /// with 503 overloaded (GET /health is exempt).
+    #[arg(long, env = "OPSCORE_MAX_CONCURRENT_REQUESTS", default_value = "1024")]
+    pub max_concurrent_requests: String,
     /// Most database connections (PostgreSQL pool; SQLite readers).
     #[arg(long, env = "OPSCORE_DB_MAX_CONNECTIONS", default_value = "16")]
     pub db_max_connections: String,
@@ -215,6 +227,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Deadline of one request, from its headers to its response.
+    pub request_timeout: Duration,
+    /// Deadline for a request's headers (and for an idle kept-alive
+    /// connection's next request).
+    pub header_read_timeout: Duration,
+    /// Most requests in flight; past it, 503 overloaded.
+    pub max_concurrent_requests: usize,
     /// Database pool tuning and the workflow rules applied in storage.
     pub db: StoreOptions,
     /// Directory of workflow definitions loaded at startup; a missing
@@ -293,6 +312,9 @@ impl Config {
             log_format: LogFormat::Json,
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
             db: StoreOptions::default(),
             workflows_dir: PathBuf::from("./workflows"),
             workflows_dir_explicit: false,
@@ -392,6 +414,27 @@ impl RawSettings {
             "OPSCORE_SHUTDOWN_GRACE_SECS",
             "shutdown-grace-secs",
         )?);
+        let request_timeout = Duration::from_secs(parse_num(
+            &self.request_timeout_secs,
+            1,
+            3600,
+            "OPSCORE_REQUEST_TIMEOUT_SECS",
+            "request-timeout-secs",
+        )?);
+        let header_read_timeout = Duration::from_secs(parse_num(
+            &self.header_read_timeout_secs,
+            1,
+            3600,
+            "OPSCORE_HEADER_READ_TIMEOUT_SECS",
+            "header-read-timeout-secs",
+        )?);
+        let max_concurrent_requests = parse_num(
+            &self.max_concurrent_requests,
+            1,
+            1_000_000,
+            "OPSCORE_MAX_CONCURRENT_REQUESTS",
+            "max-concurrent-requests",
+        )? as usize;
         let ms = |raw: &str, min, max, env, flag| {
             parse_num(raw, min, max, env, flag).map(Duration::from_millis)
         };
@@ -532,6 +575,9 @@ impl RawSettings {
             log_format,
             max_body_bytes,
             shutdown_grace,
+            request_timeout,
+            header_read_timeout,
+            max_concurrent_requests,
             db,
             workflows_dir: self
                 .workflows_dir

@@ -26,6 +26,20 @@ pub struct ApiError {
     errors: Vec<FieldError>,
     /// For 5xx only: what to log, never sent.
     internal: Option<String>,
+    /// How a 5xx is logged.
+    log: LogAs,
+}
+
+/// How a server error is logged when it becomes a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogAs {
+    /// A failure of ours: logged at error.
+    Error,
+    /// Expected under stress (a slow client, a slow database): warn.
+    Warn,
+    /// Logged elsewhere in summary (load shedding); the request's own
+    /// "request finished" line still records the status.
+    Summary,
 }
 
 #[derive(Serialize)]
@@ -45,6 +59,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             internal: None,
+            log: LogAs::Error,
         }
     }
 
@@ -113,6 +128,36 @@ impl ApiError {
         }
     }
 
+    /// 503 when the service is at its concurrent request limit: refused at
+    /// once rather than queued. Retry-After says when to try again.
+    pub fn overloaded() -> Self {
+        Self {
+            log: LogAs::Summary,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The service is at capacity; retry shortly",
+            )
+        }
+    }
+
+    /// 503 when a request took longer than the request timeout. 503 rather
+    /// than 504: this service is the origin, not a gateway waiting on one,
+    /// and 503 with Retry-After is what clients already retry on.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self {
+            log: LogAs::Warn,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "The request was not completed within {}s; retry shortly",
+                    limit.as_secs()
+                ),
+            )
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -145,12 +190,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             // Logged here, inside the request span, once per failed request.
-            tracing::error!(
-                status = self.status.as_u16(),
-                code = self.code,
-                reason = self.internal.as_deref().unwrap_or(&self.detail),
-                "request failed"
-            );
+            let status = self.status.as_u16();
+            let reason = self.internal.as_deref().unwrap_or(&self.detail);
+            match self.log {
+                LogAs::Error => {
+                    tracing::error!(status, code = self.code, reason, "request failed")
+                }
+                LogAs::Warn => {
+                    tracing::warn!(status, code = self.code, reason, "request failed")
+                }
+                LogAs::Summary => {}
+            }
         }
         let body = Body {
             detail: &self.detail,

@@ -32,9 +32,10 @@ use crate::store::writer::{StateWriter, WriterOptions};
 /// Run the service on `listener` until `shutdown` is cancelled.
 ///
 /// Opens (and migrates) the database, starts the background writers, serves
-/// HTTP, and on shutdown stops accepting, lets in-flight requests finish
-/// within `config.shutdown_grace`, writes every report already accepted, and
-/// closes the database.
+/// HTTP (with the header read timeout, request timeout and concurrency limit
+/// of `config`), and on shutdown stops accepting, lets in-flight requests
+/// finish within `config.shutdown_grace`, writes every report already
+/// accepted, and closes the database.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -74,7 +75,10 @@ pub async fn serve(
             dispatcher_stop.clone(),
         )
     });
-    let grace = config.shutdown_grace;
+    let server_options = http::server::ServerOptions {
+        header_read_timeout: config.header_read_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
     let state = AppState {
         keys: Arc::new(KeyRing::new(config.api_key.expose())),
         config: Arc::new(config),
@@ -85,14 +89,9 @@ pub async fn serve(
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");
 
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        result = server => result?,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; closing remaining connections");
-        }
-    }
+    // Returns once every connection has ended: requests in flight finished,
+    // or the grace period ran out and the rest were closed.
+    http::server::run(listener, app, server_options, shutdown).await;
     // Stop claiming tasks and let deliveries in flight record their result.
     dispatcher_stop.cancel();
     if let Some(d) = dispatcher {

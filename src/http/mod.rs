@@ -1,11 +1,14 @@
-//! The HTTP layer: routes, extraction, authentication, and the middleware
-//! every request passes through (request id, one log line, body limit).
+//! The HTTP layer: routes, extraction, authentication, the middleware every
+//! request passes through (request id, one log line, concurrency limit and
+//! deadline, body limit), and the accept loop that serves it all.
 
 pub mod agents;
 pub mod auth;
 pub mod extract;
+pub mod limits;
 pub mod ops;
 pub mod paging;
+pub mod server;
 pub mod sessions;
 pub mod workflows;
 
@@ -25,8 +28,16 @@ use crate::state::AppState;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application: every resource's routes plus the shared layers.
+///
+/// Layers, outermost first: the request log (so shed and timed-out requests
+/// are logged with their status and request id), the concurrency limit and
+/// request deadline, the body limit.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let limits = limits::Limits::new(
+        state.config.max_concurrent_requests,
+        state.config.request_timeout,
+    );
     Router::new()
         .merge(ops::router())
         .merge(agents::router())
@@ -35,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(limits, limits::limit))
         .layer(middleware::from_fn(request_log))
         .with_state(state)
 }
