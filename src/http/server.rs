@@ -67,6 +67,9 @@ pub async fn run(
                 }
             },
         };
+        // Responses are small and written whole: never hold one back for
+        // Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let shutdown = shutdown.clone();
