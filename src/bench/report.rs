@@ -309,7 +309,11 @@ impl Report {
         }
         if let Some(k) = &self.knee {
             let good = match (k.last_good_rate, k.last_good_rps) {
-                (Some(r), Some(t)) => format!("{}/s offered ({t:.1} req/s done)", fmt_rate(r)),
+                (Some(r), Some(t)) => format!(
+                    "{}/s offered ({t:.1} req/s done, {:.0}% of offered)",
+                    fmt_rate(r),
+                    t / r * 100.0
+                ),
                 _ => "none".to_owned(),
             };
             let _ = writeln!(
