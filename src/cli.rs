@@ -20,6 +20,9 @@ pub enum Command {
     Serve(Box<RawSettings>),
     /// Run a fleet of simulated agents (and a simulated AgentKit) against a server.
     Simulate(Box<crate::sim::SimArgs>),
+    /// Load-test a running server (loopback only) and print a table of
+    /// requests/s and latency percentiles per scenario.
+    Bench(Box<crate::bench::BenchArgs>),
     /// Apply database migrations and exit.
     Migrate {
         /// Where the database is.

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Serve(raw) => run_serve(*raw).await,
         Command::Migrate { db } => run_migrate(db).await,
         Command::Simulate(args) => run_simulate(*args).await,
+        Command::Bench(args) => run_bench(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +61,26 @@ async fn run_simulate(args: opscore::sim::SimArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(on_signal(stop.clone()));
     opscore::sim::run(args, stop).await
+}
+
+async fn run_bench(args: opscore::bench::BenchArgs) -> anyhow::Result<()> {
+    // Warnings (from the in-process simulated agents) go to stderr, so that
+    // stdout holds only the table or the JSON.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let stop = CancellationToken::new();
+    tokio::spawn(on_signal(stop.clone()));
+    let json = args.json;
+    let report = opscore::bench::run_until(args, stop).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
 
 async fn run_migrate(db: opscore::config::DbArgs) -> anyhow::Result<()> {
