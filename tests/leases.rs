@@ -1,0 +1,95 @@
+//! The dispatcher's claims at the storage level, on both backends: a claim
+//! whose dispatcher stopped comes back after its lease with the same attempt
+//! number (so the resend repeats its Idempotency-Key), and a dispatcher that
+//! lost its claim cannot record an answer for it.
+
+mod common;
+
+use common::{Backend, TestDb};
+use opscore::domain::agent::{AgentId, Registration};
+use opscore::domain::time::now_micros;
+use opscore::domain::workflow::{parse_definition, RunStatus};
+use opscore::store::{DispatchOutcome, NewRun, NewSession, StoreOptions};
+
+async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = opscore::store::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let agent = AgentId::parse("a1").unwrap();
+    let reg = Registration {
+        agent_id: agent.clone(),
+        name: "A".into(),
+        version: "1".into(),
+        capabilities: vec![],
+        contact_endpoint: "http://a1.test/task".into(),
+        metadata: Default::default(),
+    };
+    let now = now_micros();
+    store.register_agent(&reg, now).await.unwrap();
+    let def = parse_definition(r#"{"id":"w","tasks":[{"taskId":"t"}]}"#, false).unwrap();
+    let rules = StoreOptions::default().engine;
+    let run = NewRun::for_task(&def.tasks[0], 0, &def.tasks[0].parameters, now, &rules);
+    let session = NewSession {
+        session_id: uuid::Uuid::now_v7().to_string(),
+        agent_id: agent.clone(),
+        definition: def,
+        first_run: Some(run),
+    };
+    store.create_session(&session, now).await.unwrap();
+
+    // Dispatcher A claims with a 1 s lease, then "dies" without an answer.
+    let claimed = store
+        .claim_due_runs("A", now, now + 1_000_000, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt, 1);
+    // Held: nobody else can claim it, nor another run of this agent.
+    assert!(store
+        .claim_due_runs("B", now, now + 1_000_000, 10, true)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Before the lease ends nothing changes; after it, the run is queued again.
+    assert_eq!(store.expire_overdue(now + 500_000).await.unwrap(), 0);
+    assert_eq!(store.expire_overdue(now + 2_000_000).await.unwrap(), 1);
+    let later = now + 2_000_000;
+    let again = store
+        .claim_due_runs("B", later, later + 1_000_000, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].run_id, claimed[0].run_id);
+    assert_eq!(
+        again[0].attempt, 1,
+        "a resend of the same attempt keeps its number"
+    );
+
+    // A's late answer is ignored: the claim is B's now.
+    let fail = DispatchOutcome::Fail {
+        error: "late".into(),
+    };
+    store
+        .record_dispatch(&claimed[0].run_id, "A", later, &fail)
+        .await
+        .unwrap();
+    store
+        .record_dispatch(&claimed[0].run_id, "A", later, &DispatchOutcome::Accepted)
+        .await
+        .unwrap();
+    let s = store.get_session(&session.session_id).await.unwrap();
+    assert_eq!(s.runs[0].status, RunStatus::Dispatching);
+    // B's answer counts.
+    store
+        .record_dispatch(&again[0].run_id, "B", later, &DispatchOutcome::Accepted)
+        .await
+        .unwrap();
+    let s = store.get_session(&session.session_id).await.unwrap();
+    assert_eq!(s.runs[0].status, RunStatus::Dispatched);
+    assert_eq!(s.runs[0].attempts, 1);
+    store.close().await;
+}
+
+backend_tests!(a_stopped_dispatchers_claim_returns_with_its_attempt_number);
