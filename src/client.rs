@@ -26,6 +26,36 @@ pub enum ClientError {
     },
 }
 
+/// A registration webhook request for `event_type` (REGISTER or
+/// DEREGISTER) to the server at `base`, as AgentKit sends it: compact JSON,
+/// and with `secret` signed (`X-AgentKit-Timestamp` in Unix seconds,
+/// `X-AgentKit-Signature`). Without a secret the caller adds its bearer key.
+pub fn notify_request(
+    http: &reqwest::Client,
+    base: &str,
+    event_type: &str,
+    details: &Value,
+    secret: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let body = json!({"event_type": event_type, "agent_details": details}).to_string();
+    let rb = http
+        .post(format!(
+            "{}/v1/opscore/internal/agent/notify",
+            base.trim_end_matches('/')
+        ))
+        .header("content-type", "application/json");
+    let rb = match secret {
+        Some(secret) => {
+            let ts = chrono::Utc::now().timestamp().to_string();
+            let sig = sign(secret.as_bytes(), &ts, body.as_bytes());
+            rb.header("X-AgentKit-Timestamp", ts)
+                .header("X-AgentKit-Signature", sig)
+        }
+        None => rb,
+    };
+    rb.body(body)
+}
+
 /// A client bound to one server and key.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -81,21 +111,13 @@ impl Client {
         details: &Value,
         secret: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let body = json!({"event_type": event_type, "agent_details": details}).to_string();
-        let mut rb = self
-            .http
-            .post(self.url("/v1/opscore/internal/agent/notify"))
-            .header("content-type", "application/json");
-        rb = match secret {
-            Some(secret) => {
-                let ts = chrono::Utc::now().timestamp().to_string();
-                let sig = sign(secret.as_bytes(), &ts, body.as_bytes());
-                rb.header("X-AgentKit-Timestamp", ts)
-                    .header("X-AgentKit-Signature", sig)
-            }
-            None => self.authed(rb),
+        let rb = notify_request(&self.http, &self.base, event_type, details, secret);
+        let rb = if secret.is_none() {
+            self.authed(rb)
+        } else {
+            rb
         };
-        Self::parse(rb.body(body).send().await?).await
+        Self::parse(rb.send().await?).await
     }
 
     /// Report an agent's state, stamped now.

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stats::{Failure, Recorder, Stats};
-use crate::http::auth::sign;
 
 /// A request ready to go, and the status that counts as success.
 pub(crate) struct Op {
@@ -157,21 +156,19 @@ impl Bench {
     /// Send a registration webhook event, signed when a secret was given,
     /// else with the API key.
     pub(crate) async fn notify(&self, event: &str, details: &Value) -> anyhow::Result<()> {
-        let body = json!({"event_type": event, "agent_details": details}).to_string();
-        let mut rb = self
-            .client
-            .post(self.url("/v1/opscore/internal/agent/notify"))
-            .header(CONTENT_TYPE, "application/json");
-        rb = match &self.secret {
-            Some(secret) => {
-                let ts = chrono::Utc::now().timestamp().to_string();
-                let sig = sign(secret.as_bytes(), &ts, body.as_bytes());
-                rb.header("X-AgentKit-Timestamp", ts)
-                    .header("X-AgentKit-Signature", sig)
-            }
-            None => rb.header(AUTHORIZATION, self.bearer.clone()),
+        let rb = crate::client::notify_request(
+            &self.client,
+            &self.base,
+            event,
+            details,
+            self.secret.as_deref(),
+        );
+        let rb = if self.secret.is_none() {
+            rb.header(AUTHORIZATION, self.bearer.clone())
+        } else {
+            rb
         };
-        let resp = rb.body(body).send().await?;
+        let resp = rb.send().await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
