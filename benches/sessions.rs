@@ -71,9 +71,11 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
     let server = tokio::spawn(opscore::serve(config, listener, stop.clone()));
 
     let sim_args = opscore::sim::SimArgs {
-        url: base.clone(),
-        api_key: KEY.into(),
-        webhook_secret: None,
+        target: opscore::client::TargetArgs {
+            url: base.clone(),
+            api_key: KEY.into(),
+            webhook_secret: None,
+        },
         agents,
         id_prefix: "bench".into(),
         listen: "127.0.0.1:0".parse()?,

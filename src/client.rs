@@ -8,6 +8,21 @@ use serde_json::{json, Value};
 
 use crate::http::auth::sign;
 
+/// Which Ops-Core server a client-side command talks to, and with what
+/// credentials. Shared by `opscore simulate` and `opscore bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Ops-Core base URL.
+    #[arg(long, env = "OPSCORE_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// API key (state reports, reads, triggers; registration when no secret is given).
+    #[arg(long, env = "OPSCORE_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Webhook secret to sign registrations with, as AgentKit does.
+    #[arg(long, env = "OPSCORE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
 /// What went wrong talking to Ops-Core.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

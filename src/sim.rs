@@ -22,15 +22,9 @@ use crate::client::Client;
 /// Settings of the simulator.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// Ops-Core base URL.
-    #[arg(long, env = "OPSCORE_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
-    /// API key for state reports (and registration when no secret is given).
-    #[arg(long, env = "OPSCORE_API_KEY", hide_env_values = true)]
-    pub api_key: String,
-    /// Webhook secret to sign registrations with, as AgentKit does.
-    #[arg(long, env = "OPSCORE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    /// The server and credentials.
+    #[command(flatten)]
+    pub target: crate::client::TargetArgs,
     /// How many agents to simulate.
     #[arg(long, env = "SIM_AGENTS", default_value_t = 10)]
     pub agents: usize,
@@ -80,7 +74,7 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
     let sim = Arc::new(Sim {
-        client: Client::new(&args.url, Some(args.api_key.clone())),
+        client: Client::new(&args.target.url, Some(args.target.api_key.clone())),
         task_ms: args.task_ms,
         error_rate: args.error_rate,
     });
@@ -107,7 +101,7 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
         });
         retry("register", || {
             sim.client
-                .notify("REGISTER", &details, args.webhook_secret.as_deref())
+                .notify("REGISTER", &details, args.target.webhook_secret.as_deref())
         })
         .await?;
         retry("report idle", || sim.client.report_state(id, "idle", None)).await?;
@@ -129,7 +123,11 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
         let details = json!({"agentId": id});
         if let Err(e) = sim
             .client
-            .notify("DEREGISTER", &details, args.webhook_secret.as_deref())
+            .notify(
+                "DEREGISTER",
+                &details,
+                args.target.webhook_secret.as_deref(),
+            )
             .await
         {
             tracing::warn!(agent_id = %id, error = %e, "could not deregister");

@@ -72,15 +72,9 @@ pub struct Every {
 /// Settings of the load tool.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Ops-Core base URL. Must be a loopback address unless --allow-remote.
-    #[arg(long, env = "OPSCORE_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
-    /// API key (state reports, reads, triggers; registration when no secret is given).
-    #[arg(long, env = "OPSCORE_API_KEY", hide_env_values = true)]
-    pub api_key: String,
-    /// Webhook secret to sign registrations with, as AgentKit does.
-    #[arg(long, env = "OPSCORE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    /// The server and credentials.
+    #[command(flatten)]
+    pub target: crate::client::TargetArgs,
     /// Scenarios to run, comma-separated; health always runs first.
     #[arg(
         long,
@@ -335,11 +329,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 /// then ends early, and cleanup still runs).
 pub async fn run_until(args: BenchArgs, stop: CancellationToken) -> anyhow::Result<Report> {
     let plan = plan(&args)?;
-    check_target(&args.url, args.allow_remote).await?;
+    check_target(&args.target.url, args.allow_remote).await?;
     let bench = Arc::new(Bench::new(
-        &args.url,
-        &args.api_key,
-        args.webhook_secret.clone(),
+        &args.target.url,
+        &args.target.api_key,
+        args.target.webhook_secret.clone(),
         args.connections.max(args.max_in_flight),
         args.timeout,
     )?);
@@ -445,8 +439,8 @@ impl Run {
                     ));
                     let sim = SimFleet::start(
                         &self.bench,
-                        &self.args.api_key,
-                        self.args.webhook_secret.clone(),
+                        &self.args.target.api_key,
+                        self.args.target.webhook_secret.clone(),
                         &self.prefix,
                         self.args.sim_agents,
                         self.args.sim_task_ms,

@@ -37,9 +37,11 @@ impl SimFleet {
     ) -> anyhow::Result<Self> {
         let id_prefix = format!("{prefix}-sim");
         let args = SimArgs {
-            url: bench.base.clone(),
-            api_key: api_key.to_owned(),
-            webhook_secret,
+            target: crate::client::TargetArgs {
+                url: bench.base.clone(),
+                api_key: api_key.to_owned(),
+                webhook_secret,
+            },
             agents,
             id_prefix: id_prefix.clone(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
