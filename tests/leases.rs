@@ -34,6 +34,7 @@ async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Ba
         session_id: uuid::Uuid::now_v7().to_string(),
         agent_id: agent.clone(),
         definition: def,
+        store_definition: false,
         first_run: Some(run),
     };
     store.create_session(&session, now).await.unwrap();

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::domain::agent::AgentId;
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{parse_definition, WorkflowDefinition};
-use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreError, StoreResult};
+use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreResult};
 
 /// Which definition a trigger runs.
 #[derive(Debug, Clone)]
@@ -43,19 +43,13 @@ pub async fn trigger(
     source: DefinitionSource,
     initial_payload: Option<Value>,
 ) -> StoreResult<Triggered> {
-    // Refuse an unknown agent before storing an inline definition, so a
-    // rejected trigger leaves nothing behind.
-    let found = store.get_agent(agent).await?;
-    if found.deregistered_at.is_some() {
-        return Err(StoreError::agent_not_found(agent));
-    }
     let now = now_micros();
-    let definition = match source {
-        DefinitionSource::Stored(id) => store.get_definition(&id).await?,
-        DefinitionSource::Inline(def) => {
-            store.put_definition(&def, false, now).await?;
-            def
-        }
+    // An inline definition is stored by create_session, in the session's
+    // own transaction, so a refused trigger (unknown agent, conflicting
+    // definition) leaves nothing behind.
+    let (definition, store_definition) = match source {
+        DefinitionSource::Stored(id) => (store.get_definition(&id).await?, false),
+        DefinitionSource::Inline(def) => (def, true),
     };
     let first_run = definition.tasks.first().map(|task| {
         let payload = initial_payload.as_ref().unwrap_or(&task.parameters);
@@ -66,6 +60,7 @@ pub async fn trigger(
         agent_id: agent.clone(),
         first_run,
         definition,
+        store_definition,
     };
     store.create_session(&session, now).await?;
     Ok(Triggered {

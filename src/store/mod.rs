@@ -326,6 +326,10 @@ pub struct NewSession {
     pub agent_id: AgentId,
     /// The definition it runs.
     pub definition: WorkflowDefinition,
+    /// Also store the definition (sent inline with the trigger), in the same
+    /// transaction: a different stored definition under its id is a
+    /// `Conflict`, and a refused trigger stores nothing.
+    pub store_definition: bool,
     /// Its first task, queued in the same transaction.
     pub first_run: Option<NewRun>,
 }
@@ -458,8 +462,9 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Delete a definition; `Conflict` while an unfinished session uses it.
     async fn delete_definition(&self, id: &str) -> StoreResult<()>;
 
-    /// Create a session and queue its first task, in one transaction.
-    /// `NotFound` when the agent is unknown or deregistered.
+    /// Create a session and queue its first task (and store an inline
+    /// definition), in one transaction. `NotFound` when the agent is unknown
+    /// or deregistered.
     async fn create_session(&self, s: &NewSession, now: Micros) -> StoreResult<()>;
 
     /// One session with its task runs.

@@ -378,6 +378,59 @@ macro_rules! impl_workflow_store {
             Ok(())
         }
 
+        /// Store a definition inside the caller's transaction (see
+        /// `WorkflowStore::put_definition`).
+        async fn put_definition_in(
+            conn: &mut Conn,
+            def: &$crate::domain::workflow::WorkflowDefinition,
+            replace: bool,
+            now: i64,
+        ) -> $crate::store::StoreResult<$crate::store::PutOutcome> {
+            use $crate::store::{PutOutcome, StoreError};
+            let canonical = def.canonical_json();
+            let inserted = sqlx::query(
+                "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
+            )
+            .bind(&def.id)
+            .bind(&def.name)
+            .bind(&canonical)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            let outcome = if inserted == 1 {
+                PutOutcome::Created
+            } else {
+                let stored: String =
+                    sqlx::query_scalar("SELECT definition FROM workflow_definitions WHERE workflow_id = $1")
+                        .bind(&def.id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if stored == canonical {
+                    PutOutcome::Unchanged
+                } else if replace {
+                    sqlx::query(
+                        "UPDATE workflow_definitions SET name = $2, definition = $3, updated_at_us = $4 \
+                         WHERE workflow_id = $1",
+                    )
+                    .bind(&def.id)
+                    .bind(&def.name)
+                    .bind(&canonical)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    PutOutcome::Replaced
+                } else {
+                    return Err(StoreError::Conflict(format!(
+                        "a different workflow definition with id '{}' already exists",
+                        def.id
+                    )));
+                }
+            };
+            Ok(outcome)
+        }
+
         fn session_from_row(
             row: &<$db as sqlx::Database>::Row,
         ) -> $crate::store::StoreResult<$crate::store::SessionRecord> {
@@ -427,49 +480,8 @@ macro_rules! impl_workflow_store {
                 replace: bool,
                 now: i64,
             ) -> $crate::store::StoreResult<$crate::store::PutOutcome> {
-                use $crate::store::{PutOutcome, StoreError};
-                let canonical = def.canonical_json();
                 let mut tx = self.writer().begin().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
-                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
-                )
-                .bind(&def.id)
-                .bind(&def.name)
-                .bind(&canonical)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let outcome = if inserted == 1 {
-                    PutOutcome::Created
-                } else {
-                    let stored: String =
-                        sqlx::query_scalar("SELECT definition FROM workflow_definitions WHERE workflow_id = $1")
-                            .bind(&def.id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    if stored == canonical {
-                        PutOutcome::Unchanged
-                    } else if replace {
-                        sqlx::query(
-                            "UPDATE workflow_definitions SET name = $2, definition = $3, updated_at_us = $4 \
-                             WHERE workflow_id = $1",
-                        )
-                        .bind(&def.id)
-                        .bind(&def.name)
-                        .bind(&canonical)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        PutOutcome::Replaced
-                    } else {
-                        return Err(StoreError::Conflict(format!(
-                            "a different workflow definition with id '{}' already exists",
-                            def.id
-                        )));
-                    }
-                };
+                let outcome = put_definition_in(&mut tx, def, replace, now).await?;
                 tx.commit().await?;
                 Ok(outcome)
             }
@@ -534,6 +546,9 @@ macro_rules! impl_workflow_store {
                         .await?;
                 if exists.is_none() {
                     return Err($crate::store::StoreError::agent_not_found(&s.agent_id));
+                }
+                if s.store_definition {
+                    put_definition_in(&mut tx, &s.definition, false, now).await?;
                 }
                 let (status, finished) = match s.first_run {
                     Some(_) => ("started", None),
