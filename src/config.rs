@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::domain::workflow::Backoff;
-use crate::store::{EngineRules, StoreOptions};
+use crate::store::{EngineRules, Liveness, StoreOptions};
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -198,6 +198,21 @@ pub struct RawSettings {
     /// How often the dispatcher looks for due tasks when nothing woke it, in milliseconds.
     #[arg(long, env = "OPSCORE_DISPATCH_POLL_MS", default_value = "250")]
     pub dispatch_poll_ms: String,
+    /// Agent lease: an agent not heard from for this long (plus the grace)
+    /// is stale and sent no task, in seconds. A registration may set its
+    /// own in metadata.ttlSeconds.
+    #[arg(long, env = "OPSCORE_AGENT_TTL_SECS", default_value = "60")]
+    pub agent_ttl_secs: String,
+    /// Extra margin before an agent counts as stale, in seconds.
+    #[arg(long, env = "OPSCORE_STALE_GRACE_SECS", default_value = "5")]
+    pub stale_grace_secs: String,
+    /// How long change-feed events are kept (and can be resumed from), in seconds.
+    #[arg(long, env = "OPSCORE_EVENT_RETENTION_SECS", default_value = "86400")]
+    pub event_retention_secs: String,
+    /// Most event streams and blocking reads open at once; past it they get
+    /// 503 overloaded.
+    #[arg(long, env = "OPSCORE_MAX_FEED_SUBSCRIBERS", default_value = "1024")]
+    pub max_feed_subscribers: String,
 }
 
 /// Validated configuration of a running service.
@@ -243,6 +258,10 @@ pub struct Config {
     pub workflows_dir_explicit: bool,
     /// Dispatcher settings.
     pub dispatch: DispatchConfig,
+    /// How long change-feed events are kept.
+    pub event_retention: Duration,
+    /// Most event streams and blocking reads at once.
+    pub max_feed_subscribers: usize,
 }
 
 /// Where tasks are sent.
@@ -319,6 +338,8 @@ impl Config {
             workflows_dir: PathBuf::from("./workflows"),
             workflows_dir_explicit: false,
             dispatch: DispatchConfig::default(),
+            event_retention: Duration::from_secs(86_400),
+            max_feed_subscribers: 1024,
         }
     }
 }
@@ -536,7 +557,37 @@ impl RawSettings {
                 "OPSCORE_TASK_TIMEOUT_SECS",
                 "task-timeout-secs",
             )?,
+            liveness: Liveness {
+                ttl_secs: parse_num(
+                    &self.agent_ttl_secs,
+                    1,
+                    crate::domain::agent::MAX_TTL_SECS as u64,
+                    "OPSCORE_AGENT_TTL_SECS",
+                    "agent-ttl-secs",
+                )? as i64,
+                grace_secs: parse_num(
+                    &self.stale_grace_secs,
+                    0,
+                    3600,
+                    "OPSCORE_STALE_GRACE_SECS",
+                    "stale-grace-secs",
+                )? as i64,
+            },
         };
+        let event_retention = Duration::from_secs(parse_num(
+            &self.event_retention_secs,
+            60,
+            90 * 86_400,
+            "OPSCORE_EVENT_RETENTION_SECS",
+            "event-retention-secs",
+        )?);
+        let max_feed_subscribers = parse_num(
+            &self.max_feed_subscribers,
+            1,
+            100_000,
+            "OPSCORE_MAX_FEED_SUBSCRIBERS",
+            "max-feed-subscribers",
+        )? as usize;
         let db = StoreOptions {
             engine,
             max_connections: parse_num(
@@ -584,6 +635,8 @@ impl RawSettings {
                 .unwrap_or_else(|| PathBuf::from("./workflows")),
             workflows_dir_explicit,
             dispatch,
+            event_retention,
+            max_feed_subscribers,
         };
         Ok((config, source))
     }

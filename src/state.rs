@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
@@ -23,4 +24,6 @@ pub struct AppState {
     /// Wakes the dispatcher when work may have become due (a trigger, a
     /// state report that finished a task).
     pub wake: Arc<Notify>,
+    /// The change feed.
+    pub feed: Feed,
 }

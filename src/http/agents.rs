@@ -16,11 +16,11 @@ use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
-use crate::domain::time::{format_micros, now_micros};
+use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
-use crate::store::{Agent, AgentQuery, HistoryQuery, RegisterOutcome};
+use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
 /// Routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -180,25 +180,70 @@ impl From<StateRecord> for StateView {
     }
 }
 
-/// The current state with the agent id, as contract 1.3 shows it.
+/// The current state with the agent id, as contract 1.3 shows it, plus
+/// whether the agent's lease has run out.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CurrentStateView {
     agent_id: String,
     #[serde(flatten)]
     state: StateView,
+    last_seen: String,
+    stale: bool,
 }
 
+/// Header of every state read: the feed index the read is current as of.
+pub const INDEX_HEADER: &str = "x-opscore-index";
+
+#[derive(Deserialize)]
+struct StateReadParams {
+    index: Option<String>,
+    wait: Option<String>,
+}
+
+/// A state read; with `index` (and optionally `wait`) a blocking read that
+/// answers once the agent's state has moved past that feed index, or when
+/// the wait ends.
 async fn get_state(
     _: Principal,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-) -> Result<Json<CurrentStateView>> {
-    let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
-    Ok(Json(CurrentStateView {
-        agent_id: agent.agent_id,
-        state: agent.current.into(),
-    }))
+    Query(p): Query<StateReadParams>,
+) -> Result<([(&'static str, String); 1], Json<CurrentStateView>)> {
+    let id = path_agent(&agent_id)?;
+    let blocking = super::events::blocking_params(p.index.as_deref(), p.wait.as_deref())?;
+    // The index is taken before the read, so the state returned is at
+    // least as new as it: a client waiting past it misses nothing.
+    let index = match blocking {
+        None => state.feed.head(),
+        Some((after, wait)) => {
+            // An unknown agent is refused at once rather than waited on.
+            state.store.get_agent(&id).await?;
+            state
+                .feed
+                .wait_for_agent(&id, after, wait)
+                .await?
+                .ok_or_else(ApiError::overloaded)?
+        }
+    };
+    let agent = state.store.get_agent(&id).await?;
+    let index = index.max(agent.event_index.unwrap_or(0));
+    let now = now_micros();
+    let stale = state
+        .config
+        .db
+        .engine
+        .liveness
+        .is_stale(agent.last_seen, agent.ttl_secs, now);
+    Ok((
+        [(INDEX_HEADER, index.to_string())],
+        Json(CurrentStateView {
+            agent_id: agent.agent_id,
+            state: agent.current.into(),
+            last_seen: format_micros(agent.last_seen),
+            stale,
+        }),
+    ))
 }
 
 /// An agent's registration and current state.
@@ -216,12 +261,16 @@ struct AgentView {
     updated_at: String,
     deregistered_at: Option<String>,
     last_seen: String,
+    stale: bool,
+    ttl_seconds: i64,
     current_state: StateView,
 }
 
-impl From<Agent> for AgentView {
-    fn from(a: Agent) -> Self {
+impl AgentView {
+    fn new(a: Agent, live: &Liveness, now: Micros) -> Self {
         Self {
+            stale: a.deregistered_at.is_none() && live.is_stale(a.last_seen, a.ttl_secs, now),
+            ttl_seconds: a.ttl_secs.unwrap_or(live.ttl_secs),
             agent_id: a.agent_id,
             agent_name: a.name,
             version: a.version,
@@ -244,7 +293,11 @@ async fn get_agent(
     Path(agent_id): Path<String>,
 ) -> Result<Json<AgentView>> {
     let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
-    Ok(Json(agent.into()))
+    Ok(Json(AgentView::new(
+        agent,
+        &state.config.db.engine.liveness,
+        now_micros(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -253,8 +306,22 @@ struct ListAgentsParams {
     state: Option<String>,
     capability: Option<String>,
     include_deregistered: Option<String>,
+    stale: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
+}
+
+/// A `true`/`false` (or `1`/`0`) query flag.
+fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
+    match raw {
+        None => None,
+        Some("true") | Some("1") => Some(true),
+        Some("false") | Some("0") => Some(false),
+        Some(_) => {
+            v.add(FieldError::new(name, "must be true or false"));
+            None
+        }
+    }
 }
 
 async fn list_agents(
@@ -266,17 +333,13 @@ async fn list_agents(
     let limit = v
         .check(parse_limit(p.limit.as_deref()))
         .unwrap_or(DEFAULT_LIMIT);
-    let include_deregistered = match p.include_deregistered.as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(_) => {
-            v.add(FieldError::new(
-                "includeDeregistered",
-                "must be true or false",
-            ));
-            false
-        }
-    };
+    let include_deregistered = flag(
+        &mut v,
+        "includeDeregistered",
+        p.include_deregistered.as_deref(),
+    )
+    .unwrap_or(false);
+    let stale = flag(&mut v, "stale", p.stale.as_deref());
     if let Some(s) = &p.state {
         if let Err(m) = validate_state_name(s) {
             v.add(FieldError::new("state", m));
@@ -299,17 +362,24 @@ async fn list_agents(
         },
     };
     v.finish().map_err(ApiError::validation)?;
+    let now = now_micros();
     let q = AgentQuery {
         state: p.state,
         capability: p.capability,
         include_deregistered,
+        stale,
+        now,
         after,
         limit,
     };
     let agents = state.store.list_agents(&q).await?;
     let next_cursor = next_cursor(&agents, limit, |a| a.agent_id.clone());
+    let live = state.config.db.engine.liveness;
     Ok(Json(Page {
-        items: agents.into_iter().map(AgentView::from).collect(),
+        items: agents
+            .into_iter()
+            .map(|a| AgentView::new(a, &live, now))
+            .collect(),
         next_cursor,
     }))
 }

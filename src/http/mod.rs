@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod ops;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(workflows::router())
         .merge(sessions::router())
+        .merge(events::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -13,6 +13,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::events_sql::impl_event_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, StoreOptions};
@@ -25,6 +31,7 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     rules: EngineRules,
+    feed: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -71,6 +78,7 @@ impl SqliteStore {
             write,
             read,
             rules: opts.engine,
+            feed: Arc::new(Notify::new()),
         })
     }
 
@@ -85,8 +93,12 @@ impl SqliteStore {
     fn rules(&self) -> &EngineRules {
         &self.rules
     }
+
+    /// One process per database file: every event is this process's own.
+    async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
 }
 
 impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
 // One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
+impl_event_store!(SqliteStore, sqlx::Sqlite, "");

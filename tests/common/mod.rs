@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agentkit;
+pub mod sse;
 
 use std::process::Stdio;
 use std::time::Duration;
