@@ -23,6 +23,8 @@ pub enum Command {
     /// Load-test a running server (loopback only) and print a table of
     /// requests/s and latency percentiles per scenario.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Manage API keys of a running server (create, list, show, revoke).
+    Keys(Box<crate::keys_cli::KeysArgs>),
     /// Apply database migrations and exit.
     Migrate {
         /// Where the database is.

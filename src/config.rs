@@ -117,6 +117,14 @@ pub struct RawSettings {
     /// HMAC secret the agent framework signs registration webhooks with.
     #[arg(long, env = "OPSCORE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// More webhook secrets, comma-separated; any configured secret
+    /// verifies (for rotation).
+    #[arg(long, env = "OPSCORE_WEBHOOK_SECRETS", hide_env_values = true)]
+    pub webhook_secrets: Option<String>,
+    /// Requests per second allowed to each API key that sets no rateLimit
+    /// of its own. [default: unlimited]
+    #[arg(long, env = "OPSCORE_RATE_LIMIT_PER_KEY")]
+    pub rate_limit_per_key: Option<String>,
     /// Largest accepted distance between a webhook's timestamp and now, in seconds.
     #[arg(long, env = "OPSCORE_WEBHOOK_TOLERANCE_SECS", default_value = "300")]
     pub webhook_tolerance_secs: String,
@@ -226,8 +234,13 @@ pub struct Config {
     pub database_url: Secret,
     /// Bootstrap admin key.
     pub api_key: Secret,
-    /// Webhook signing secret.
+    /// Webhook signing secret (`OPSCORE_WEBHOOK_SECRET`, taken verbatim).
     pub webhook_secret: Option<Secret>,
+    /// Further webhook secrets (`OPSCORE_WEBHOOK_SECRETS`); any of these or
+    /// `webhook_secret` verifies a webhook.
+    pub more_webhook_secrets: Vec<Secret>,
+    /// Requests per second of keys without their own limit; `None`: no limit.
+    pub rate_limit_per_key: Option<u32>,
     /// Webhook timestamp tolerance.
     pub webhook_tolerance: Duration,
     /// Accept unauthenticated webhooks.
@@ -315,6 +328,16 @@ impl DispatchConfig {
 }
 
 impl Config {
+    /// Every webhook secret that verifies a signature, in configuration
+    /// order (`OPSCORE_WEBHOOK_SECRET` first). Empty: signatures are refused.
+    pub fn webhook_secrets(&self) -> Vec<&[u8]> {
+        self.webhook_secret
+            .iter()
+            .chain(&self.more_webhook_secrets)
+            .map(|s| s.expose().as_bytes())
+            .collect()
+    }
+
     /// A configuration with every default, for a given database and key.
     /// Tests and embedders start here and adjust fields.
     pub fn new(database_url: impl Into<String>, api_key: impl Into<String>) -> Self {
@@ -324,6 +347,8 @@ impl Config {
             database_url: Secret::new(database_url),
             api_key: Secret::new(api_key),
             webhook_secret: None,
+            more_webhook_secrets: Vec::new(),
+            rate_limit_per_key: None,
             webhook_tolerance: Duration::from_secs(300),
             allow_unsigned_notify: false,
             agentkit_api_url: None,
@@ -376,6 +401,20 @@ impl RawSettings {
             "OPSCORE_WEBHOOK_TOLERANCE_SECS",
             "webhook-tolerance-secs",
         )?);
+        let more_webhook_secrets = match self.webhook_secrets.as_deref() {
+            None => Vec::new(),
+            Some(list) => parse_secret_list(list)?,
+        };
+        let rate_limit_per_key = match self.rate_limit_per_key.as_deref() {
+            None => None,
+            Some(raw) => Some(parse_num(
+                raw,
+                1,
+                u64::from(crate::domain::apikey::MAX_RATE_LIMIT),
+                "OPSCORE_RATE_LIMIT_PER_KEY",
+                "rate-limit-per-key",
+            )? as u32),
+        };
         let allow_unsigned_notify = parse_bool(
             &self.allow_unsigned_notify,
             "OPSCORE_ALLOW_UNSIGNED_NOTIFY",
@@ -619,6 +658,8 @@ impl RawSettings {
             database_url: Secret::new(database_url),
             api_key,
             webhook_secret,
+            more_webhook_secrets,
+            rate_limit_per_key,
             webhook_tolerance,
             allow_unsigned_notify,
             agentkit_api_url,
@@ -687,6 +728,26 @@ fn parse_bool(raw: &str, env: &'static str, flag: &'static str) -> Result<bool, 
             format!("'{raw}' is not true or false"),
         )),
     }
+}
+
+/// Split `OPSCORE_WEBHOOK_SECRETS` at commas; an empty entry is a mistake
+/// (a stray comma), not a secret.
+fn parse_secret_list(list: &str) -> Result<Vec<Secret>, ConfigError> {
+    list.split(',')
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.trim();
+            if s.is_empty() {
+                Err(ConfigError::new(
+                    "OPSCORE_WEBHOOK_SECRETS",
+                    "webhook-secrets",
+                    format!("entry {} of the comma-separated list is empty", i + 1),
+                ))
+            } else {
+                Ok(Secret::new(s))
+            }
+        })
+        .collect()
 }
 
 /// Shortest API key accepted from configuration.
@@ -824,5 +885,24 @@ mod tests {
         // turn the dispatcher off.
         assert!(parse_bool("", "B", "b").is_err());
         assert!(validate_key("short").is_err());
+    }
+
+    #[test]
+    fn webhook_secret_lists() {
+        let list = parse_secret_list(" new-secret , old-secret").unwrap();
+        assert_eq!(list, [Secret::new("new-secret"), Secret::new("old-secret")]);
+        let e = parse_secret_list("a,,b").unwrap_err().to_string();
+        assert!(
+            e.contains("OPSCORE_WEBHOOK_SECRETS") && e.contains("entry 2"),
+            "{e}"
+        );
+        let mut c = Config::new("sqlite://x.db", "supersecretkey-123456");
+        assert!(c.webhook_secrets().is_empty());
+        c.webhook_secret = Some(Secret::new("a,b"));
+        c.more_webhook_secrets = list;
+        assert_eq!(
+            c.webhook_secrets(),
+            [&b"a,b"[..], &b"new-secret"[..], &b"old-secret"[..]]
+        );
     }
 }

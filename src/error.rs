@@ -28,6 +28,8 @@ pub struct ApiError {
     internal: Option<String>,
     /// How a 5xx is logged.
     log: LogAs,
+    /// `Retry-After` seconds, when the client should wait (429).
+    retry_after: Option<u64>,
 }
 
 /// How a server error is logged when it becomes a response.
@@ -60,7 +62,15 @@ impl ApiError {
             errors: Vec::new(),
             internal: None,
             log: LogAs::Error,
+            retry_after: None,
         }
+    }
+
+    /// Tell the client to wait `secs` seconds before retrying
+    /// (`Retry-After`).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400.
@@ -217,6 +227,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod keys_cli;
 pub mod sim;
 pub mod state;
 pub mod store;
@@ -93,12 +94,24 @@ pub async fn serve(
         config.event_retention,
         background_stop.clone(),
     ));
+    let keys = Arc::new(KeyRing::new(
+        config.api_key.expose(),
+        store.clone(),
+        config.rate_limit_per_key,
+    ));
+    background.spawn(http::keyring::run_usage_flusher(
+        keys.clone(),
+        background_stop.clone(),
+    ));
     let server_options = http::server::ServerOptions {
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };
     let state = AppState {
-        keys: Arc::new(KeyRing::new(config.api_key.expose())),
+        keys,
+        replay: Arc::new(http::replay::ReplayGuard::new(
+            http::replay::DEFAULT_CAPACITY,
+        )),
         config: Arc::new(config),
         store: store.clone(),
         writer,

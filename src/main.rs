@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         Command::Migrate { db } => run_migrate(db).await,
         Command::Simulate(args) => run_simulate(*args).await,
         Command::Bench(args) => run_bench(*args).await,
+        Command::Keys(args) => opscore::keys_cli::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,7 +46,7 @@ async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
             tracing::info!(path = %path.display(), "using the generated API key stored in the data directory")
         }
     }
-    if config.webhook_secret.is_none() && !config.allow_unsigned_notify {
+    if config.webhook_secrets().is_empty() && !config.allow_unsigned_notify {
         tracing::warn!("OPSCORE_WEBHOOK_SECRET is not set: the registration webhook accepts only bearer API keys");
     }
     let listener = tokio::net::TcpListener::bind(config.bind)

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
+use crate::http::replay::ReplayGuard;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
 
@@ -19,8 +20,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Group-commit writer for state reports.
     pub writer: StateWriter,
-    /// Accepted API keys.
+    /// Accepted API keys (bootstrap and managed), with their rate limits.
     pub keys: Arc<KeyRing>,
+    /// Webhook signatures already accepted (replay protection).
+    pub replay: Arc<ReplayGuard>,
     /// Wakes the dispatcher when work may have become due (a trigger, a
     /// state report that finished a task).
     pub wake: Arc<Notify>,

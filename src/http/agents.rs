@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::access::{perm, Require};
 use super::auth::{
-    authenticate, verify_signature, Principal, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    authenticate, verify_signature_any, SignatureError, VerifiedSignature, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
 };
+use crate::domain::apikey::Permission;
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
@@ -51,9 +54,21 @@ async fn notify(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<StatusBody>> {
-    authorize_webhook(&state, &headers, &body)?;
-    require_json(&headers)?;
-    let event = parse_json::<NotifyBody>(&body)?
+    let verified = authorize_webhook(&state, &headers, &body).await?;
+    let result = apply_notify(&state, &headers, &body).await;
+    if let (Err(e), Some(v)) = (&result, verified) {
+        // Our failure, not the sender's: let its retry of the same
+        // delivery through.
+        if e.status().is_server_error() {
+            state.replay.forget(&v.signature);
+        }
+    }
+    result
+}
+
+async fn apply_notify(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<StatusBody>> {
+    require_json(headers)?;
+    let event = parse_json::<NotifyBody>(body)?
         .validate()
         .map_err(|e| match e {
             NotifyError::UnknownEventType(t) => ApiError::bad_request(
@@ -81,43 +96,58 @@ async fn notify(
     }))
 }
 
-/// A bearer key, or a valid AgentKit signature, or (only when the operator
-/// allowed it) nothing at all. A wrong key or a bad signature is refused even
-/// when unsigned calls are allowed: it is a client that means to
-/// authenticate and got it wrong.
-fn authorize_webhook(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<()> {
-    if authenticate(&state.keys, headers)?.is_some() {
-        return Ok(());
+/// A bearer key with the right to register (admin or registrar), or a valid
+/// AgentKit signature seen for the first time, or (only when the operator
+/// allowed it) nothing at all. A wrong key or a bad signature is refused
+/// even when unsigned calls are allowed: it is a client that means to
+/// authenticate and got it wrong. Returns the signature when one was used.
+async fn authorize_webhook(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<VerifiedSignature>> {
+    if let Some(principal) = authenticate(&state.keys, headers).await? {
+        principal.require(Permission::Register)?;
+        return Ok(None);
     }
     let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
     let (ts, sig) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
     if ts.is_some() || sig.is_some() {
-        let Some(secret) = &state.config.webhook_secret else {
+        let secrets = state.config.webhook_secrets();
+        if secrets.is_empty() {
             return Err(ApiError::unauthorized(
                 "invalid_signature",
                 "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
             ));
-        };
+        }
         let now = chrono::Utc::now().timestamp();
-        return verify_signature(
-            secret.expose().as_bytes(),
-            ts,
-            sig,
-            body,
-            now,
-            state.config.webhook_tolerance,
-        )
-        .map_err(|e| {
+        let tolerance = state.config.webhook_tolerance;
+        let verified = verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(|e| {
             let code = match e {
                 SignatureError::Stale(..) => "stale_timestamp",
                 SignatureError::MissingHeader(_) => "missing_signature",
                 _ => "invalid_signature",
             };
             ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
-        });
+        })?;
+        // Remembered until the timestamp leaves the window, after which
+        // the timestamp check refuses it anyway.
+        let expires = verified
+            .timestamp
+            .saturating_add(tolerance.as_secs() as i64);
+        if !state
+            .replay
+            .first_sighting(verified.signature, expires, now)
+        {
+            return Err(ApiError::unauthorized(
+                "webhook_replayed",
+                "Webhook refused: this signature was already used (a replay); sign each delivery anew",
+            ));
+        }
+        return Ok(Some(verified));
     }
     if state.config.allow_unsigned_notify {
-        return Ok(());
+        return Ok(None);
     }
     Err(ApiError::unauthorized(
         "missing_credentials",
@@ -134,7 +164,7 @@ pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
 
 /// A state report (contract 1.2): 202 only once durably stored.
 async fn report_state(
-    _: Principal,
+    _: Require<perm::ReportState>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<StateReportBody>,
@@ -205,7 +235,7 @@ struct StateReadParams {
 /// answers once the agent's state has moved past that feed index, or when
 /// the wait ends.
 async fn get_state(
-    _: Principal,
+    _: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<StateReadParams>,
@@ -288,7 +318,7 @@ impl AgentView {
 }
 
 async fn get_agent(
-    _: Principal,
+    _: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<AgentView>> {
@@ -325,7 +355,7 @@ fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
 }
 
 async fn list_agents(
-    _: Principal,
+    _: Require<perm::ListAgents>,
     State(state): State<AppState>,
     Query(p): Query<ListAgentsParams>,
 ) -> Result<Json<Page<AgentView>>> {
@@ -391,7 +421,7 @@ struct PageParams {
 }
 
 async fn state_history(
-    _: Principal,
+    _: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<PageParams>,

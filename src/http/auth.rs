@@ -1,4 +1,5 @@
-//! Authentication: bearer API keys, and AgentKit's webhook signature.
+//! Authentication: bearer API keys (resolved by [`KeyRing`]), and AgentKit's
+//! webhook signature (with several secrets at once, for rotation).
 //!
 //! The signature scheme (contract 1.1): header `X-AgentKit-Timestamp` holds
 //! whole Unix seconds (or an RFC 3339 time), `X-AgentKit-Signature` the
@@ -12,9 +13,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use sha2::Sha256;
 
+pub use super::keyring::{KeyRing, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,37 +23,6 @@ use crate::state::AppState;
 pub const TIMESTAMP_HEADER: &str = "x-agentkit-timestamp";
 /// Header carrying the hex signature.
 pub const SIGNATURE_HEADER: &str = "x-agentkit-signature";
-
-/// The keys the service accepts. Keys are kept only as SHA-256 digests, so a
-/// comparison never touches the plaintext and runs in constant time.
-#[derive(Debug, Clone)]
-pub struct KeyRing {
-    admin: [u8; 32],
-}
-
-impl KeyRing {
-    /// A ring holding the bootstrap admin key.
-    pub fn new(admin_key: &str) -> Self {
-        Self {
-            admin: digest(admin_key),
-        }
-    }
-
-    fn check(&self, presented: &str) -> bool {
-        digest(presented).ct_eq(&self.admin).into()
-    }
-}
-
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// The caller, once authenticated with a bearer key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Principal {
-    /// The bootstrap key: every right.
-    Admin,
-}
 
 /// What the `Authorization` header held.
 enum Bearer<'a> {
@@ -76,30 +46,38 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
     }
 }
 
-/// Authenticate a bearer key: `Ok(None)` when no `Authorization` header was
-/// sent, 401 when one was sent and is malformed or wrong.
-pub fn authenticate(keys: &KeyRing, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+/// Authenticate the bearer key of a request, and take a token from its
+/// rate limit: `Ok(None)` when no `Authorization` header was sent; 401 when
+/// one was sent and is malformed, unknown, revoked or expired; 429 when the
+/// key is over its rate limit.
+pub async fn authenticate(keys: &KeyRing, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     match bearer(headers) {
         Bearer::Missing => Ok(None),
         Bearer::Malformed => Err(ApiError::unauthorized(
             "invalid_authorization",
             "Authorization header must be 'Bearer <api key>'",
         )),
-        Bearer::Key(k) if keys.check(k) => Ok(Some(Principal::Admin)),
-        Bearer::Key(_) => Err(ApiError::unauthorized("invalid_api_key", "Invalid API key")),
+        Bearer::Key(k) => keys.authenticate(k).await.map(Some),
     }
 }
 
+/// The 401 of a request that sent no credentials.
+pub fn missing_credentials() -> ApiError {
+    ApiError::unauthorized(
+        "missing_credentials",
+        "Missing Authorization header (expected 'Bearer <api key>')",
+    )
+}
+
+/// Any authenticated caller, whatever its role. Routes use
+/// [`Require`](super::access::Require) instead, which also checks the right.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(&state.keys, &parts.headers)?.ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_credentials",
-                "Missing Authorization header (expected 'Bearer <api key>')",
-            )
-        })
+        authenticate(&state.keys, &parts.headers)
+            .await?
+            .ok_or_else(missing_credentials)
     }
 }
 
@@ -161,6 +139,28 @@ pub fn verify_signature(
     now: i64,
     tolerance: Duration,
 ) -> Result<(), SignatureError> {
+    verify_signature_any(&[secret], timestamp, signature, body, now, tolerance).map(|_| ())
+}
+
+/// A signature that verified: what the replay guard remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedSignature {
+    /// The signature bytes.
+    pub signature: [u8; 32],
+    /// The signed timestamp, in Unix seconds.
+    pub timestamp: i64,
+}
+
+/// Verify as [`verify_signature`] against several secrets: any one of them
+/// verifies (rotation keeps the old and the new secret at once).
+pub fn verify_signature_any(
+    secrets: &[&[u8]],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<VerifiedSignature, SignatureError> {
     let ts_raw = timestamp.ok_or(SignatureError::MissingHeader("X-AgentKit-Timestamp"))?;
     let sig_raw = signature.ok_or(SignatureError::MissingHeader("X-AgentKit-Signature"))?;
     let ts = parse_webhook_timestamp(ts_raw)?;
@@ -170,14 +170,22 @@ pub fn verify_signature(
     }
     let sig_hex = sig_raw.trim();
     let sig_hex = sig_hex.strip_prefix("sha256=").unwrap_or(sig_hex);
-    let sig = hex::decode(sig_hex).map_err(|_| SignatureError::BadEncoding)?;
-    if sig.len() != 32 {
-        return Err(SignatureError::BadEncoding);
-    }
+    let sig: [u8; 32] = hex::decode(sig_hex)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or(SignatureError::BadEncoding)?;
     // verify_slice compares in constant time.
-    mac(secret, ts_raw, body)
-        .verify_slice(&sig)
-        .map_err(|_| SignatureError::Mismatch)
+    if secrets
+        .iter()
+        .any(|secret| mac(secret, ts_raw, body).verify_slice(&sig).is_ok())
+    {
+        Ok(VerifiedSignature {
+            signature: sig,
+            timestamp: ts,
+        })
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
 #[cfg(test)]
@@ -250,25 +258,38 @@ mod tests {
     }
 
     #[test]
+    fn any_of_several_secrets_verifies() {
+        let now = 1_700_000_000;
+        let sig = sign(b"old", "1700000000", BODY);
+        let secrets: [&[u8]; 2] = [b"new", b"old"];
+        let v = verify_signature_any(&secrets, Some("1700000000"), Some(&sig), BODY, now, TOL)
+            .unwrap();
+        assert_eq!(v.timestamp, now);
+        assert_eq!(hex::encode(v.signature), sig);
+        assert_eq!(
+            verify_signature_any(&[b"new"], Some("1700000000"), Some(&sig), BODY, now, TOL),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
     fn bearer_parsing() {
-        let keys = KeyRing::new("k-0123456789abcdef");
         let mut h = HeaderMap::new();
-        assert_eq!(authenticate(&keys, &h).unwrap(), None);
+        assert!(matches!(bearer(&h), Bearer::Missing));
         for ok in [
             "Bearer k-0123456789abcdef",
             "bearer k-0123456789abcdef",
             "BEARER  k-0123456789abcdef ",
         ] {
             h.insert(header::AUTHORIZATION, ok.parse().unwrap());
-            assert_eq!(
-                authenticate(&keys, &h).unwrap(),
-                Some(Principal::Admin),
+            assert!(
+                matches!(bearer(&h), Bearer::Key("k-0123456789abcdef")),
                 "{ok}"
             );
         }
-        for bad in ["Basic abc", "Bearer", "k-0123456789abcdef", "Bearer wrong"] {
+        for bad in ["Basic abc", "Bearer", "k-0123456789abcdef"] {
             h.insert(header::AUTHORIZATION, bad.parse().unwrap());
-            assert!(authenticate(&keys, &h).is_err(), "{bad}");
+            assert!(matches!(bearer(&h), Bearer::Malformed), "{bad}");
         }
     }
 }

@@ -15,7 +15,7 @@ use axum::Router;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use super::auth::Principal;
+use super::access::{perm, Require};
 use super::extract::Query;
 use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
@@ -126,7 +126,7 @@ fn feed_full() -> ApiError {
 
 /// `GET /v1/opscore/events`.
 async fn stream(
-    _: Principal,
+    caller: Require<perm::ReadEvents>,
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<FeedParams>,
@@ -167,6 +167,22 @@ async fn stream(
         (None, None) => None,
     };
     v.finish().map_err(ApiError::validation)?;
+    // An agent key sees only its own agents' events (every event about an
+    // agent, sessions and tasks included, carries its agent id).
+    let agents = match (caller.agent_scope(), agents) {
+        (None, agents) => agents,
+        (Some(scope), None) => Some(scope.iter().cloned().collect()),
+        (Some(scope), Some(asked)) => {
+            if let Some(outside) = asked.iter().find(|a| !scope.contains(a)) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("This API key may not read events of agent {outside} (outside its scope)"),
+                ));
+            }
+            Some(asked)
+        }
+    };
 
     let feed = state.feed.clone();
     let sub = feed.subscribe().ok_or_else(feed_full)?;

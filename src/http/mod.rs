@@ -2,13 +2,18 @@
 //! request passes through (request id, one log line, concurrency limit and
 //! deadline, body limit), and the accept loop that serves it all.
 
+pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod events;
 pub mod extract;
+pub mod keyring;
+pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod paging;
+pub mod ratelimit;
+pub mod replay;
 pub mod server;
 pub mod sessions;
 pub mod workflows;
@@ -45,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
+        .merge(keys::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::agents::path_agent;
-use super::auth::Principal;
+use super::access::{perm, Require};
 use super::extract::{Path, Query};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::time::{format_micros, now_micros};
@@ -100,7 +100,7 @@ fn view(s: SessionRecord, with_tasks: bool) -> SessionView {
 }
 
 async fn fetch(
-    _: Principal,
+    _: Require<perm::ReadSessions>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>> {
@@ -118,7 +118,7 @@ fn session_error(e: StoreError) -> ApiError {
 }
 
 async fn cancel(
-    _: Principal,
+    _: Require<perm::CancelSessions>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>> {
@@ -140,7 +140,7 @@ struct ListParams {
 }
 
 async fn list(
-    _: Principal,
+    _: Require<perm::ReadSessions>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<ListParams>,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::agents::path_agent;
-use super::auth::Principal;
+use super::access::{perm, Require};
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::paging::Page;
 use crate::domain::time::now_micros;
@@ -79,7 +79,7 @@ impl FromRequest<AppState> for DefinitionBody {
 }
 
 async fn create(
-    _: Principal,
+    _: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     DefinitionBody(def): DefinitionBody,
 ) -> Result<impl IntoResponse> {
@@ -99,7 +99,7 @@ async fn create(
 }
 
 async fn list(
-    _: Principal,
+    _: Require<perm::ReadWorkflows>,
     State(state): State<AppState>,
 ) -> Result<Json<Page<WorkflowDefinition>>> {
     Ok(Json(Page {
@@ -109,7 +109,7 @@ async fn list(
 }
 
 async fn fetch(
-    _: Principal,
+    _: Require<perm::ReadWorkflows>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkflowDefinition>> {
@@ -117,7 +117,7 @@ async fn fetch(
 }
 
 async fn remove(
-    _: Principal,
+    _: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
@@ -137,7 +137,7 @@ struct TriggerBody {
 }
 
 async fn trigger(
-    _: Principal,
+    _: Require<perm::Trigger>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<TriggerBody>,

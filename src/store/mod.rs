@@ -4,6 +4,7 @@
 //! Handlers never see SQL errors: each backend maps them to [`StoreError`].
 
 mod events_sql;
+mod keys_sql;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -186,9 +187,35 @@ pub struct HistoryEntry {
 
 /// The storage interface the service runs on: agents and their states, and
 /// workflows. Both backends implement it and both run the same test suite.
-pub trait Store: AgentStore + WorkflowStore + EventStore {}
+pub trait Store: AgentStore + WorkflowStore + EventStore + KeyStore {}
 
-impl<T: AgentStore + WorkflowStore + EventStore> Store for T {}
+impl<T: AgentStore + WorkflowStore + EventStore + KeyStore> Store for T {}
+
+/// Managed API keys (never their plaintext). Reads go through the cache in
+/// `http::keyring`; nothing here is on the per-request path.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Store a new key. A key id that exists already is a `Conflict`.
+    async fn create_key(&self, key: &crate::domain::apikey::ApiKey) -> StoreResult<()>;
+
+    /// One key by id; `NotFound` (entity "Key") when there is none.
+    async fn get_key(&self, key_id: &str) -> StoreResult<crate::domain::apikey::ApiKey>;
+
+    /// Every key, oldest first, revoked and expired ones included.
+    async fn list_keys(&self) -> StoreResult<Vec<crate::domain::apikey::ApiKey>>;
+
+    /// Revoke a key (idempotent: a second call keeps the first time) and
+    /// return it; `NotFound` when there is none.
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        now: Micros,
+    ) -> StoreResult<crate::domain::apikey::ApiKey>;
+
+    /// Record when keys were last used, in one transaction; a time older
+    /// than the stored one changes nothing.
+    async fn record_key_use(&self, uses: &[(String, Micros)]) -> StoreResult<()>;
+}
 
 /// What the event table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,386 @@
+//! The keys the service accepts: the bootstrap admin key from
+//! configuration, and managed keys from the store behind a short in-memory
+//! cache, so that authentication on the hot path (state reports, thousands
+//! a second) costs a hash and a map lookup, not a query.
+//!
+//! - A managed key is read from the store at most once per [`CACHE_TTL`]
+//!   per process. Revoking through this process updates its cache at once;
+//!   other replicas notice within [`CACHE_TTL`].
+//! - When a key was last used is written off the request path, at most once
+//!   per [`USE_RESOLUTION`] per key, by [`KeyRing::flush_usage`] (run by a
+//!   background task).
+//! - Whether a key is revoked or expired is told only to a caller that
+//!   presented its right secret; any other wrong key gets the same 401 as a
+//!   key that never existed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::ratelimit::RateLimiter;
+use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
+use crate::domain::time::{now_micros, Micros};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError};
+
+/// How long a managed key read from the store is trusted before it is read
+/// again: the longest another replica keeps accepting a key revoked here.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Last-used times are recorded at most this often per key.
+pub const USE_RESOLUTION: Duration = Duration::from_secs(60);
+/// How often pending last-used times are written.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// Past this many cached keys, stale entries are dropped (and, if that is
+/// not enough, all of them: they are read again on use).
+const MAX_CACHED: usize = 10_000;
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    role: Role,
+    /// The managed key, or `None` for the bootstrap key.
+    key: Option<Arc<ApiKey>>,
+}
+
+impl Principal {
+    /// The bootstrap admin key.
+    pub fn bootstrap() -> Self {
+        Self {
+            role: Role::Admin,
+            key: None,
+        }
+    }
+
+    /// The caller's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The managed key's id (`None` for the bootstrap key).
+    pub fn key_id(&self) -> Option<&str> {
+        self.key.as_deref().map(|k| k.key_id.as_str())
+    }
+
+    /// The agents an agent key may act for; `None` for every other role.
+    pub fn agent_scope(&self) -> Option<&[String]> {
+        match (self.role, &self.key) {
+            (Role::Agent, Some(k)) => Some(&k.agent_ids),
+            (Role::Agent, None) => Some(&[]),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller may act for `agent` (always, unless an agent key).
+    pub fn covers_agent(&self, agent: &str) -> bool {
+        self.agent_scope()
+            .is_none_or(|scope| scope.iter().any(|a| a == agent))
+    }
+
+    /// 403 unless the caller's role grants `p` everywhere.
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        match self.role.access(p) {
+            Access::All => Ok(()),
+            _ => Err(forbidden(self.role, p)),
+        }
+    }
+
+    /// 403 unless the caller's role grants `p` for `agent`.
+    pub fn require_for_agent(&self, p: Permission, agent: &str) -> Result<(), ApiError> {
+        match self.role.access(p) {
+            Access::All => Ok(()),
+            Access::Scoped if self.covers_agent(agent) => Ok(()),
+            Access::Scoped => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("This API key may not {} (agent outside its scope)", p.describe()),
+            )),
+            Access::Denied => Err(forbidden(self.role, p)),
+        }
+    }
+}
+
+/// The 403 of a role that lacks a right.
+pub fn forbidden(role: Role, p: Permission) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "A key with role '{}' may not {}",
+            role.as_str(),
+            p.describe()
+        ),
+    )
+}
+
+struct Cached {
+    key: Arc<ApiKey>,
+    fetched: Instant,
+}
+
+#[derive(Default)]
+struct Usage {
+    /// When this process last queued a write for the key.
+    marked: HashMap<String, Instant>,
+    /// Writes not done yet.
+    pending: HashMap<String, Micros>,
+}
+
+/// The accepted keys. Shared by every request of the process.
+pub struct KeyRing {
+    bootstrap: [u8; 32],
+    store: Arc<dyn Store>,
+    cache: Mutex<HashMap<String, Cached>>,
+    usage: Mutex<Usage>,
+    limiter: RateLimiter,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyRing(***)")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::unauthorized("invalid_api_key", "Invalid API key")
+}
+
+impl KeyRing {
+    /// A ring with the bootstrap admin key and the store's managed keys,
+    /// limiting keys without their own rate limit to `default_rate_limit`
+    /// requests a second (`None`: unlimited).
+    pub fn new(bootstrap_key: &str, store: Arc<dyn Store>, default_rate_limit: Option<u32>) -> Self {
+        Self {
+            bootstrap: digest(bootstrap_key),
+            store,
+            cache: Mutex::new(HashMap::new()),
+            usage: Mutex::new(Usage::default()),
+            limiter: RateLimiter::new(default_rate_limit),
+        }
+    }
+
+    /// Authenticate a bearer token and take a token from its rate limit.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        let principal = self.resolve(token).await?;
+        let bucket = principal.key_id().unwrap_or("");
+        let own = principal.key.as_deref().and_then(|k| k.rate_limit);
+        if let Err(wait) = self.limiter.check(bucket, own, Instant::now()) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "This API key is over its rate limit; retry later",
+            )
+            .with_retry_after(wait));
+        }
+        Ok(principal)
+    }
+
+    async fn resolve(&self, token: &str) -> Result<Principal, ApiError> {
+        if bool::from(digest(token).ct_eq(&self.bootstrap)) {
+            return Ok(Principal::bootstrap());
+        }
+        let Some(t) = parse_token(token) else {
+            return Err(invalid_key());
+        };
+        let Some(key) = self.lookup(t.key_id).await? else {
+            return Err(invalid_key());
+        };
+        if !key.secret_matches(t.secret) {
+            return Err(invalid_key());
+        }
+        let now = now_micros();
+        match key.status(now) {
+            KeyStatus::Revoked => Err(ApiError::unauthorized(
+                "key_revoked",
+                "This API key has been revoked",
+            )),
+            KeyStatus::Expired => {
+                Err(ApiError::unauthorized("key_expired", "This API key has expired"))
+            }
+            KeyStatus::Active => {
+                self.mark_used(&key.key_id, now);
+                Ok(Principal {
+                    role: key.role,
+                    key: Some(key),
+                })
+            }
+        }
+    }
+
+    /// The key `key_id`, from the cache while fresh, else from the store.
+    async fn lookup(&self, key_id: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        if let Some(c) = lock(&self.cache).get(key_id) {
+            if c.fetched.elapsed() < CACHE_TTL {
+                return Ok(Some(c.key.clone()));
+            }
+        }
+        match self.store.get_key(key_id).await {
+            Ok(key) => Ok(Some(self.remember(key))),
+            Err(StoreError::NotFound { .. }) => {
+                lock(&self.cache).remove(key_id);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Put `key` in the cache as just read (after a revocation here, so
+    /// that this process refuses it at once).
+    pub fn remember(&self, key: ApiKey) -> Arc<ApiKey> {
+        let key = Arc::new(key);
+        let mut cache = lock(&self.cache);
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key.key_id.clone(),
+            Cached {
+                key: key.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        key
+    }
+
+    fn mark_used(&self, key_id: &str, now: Micros) {
+        let mut usage = lock(&self.usage);
+        let due = usage
+            .marked
+            .get(key_id)
+            .is_none_or(|t| t.elapsed() >= USE_RESOLUTION);
+        if due {
+            usage.marked.insert(key_id.to_owned(), Instant::now());
+            usage.pending.insert(key_id.to_owned(), now);
+        }
+    }
+
+    /// The last-used time this process knows of for `key_id` but may not
+    /// have written yet.
+    pub fn pending_use(&self, key_id: &str) -> Option<Micros> {
+        lock(&self.usage).pending.get(key_id).copied()
+    }
+
+    /// Write pending last-used times. On failure they are kept for the
+    /// next attempt (unless a newer one arrived meanwhile).
+    pub async fn flush_usage(&self) {
+        let batch: Vec<(String, Micros)> = {
+            let mut usage = lock(&self.usage);
+            if usage.pending.is_empty() {
+                return;
+            }
+            usage.pending.drain().collect()
+        };
+        if let Err(e) = self.store.record_key_use(&batch).await {
+            tracing::warn!(error = %e, keys = batch.len(), "could not record API key use; will retry");
+            let mut usage = lock(&self.usage);
+            for (id, at) in batch {
+                usage.pending.entry(id).or_insert(at);
+            }
+        }
+    }
+}
+
+/// Write last-used times every [`FLUSH_EVERY`] until `stop`, then once more.
+pub async fn run_usage_flusher(keys: Arc<KeyRing>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(FLUSH_EVERY) => keys.flush_usage().await,
+        }
+    }
+    keys.flush_usage().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::apikey::generate;
+    use crate::store::{SqliteStore, StoreOptions};
+
+    async fn ring() -> (Arc<dyn Store>, KeyRing) {
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open("sqlite::memory:", &StoreOptions::default())
+                .await
+                .unwrap(),
+        );
+        let ring = KeyRing::new("bootstrap-key-0123456789", store.clone(), None);
+        (store, ring)
+    }
+
+    fn key(role: Role, scope: &[&str]) -> (ApiKey, String) {
+        let g = generate();
+        let k = ApiKey {
+            key_id: g.key_id,
+            name: "t".into(),
+            role,
+            agent_ids: scope.iter().map(|s| s.to_string()).collect(),
+            secret_sha256: g.secret_sha256,
+            rate_limit: None,
+            created_at: now_micros(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        (k, g.plaintext)
+    }
+
+    #[tokio::test]
+    async fn keys_resolve_and_failures_reveal_nothing() {
+        let (store, ring) = ring().await;
+        let p = ring.authenticate("bootstrap-key-0123456789").await.unwrap();
+        assert_eq!((p.role(), p.key_id()), (Role::Admin, None));
+        let (k, plain) = key(Role::Agent, &["a1", "a2"]);
+        store.create_key(&k).await.unwrap();
+        let p = ring.authenticate(&plain).await.unwrap();
+        assert_eq!(p.role(), Role::Agent);
+        assert!(p.covers_agent("a2") && !p.covers_agent("a3"));
+        // A wrong secret for a real id, an unknown id and garbage all look
+        // the same.
+        let last = if plain.ends_with('0') { "1" } else { "0" };
+        let wrong = format!("{}{last}", &plain[..plain.len() - 1]);
+        let (_, unknown) = key(Role::Admin, &[]);
+        for bad in [wrong.as_str(), unknown.as_str(), "nonsense-key-0123456789"] {
+            let e = ring.authenticate(bad).await.unwrap_err();
+            assert_eq!(e.code(), "invalid_api_key", "{bad}");
+        }
+        // Revoked: refused at once in this process once it knows.
+        let revoked = store.revoke_key(&k.key_id, now_micros()).await.unwrap();
+        ring.remember(revoked);
+        assert_eq!(
+            ring.authenticate(&plain).await.unwrap_err().code(),
+            "key_revoked"
+        );
+        // Unknown-key errors still do not say "revoked" for a wrong secret.
+        assert_eq!(
+            ring.authenticate(&wrong).await.unwrap_err().code(),
+            "invalid_api_key"
+        );
+    }
+
+    #[tokio::test]
+    async fn use_is_recorded_once_per_resolution() {
+        let (store, ring) = ring().await;
+        let (k, plain) = key(Role::Operator, &[]);
+        store.create_key(&k).await.unwrap();
+        for _ in 0..50 {
+            ring.authenticate(&plain).await.unwrap();
+        }
+        let pending = ring.pending_use(&k.key_id).expect("pending");
+        ring.flush_usage().await;
+        assert_eq!(ring.pending_use(&k.key_id), None);
+        let stored = store.get_key(&k.key_id).await.unwrap();
+        assert_eq!(stored.last_used_at, Some(pending));
+        // Within the resolution nothing more is queued.
+        ring.authenticate(&plain).await.unwrap();
+        assert_eq!(ring.pending_use(&k.key_id), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! API key management, admin only: `/v1/opscore/keys`. A key's plaintext
+//! is in the answer to its creation and nowhere else, ever.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::access::{perm, Require};
+use super::extract::{JsonBody, Path};
+use super::paging::Page;
+use crate::domain::apikey::{generate, is_key_id, ApiKey, NewKeyBody};
+use crate::domain::time::{format_micros, now_micros};
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/opscore/keys", get(list).post(create))
+        .route("/v1/opscore/keys/{key_id}", get(fetch).delete(revoke))
+}
+
+/// A key on the wire, without any secret.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    key_id: String,
+    name: String,
+    role: &'static str,
+    agent_ids: Vec<String>,
+    rate_limit: Option<u32>,
+    status: &'static str,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    last_used_at: Option<String>,
+}
+
+impl KeyView {
+    fn new(k: &ApiKey, state: &AppState) -> Self {
+        // This process may know of a use it has not written yet.
+        let last_used = match (k.last_used_at, state.keys.pending_use(&k.key_id)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Self {
+            key_id: k.key_id.clone(),
+            name: k.name.clone(),
+            role: k.role.as_str(),
+            agent_ids: k.agent_ids.clone(),
+            rate_limit: k.rate_limit,
+            status: k.status(now_micros()).as_str(),
+            created_at: format_micros(k.created_at),
+            expires_at: k.expires_at.map(format_micros),
+            revoked_at: k.revoked_at.map(format_micros),
+            last_used_at: last_used.map(format_micros),
+        }
+    }
+}
+
+/// The answer to a creation: the key, and its plaintext this one time.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatedKey {
+    #[serde(flatten)]
+    view: KeyView,
+    key: String,
+}
+
+async fn create(
+    _: Require<perm::ManageKeys>,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewKeyBody>,
+) -> Result<(StatusCode, Json<CreatedKey>)> {
+    let now = now_micros();
+    let new = body.validate(now).map_err(ApiError::validation)?;
+    let generated = generate();
+    let key = ApiKey {
+        key_id: generated.key_id,
+        name: new.name,
+        role: new.role,
+        agent_ids: new.agent_ids,
+        secret_sha256: generated.secret_sha256,
+        rate_limit: new.rate_limit,
+        created_at: now,
+        expires_at: new.expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    state.store.create_key(&key).await?;
+    tracing::info!(key_id = %key.key_id, role = key.role.as_str(), "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            view: KeyView::new(&key, &state),
+            key: generated.plaintext,
+        }),
+    ))
+}
+
+async fn list(
+    _: Require<perm::ManageKeys>,
+    State(state): State<AppState>,
+) -> Result<Json<Page<KeyView>>> {
+    let keys = state.store.list_keys().await?;
+    Ok(Json(Page {
+        items: keys.iter().map(|k| KeyView::new(k, &state)).collect(),
+        next_cursor: None,
+    }))
+}
+
+fn key_not_found(id: &str) -> ApiError {
+    ApiError::not_found("key_not_found", format!("API key not found: {id}"))
+}
+
+fn or_key_not_found(id: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound { .. } => key_not_found(id),
+        e => e.into(),
+    }
+}
+
+async fn fetch(
+    _: Require<perm::ManageKeys>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>> {
+    if !is_key_id(&key_id) {
+        return Err(key_not_found(&key_id));
+    }
+    let key = state
+        .store
+        .get_key(&key_id)
+        .await
+        .map_err(or_key_not_found(&key_id))?;
+    Ok(Json(KeyView::new(&key, &state)))
+}
+
+/// Revoke: idempotent, answers the key as it now is. This process refuses
+/// the key from the moment the answer is sent.
+async fn revoke(
+    _: Require<perm::ManageKeys>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>> {
+    if !is_key_id(&key_id) {
+        return Err(key_not_found(&key_id));
+    }
+    let key = state
+        .store
+        .revoke_key(&key_id, now_micros())
+        .await
+        .map_err(or_key_not_found(&key_id))?;
+    state.keys.remember(key.clone());
+    tracing::info!(key_id = %key.key_id, "API key revoked");
+    Ok(Json(KeyView::new(&key, &state)))
+}

@@ -1,0 +1,111 @@
+//! Per-key rate limits: one token bucket per key, in memory, per process.
+//!
+//! A key limited to `r` requests a second holds at most `r` tokens (one
+//! second's worth, so a short burst after a quiet spell is allowed) and
+//! gains `r` a second. A request takes one token; with none left it is
+//! refused with 429 and `Retry-After` (whole seconds until a token is back).
+//! With several replicas each enforces the limit on its own share.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Past this many buckets, idle ones are dropped. A bucket idle for a
+/// second is full again, exactly like a new one, so dropping it changes
+/// nothing.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// The buckets of every key seen, and the default limit of keys without
+/// their own.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    default: Option<u32>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter applying `default` (requests per second) to keys that set
+    /// no limit of their own; `None` leaves them unlimited.
+    pub fn new(default: Option<u32>) -> Self {
+        Self {
+            default,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take a token for the key `id` whose own limit is `own`. `Err` holds
+    /// the seconds to wait (at least 1).
+    pub fn check(&self, id: &str, own: Option<u32>, now: Instant) -> Result<(), u64> {
+        let Some(rate) = own.or(self.default).filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let rate = f64::from(rate);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > PRUNE_ABOVE {
+            buckets.retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < 1.0);
+        }
+        let bucket = match buckets.get_mut(id) {
+            Some(b) => b,
+            None => buckets.entry(id.to_owned()).or_insert(Bucket {
+                tokens: rate,
+                last: now,
+            }),
+        };
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / rate;
+            Err((wait.ceil() as u64).max(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_refills() {
+        let l = RateLimiter::new(None);
+        let t0 = Instant::now();
+        assert!(l.check("k", Some(3), t0).is_ok());
+        assert!(l.check("k", Some(3), t0).is_ok());
+        assert!(l.check("k", Some(3), t0).is_ok());
+        assert_eq!(l.check("k", Some(3), t0), Err(1));
+        // Another key has its own bucket; an unlimited key is never refused.
+        assert!(l.check("other", Some(3), t0).is_ok());
+        for _ in 0..100 {
+            assert!(l.check("free", None, t0).is_ok());
+        }
+        // A third of a second later one token is back.
+        let t1 = t0 + Duration::from_millis(340);
+        assert!(l.check("k", Some(3), t1).is_ok());
+        assert!(l.check("k", Some(3), t1).is_err());
+        // Slow limits ask for a longer wait.
+        assert!(l.check("slow", Some(1), t0).is_ok());
+        assert_eq!(l.check("slow", Some(1), t0), Err(1));
+    }
+
+    #[test]
+    fn default_applies_to_keys_without_their_own() {
+        let l = RateLimiter::new(Some(1));
+        let t0 = Instant::now();
+        assert!(l.check("k", None, t0).is_ok());
+        assert!(l.check("k", None, t0).is_err());
+        // A key's own limit wins over the default.
+        assert!(l.check("big", Some(5), t0).is_ok());
+        assert!(l.check("big", Some(5), t0).is_ok());
+    }
+}

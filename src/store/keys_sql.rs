@@ -1,0 +1,174 @@
+//! Storage of managed API keys, written once for both backends like
+//! `sql.rs`. Keys are few and read through the in-memory cache of
+//! `http::keyring`, so these statements are simple lookups by primary key.
+
+/// Columns of `api_keys`, in `key_from_row` order.
+pub(super) const KEY_COLUMNS: &str = "key_id, name, role, agent_ids, secret_sha256, rate_limit, \
+     created_at_us, expires_at_us, revoked_at_us, last_used_at_us";
+
+/// Turn a stored row's text columns into an [`ApiKey`](crate::domain::apikey::ApiKey).
+/// A row this code did not write (an unknown role, a bad digest) is an
+/// internal error, never a usable key.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_key(
+    key_id: String,
+    name: String,
+    role: &str,
+    agent_ids: &str,
+    secret_sha256: &str,
+    rate_limit: Option<i64>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+) -> super::StoreResult<crate::domain::apikey::ApiKey> {
+    use super::StoreError;
+    let bad = |what: &str| StoreError::Internal(format!("api key {key_id}: stored {what} is invalid"));
+    let role = crate::domain::apikey::Role::parse(role).ok_or_else(|| bad("role"))?;
+    let agent_ids: Vec<String> = serde_json::from_str(agent_ids).map_err(|_| bad("agent_ids"))?;
+    let digest: [u8; 32] = hex::decode(secret_sha256)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| bad("secret digest"))?;
+    let rate_limit = match rate_limit {
+        None => None,
+        Some(r) => Some(u32::try_from(r).map_err(|_| bad("rate_limit"))?),
+    };
+    Ok(crate::domain::apikey::ApiKey {
+        key_id,
+        name,
+        role,
+        agent_ids,
+        secret_sha256: digest,
+        rate_limit,
+        created_at,
+        expires_at,
+        revoked_at,
+        last_used_at,
+    })
+}
+
+/// Implements [`KeyStore`](super::KeyStore) for a backend struct with
+/// `writer()` and `reader()` pools.
+macro_rules! impl_key_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::KeyStore for $store {
+            async fn create_key(
+                &self,
+                key: &$crate::domain::apikey::ApiKey,
+            ) -> $crate::store::StoreResult<()> {
+                let scope = serde_json::to_string(&key.agent_ids)
+                    .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO api_keys (key_id, name, role, agent_ids, secret_sha256, rate_limit, \
+                     created_at_us, expires_at_us, revoked_at_us, last_used_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
+                )
+                .bind(&key.key_id)
+                .bind(&key.name)
+                .bind(key.role.as_str())
+                .bind(scope)
+                .bind(hex::encode(key.secret_sha256))
+                .bind(key.rate_limit.map(i64::from))
+                .bind(key.created_at)
+                .bind(key.expires_at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn get_key(
+                &self,
+                key_id: &str,
+            ) -> $crate::store::StoreResult<$crate::domain::apikey::ApiKey> {
+                let sql = format!(
+                    "SELECT {} FROM api_keys WHERE key_id = $1",
+                    $crate::store::keys_sql::KEY_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(key_id)
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::not_found("Key", key_id))?;
+                key_from_row(&row)
+            }
+
+            async fn list_keys(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::apikey::ApiKey>> {
+                let sql = format!(
+                    "SELECT {} FROM api_keys ORDER BY created_at_us, key_id",
+                    $crate::store::keys_sql::KEY_COLUMNS
+                );
+                let rows = sqlx::query(&sql).fetch_all(self.reader()).await?;
+                rows.iter().map(key_from_row).collect()
+            }
+
+            async fn revoke_key(
+                &self,
+                key_id: &str,
+                now: i64,
+            ) -> $crate::store::StoreResult<$crate::domain::apikey::ApiKey> {
+                // A second revocation keeps the first time.
+                let sql = format!(
+                    "UPDATE api_keys SET revoked_at_us = COALESCE(revoked_at_us, $2) \
+                     WHERE key_id = $1 RETURNING {}",
+                    $crate::store::keys_sql::KEY_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(key_id)
+                    .bind(now)
+                    .fetch_optional(self.writer())
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::not_found("Key", key_id))?;
+                key_from_row(&row)
+            }
+
+            async fn record_key_use(
+                &self,
+                uses: &[(String, i64)],
+            ) -> $crate::store::StoreResult<()> {
+                if uses.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.writer().begin().await?;
+                for (key_id, at) in uses {
+                    sqlx::query(
+                        "UPDATE api_keys SET last_used_at_us = $2 WHERE key_id = $1 \
+                         AND (last_used_at_us IS NULL OR last_used_at_us < $2)",
+                    )
+                    .bind(key_id)
+                    .bind(*at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        fn key_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> $crate::store::StoreResult<$crate::domain::apikey::ApiKey> {
+            use sqlx::Row;
+            let role: String = row.try_get(2)?;
+            let scope: String = row.try_get(3)?;
+            let digest: String = row.try_get(4)?;
+            $crate::store::keys_sql::build_key(
+                row.try_get(0)?,
+                row.try_get(1)?,
+                &role,
+                &scope,
+                &digest,
+                row.try_get(5)?,
+                row.try_get(6)?,
+                row.try_get(7)?,
+                row.try_get(8)?,
+                row.try_get(9)?,
+            )
+        }
+    };
+}
+
+pub(super) use impl_key_store;
