@@ -37,6 +37,16 @@ impl Stream {
         }
     }
 
+    /// A stream over a response already received (e.g. opened with another
+    /// key). Panics unless it is a 200.
+    pub fn wrap(resp: reqwest::Response) -> Self {
+        assert_eq!(resp.status(), 200, "event stream refused");
+        Self {
+            resp,
+            buf: String::new(),
+        }
+    }
+
     /// The raw response, for tests of refusals.
     pub async fn request(base: &str, query: &str, last_event_id: Option<i64>) -> reqwest::Response {
         let mut rb = reqwest::Client::new()
