@@ -269,21 +269,29 @@ impl KeyRing {
         lock(&self.usage).pending.get(key_id).copied()
     }
 
-    /// Write pending last-used times. On failure they are kept for the
-    /// next attempt (unless a newer one arrived meanwhile).
+    /// Write pending last-used times. They stay pending (and visible to
+    /// [`pending_use`](Self::pending_use)) until written, and are kept for
+    /// the next attempt when the write fails.
     pub async fn flush_usage(&self) {
-        let batch: Vec<(String, Micros)> = {
-            let mut usage = lock(&self.usage);
-            if usage.pending.is_empty() {
-                return;
+        let batch: Vec<(String, Micros)> = lock(&self.usage)
+            .pending
+            .iter()
+            .map(|(id, at)| (id.clone(), *at))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        match self.store.record_key_use(&batch).await {
+            Ok(()) => {
+                let mut usage = lock(&self.usage);
+                for (id, at) in batch {
+                    if usage.pending.get(&id) == Some(&at) {
+                        usage.pending.remove(&id);
+                    }
+                }
             }
-            usage.pending.drain().collect()
-        };
-        if let Err(e) = self.store.record_key_use(&batch).await {
-            tracing::warn!(error = %e, keys = batch.len(), "could not record API key use; will retry");
-            let mut usage = lock(&self.usage);
-            for (id, at) in batch {
-                usage.pending.entry(id).or_insert(at);
+            Err(e) => {
+                tracing::warn!(error = %e, keys = batch.len(), "could not record API key use; will retry");
             }
         }
     }
