@@ -86,9 +86,7 @@ pub fn parse_ttl(raw: &str) -> anyhow::Result<u64> {
         .ok()
         .and_then(|n| n.checked_mul(unit))
         .filter(|n| *n > 0)
-        .with_context(|| {
-            format!("--ttl '{raw}' is not a lifetime such as 3600, 90m, 12h or 30d")
-        })
+        .with_context(|| format!("--ttl '{raw}' is not a lifetime such as 3600, 90m, 12h or 30d"))
 }
 
 /// Run `opscore keys`; output goes to stdout.

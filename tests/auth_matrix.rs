@@ -129,46 +129,90 @@ fn rows(session: &str, victim: &str) -> Vec<Row> {
         [200, 200, 403, 200, 403],
     );
     events_a1.stream = true;
-    let mut delete_wf = row(M::DELETE, "/v1/opscore/workflows/del-{n}", [204, 403, 403, 403, 403]);
+    let mut delete_wf = row(
+        M::DELETE,
+        "/v1/opscore/workflows/del-{n}",
+        [204, 403, 403, 403, 403],
+    );
     delete_wf.make_workflow = true;
     vec![
         health,
         ready,
         with_body(
-            row(M::POST, "/v1/opscore/internal/agent/notify", [200, 403, 200, 403, 403]),
+            row(
+                M::POST,
+                "/v1/opscore/internal/agent/notify",
+                [200, 403, 200, 403, 403],
+            ),
             register_body("a1", &["summarise"]),
         ),
         row(M::GET, "/v1/opscore/agents", [200, 200, 403, 403, 403]),
         row(M::GET, "/v1/opscore/agent/a1", [200, 200, 403, 200, 403]),
         with_body(
-            row(M::POST, "/v1/opscore/agent/a1/state", [202, 202, 403, 202, 403]),
+            row(
+                M::POST,
+                "/v1/opscore/agent/a1/state",
+                [202, 202, 403, 202, 403],
+            ),
             report,
         ),
         // A broken body: the right is checked before the body is read.
         with_body(
-            row(M::POST, "/v1/opscore/agent/a1/state", [400, 400, 403, 400, 403]),
+            row(
+                M::POST,
+                "/v1/opscore/agent/a1/state",
+                [400, 400, 403, 400, 403],
+            ),
             "{\"agentId\":",
         ),
-        row(M::GET, "/v1/opscore/agent/a1/state", [200, 200, 403, 200, 403]),
-        row(M::GET, "/v1/opscore/agent/a1/state?index=0&wait=1s", [200, 200, 403, 200, 403]),
-        row(M::GET, "/v1/opscore/agent/a1/state/history", [200, 200, 403, 200, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/agent/a1/state",
+            [200, 200, 403, 200, 403],
+        ),
+        row(
+            M::GET,
+            "/v1/opscore/agent/a1/state?index=0&wait=1s",
+            [200, 200, 403, 200, 403],
+        ),
+        row(
+            M::GET,
+            "/v1/opscore/agent/a1/state/history",
+            [200, 200, 403, 200, 403],
+        ),
         // An agent key learns nothing about agents outside its scope, not
         // even whether they exist.
-        row(M::GET, "/v1/opscore/agent/ghost/state", [404, 404, 403, 403, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/agent/ghost/state",
+            [404, 404, 403, 403, 403],
+        ),
         with_body(
             row(M::POST, "/v1/opscore/workflows", [201, 403, 403, 403, 403]),
             definition("new-{n}").to_string(),
         ),
         row(M::GET, "/v1/opscore/workflows", [200, 200, 403, 403, 403]),
-        row(M::GET, "/v1/opscore/workflows/mx", [200, 200, 403, 403, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/workflows/mx",
+            [200, 200, 403, 403, 403],
+        ),
         delete_wf,
         with_body(
-            row(M::POST, "/v1/opscore/agent/a1/workflow", [202, 202, 403, 403, 403]),
+            row(
+                M::POST,
+                "/v1/opscore/agent/a1/workflow",
+                [202, 202, 403, 403, 403],
+            ),
             trigger,
         ),
         row(M::GET, session_path, [200, 200, 403, 403, 403]),
         row(M::POST, cancel_path, [200, 200, 403, 403, 403]),
-        row(M::GET, "/v1/opscore/agent/a1/sessions", [200, 200, 403, 403, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/agent/a1/sessions",
+            [200, 200, 403, 403, 403],
+        ),
         events,
         events_a1,
         with_body(

@@ -29,7 +29,9 @@ async fn stored_rows(db: &TestDb) -> Vec<Vec<String>> {
     let text = |row: &dyn Fn(usize) -> String| (0..5).map(row).collect::<Vec<_>>();
     match db.backend {
         Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("open sqlite");
+            let pool = sqlx::SqlitePool::connect(&db.url)
+                .await
+                .expect("open sqlite");
             let rows = sqlx::query(sql).fetch_all(&pool).await.expect("select");
             let out = rows
                 .iter()
@@ -71,7 +73,10 @@ async fn plaintext_is_shown_once_and_only_a_digest_is_stored(backend: Backend) {
     assert!(k.body["expiresAt"].is_string() && k.body["revokedAt"].is_null());
 
     // Never again: not in the listing, not in the key's own page.
-    for path in ["/v1/opscore/keys".to_owned(), format!("/v1/opscore/keys/{id}")] {
+    for path in [
+        "/v1/opscore/keys".to_owned(),
+        format!("/v1/opscore/keys/{id}"),
+    ] {
         let r = s.get_json(&path).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let text = r.body.to_string();
@@ -89,7 +94,10 @@ async fn plaintext_is_shown_once_and_only_a_digest_is_stored(backend: Backend) {
     assert_eq!(rows[0][0], id);
     assert_eq!(rows[0][4], digest);
     for col in &rows[0] {
-        assert!(!col.contains(secret), "stored column holds the secret: {col}");
+        assert!(
+            !col.contains(secret),
+            "stored column holds the secret: {col}"
+        );
         assert!(!col.contains(&k.plaintext));
     }
     s.stop().await;
@@ -102,30 +110,59 @@ async fn creation_is_validated_field_by_field(backend: Backend) {
         (json!({"name": "x"}), "role"),
         (json!({"name": "x", "role": "superuser"}), "role"),
         (json!({"name": "x", "role": "agent"}), "agentIds"),
-        (json!({"name": "x", "role": "agent", "agentIds": ["a b"]}), "agentIds[0]"),
-        (json!({"name": "x", "role": "operator", "agentIds": ["a1"]}), "agentIds"),
-        (json!({"name": "x", "role": "operator", "expiresAt": "2001-01-01T00:00:00Z"}), "expiresAt"),
-        (json!({"name": "x", "role": "operator", "expiresAt": "soon"}), "expiresAt"),
-        (json!({"name": "x", "role": "operator", "ttlSeconds": 0}), "ttlSeconds"),
-        (json!({"name": "x", "role": "operator", "ttlSeconds": "1h"}), "ttlSeconds"),
+        (
+            json!({"name": "x", "role": "agent", "agentIds": ["a b"]}),
+            "agentIds[0]",
+        ),
+        (
+            json!({"name": "x", "role": "operator", "agentIds": ["a1"]}),
+            "agentIds",
+        ),
+        (
+            json!({"name": "x", "role": "operator", "expiresAt": "2001-01-01T00:00:00Z"}),
+            "expiresAt",
+        ),
+        (
+            json!({"name": "x", "role": "operator", "expiresAt": "soon"}),
+            "expiresAt",
+        ),
+        (
+            json!({"name": "x", "role": "operator", "ttlSeconds": 0}),
+            "ttlSeconds",
+        ),
+        (
+            json!({"name": "x", "role": "operator", "ttlSeconds": "1h"}),
+            "ttlSeconds",
+        ),
         (
             json!({"name": "x", "role": "operator", "ttlSeconds": 60,
                    "expiresAt": "2999-01-01T00:00:00Z"}),
             "ttlSeconds",
         ),
-        (json!({"name": "x", "role": "operator", "rateLimit": 0}), "rateLimit"),
+        (
+            json!({"name": "x", "role": "operator", "rateLimit": 0}),
+            "rateLimit",
+        ),
         (json!({"name": "", "role": "operator"}), "name"),
     ];
     for (body, field) in cases {
         let r = send(s.post("/v1/opscore/keys").json(&body)).await;
         assert_invalid_field(&r, field);
     }
-    assert_eq!(s.get_json("/v1/opscore/keys").await.body["items"], json!([]));
+    assert_eq!(
+        s.get_json("/v1/opscore/keys").await.body["items"],
+        json!([])
+    );
     // Unknown and malformed ids are 404.
     for id in ["0123456789abcdef", "nope"] {
         let r = s.get_json(&format!("/v1/opscore/keys/{id}")).await;
         assert_error(&r, StatusCode::NOT_FOUND, "key_not_found");
-        let r = send(s.client.delete(s.url(&format!("/v1/opscore/keys/{id}"))).bearer_auth(KEY)).await;
+        let r = send(
+            s.client
+                .delete(s.url(&format!("/v1/opscore/keys/{id}")))
+                .bearer_auth(KEY),
+        )
+        .await;
         assert_error(&r, StatusCode::NOT_FOUND, "key_not_found");
     }
     s.stop().await;
@@ -136,7 +173,12 @@ async fn revocation_is_immediate_and_idempotent(backend: Backend) {
     s.register("a1").await;
     let k = key_with_role(&s, "operator", &[]).await;
     // Used (and so cached) before it is revoked.
-    assert_eq!(get_with(&s, &k.plaintext, "/v1/opscore/agents").await.status, 200);
+    assert_eq!(
+        get_with(&s, &k.plaintext, "/v1/opscore/agents")
+            .await
+            .status,
+        200
+    );
     let first = revoke(&s, &k.id).await;
     assert_eq!(first.body["status"], "revoked");
     let r = get_with(&s, &k.plaintext, "/v1/opscore/agents").await;
@@ -146,7 +188,12 @@ async fn revocation_is_immediate_and_idempotent(backend: Backend) {
     assert_eq!(second.body["revokedAt"], first.body["revokedAt"]);
     // A revoked admin key cannot manage keys either.
     let admin = key_with_role(&s, "admin", &[]).await;
-    assert_eq!(get_with(&s, &admin.plaintext, "/v1/opscore/keys").await.status, 200);
+    assert_eq!(
+        get_with(&s, &admin.plaintext, "/v1/opscore/keys")
+            .await
+            .status,
+        200
+    );
     revoke(&s, &admin.id).await;
     let r = get_with(&s, &admin.plaintext, "/v1/opscore/keys").await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "key_revoked");
@@ -159,7 +206,12 @@ async fn last_use_is_recorded(backend: Backend) {
     assert_eq!(k.body["lastUsedAt"], Value::Null);
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
     for _ in 0..20 {
-        assert_eq!(get_with(&s, &k.plaintext, "/v1/opscore/agents").await.status, 200);
+        assert_eq!(
+            get_with(&s, &k.plaintext, "/v1/opscore/agents")
+                .await
+                .status,
+            200
+        );
     }
     // Written off the request path within a few seconds; the listing shows
     // it at once in this process either way.
@@ -230,7 +282,11 @@ async fn agent_keys_see_only_their_agents_events(backend: Backend) {
 
 async fn rate_limited_keys_get_429_with_retry_after(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let limited = make_key(&s, json!({"name": "slow", "role": "operator", "rateLimit": 2})).await;
+    let limited = make_key(
+        &s,
+        json!({"name": "slow", "role": "operator", "rateLimit": 2}),
+    )
+    .await;
     let free = key_with_role(&s, "operator", &[]).await;
     let mut refused = None;
     let mut accepted = 0;
@@ -256,11 +312,21 @@ async fn rate_limited_keys_get_429_with_retry_after(backend: Backend) {
     assert!(wait >= 1, "{wait}");
     // Other keys are not affected.
     for _ in 0..10 {
-        assert_eq!(get_with(&s, &free.plaintext, "/v1/opscore/agents").await.status, 200);
+        assert_eq!(
+            get_with(&s, &free.plaintext, "/v1/opscore/agents")
+                .await
+                .status,
+            200
+        );
     }
     // After waiting as told, it is served again.
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    assert_eq!(get_with(&s, &limited.plaintext, "/v1/opscore/agents").await.status, 200);
+    assert_eq!(
+        get_with(&s, &limited.plaintext, "/v1/opscore/agents")
+            .await
+            .status,
+        200
+    );
     s.stop().await;
 
     // A global default limits keys without their own, the bootstrap key too.
@@ -282,7 +348,9 @@ async fn rate_limited_keys_get_429_with_retry_after(backend: Backend) {
 async fn other_replicas_refuse_a_revoked_key_within_the_cache_time(_: Backend) {
     let a = TestServer::start(Backend::Postgres).await;
     let k: MadeKey = key_with_role(&a, "operator", &[]).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let b_base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut config = test_config(&a.db);

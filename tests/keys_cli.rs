@@ -40,11 +40,25 @@ async fn keys_cli_creates_lists_and_revokes() {
     let out = opscore_keys(
         &s.base,
         KEY,
-        &["create", "--name", "agent a1", "--role", "agent", "--agent-id", "a1", "--ttl", "1h"],
+        &[
+            "create",
+            "--name",
+            "agent a1",
+            "--role",
+            "agent",
+            "--agent-id",
+            "a1",
+            "--ttl",
+            "1h",
+        ],
     )
     .await;
     assert!(out.ok, "{}", out.stderr);
-    assert!(out.stderr.contains("shown only this once"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("shown only this once"),
+        "{}",
+        out.stderr
+    );
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("KEY ID"), "{}", out.stdout);
     let plaintext = lines
@@ -52,8 +66,16 @@ async fn keys_cli_creates_lists_and_revokes() {
         .and_then(|l| l.strip_prefix("key: "))
         .expect("key line")
         .to_owned();
-    let id = plaintext["opk_".len()..].split('_').next().expect("id").to_owned();
-    assert!(lines[1].starts_with(&id) && lines[1].contains("agent a1"), "{}", out.stdout);
+    let id = plaintext["opk_".len()..]
+        .split('_')
+        .next()
+        .expect("id")
+        .to_owned();
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("agent a1"),
+        "{}",
+        out.stdout
+    );
 
     // The key works for its agent, and only there.
     let report = json!({"agentId": "a1", "timestamp": chrono::Utc::now().to_rfc3339(),
@@ -70,7 +92,11 @@ async fn keys_cli_creates_lists_and_revokes() {
     // list, as a table and as JSON; neither holds the secret.
     let out = opscore_keys(&s.base, KEY, &["list"]).await;
     assert!(out.ok, "{}", out.stderr);
-    assert!(out.stdout.contains(&id) && out.stdout.contains("active"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&id) && out.stdout.contains("active"),
+        "{}",
+        out.stdout
+    );
     assert!(!out.stdout.contains(&plaintext));
     let out = opscore_keys(&s.base, KEY, &["list", "--json"]).await;
     assert!(out.ok, "{}", out.stderr);
@@ -82,7 +108,11 @@ async fn keys_cli_creates_lists_and_revokes() {
     // A non-admin key is refused with the server's reason.
     let out = opscore_keys(&s.base, &plaintext, &["list"]).await;
     assert!(!out.ok);
-    assert!(out.stderr.contains("forbidden") && out.stderr.contains("403"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("forbidden") && out.stderr.contains("403"),
+        "{}",
+        out.stderr
+    );
 
     // revoke, then the key is refused at once; show says so.
     let out = opscore_keys(&s.base, KEY, &["revoke", &id, "--json"]).await;
@@ -99,14 +129,28 @@ async fn keys_cli_creates_lists_and_revokes() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["code"], "key_revoked");
     let out = opscore_keys(&s.base, KEY, &["show", &id]).await;
-    assert!(out.ok && out.stdout.contains("revoked"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.ok && out.stdout.contains("revoked"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 
     // Bad input is refused with the reason: locally, and by the server.
-    let out = opscore_keys(&s.base, KEY, &["create", "--name", "x", "--role", "operator", "--ttl", "1w"]).await;
+    let out = opscore_keys(
+        &s.base,
+        KEY,
+        &["create", "--name", "x", "--role", "operator", "--ttl", "1w"],
+    )
+    .await;
     assert!(!out.ok && out.stderr.contains("--ttl"), "{}", out.stderr);
     let out = opscore_keys(&s.base, KEY, &["create", "--name", "x", "--role", "agent"]).await;
     assert!(!out.ok && out.stderr.contains("agentIds"), "{}", out.stderr);
     let out = opscore_keys(&s.base, KEY, &["revoke", "0123456789abcdef"]).await;
-    assert!(!out.ok && out.stderr.contains("key_not_found"), "{}", out.stderr);
+    assert!(
+        !out.ok && out.stderr.contains("key_not_found"),
+        "{}",
+        out.stderr
+    );
     s.stop().await;
 }

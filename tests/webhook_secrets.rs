@@ -128,7 +128,12 @@ async fn registrar_keys_register_and_others_may_not(backend: Backend) {
     let r = post(registrar.plaintext.clone(), reg("a1", "x")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // The registrar can do nothing else.
-    let r = send(s.client.get(s.url("/v1/opscore/agent/a1")).bearer_auth(&registrar.plaintext)).await;
+    let r = send(
+        s.client
+            .get(s.url("/v1/opscore/agent/a1"))
+            .bearer_auth(&registrar.plaintext),
+    )
+    .await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
     s.stop().await;
 }

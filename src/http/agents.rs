@@ -14,10 +14,10 @@ use super::auth::{
     authenticate, verify_signature_any, SignatureError, VerifiedSignature, SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 };
-use crate::domain::apikey::Permission;
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
+use crate::domain::apikey::Permission;
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
@@ -66,7 +66,11 @@ async fn notify(
     result
 }
 
-async fn apply_notify(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<StatusBody>> {
+async fn apply_notify(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Json<StatusBody>> {
     require_json(headers)?;
     let event = parse_json::<NotifyBody>(body)?
         .validate()
@@ -122,14 +126,15 @@ async fn authorize_webhook(
         }
         let now = chrono::Utc::now().timestamp();
         let tolerance = state.config.webhook_tolerance;
-        let verified = verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(|e| {
-            let code = match e {
-                SignatureError::Stale(..) => "stale_timestamp",
-                SignatureError::MissingHeader(_) => "missing_signature",
-                _ => "invalid_signature",
-            };
-            ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
-        })?;
+        let verified =
+            verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(|e| {
+                let code = match e {
+                    SignatureError::Stale(..) => "stale_timestamp",
+                    SignatureError::MissingHeader(_) => "missing_signature",
+                    _ => "invalid_signature",
+                };
+                ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
+            })?;
         // Remembered until the timestamp leaves the window, after which
         // the timestamp check refuses it anyway.
         let expires = verified

@@ -50,7 +50,10 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
 /// rate limit: `Ok(None)` when no `Authorization` header was sent; 401 when
 /// one was sent and is malformed, unknown, revoked or expired; 429 when the
 /// key is over its rate limit.
-pub async fn authenticate(keys: &KeyRing, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+pub async fn authenticate(
+    keys: &KeyRing,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
     match bearer(headers) {
         Bearer::Missing => Ok(None),
         Bearer::Malformed => Err(ApiError::unauthorized(
@@ -262,8 +265,8 @@ mod tests {
         let now = 1_700_000_000;
         let sig = sign(b"old", "1700000000", BODY);
         let secrets: [&[u8]; 2] = [b"new", b"old"];
-        let v = verify_signature_any(&secrets, Some("1700000000"), Some(&sig), BODY, now, TOL)
-            .unwrap();
+        let v =
+            verify_signature_any(&secrets, Some("1700000000"), Some(&sig), BODY, now, TOL).unwrap();
         assert_eq!(v.timestamp, now);
         assert_eq!(hex::encode(v.signature), sig);
         assert_eq!(

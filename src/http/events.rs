@@ -177,7 +177,9 @@ async fn stream(
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
-                    format!("This API key may not read events of agent {outside} (outside its scope)"),
+                    format!(
+                        "This API key may not read events of agent {outside} (outside its scope)"
+                    ),
                 ));
             }
             Some(asked)

@@ -95,7 +95,10 @@ impl Principal {
             Access::Scoped => Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("This API key may not {} (agent outside its scope)", p.describe()),
+                format!(
+                    "This API key may not {} (agent outside its scope)",
+                    p.describe()
+                ),
             )),
             Access::Denied => Err(forbidden(self.role, p)),
         }
@@ -155,7 +158,11 @@ impl KeyRing {
     /// A ring with the bootstrap admin key and the store's managed keys,
     /// limiting keys without their own rate limit to `default_rate_limit`
     /// requests a second (`None`: unlimited).
-    pub fn new(bootstrap_key: &str, store: Arc<dyn Store>, default_rate_limit: Option<u32>) -> Self {
+    pub fn new(
+        bootstrap_key: &str,
+        store: Arc<dyn Store>,
+        default_rate_limit: Option<u32>,
+    ) -> Self {
         Self {
             bootstrap: digest(bootstrap_key),
             store,
@@ -200,9 +207,10 @@ impl KeyRing {
                 "key_revoked",
                 "This API key has been revoked",
             )),
-            KeyStatus::Expired => {
-                Err(ApiError::unauthorized("key_expired", "This API key has expired"))
-            }
+            KeyStatus::Expired => Err(ApiError::unauthorized(
+                "key_expired",
+                "This API key has expired",
+            )),
             KeyStatus::Active => {
                 self.mark_used(&key.key_id, now);
                 Ok(Principal {

@@ -76,7 +76,11 @@ impl ReplayGuard {
 
     /// How many signatures are remembered.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).seen.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .len()
     }
 
     /// Whether none are.

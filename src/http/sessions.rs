@@ -6,8 +6,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::agents::path_agent;
 use super::access::{perm, Require};
+use super::agents::path_agent;
 use super::extract::{Path, Query};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::time::{format_micros, now_micros};

@@ -8,8 +8,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::agents::path_agent;
 use super::access::{perm, Require};
+use super::agents::path_agent;
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::paging::Page;
 use crate::domain::time::now_micros;

@@ -23,7 +23,8 @@ pub(super) fn build_key(
     last_used_at: Option<i64>,
 ) -> super::StoreResult<crate::domain::apikey::ApiKey> {
     use super::StoreError;
-    let bad = |what: &str| StoreError::Internal(format!("api key {key_id}: stored {what} is invalid"));
+    let bad =
+        |what: &str| StoreError::Internal(format!("api key {key_id}: stored {what} is invalid"));
     let role = crate::domain::apikey::Role::parse(role).ok_or_else(|| bad("role"))?;
     let agent_ids: Vec<String> = serde_json::from_str(agent_ids).map_err(|_| bad("agent_ids"))?;
     let digest: [u8; 32] = hex::decode(secret_sha256)
