@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod apikey;
 pub mod event;
+pub mod newkey;
 pub mod state;
 pub mod time;
 pub mod workflow;
