@@ -401,12 +401,15 @@ impl RawSettings {
             "OPSCORE_WEBHOOK_TOLERANCE_SECS",
             "webhook-tolerance-secs",
         )?);
+        // Empty reads as unset for these two (as for AGENTKIT_API_URL), so
+        // that docker-compose.yml can pass them through when .env leaves
+        // them out; either way nothing is added or limited.
         let more_webhook_secrets = match self.webhook_secrets.as_deref() {
-            None => Vec::new(),
+            None | Some("") => Vec::new(),
             Some(list) => parse_secret_list(list)?,
         };
         let rate_limit_per_key = match self.rate_limit_per_key.as_deref() {
-            None => None,
+            None | Some("") => None,
             Some(raw) => Some(parse_num(
                 raw,
                 1,
