@@ -90,7 +90,7 @@ pub async fn serve(
     .await?;
     background.spawn(engine::housekeeping::run(
         store.clone(),
-        config.event_retention,
+        config.retention.clone(),
         background_stop.clone(),
     ));
     let server_options = http::server::ServerOptions {

@@ -5,6 +5,7 @@
 
 mod events_sql;
 mod postgres;
+mod retention_sql;
 mod sql;
 mod sqlite;
 mod workflow_sql;
@@ -186,9 +187,51 @@ pub struct HistoryEntry {
 
 /// The storage interface the service runs on: agents and their states, and
 /// workflows. Both backends implement it and both run the same test suite.
-pub trait Store: AgentStore + WorkflowStore + EventStore {}
+pub trait Store: AgentStore + WorkflowStore + EventStore + RetentionStore {}
 
-impl<T: AgentStore + WorkflowStore + EventStore> Store for T {}
+impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore> Store for T {}
+
+/// How many of each agent's newest records a per-agent pass keeps (`None`:
+/// no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepPerAgent {
+    /// State history entries.
+    pub history: Option<u32>,
+    /// Finished sessions.
+    pub sessions: Option<u32>,
+}
+
+/// What a per-agent retention pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerAgentPass {
+    /// Where the next pass starts (`None`: the last agent was reached).
+    pub next: Option<String>,
+    /// Rows deleted.
+    pub deleted: u64,
+}
+
+/// Retention: deleting old state history and finished sessions in small
+/// batches. The current state (in the agent's row) and unfinished sessions
+/// are never deleted.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Delete up to `limit` of the oldest history entries received before
+    /// `before`.
+    async fn prune_history_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest sessions (with their task runs)
+    /// that finished before `before`.
+    async fn prune_sessions_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// For up to `agents` agents after `after` in id order, keep only each
+    /// one's newest history entries and finished sessions as `keep` says.
+    async fn prune_per_agent(
+        &self,
+        after: Option<&str>,
+        agents: u32,
+        keep: &KeepPerAgent,
+    ) -> StoreResult<PerAgentPass>;
+}
 
 /// What the event table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

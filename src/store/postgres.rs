@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, StoreOptions};
@@ -107,3 +108,4 @@ impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
 // Replicas claim due runs concurrently: each skips rows another holds.
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
+impl_retention_store!(PgStore, sqlx::Postgres);

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, StoreOptions};
@@ -102,3 +103,4 @@ impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
 // One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
 impl_event_store!(SqliteStore, sqlx::Sqlite, "");
+impl_retention_store!(SqliteStore, sqlx::Sqlite);
