@@ -109,10 +109,12 @@ pub fn client(s: &TestServer) -> Client {
 }
 
 /// A server with the sample workflow and no dispatcher, so sessions stay
-/// where a test put them.
+/// where a test put them; no lease grace, so an agent registered with a
+/// one-second TTL is stale a second later.
 pub async fn start(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |c| {
         c.dispatch.enabled = false;
+        c.db.engine.liveness.grace_secs = 0;
         c.workflows_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
         c.workflows_dir_explicit = true;
     })
@@ -150,9 +152,13 @@ fn ts(secs: i64) -> String {
 async fn agents_commands(backend: Backend) {
     let s = start(backend).await;
     let c = client(&s);
-    for id in ["a1", "a2", "a3"] {
+    for id in ["a1", "a2"] {
         c.register(&registration(id)).await.expect("register");
     }
+    // a3 has a one-second lease and never reports: it goes stale.
+    let mut a3 = registration("a3");
+    a3.metadata.insert("ttlSeconds".into(), json!(1));
+    c.register(&a3).await.expect("register");
     c.report_state_at("a1", "active", Some(&json!({"task": "t1"})), &ts(1))
         .await
         .expect("report");
@@ -178,6 +184,28 @@ async fn agents_commands(backend: Backend) {
     assert_eq!(page, direct);
     let run = opscore(b, &["agents", "list", "--state", "active"]).await;
     assert_eq!(run.column("AGENT"), ["a1"]);
+
+    // Leases: the stale agent shows as such and the filter finds it.
+    for _ in 0..100 {
+        if c.get_agent("a3").await.expect("a3").stale == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = opscore(b, &["agents", "list", "--stale", "true"]).await;
+    assert_eq!(run.column("AGENT"), ["a3"]);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(2)),
+        Some("stale")
+    );
+    let run = opscore(b, &["agents", "list", "--stale", "false"]).await;
+    assert_eq!(run.column("AGENT"), ["a1", "a2"]);
+    let run = opscore(b, &["agents", "get", "a3"]).await;
+    assert_eq!(run.field("Status"), "stale");
+    assert_eq!(run.field("Lease"), "1s");
 
     // Paging: a page and the cursor of the rest, on stderr; --all follows it.
     let run = opscore(b, &["agents", "list", "--limit", "2"]).await;

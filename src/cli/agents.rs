@@ -20,6 +20,9 @@ pub enum AgentsCmd {
         /// Deregistered agents too.
         #[arg(long)]
         include_deregistered: bool,
+        /// Only agents whose lease ran out (true) or did not (false).
+        #[arg(long, value_name = "true|false")]
+        stale: Option<bool>,
         /// Paging.
         #[command(flatten)]
         page: PageOpts,
@@ -84,6 +87,7 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
             state,
             capability,
             include_deregistered,
+            stale,
             page,
             opts,
         } => {
@@ -92,7 +96,7 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
                 state,
                 capability,
                 include_deregistered,
-                stale: None,
+                stale,
             };
             list(
                 opts.json,

@@ -1,7 +1,7 @@
-//! `opscore watch`. The change feed is being built on another branch, so
-//! the client side is tested against a scripted feed (raw HTTP over a real
-//! socket, written here byte for byte) and the end-to-end test against the
-//! real server waits, ignored, for the feed to be merged.
+//! `opscore watch`, against the real feed on both backends, and against a
+//! scripted feed (raw HTTP over a real socket, written here byte for byte)
+//! for what a healthy server does not do on demand: drop the connection
+//! mid-event, refuse a resume, answer with something that is not a feed.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -207,10 +207,8 @@ async fn watch_exits_on_a_refused_or_foreign_feed() {
 
 /// The real feed: state reports show up as `agent.state` lines, in both
 /// output modes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the change feed (lead merges)"]
-async fn watch_prints_state_changes() {
-    let s = start(Backend::Sqlite).await;
+async fn watch_prints_state_changes(backend: Backend) {
+    let s = start(backend).await;
     let c = client(&s);
     c.register(&registration("a1")).await.expect("register");
     c.register(&registration("a2")).await.expect("register");
@@ -276,3 +274,5 @@ async fn watch_prints_state_changes() {
     text.kill().await.expect("kill");
     json.kill().await.expect("kill");
 }
+
+crate::backend_tests!(watch_prints_state_changes);
