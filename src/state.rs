@@ -6,6 +6,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::http::auth::KeyRing;
+use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
 
@@ -23,4 +24,6 @@ pub struct AppState {
     /// Wakes the dispatcher when work may have become due (a trigger, a
     /// state report that finished a task).
     pub wake: Arc<Notify>,
+    /// Prometheus metrics; register new ones with `Metrics::register_gauge`.
+    pub metrics: Arc<Metrics>,
 }

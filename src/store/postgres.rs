@@ -6,7 +6,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -43,6 +43,10 @@ impl PgStore {
 
     fn rules(&self) -> &EngineRules {
         &self.rules
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
     }
 }
 

@@ -54,6 +54,9 @@ pub(super) const HISTORY_NEXT_PAGE: &str =
      WHERE agent_id = $1 AND (ts_us < $3 OR (ts_us = $3 AND seq < $4)) \
      ORDER BY ts_us DESC, seq DESC LIMIT $2";
 
+pub(super) const COUNT_AGENTS_BY_STATE: &str =
+    "SELECT state, COUNT(*) FROM agents WHERE deregistered_at_us IS NULL GROUP BY state";
+
 pub(super) const LATEST_MIGRATION: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
 
 /// Build the listing query for `q`, returning SQL and its text binds in
@@ -317,6 +320,18 @@ macro_rules! impl_agent_store {
             async fn close(&self) {
                 self.writer().close().await;
                 self.reader().close().await;
+            }
+
+            async fn count_agents_by_state(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as($crate::store::sql::COUNT_AGENTS_BY_STATE)
+                    .fetch_all(self.reader())
+                    .await?)
+            }
+
+            fn pool_stats(&self) -> Vec<$crate::store::PoolStats> {
+                self.pools()
             }
         }
 

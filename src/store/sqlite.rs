@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -25,6 +25,7 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     rules: EngineRules,
+    in_memory: bool,
 }
 
 impl SqliteStore {
@@ -71,6 +72,7 @@ impl SqliteStore {
             write,
             read,
             rules: opts.engine,
+            in_memory,
         })
     }
 
@@ -84,6 +86,15 @@ impl SqliteStore {
 
     fn rules(&self) -> &EngineRules {
         &self.rules
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        let mut pools = vec![PoolStats::of("writer", &self.write)];
+        // An in-memory database reads through the writer's pool.
+        if !self.in_memory {
+            pools.push(PoolStats::of("reader", &self.read));
+        }
+        pools
     }
 }
 
