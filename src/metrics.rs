@@ -29,7 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use crate::store::{Store, StoreResult};
 
@@ -166,10 +166,11 @@ impl Metrics {
         );
         let request_seconds =
             HistogramFamily::<RouteLabels>::new_with_constructor(http_histogram as fn() -> _);
-        r.register_with_unit(
-            "opscore_http_request_duration",
+        // Units are in the names, not in `# UNIT` lines: some parsers
+        // refuse a unit on a histogram, and Prometheus ignores them.
+        r.register(
+            "opscore_http_request_duration_seconds",
             "Time to produce the response head, by method and matched route template",
-            Unit::Seconds,
             request_seconds.clone(),
         );
         let state_reports = Family::<StateLabel, Counter>::default();
@@ -186,10 +187,9 @@ impl Metrics {
         );
         let dispatch_seconds =
             HistogramFamily::<OutcomeLabel>::new_with_constructor(dispatch_histogram as fn() -> _);
-        r.register_with_unit(
-            "opscore_dispatch_duration",
+        r.register(
+            "opscore_dispatch_duration_seconds",
             "Time a dispatch request took, by outcome",
-            Unit::Seconds,
             dispatch_seconds.clone(),
         );
         let agents = Family::<StateLabel, Gauge>::default();
