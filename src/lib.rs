@@ -79,6 +79,23 @@ pub async fn serve(
             dispatcher_stop.clone(),
         )
     });
+    // Background work that ends with the HTTP server: the change feed (its
+    // streams and blocking reads end at shutdown, so draining never waits
+    // on them) and housekeeping.
+    let background_stop = shutdown.child_token();
+    let mut background = tokio::task::JoinSet::new();
+    let feed = engine::feed::Feed::start(
+        store.clone(),
+        config.max_feed_subscribers,
+        background_stop.clone(),
+        &mut background,
+    )
+    .await?;
+    background.spawn(engine::housekeeping::run(
+        store.clone(),
+        config.retention.clone(),
+        background_stop.clone(),
+    ));
     let server_options = http::server::ServerOptions {
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
@@ -90,6 +107,7 @@ pub async fn serve(
         writer,
         wake,
         metrics,
+        feed,
     };
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");
@@ -97,6 +115,8 @@ pub async fn serve(
     // Returns once every connection has ended: requests in flight finished,
     // or the grace period ran out and the rest were closed.
     http::server::run(listener, app, server_options, shutdown).await;
+    background_stop.cancel();
+    while background.join_next().await.is_some() {}
     // Stop claiming tasks and let deliveries in flight record their result.
     dispatcher_stop.cancel();
     if let Some(d) = dispatcher {

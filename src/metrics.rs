@@ -15,10 +15,12 @@
 //! The exposition is OpenMetrics 1.0 text (what Prometheus asks for first
 //! when it scrapes), produced by the `prometheus-client` crate.
 //!
-//! Adding a metric elsewhere (the feed's subscriber count, stale agents):
-//! call [`Metrics::register_gauge`] (or [`Metrics::register_counter`]) once
-//! at startup, keep the returned handle, and move it where the thing
-//! happens; the handle is cheap to clone and lock-free to update.
+//! Adding a metric: a value the code keeps up to date itself gets a handle
+//! from [`Metrics::register_gauge`] (or [`Metrics::register_counter`]) once
+//! at startup, moved where the thing happens (cheap to clone, lock-free to
+//! update); a value read from the database belongs in
+//! [`Metrics::refresh_from_store`], like stale agents. Feed subscribers are
+//! read from the feed by the `/metrics` handler.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -132,6 +134,8 @@ pub struct Metrics {
     agents: Family<StateLabel, Gauge>,
     sessions: Family<StatusLabel, Gauge>,
     queue_depth: Gauge,
+    agents_stale: Gauge,
+    feed_subscribers: Gauge,
     pool_connections: Family<PoolLabel, Gauge>,
     pool_idle: Family<PoolLabel, Gauge>,
     pool_max: Family<PoolLabel, Gauge>,
@@ -210,6 +214,18 @@ impl Metrics {
             "Task runs queued: waiting to be due or for their agent to be free",
             queue_depth.clone(),
         );
+        let agents_stale = Gauge::default();
+        r.register(
+            "opscore_agents_stale",
+            "Registered agents whose lease ran out (not heard from within their TTL plus grace)",
+            agents_stale.clone(),
+        );
+        let feed_subscribers = Gauge::default();
+        r.register(
+            "opscore_feed_subscribers",
+            "Event streams and blocking reads waiting on this process's change feed",
+            feed_subscribers.clone(),
+        );
         let pool_connections = Family::<PoolLabel, Gauge>::default();
         r.register(
             "opscore_db_pool_connections",
@@ -245,6 +261,8 @@ impl Metrics {
             agents,
             sessions,
             queue_depth,
+            agents_stale,
+            feed_subscribers,
             pool_connections,
             pool_idle,
             pool_max,
@@ -322,6 +340,12 @@ impl Metrics {
         r
     }
 
+    /// Set the number of feed subscribers (read from the feed at scrape time).
+    pub fn set_feed_subscribers(&self, n: usize) {
+        self.feed_subscribers
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Record one accepted state report.
     pub fn observe_state_report(&self, state: &str) {
         self.state_reports
@@ -370,6 +394,10 @@ impl Metrics {
         let agents = store.count_agents_by_state().await?;
         let sessions = store.count_sessions_by_status().await?;
         let queued = store.count_queued_runs().await?;
+        let stale = store
+            .count_stale_agents(crate::domain::time::now_micros())
+            .await?;
+        self.agents_stale.set(stale);
         // Every known value is always present (at 0), so a series does not
         // vanish when its count drops to nothing.
         self.agents.clear();

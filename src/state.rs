@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
 use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
@@ -26,4 +27,6 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Prometheus metrics; register new ones with `Metrics::register_gauge`.
     pub metrics: Arc<Metrics>,
+    /// The change feed.
+    pub feed: Feed,
 }

@@ -33,8 +33,18 @@ async fn report_is_stored_and_readable(backend: Backend) {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["agentId", "details", "receivedAt", "state", "timestamp"]
+        [
+            "agentId",
+            "details",
+            "lastSeen",
+            "receivedAt",
+            "stale",
+            "state",
+            "timestamp"
+        ]
     );
+    assert_eq!(r.body["stale"], false);
+    assert!(r.headers.contains_key("x-opscore-index"));
     assert_eq!(r.body["agentId"], "a1");
     assert_eq!(r.body["state"], "active");
     assert_eq!(r.body["details"], json!({"k": [1, 2], "s": "x"}));

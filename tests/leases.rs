@@ -24,6 +24,7 @@ async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Ba
         capabilities: vec![],
         contact_endpoint: "http://a1.test/task".into(),
         metadata: Default::default(),
+        ttl_secs: None,
     };
     let now = now_micros();
     store.register_agent(&reg, now).await.unwrap();

@@ -329,7 +329,63 @@ async fn metrics_are_open_like_health(backend: Backend) {
     s.stop().await;
 }
 
+/// Stale agents (by the same rule as the agent's `stale` flag) and open
+/// feed streams.
+async fn stale_agents_and_feed_subscribers(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.grace_secs = 0;
+    })
+    .await;
+    let first = Scrape::take(&s).await;
+    assert_eq!(first.value("opscore_agents_stale", &[]), 0.0);
+    assert_eq!(first.value("opscore_feed_subscribers", &[]), 0.0);
+
+    let mut feed = common::sse::Stream::open(&s.base, "", None).await;
+    s.register("metrics-stale-1").await;
+    let mut stale = false;
+    for _ in 0..200 {
+        let r = send(s.get("/v1/opscore/agent/metrics-stale-1")).await;
+        if r.body["stale"] == true {
+            stale = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stale, "the agent never turned stale");
+    let during = Scrape::take(&s).await;
+    assert_eq!(during.value("opscore_agents_stale", &[]), 1.0);
+    assert_eq!(during.value("opscore_feed_subscribers", &[]), 1.0);
+
+    // A report makes it fresh again; a closed stream stops counting.
+    let r = send(
+        s.post("/v1/opscore/agent/metrics-stale-1/state")
+            .json(&report(
+                "metrics-stale-1",
+                "2026-04-21T10:00:00Z",
+                "idle",
+                Value::Null,
+            )),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let _ = feed.next(Duration::from_millis(1)).await;
+    drop(feed);
+    let mut last = Scrape::take(&s).await;
+    for _ in 0..200 {
+        if last.value("opscore_feed_subscribers", &[]) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        last = Scrape::take(&s).await;
+    }
+    assert_eq!(last.value("opscore_feed_subscribers", &[]), 0.0);
+    assert_eq!(last.value("opscore_agents_stale", &[]), 0.0);
+    s.stop().await;
+}
+
 backend_tests!(
     counters_and_gauges_move_with_the_requests,
-    metrics_are_open_like_health
+    metrics_are_open_like_health,
+    stale_agents_and_feed_subscribers
 );

@@ -47,6 +47,10 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
         Arc::new(tokio::sync::Notify::new()),
         stop.clone(),
     );
+    let mut tasks = tokio::task::JoinSet::new();
+    let feed = opscore::engine::feed::Feed::start(store.clone(), 8, stop.clone(), &mut tasks)
+        .await
+        .unwrap();
     let state = AppState {
         keys: Arc::new(KeyRing::new(config.api_key.expose())),
         config: Arc::new(config),
@@ -54,9 +58,11 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
         writer,
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(opscore::metrics::Metrics::new()),
+        feed,
     };
     let debug = format!("{:?}", opscore::http::router(state));
     stop.cancel();
+    while tasks.join_next().await.is_some() {}
     store.close().await;
     // The path table prints as `RouteId(3): "/v1/opscore/agents"`.
     let mut paths = BTreeSet::new();
@@ -145,6 +151,7 @@ async fn every_route_is_documented_and_every_operation_is_served() {
         "/openapi.json",
         "/docs",
         "/v1/opscore/agent/{agentId}/state",
+        "/v1/opscore/events",
     ] {
         assert!(
             documented.contains(&("get".to_owned(), required.to_owned())),

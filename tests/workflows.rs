@@ -257,7 +257,13 @@ async fn timeout_then_retry(backend: Backend) {
     // task is sent again.
     let calls = kit.wait_calls(2, 15).await;
     assert!(calls[1].idempotency_key.ends_with(":2"));
-    let v = session(&s, &sid).await;
+    // The report below names no task, so it must come after the dispatcher
+    // has recorded the framework's 202 (before that, an idle without a
+    // taskId is a heartbeat from before the dispatch).
+    let v = wait_session(&s, &sid, |v| {
+        v["tasks"][0]["status"] == "dispatched" && v["tasks"][0]["attempts"] == 2
+    })
+    .await;
     assert!(
         v["tasks"][0]["lastError"]
             .as_str()

@@ -66,6 +66,29 @@ pub struct Registration {
     pub contact_endpoint: String,
     /// Free-form metadata, always a JSON object.
     pub metadata: Map<String, Value>,
+    /// The agent's own lease TTL in seconds (`metadata.ttlSeconds`), which
+    /// overrides the service's default.
+    pub ttl_secs: Option<i64>,
+}
+
+/// Longest TTL a registration may ask for: a day.
+pub const MAX_TTL_SECS: i64 = 86_400;
+
+/// Read `ttlSeconds` from registration metadata: absent (or null) means the
+/// service default; anything but a whole number of seconds from 1 to a day
+/// is refused rather than ignored, so a typo cannot silently change when an
+/// agent counts as stale.
+fn metadata_ttl(metadata: &Map<String, Value>) -> Result<Option<i64>, FieldError> {
+    match metadata.get("ttlSeconds") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=MAX_TTL_SECS).contains(&n) => Ok(Some(n)),
+            _ => Err(FieldError::new(
+                "agent_details.metadata.ttlSeconds",
+                format!("must be a whole number of seconds from 1 to {MAX_TTL_SECS}"),
+            )),
+        },
+    }
 }
 
 /// A registration webhook event (contract 1.1).
@@ -177,6 +200,10 @@ impl NotifyBody {
                 None
             }
         };
+        let ttl_secs = metadata
+            .as_ref()
+            .and_then(|m| v.check(metadata_ttl(m)))
+            .flatten();
         if let Err(e) = v.finish() {
             return Err(NotifyError::Invalid(e));
         }
@@ -202,6 +229,7 @@ impl NotifyBody {
                 capabilities,
                 contact_endpoint,
                 metadata,
+                ttl_secs,
             })),
             _ => Err(NotifyError::Invalid(vec![])),
         }

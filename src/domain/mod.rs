@@ -4,6 +4,7 @@
 //! these types and the `store` layer persists them.
 
 pub mod agent;
+pub mod event;
 pub mod state;
 pub mod time;
 pub mod workflow;

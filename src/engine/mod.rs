@@ -4,6 +4,8 @@
 //! store inside the report's own transaction.
 
 pub mod dispatcher;
+pub mod feed;
+pub mod housekeeping;
 
 use std::path::Path;
 

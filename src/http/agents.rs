@@ -18,11 +18,11 @@ use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
-use crate::domain::time::{format_micros, now_micros};
+use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
-use crate::store::{Agent, AgentQuery, HistoryQuery, RegisterOutcome};
+use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -251,29 +251,57 @@ impl From<StateRecord> for StateView {
     }
 }
 
-/// The current state with the agent id, as contract 1.3 shows it.
+/// The current state with the agent id, as contract 1.3 shows it, plus
+/// whether the agent's lease has run out.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CurrentStateView {
     agent_id: String,
     #[serde(flatten)]
     state: StateView,
+    /// Last time the server heard from the agent.
+    last_seen: String,
+    /// Its lease ran out.
+    stale: bool,
 }
 
-/// The agent's current state.
+/// Header of every state read: the feed index the read is current as of.
+pub const INDEX_HEADER: &str = "x-opscore-index";
+
+/// The blocking-read parameters of a state read.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StateReadParams {
+    /// Makes this a blocking read: answer once the agent's state has changed
+    /// past this feed index (pass the previous answer's `X-Opscore-Index`).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    index: Option<String>,
+    /// Longest wait of a blocking read: `500ms`, `30s`, `5m` or bare
+    /// seconds, at most `10m`; default `5m` when `index` is given.
+    #[param(example = "30s")]
+    wait: Option<String>,
+}
+
+/// The agent's current state; with `index`, a blocking read.
 ///
 /// `UNKNOWN` from registration until its first report. A deregistered
-/// agent's state can still be read.
+/// agent's state can still be read. With `index` (and optionally `wait`)
+/// the answer comes once the agent's state has moved past that feed index,
+/// or with the current state when the wait ends. Every answer carries
+/// `X-Opscore-Index`. Blocking reads count against the feed's subscriber
+/// limit, not the request limit and deadline.
 #[utoipa::path(
     get,
     path = "/v1/opscore/agent/{agentId}/state",
     tag = "states",
-    params(AgentPath),
+    params(AgentPath, StateReadParams),
     responses(
-        (status = 200, description = "The current state", body = CurrentStateView),
+        (status = 200, description = "The current state", body = CurrentStateView,
+         headers(("X-Opscore-Index" = i64, description = "The feed index this read is current as of; pass it as the next `index`"))),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad `index` or `wait`; or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`; for a blocking read, `overloaded` when the feed is at its subscriber limit", body = ErrorBody),
     ),
     security(("bearerAuth" = [])),
 )]
@@ -281,12 +309,42 @@ async fn get_state(
     _: Principal,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-) -> Result<Json<CurrentStateView>> {
-    let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
-    Ok(Json(CurrentStateView {
-        agent_id: agent.agent_id,
-        state: agent.current.into(),
-    }))
+    Query(p): Query<StateReadParams>,
+) -> Result<([(&'static str, String); 1], Json<CurrentStateView>)> {
+    let id = path_agent(&agent_id)?;
+    let blocking = super::events::blocking_params(p.index.as_deref(), p.wait.as_deref())?;
+    // The index is taken before the read, so the state returned is at
+    // least as new as it: a client waiting past it misses nothing.
+    let index = match blocking {
+        None => state.feed.head(),
+        Some((after, wait)) => {
+            // An unknown agent is refused at once rather than waited on.
+            state.store.get_agent(&id).await?;
+            state
+                .feed
+                .wait_for_agent(&id, after, wait)
+                .await?
+                .ok_or_else(ApiError::overloaded)?
+        }
+    };
+    let agent = state.store.get_agent(&id).await?;
+    let index = index.max(agent.event_index.unwrap_or(0));
+    let now = now_micros();
+    let stale = state
+        .config
+        .db
+        .engine
+        .liveness
+        .is_stale(agent.last_seen, agent.ttl_secs, now);
+    Ok((
+        [(INDEX_HEADER, index.to_string())],
+        Json(CurrentStateView {
+            agent_id: agent.agent_id,
+            state: agent.current.into(),
+            last_seen: format_micros(agent.last_seen),
+            stale,
+        }),
+    ))
 }
 
 /// An agent's registration and current state.
@@ -305,13 +363,21 @@ struct AgentView {
     registered_at: String,
     updated_at: String,
     deregistered_at: Option<String>,
+    /// Last time the server heard from it (registration or report).
     last_seen: String,
+    /// Its lease ran out: not heard from within `ttlSeconds` (plus grace).
+    /// Stale agents are never sent a task.
+    stale: bool,
+    /// Its lease: the registration's `metadata.ttlSeconds`, else `OPSCORE_AGENT_TTL`.
+    ttl_seconds: i64,
     current_state: StateView,
 }
 
-impl From<Agent> for AgentView {
-    fn from(a: Agent) -> Self {
+impl AgentView {
+    fn new(a: Agent, live: &Liveness, now: Micros) -> Self {
         Self {
+            stale: a.deregistered_at.is_none() && live.is_stale(a.last_seen, a.ttl_secs, now),
+            ttl_seconds: a.ttl_secs.unwrap_or(live.ttl_secs),
             agent_id: a.agent_id,
             agent_name: a.name,
             version: a.version,
@@ -348,7 +414,11 @@ async fn get_agent(
     Path(agent_id): Path<String>,
 ) -> Result<Json<AgentView>> {
     let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
-    Ok(Json(agent.into()))
+    Ok(Json(AgentView::new(
+        agent,
+        &state.config.db.engine.liveness,
+        now_micros(),
+    )))
 }
 
 /// Filters and paging of the agent listing. Values are read as text and
@@ -364,11 +434,27 @@ struct ListAgentsParams {
     /// Also list deregistered agents.
     #[param(value_type = Option<bool>)]
     include_deregistered: Option<String>,
+    /// Only agents whose lease has (`true`) or has not (`false`) run out.
+    #[param(value_type = Option<bool>)]
+    stale: Option<String>,
     /// `nextCursor` of the previous page.
     cursor: Option<String>,
     /// Page size.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
+}
+
+/// A `true`/`false` (or `1`/`0`) query flag.
+fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
+    match raw {
+        None => None,
+        Some("true") | Some("1") => Some(true),
+        Some("false") | Some("0") => Some(false),
+        Some(_) => {
+            v.add(FieldError::new(name, "must be true or false"));
+            None
+        }
+    }
 }
 
 /// Registered agents, ordered by id.
@@ -394,17 +480,13 @@ async fn list_agents(
     let limit = v
         .check(parse_limit(p.limit.as_deref()))
         .unwrap_or(DEFAULT_LIMIT);
-    let include_deregistered = match p.include_deregistered.as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(_) => {
-            v.add(FieldError::new(
-                "includeDeregistered",
-                "must be true or false",
-            ));
-            false
-        }
-    };
+    let include_deregistered = flag(
+        &mut v,
+        "includeDeregistered",
+        p.include_deregistered.as_deref(),
+    )
+    .unwrap_or(false);
+    let stale = flag(&mut v, "stale", p.stale.as_deref());
     if let Some(s) = &p.state {
         if let Err(m) = validate_state_name(s) {
             v.add(FieldError::new("state", m));
@@ -427,17 +509,24 @@ async fn list_agents(
         },
     };
     v.finish().map_err(ApiError::validation)?;
+    let now = now_micros();
     let q = AgentQuery {
         state: p.state,
         capability: p.capability,
         include_deregistered,
+        stale,
+        now,
         after,
         limit,
     };
     let agents = state.store.list_agents(&q).await?;
     let next_cursor = next_cursor(&agents, limit, |a| a.agent_id.clone());
+    let live = state.config.db.engine.liveness;
     Ok(Json(Page {
-        items: agents.into_iter().map(AgentView::from).collect(),
+        items: agents
+            .into_iter()
+            .map(|a| AgentView::new(a, &live, now))
+            .collect(),
         next_cursor,
     }))
 }

@@ -8,6 +8,9 @@
 //! `LoadShedLayer` does the same in three layers, with errors to map back
 //! through `HandleErrorLayer`, and cannot exempt one route.)
 //!
+//! Event streams and blocking reads (`http::events`) are exempt from both:
+//! they are meant to wait, and the feed caps its subscribers itself.
+//!
 //! `GET /health` is exempt from the cap: it needs no database and costs
 //! nothing, and an orchestrator must not kill an instance that is busy but
 //! alive. `/ready` is not exempt: an instance at capacity may well drop out
@@ -47,6 +50,11 @@ impl Limits {
 /// deadline. The permit is held until the response head is ready (bodies
 /// here are small JSON documents, sent in one piece).
 pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    // Event streams and blocking reads wait on purpose, holding nothing
+    // but a feed subscriber slot (which the feed caps itself).
+    if super::events::is_long_poll(req.method(), req.uri().path(), req.uri().query()) {
+        return next.run(req).await;
+    }
     let _permit = if req.uri().path() == "/health" {
         None
     } else {

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod openapi;
@@ -40,6 +41,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(agents::router())
         .merge(workflows::router())
         .merge(sessions::router())
+        .merge(events::router())
 }
 
 /// The whole application: every resource's routes plus the shared layers.

@@ -60,6 +60,7 @@ pub const SIGNATURE: &str = "agentkitSignature";
         (name = "states", description = "State reports and reads"),
         (name = "workflows", description = "Workflow definitions and triggers"),
         (name = "sessions", description = "Workflow sessions and their tasks"),
+        (name = "events", description = "The change feed: every change an operator might watch, numbered"),
         (name = "ops", description = "Liveness, readiness, metrics and this documentation"),
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),

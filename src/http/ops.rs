@@ -92,6 +92,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
                body = String)),
 )]
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    state.metrics.set_feed_subscribers(state.feed.subscribers());
     if let Err(e) = state.metrics.refresh_from_store(&*state.store).await {
         tracing::warn!(error = %e, "metrics: could not read the database gauges");
     }

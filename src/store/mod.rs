@@ -3,7 +3,9 @@
 //!
 //! Handlers never see SQL errors: each backend maps them to [`StoreError`].
 
+mod events_sql;
 mod postgres;
+mod retention_sql;
 mod sql;
 mod sqlite;
 mod workflow_sql;
@@ -136,6 +138,11 @@ pub struct Agent {
     pub deregistered_at: Option<Micros>,
     /// Last time the server heard from it (registration or report).
     pub last_seen: Micros,
+    /// Its own lease TTL, if its registration set one.
+    pub ttl_secs: Option<i64>,
+    /// Feed index of the newest retained event about it (single-agent reads
+    /// only; `None` in listings).
+    pub event_index: Option<i64>,
     /// Its current state.
     pub current: StateRecord,
 }
@@ -149,6 +156,11 @@ pub struct AgentQuery {
     pub capability: Option<String>,
     /// Include deregistered agents.
     pub include_deregistered: bool,
+    /// Only stale (`Some(true)`) or only fresh (`Some(false)`) agents, as of
+    /// `now`.
+    pub stale: Option<bool>,
+    /// The time staleness is judged at.
+    pub now: Micros,
     /// Start after this agent id (keyset pagination).
     pub after: Option<String>,
     /// Page size.
@@ -175,9 +187,98 @@ pub struct HistoryEntry {
 
 /// The storage interface the service runs on: agents and their states, and
 /// workflows. Both backends implement it and both run the same test suite.
-pub trait Store: AgentStore + WorkflowStore {}
+pub trait Store: AgentStore + WorkflowStore + EventStore + RetentionStore {}
 
-impl<T: AgentStore + WorkflowStore> Store for T {}
+impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore> Store for T {}
+
+/// How many of each agent's newest records a per-agent pass keeps (`None`:
+/// no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepPerAgent {
+    /// State history entries.
+    pub history: Option<u32>,
+    /// Finished sessions.
+    pub sessions: Option<u32>,
+}
+
+/// What a per-agent retention pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerAgentPass {
+    /// Where the next pass starts (`None`: the last agent was reached).
+    pub next: Option<String>,
+    /// Rows deleted.
+    pub deleted: u64,
+}
+
+/// Retention: deleting old state history and finished sessions in small
+/// batches. The current state (in the agent's row) and unfinished sessions
+/// are never deleted.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Delete up to `limit` of the oldest history entries received before
+    /// `before`.
+    async fn prune_history_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest sessions (with their task runs)
+    /// that finished before `before`.
+    async fn prune_sessions_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// For up to `agents` agents after `after` in id order, keep only each
+    /// one's newest history entries and finished sessions as `keep` says.
+    async fn prune_per_agent(
+        &self,
+        after: Option<&str>,
+        agents: u32,
+        keep: &KeepPerAgent,
+    ) -> StoreResult<PerAgentPass>;
+}
+
+/// What the event table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventBounds {
+    /// Every event at or below this index was deleted by retention.
+    pub pruned_through: i64,
+    /// The newest index written (`pruned_through` when there are none).
+    pub head: i64,
+}
+
+/// The change feed's events, and the lease sweep that writes some of them.
+/// Every other event is written by the transaction that makes the change.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Up to `limit` events after index `after`, in index order.
+    async fn read_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::event::Event>>;
+
+    /// The retained range.
+    async fn event_bounds(&self) -> StoreResult<EventBounds>;
+
+    /// Whether something that changes `agent`'s state reads happened after
+    /// index `after` (a blocking read's first check).
+    async fn agent_changed_since(&self, agent: &AgentId, after: i64) -> StoreResult<bool>;
+
+    /// Mark up to `limit` agents whose lease ran out as stale, announcing
+    /// each on the feed; returns how many. Safe to run in every replica.
+    async fn mark_stale_agents(&self, now: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest events written before `before`.
+    async fn prune_events(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Notified after every commit of this process that wrote events.
+    fn feed_signal(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Until `stop`, notify `wake` whenever another process commits events
+    /// (PostgreSQL LISTEN/NOTIFY; SQLite has one process per database and
+    /// returns at once).
+    async fn follow_remote_events(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    );
+}
 
 /// Agents, their states and history.
 #[async_trait]
@@ -218,6 +319,10 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// How many registered agents are in each current state (for metrics).
     async fn count_agents_by_state(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many registered agents' leases have run out at `now`, by the
+    /// same rule as the agent's `stale` flag (for metrics).
+    async fn count_stale_agents(&self, now: Micros) -> StoreResult<i64>;
 
     /// Use of each connection pool (for metrics). No I/O.
     fn pool_stats(&self) -> Vec<PoolStats>;
@@ -277,6 +382,8 @@ pub struct EngineRules {
     pub backoff: Backoff,
     /// Deadline of an attempt whose task sets no `timeoutSeconds`.
     pub default_timeout_secs: u64,
+    /// When an agent counts as stale.
+    pub liveness: Liveness,
 }
 
 impl Default for EngineRules {
@@ -284,7 +391,39 @@ impl Default for EngineRules {
         Self {
             backoff: Backoff::default(),
             default_timeout_secs: 300,
+            liveness: Liveness::default(),
         }
+    }
+}
+
+/// Agent leases: an agent not heard from (by the server's clock) for its TTL
+/// plus the grace margin is stale, and is sent no task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// TTL of agents whose registration sets none, in seconds.
+    pub ttl_secs: i64,
+    /// Extra margin before an agent counts as stale, in seconds.
+    pub grace_secs: i64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 60,
+            grace_secs: 5,
+        }
+    }
+}
+
+impl Liveness {
+    /// Whether an agent last seen at `last_seen` with its own TTL
+    /// `ttl_secs` (if any) is stale at `now`.
+    pub fn is_stale(&self, last_seen: Micros, ttl_secs: Option<i64>, now: Micros) -> bool {
+        let ttl = ttl_secs.unwrap_or(self.ttl_secs);
+        let limit = ttl
+            .saturating_add(self.grace_secs)
+            .saturating_mul(1_000_000);
+        now.saturating_sub(last_seen) > limit
     }
 }
 

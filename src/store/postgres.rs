@@ -1,9 +1,16 @@
 //! PostgreSQL backend: for real deployments and for several Ops-Core
 //! replicas sharing one database.
 
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, PoolStats, StoreOptions};
@@ -15,7 +22,16 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 pub struct PgStore {
     pool: PgPool,
     rules: EngineRules,
+    feed: Arc<Notify>,
 }
+
+/// The NOTIFY channel every event-writing commit signals on.
+const EVENTS_CHANNEL: &str = "opscore_events";
+
+/// Run by every event-writing transaction just before its events are
+/// inserted: the lock that makes index order commit order (see
+/// `events_sql`), and the notification other replicas' feeds wake on.
+const EVENT_LOCK: &str = "SELECT pg_advisory_xact_lock(7212026), pg_notify('opscore_events', '')";
 
 impl PgStore {
     /// Connect to `url` and migrate the database. Several replicas may start
@@ -30,6 +46,7 @@ impl PgStore {
         Ok(Self {
             pool,
             rules: opts.engine,
+            feed: Arc::new(Notify::new()),
         })
     }
 
@@ -48,8 +65,51 @@ impl PgStore {
     fn pools(&self) -> Vec<PoolStats> {
         vec![PoolStats::of("main", &self.pool)]
     }
+
+    /// LISTEN for other replicas' events. While the connection is down the
+    /// feed still polls (it also wakes on a timer), and after reconnecting
+    /// it is woken once, since notifications sent meanwhile are lost.
+    async fn follow_remote(&self, wake: Arc<Notify>, stop: CancellationToken) {
+        loop {
+            let listener = async {
+                let mut l = PgListener::connect_with(&self.pool).await?;
+                l.listen(EVENTS_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                _ = stop.cancelled() => return,
+                l = listener => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN for other replicas' events; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                },
+            };
+            wake.notify_one();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    n = listener.try_recv() => match n {
+                        Ok(Some(_)) => wake.notify_one(),
+                        // The connection dropped; reconnect.
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the LISTEN connection for other replicas' events");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
 }
 
 impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
 // Replicas claim due runs concurrently: each skips rows another holds.
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
+impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
+impl_retention_store!(PgStore, sqlx::Postgres);

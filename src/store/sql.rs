@@ -7,18 +7,21 @@
 pub(super) const AGENT_COLUMNS: &str =
     "agent_id, name, version, contact_endpoint, capabilities, metadata, \
      registered_at_us, updated_at_us, deregistered_at_us, last_seen_us, \
-     state, state_details, state_ts_us, state_received_us";
+     state, state_details, state_ts_us, state_received_us, ttl_secs";
 
 pub(super) const INSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, version, contact_endpoint, capabilities, metadata, \
-     registered_at_us, updated_at_us, last_seen_us, state, state_details, state_ts_us, state_received_us, state_reported) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, 'UNKNOWN', NULL, $7, $7, 0) \
+     registered_at_us, updated_at_us, last_seen_us, state, state_details, state_ts_us, state_received_us, state_reported, ttl_secs) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, 'UNKNOWN', NULL, $7, $7, 0, $8) \
      ON CONFLICT (agent_id) DO NOTHING";
 
+/// Registering again is hearing from the agent: a stale agent comes back
+/// (`stale_since_us` 0 in the returned row means "announce it fresh").
 pub(super) const UPDATE_AGENT: &str =
     "UPDATE agents SET name = $2, version = $3, contact_endpoint = $4, capabilities = $5, \
-     metadata = $6, updated_at_us = $7, deregistered_at_us = NULL, \
-     last_seen_us = CASE WHEN last_seen_us < $7 THEN $7 ELSE last_seen_us END \
-     WHERE agent_id = $1";
+     metadata = $6, updated_at_us = $7, deregistered_at_us = NULL, ttl_secs = $8, \
+     last_seen_us = CASE WHEN last_seen_us < $7 THEN $7 ELSE last_seen_us END, \
+     stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
+     WHERE agent_id = $1 RETURNING stale_since_us";
 
 pub(super) const DELETE_CAPABILITIES: &str = "DELETE FROM agent_capabilities WHERE agent_id = $1";
 
@@ -28,20 +31,28 @@ pub(super) const INSERT_CAPABILITY: &str =
 pub(super) const INSERT_HISTORY: &str =
     "INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ($1, $2, $3, $4, $5)";
 
+/// Returns whether the agent was registered until now (a repeated
+/// deregistration changes nothing and announces nothing).
 pub(super) const DEREGISTER: &str =
-    "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1";
+    "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1 \
+     RETURNING CASE WHEN deregistered_at_us = $2 THEN 1 ELSE 0 END";
 
 /// Applies one report to the current state. Every SET expression reads the
 /// row as it was before the update, so `newer` judges against the old state.
-/// Latest agent timestamp wins; on a tie the later arrival does.
+/// Latest agent timestamp wins; on a tie the later arrival does. Returns the
+/// current state's position afterwards (equal to the report's when it became
+/// current) and `stale_since_us` (0 when this report brings a stale agent
+/// back; the next report clears that to NULL).
 pub(super) const APPLY_REPORT: &str = "UPDATE agents SET \
      last_seen_us = CASE WHEN last_seen_us < $5 THEN $5 ELSE last_seen_us END, \
      state = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $2 ELSE state END, \
      state_details = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $3 ELSE state_details END, \
      state_ts_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $4 ELSE state_ts_us END, \
      state_received_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $5 ELSE state_received_us END, \
-     state_reported = 1 \
-     WHERE agent_id = $1 AND deregistered_at_us IS NULL";
+     state_reported = 1, \
+     stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
+     WHERE agent_id = $1 AND deregistered_at_us IS NULL \
+     RETURNING state_ts_us, state_received_us, stale_since_us, last_seen_us";
 
 pub(super) const AGENT_EXISTS: &str = "SELECT 1 FROM agents WHERE agent_id = $1";
 
@@ -54,6 +65,12 @@ pub(super) const HISTORY_NEXT_PAGE: &str =
      WHERE agent_id = $1 AND (ts_us < $3 OR (ts_us = $3 AND seq < $4)) \
      ORDER BY ts_us DESC, seq DESC LIMIT $2";
 
+/// Registered agents past their lease (TTL plus grace): `$1` the default
+/// TTL, `$2` the grace, both in seconds, `$3` now.
+pub(super) const COUNT_STALE_AGENTS: &str =
+    "SELECT COUNT(*) FROM agents WHERE deregistered_at_us IS NULL \
+     AND last_seen_us + (COALESCE(ttl_secs, $1) + $2) * 1000000 < $3";
+
 pub(super) const COUNT_AGENTS_BY_STATE: &str =
     "SELECT state, COUNT(*) FROM agents WHERE deregistered_at_us IS NULL GROUP BY state";
 
@@ -61,7 +78,10 @@ pub(super) const LATEST_MIGRATION: &str = "SELECT MAX(version) FROM _sqlx_migrat
 
 /// Build the listing query for `q`, returning SQL and its text binds in
 /// order (`$1`, `$2`, …) plus the limit as the last bind.
-pub(super) fn list_agents_sql(q: &super::AgentQuery) -> (String, Vec<String>) {
+pub(super) fn list_agents_sql(
+    q: &super::AgentQuery,
+    live: &super::Liveness,
+) -> (String, Vec<String>) {
     let mut sql = format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE 1 = 1");
     let mut binds = Vec::new();
     let next = |sql: &mut String, clause: &str, value: &str, binds: &mut Vec<String>| {
@@ -73,6 +93,18 @@ pub(super) fn list_agents_sql(q: &super::AgentQuery) -> (String, Vec<String>) {
     }
     if let Some(state) = &q.state {
         next(&mut sql, " AND state = $?", state, &mut binds);
+    }
+    if let Some(stale) = q.stale {
+        // Numbers from the server itself, not from the request.
+        let expired = format!(
+            "last_seen_us + (COALESCE(ttl_secs, {}) + {}) * 1000000 < {}",
+            live.ttl_secs, live.grace_secs, q.now
+        );
+        if stale {
+            sql.push_str(&format!(" AND {expired}"));
+        } else {
+            sql.push_str(&format!(" AND NOT ({expired})"));
+        }
     }
     if let Some(cap) = &q.capability {
         next(
@@ -122,6 +154,7 @@ macro_rules! impl_agent_store {
                 let meta = serde_json::to_string(&reg.metadata)
                     .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
                 let id = reg.agent_id.as_str();
+                let mut events = vec![$crate::domain::event::NewEvent::registered(reg, now)];
                 let mut tx = self.writer().begin().await?;
                 let inserted = sqlx::query(INSERT_AGENT)
                     .bind(id)
@@ -131,6 +164,7 @@ macro_rules! impl_agent_store {
                     .bind(&caps)
                     .bind(&meta)
                     .bind(now)
+                    .bind(reg.ttl_secs)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -146,7 +180,7 @@ macro_rules! impl_agent_store {
                         .await?;
                     $crate::store::RegisterOutcome::Created
                 } else {
-                    sqlx::query(UPDATE_AGENT)
+                    let stale_since: Option<i64> = sqlx::query_scalar(UPDATE_AGENT)
                         .bind(id)
                         .bind(&reg.name)
                         .bind(&reg.version)
@@ -154,8 +188,12 @@ macro_rules! impl_agent_store {
                         .bind(&caps)
                         .bind(&meta)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .bind(reg.ttl_secs)
+                        .fetch_one(&mut *tx)
                         .await?;
+                    if stale_since == Some(0) {
+                        events.push($crate::domain::event::NewEvent::fresh(id, now));
+                    }
                     sqlx::query(DELETE_CAPABILITIES)
                         .bind(id)
                         .execute(&mut *tx)
@@ -169,7 +207,9 @@ macro_rules! impl_agent_store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(outcome)
             }
 
@@ -178,15 +218,23 @@ macro_rules! impl_agent_store {
                 id: &$crate::domain::agent::AgentId,
                 now: i64,
             ) -> $crate::store::StoreResult<()> {
-                let done = sqlx::query($crate::store::sql::DEREGISTER)
+                let mut tx = self.writer().begin().await?;
+                let changed: Option<i32> = sqlx::query_scalar($crate::store::sql::DEREGISTER)
                     .bind(id.as_str())
                     .bind(now)
-                    .execute(self.writer())
-                    .await?
-                    .rows_affected();
-                if done == 0 {
-                    return Err($crate::store::StoreError::agent_not_found(id));
-                }
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let events = match changed {
+                    None => return Err($crate::store::StoreError::agent_not_found(id)),
+                    Some(1) => vec![$crate::domain::event::NewEvent::deregistered(
+                        id.as_str(),
+                        now,
+                    )],
+                    Some(_) => Vec::new(),
+                };
+                flush_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                self.events_committed(&events);
                 Ok(())
             }
 
@@ -202,22 +250,32 @@ macro_rules! impl_agent_store {
                 order.sort_by(|&a, &b| reports[a].agent_id.cmp(&reports[b].agent_id));
                 let mut results: Vec<$crate::store::StoreResult<()>> =
                     (0..reports.len()).map(|_| Ok(())).collect();
+                let mut events = Vec::new();
                 let mut tx = self.writer().begin().await?;
                 for i in order {
                     let r = &reports[i];
                     let details = r.details.as_ref().map(|d| d.get());
-                    let applied = sqlx::query(APPLY_REPORT)
-                        .bind(r.agent_id.as_str())
-                        .bind(&r.state)
-                        .bind(details)
-                        .bind(r.timestamp)
-                        .bind(r.received_at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if applied == 0 {
+                    let applied: Option<(i64, i64, Option<i64>, i64)> =
+                        sqlx::query_as(APPLY_REPORT)
+                            .bind(r.agent_id.as_str())
+                            .bind(&r.state)
+                            .bind(details)
+                            .bind(r.timestamp)
+                            .bind(r.received_at)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((ts, received, stale_since, last_seen)) = applied else {
                         results[i] = Err($crate::store::StoreError::agent_not_found(&r.agent_id));
                         continue;
+                    };
+                    if stale_since == Some(0) {
+                        events.push($crate::domain::event::NewEvent::fresh(
+                            r.agent_id.as_str(),
+                            last_seen,
+                        ));
+                    }
+                    if (ts, received) == (r.timestamp, r.received_at) {
+                        events.push($crate::domain::event::NewEvent::state(r));
                     }
                     sqlx::query(INSERT_HISTORY)
                         .bind(r.agent_id.as_str())
@@ -228,10 +286,12 @@ macro_rules! impl_agent_store {
                         .execute(&mut *tx)
                         .await?;
                     if $crate::domain::workflow::MEANINGFUL_STATES.contains(&r.state.as_str()) {
-                        advance_on_report(&mut tx, r, self.rules()).await?;
+                        advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
                     }
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(results)
             }
 
@@ -239,8 +299,13 @@ macro_rules! impl_agent_store {
                 &self,
                 id: &$crate::domain::agent::AgentId,
             ) -> $crate::store::StoreResult<$crate::store::Agent> {
+                use sqlx::Row;
+                // The agent's newest feed index comes from the same snapshot
+                // as its state, so a blocking read waiting past it misses
+                // nothing and is not woken by what it already returned.
                 let sql = format!(
-                    "SELECT {} FROM agents WHERE agent_id = $1",
+                    "SELECT {}, (SELECT MAX(idx) FROM events e WHERE e.agent_id = $1) \
+                     FROM agents WHERE agent_id = $1",
                     $crate::store::sql::AGENT_COLUMNS
                 );
                 let row = sqlx::query(&sql)
@@ -248,14 +313,16 @@ macro_rules! impl_agent_store {
                     .fetch_optional(self.reader())
                     .await?
                     .ok_or_else(|| $crate::store::StoreError::agent_not_found(id))?;
-                agent_from_row(&row)
+                let mut agent = agent_from_row(&row)?;
+                agent.event_index = row.try_get(15)?;
+                Ok(agent)
             }
 
             async fn list_agents(
                 &self,
                 q: &$crate::store::AgentQuery,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Agent>> {
-                let (sql, binds) = $crate::store::sql::list_agents_sql(q);
+                let (sql, binds) = $crate::store::sql::list_agents_sql(q, &self.rules().liveness);
                 let mut query = sqlx::query(&sql);
                 for b in &binds {
                     query = query.bind(b);
@@ -330,6 +397,16 @@ macro_rules! impl_agent_store {
                     .await?)
             }
 
+            async fn count_stale_agents(&self, now: i64) -> $crate::store::StoreResult<i64> {
+                let live = self.rules().liveness;
+                Ok(sqlx::query_scalar($crate::store::sql::COUNT_STALE_AGENTS)
+                    .bind(live.ttl_secs)
+                    .bind(live.grace_secs)
+                    .bind(now)
+                    .fetch_one(self.reader())
+                    .await?)
+            }
+
             fn pool_stats(&self) -> Vec<$crate::store::PoolStats> {
                 self.pools()
             }
@@ -352,6 +429,8 @@ macro_rules! impl_agent_store {
                 updated_at: row.try_get(7)?,
                 deregistered_at: row.try_get(8)?,
                 last_seen: row.try_get(9)?,
+                ttl_secs: row.try_get(14)?,
+                event_index: None,
                 current: $crate::domain::state::StateRecord {
                     state: row.try_get(10)?,
                     details: $crate::store::decode_details(row.try_get(11)?),
@@ -372,13 +451,18 @@ mod tests {
 
     #[test]
     fn listing_numbers_its_binds_in_order() {
-        let (sql, binds) = list_agents_sql(&AgentQuery {
-            state: Some("idle".into()),
-            capability: Some("summarise".into()),
-            include_deregistered: false,
-            after: Some("a5".into()),
-            limit: 10,
-        });
+        let (sql, binds) = list_agents_sql(
+            &AgentQuery {
+                state: Some("idle".into()),
+                capability: Some("summarise".into()),
+                include_deregistered: false,
+                stale: None,
+                now: 0,
+                after: Some("a5".into()),
+                limit: 10,
+            },
+            &Default::default(),
+        );
         assert!(sql.contains("state = $1"), "{sql}");
         assert!(sql.contains("c.capability = $2"), "{sql}");
         assert!(sql.contains("agent_id > $3"), "{sql}");

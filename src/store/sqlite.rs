@@ -13,6 +13,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, PoolStats, StoreOptions};
@@ -26,6 +33,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     rules: EngineRules,
     in_memory: bool,
+    feed: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -73,6 +81,7 @@ impl SqliteStore {
             read,
             rules: opts.engine,
             in_memory,
+            feed: Arc::new(Notify::new()),
         })
     }
 
@@ -96,8 +105,13 @@ impl SqliteStore {
         }
         pools
     }
+
+    /// One process per database file: every event is this process's own.
+    async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
 }
 
 impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
 // One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
+impl_event_store!(SqliteStore, sqlx::Sqlite, "");
+impl_retention_store!(SqliteStore, sqlx::Sqlite);

@@ -28,10 +28,14 @@ pub(super) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, 
      attempts, max_retries, timeout_secs, due_at_us, created_at_us) \
      VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, 0, $8, $9, $10, $11)";
 
-pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts \
+/// Due runs of free agents. A stale agent (not heard from within its TTL
+/// plus grace, `$4` being the default TTL and `$5` the grace, in seconds) is
+/// never sent a task, whether or not the sweep has announced it yet.
+pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id \
      FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
      WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
        AND (a.state = 'idle' OR ($2 AND a.state = 'UNKNOWN')) \
+       AND a.last_seen_us + (COALESCE(a.ttl_secs, $4) + $5) * 1000000 >= $1 \
        AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
                        AND f.status IN ('dispatching', 'dispatched', 'running')) \
      ORDER BY r.due_at_us LIMIT $3";
@@ -49,7 +53,8 @@ pub(super) const CLAIM_ONE: &str =
 pub(super) const RECOVER_LEASES: &str =
     "UPDATE task_runs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL, \
      last_error = 'dispatcher stopped before confirming delivery; resending' \
-     WHERE status = 'dispatching' AND due_at_us <= $1";
+     WHERE status = 'dispatching' AND due_at_us <= $1 \
+     RETURNING run_id, task_id, session_id, agent_id, attempts, last_error";
 
 /// Statuses of a run the agent may be working on. Guards on updates name
 /// the whole set, not the status last read: on PostgreSQL another
@@ -115,6 +120,17 @@ impl InFlight {
             max_retries: r.7,
             timeout_secs: r.8,
             dispatched_at: r.9,
+        }
+    }
+
+    /// This run, as a `task.status` event names it.
+    pub(super) fn task_ref(&self) -> crate::domain::event::TaskRef<'_> {
+        crate::domain::event::TaskRef {
+            run_id: &self.run_id,
+            task_id: &self.task_id,
+            session_id: &self.session_id,
+            agent_id: &self.agent_id,
+            attempt: self.attempts,
         }
     }
 }
@@ -195,7 +211,21 @@ macro_rules! impl_workflow_store {
             agent_id: &str,
             run: &$crate::store::NewRun,
             now: i64,
+            events: &mut Vec<$crate::domain::event::NewEvent>,
         ) -> $crate::store::StoreResult<()> {
+            let task = $crate::domain::event::TaskRef {
+                run_id: &run.run_id,
+                task_id: &run.task_id,
+                session_id,
+                agent_id,
+                attempt: 0,
+            };
+            events.push($crate::domain::event::NewEvent::task(
+                task,
+                $crate::domain::workflow::RunStatus::Queued,
+                None,
+                now,
+            ));
             sqlx::query($crate::store::workflow_sql::INSERT_RUN)
                 .bind(&run.run_id)
                 .bind(session_id)
@@ -218,8 +248,9 @@ macro_rules! impl_workflow_store {
             conn: &mut Conn,
             r: &$crate::domain::state::StateReport,
             rules: &$crate::store::EngineRules,
+            events: &mut Vec<$crate::domain::event::NewEvent>,
         ) -> $crate::store::StoreResult<()> {
-            use $crate::domain::workflow::{report_effect, ReportEffect};
+            use $crate::domain::workflow::{report_effect, ReportEffect, RunStatus};
             use $crate::store::workflow_sql::*;
             let sql = format!(
                 "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
@@ -239,23 +270,32 @@ macro_rules! impl_workflow_store {
             match report_effect(run.status, &r.state, explicit, after_dispatch) {
                 ReportEffect::None => Ok(()),
                 ReportEffect::Started => {
-                    sqlx::query(
+                    let started = sqlx::query(
                         "UPDATE task_runs SET status = 'running', started_at_us = $2 \
                          WHERE run_id = $1 AND status IN ('dispatching', 'dispatched')",
                     )
                     .bind(&run.run_id)
                     .bind(r.received_at)
                     .execute(&mut *conn)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if started == 1 {
+                        events.push($crate::domain::event::NewEvent::task(
+                            run.task_ref(),
+                            RunStatus::Running,
+                            None,
+                            r.received_at,
+                        ));
+                    }
                     Ok(())
                 }
                 ReportEffect::Completed => {
-                    complete_run(conn, &run, r.details.as_ref().map(|d| d.get()), r.received_at, rules).await
+                    complete_run(conn, &run, r.details.as_ref().map(|d| d.get()), r.received_at, rules, events).await
                 }
                 ReportEffect::Failed => {
                     let reason = agent_error_reason(r.details.as_deref());
                     let failure = Failure { reason: &reason, guard: IN_FLIGHT, retryable: true, not_before: None };
-                    fail_attempt(conn, &run, &failure, r.received_at, rules).await
+                    fail_attempt(conn, &run, &failure, r.received_at, rules, events).await
                 }
             }
         }
@@ -268,7 +308,10 @@ macro_rules! impl_workflow_store {
             details: Option<&str>,
             now: i64,
             rules: &$crate::store::EngineRules,
+            events: &mut Vec<$crate::domain::event::NewEvent>,
         ) -> $crate::store::StoreResult<()> {
+            use $crate::domain::event::NewEvent;
+            use $crate::domain::workflow::{RunStatus, SessionStatus};
             use $crate::store::StoreError;
             let done = sqlx::query(
                 "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3, lease_owner = NULL \
@@ -283,6 +326,7 @@ macro_rules! impl_workflow_store {
             if done == 0 {
                 return Ok(());
             }
+            events.push(NewEvent::task(run.task_ref(), RunStatus::Completed, None, now));
             // Locks the session row and re-checks it is still unfinished, so
             // a concurrent cancel cannot be followed by a new task.
             let definition: Option<String> = sqlx::query_scalar(
@@ -305,10 +349,10 @@ macro_rules! impl_workflow_store {
             match next {
                 Some(task) => {
                     let new = $crate::store::NewRun::for_task(task, run.position + 1, &task.parameters, now, rules);
-                    insert_run(conn, &run.session_id, &run.agent_id, &new, now).await
+                    insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
                 }
                 None => {
-                    sqlx::query(
+                    let completed = sqlx::query(
                         "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
                          WHERE session_id = $1 AND status IN ('started', 'running')",
                     )
@@ -316,7 +360,18 @@ macro_rules! impl_workflow_store {
                     .bind(details)
                     .bind(now)
                     .execute(&mut *conn)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if completed == 1 {
+                        events.push(NewEvent::session(
+                            &run.agent_id,
+                            &run.session_id,
+                            &def.id,
+                            SessionStatus::Completed,
+                            None,
+                            now,
+                        ));
+                    }
                     Ok(())
                 }
             }
@@ -331,7 +386,10 @@ macro_rules! impl_workflow_store {
             failure: &$crate::store::workflow_sql::Failure<'_>,
             now: i64,
             rules: &$crate::store::EngineRules,
+            events: &mut Vec<$crate::domain::event::NewEvent>,
         ) -> $crate::store::StoreResult<()> {
+            use $crate::domain::event::NewEvent;
+            use $crate::domain::workflow::{RunStatus, SessionStatus};
             let $crate::store::workflow_sql::Failure {
                 reason,
                 guard,
@@ -342,7 +400,7 @@ macro_rules! impl_workflow_store {
                 let attempt = u32::try_from(run.attempts).unwrap_or(u32::MAX);
                 let delay_us = rules.backoff.delay_ms(attempt, rand::random::<f64>()) as i64 * 1000;
                 let due = now.saturating_add(delay_us).max(not_before.unwrap_or(0));
-                sqlx::query(&format!(
+                let queued = sqlx::query(&format!(
                     "UPDATE task_runs SET status = 'queued', due_at_us = $2, lease_owner = NULL, last_error = $3 \
                      WHERE run_id = $1 AND status IN {guard}"
                 ))
@@ -350,7 +408,11 @@ macro_rules! impl_workflow_store {
                 .bind(due)
                 .bind(reason)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+                if queued == 1 {
+                    events.push(NewEvent::task(run.task_ref(), RunStatus::Queued, Some(reason), now));
+                }
                 return Ok(());
             }
             let failed = sqlx::query(&format!(
@@ -364,21 +426,32 @@ macro_rules! impl_workflow_store {
             .await?
             .rows_affected();
             if failed == 1 {
+                events.push(NewEvent::task(run.task_ref(), RunStatus::Failed, Some(reason), now));
                 let why = format!(
                     "task {} failed after {} attempt{}: {reason}",
                     run.task_id,
                     run.attempts,
                     if run.attempts == 1 { "" } else { "s" }
                 );
-                sqlx::query(
+                let workflow: Option<String> = sqlx::query_scalar(
                     "UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
-                     WHERE session_id = $1 AND status IN ('started', 'running')",
+                     WHERE session_id = $1 AND status IN ('started', 'running') RETURNING workflow_id",
                 )
                 .bind(&run.session_id)
-                .bind(why)
+                .bind(&why)
                 .bind(now)
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await?;
+                if let Some(workflow) = workflow {
+                    events.push(NewEvent::session(
+                        &run.agent_id,
+                        &run.session_id,
+                        &workflow,
+                        SessionStatus::Failed,
+                        Some(&why),
+                        now,
+                    ));
+                }
             }
             Ok(())
         }
@@ -556,9 +629,17 @@ macro_rules! impl_workflow_store {
                     put_definition_in(&mut tx, &s.definition, false, now).await?;
                 }
                 let (status, finished) = match s.first_run {
-                    Some(_) => ("started", None),
-                    None => ("completed", Some(now)),
+                    Some(_) => ($crate::domain::workflow::SessionStatus::Started, None),
+                    None => ($crate::domain::workflow::SessionStatus::Completed, Some(now)),
                 };
+                let mut events = vec![$crate::domain::event::NewEvent::session(
+                    s.agent_id.as_str(),
+                    &s.session_id,
+                    &s.definition.id,
+                    status,
+                    None,
+                    now,
+                )];
                 sqlx::query(
                     "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
                      created_at_us, updated_at_us, finished_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
@@ -567,15 +648,17 @@ macro_rules! impl_workflow_store {
                 .bind(&s.definition.id)
                 .bind(s.agent_id.as_str())
                 .bind(s.definition.canonical_json())
-                .bind(status)
+                .bind(status.as_str())
                 .bind(now)
                 .bind(finished)
                 .execute(&mut *tx)
                 .await?;
                 if let Some(run) = &s.first_run {
-                    insert_run(&mut tx, &s.session_id, s.agent_id.as_str(), run, now).await?;
+                    insert_run(&mut tx, &s.session_id, s.agent_id.as_str(), run, now, &mut events).await?;
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(())
             }
 
@@ -629,17 +712,19 @@ macro_rules! impl_workflow_store {
             ) -> $crate::store::StoreResult<$crate::domain::workflow::SessionStatus> {
                 use $crate::domain::workflow::SessionStatus;
                 use $crate::store::StoreError;
+                use $crate::domain::event::{NewEvent, TaskRef};
+                use $crate::domain::workflow::RunStatus;
                 let mut tx = self.writer().begin().await?;
-                let cancelled = sqlx::query(
+                let cancelled: Option<(String, String)> = sqlx::query_as(
                     "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
-                     error = 'cancelled by operator' WHERE session_id = $1 AND status IN ('started', 'running')",
+                     error = 'cancelled by operator' WHERE session_id = $1 AND status IN ('started', 'running') \
+                     RETURNING agent_id, workflow_id",
                 )
                 .bind(id)
                 .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if cancelled == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((agent, workflow)) = cancelled else {
                     let status: Option<String> = sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = $1")
                         .bind(id)
                         .fetch_optional(&mut *tx)
@@ -652,16 +737,34 @@ macro_rules! impl_workflow_store {
                             other.as_str()
                         ))),
                     };
-                }
-                sqlx::query(
+                };
+                let runs: Vec<(String, String, i64)> = sqlx::query_as(
                     "UPDATE task_runs SET status = 'cancelled', finished_at_us = $2, lease_owner = NULL \
-                     WHERE session_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running')",
+                     WHERE session_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running') \
+                     RETURNING run_id, task_id, attempts",
                 )
                 .bind(id)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+                let mut events: Vec<NewEvent> = runs
+                    .iter()
+                    .map(|(run_id, task_id, attempt)| {
+                        let task = TaskRef { run_id, task_id, session_id: id, agent_id: &agent, attempt: *attempt };
+                        NewEvent::task(task, RunStatus::Cancelled, None, now)
+                    })
+                    .collect();
+                events.push(NewEvent::session(
+                    &agent,
+                    id,
+                    &workflow,
+                    SessionStatus::Cancelled,
+                    Some("cancelled by operator"),
+                    now,
+                ));
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(SessionStatus::Cancelled)
             }
 
@@ -674,16 +777,20 @@ macro_rules! impl_workflow_store {
                 allow_unknown: bool,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClaimedRun>> {
                 use $crate::store::workflow_sql::*;
-                type Candidate = (String, String, String, String, String, String, i64);
+                type Candidate = (String, String, String, String, String, String, i64, String);
                 let sql = format!("{CLAIM_CANDIDATES}{}", $claim_lock);
+                let live = self.rules().liveness;
                 let mut tx = self.writer().begin().await?;
                 let candidates: Vec<Candidate> = sqlx::query_as(&sql)
                     .bind(now)
                     .bind(allow_unknown)
                     .bind(i64::from(limit))
+                    .bind(live.ttl_secs)
+                    .bind(live.grace_secs)
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut claimed = Vec::new();
+                let mut events = Vec::new();
                 let mut agents = std::collections::HashSet::new();
                 for c in candidates {
                     // One run per agent: the first due wins this round.
@@ -697,15 +804,30 @@ macro_rules! impl_workflow_store {
                         .execute(&mut *tx)
                         .await;
                     match n {
-                        Ok(r) if r.rows_affected() == 1 => claimed.push($crate::store::ClaimedRun {
-                            run_id: c.0,
-                            session_id: c.1,
-                            task_name: c.2,
-                            agent_id: c.3,
-                            contact_endpoint: c.4,
-                            payload: c.5,
-                            attempt: c.6 + 1,
-                        }),
+                        Ok(r) if r.rows_affected() == 1 => {
+                            let task = $crate::domain::event::TaskRef {
+                                run_id: &c.0,
+                                task_id: &c.7,
+                                session_id: &c.1,
+                                agent_id: &c.3,
+                                attempt: c.6 + 1,
+                            };
+                            events.push($crate::domain::event::NewEvent::task(
+                                task,
+                                $crate::domain::workflow::RunStatus::Dispatching,
+                                None,
+                                now,
+                            ));
+                            claimed.push($crate::store::ClaimedRun {
+                                run_id: c.0,
+                                session_id: c.1,
+                                task_name: c.2,
+                                agent_id: c.3,
+                                contact_endpoint: c.4,
+                                payload: c.5,
+                                attempt: c.6 + 1,
+                            })
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             return match $crate::store::StoreError::from(e) {
@@ -717,7 +839,9 @@ macro_rules! impl_workflow_store {
                         }
                     }
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(claimed)
             }
 
@@ -728,33 +852,43 @@ macro_rules! impl_workflow_store {
                 now: i64,
                 outcome: &$crate::store::DispatchOutcome,
             ) -> $crate::store::StoreResult<()> {
+                use $crate::domain::event::{NewEvent, TaskRef};
+                use $crate::domain::workflow::{RunStatus, SessionStatus};
                 use $crate::store::DispatchOutcome;
+                let mut events = Vec::new();
                 let mut tx = self.writer().begin().await?;
                 match outcome {
                     DispatchOutcome::Accepted => {
-                        let session: Option<String> = sqlx::query_scalar(
+                        let sent: Option<(String, String, String, i64, String)> = sqlx::query_as(
                             // The agent may already have reported `active`
                             // (running): keep that, but start the deadline.
                             "UPDATE task_runs SET \
                              status = CASE WHEN status = 'dispatching' THEN 'dispatched' ELSE status END, \
                              dispatched_at_us = $3, due_at_us = $3 + timeout_secs * 1000000, lease_owner = NULL \
                              WHERE run_id = $1 AND lease_owner = $2 AND status IN ('dispatching', 'running') \
-                             RETURNING session_id",
+                             RETURNING session_id, task_id, agent_id, attempts, status",
                         )
                         .bind(run_id)
                         .bind(owner)
                         .bind(now)
                         .fetch_optional(&mut *tx)
                         .await?;
-                        if let Some(session) = session {
-                            sqlx::query(
+                        if let Some((session, task_id, agent, attempt, status)) = sent {
+                            if status == RunStatus::Dispatched.as_str() {
+                                let task = TaskRef { run_id, task_id: &task_id, session_id: &session, agent_id: &agent, attempt };
+                                events.push(NewEvent::task(task, RunStatus::Dispatched, None, now));
+                            }
+                            let workflow: Option<String> = sqlx::query_scalar(
                                 "UPDATE sessions SET status = 'running', updated_at_us = $2 \
-                                 WHERE session_id = $1 AND status = 'started'",
+                                 WHERE session_id = $1 AND status = 'started' RETURNING workflow_id",
                             )
-                            .bind(session)
+                            .bind(&session)
                             .bind(now)
-                            .execute(&mut *tx)
+                            .fetch_optional(&mut *tx)
                             .await?;
+                            if let Some(workflow) = workflow {
+                                events.push(NewEvent::session(&agent, &session, &workflow, SessionStatus::Running, None, now));
+                            }
                         }
                     }
                     DispatchOutcome::Retry { error, not_before } => {
@@ -765,7 +899,7 @@ macro_rules! impl_workflow_store {
                                 retryable: true,
                                 not_before: *not_before,
                             };
-                            fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
+                            fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                         }
                     }
                     DispatchOutcome::Fail { error } => {
@@ -776,18 +910,31 @@ macro_rules! impl_workflow_store {
                                 retryable: false,
                                 not_before: None,
                             };
-                            fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
+                            fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                         }
                     }
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(())
             }
 
             async fn expire_overdue(&self, now: i64) -> $crate::store::StoreResult<u64> {
+                use $crate::domain::event::{NewEvent, TaskRef};
+                use $crate::domain::workflow::RunStatus;
                 use $crate::store::workflow_sql::*;
                 let mut tx = self.writer().begin().await?;
-                let mut touched = sqlx::query(RECOVER_LEASES).bind(now).execute(&mut *tx).await?.rows_affected();
+                let recovered: Vec<(String, String, String, String, i64, Option<String>)> =
+                    sqlx::query_as(RECOVER_LEASES).bind(now).fetch_all(&mut *tx).await?;
+                let mut touched = recovered.len() as u64;
+                let mut events: Vec<NewEvent> = recovered
+                    .iter()
+                    .map(|(run_id, task_id, session_id, agent_id, attempt, error)| {
+                        let task = TaskRef { run_id, task_id, session_id, agent_id, attempt: *attempt };
+                        NewEvent::task(task, RunStatus::Queued, error.as_deref(), now)
+                    })
+                    .collect();
                 let sql = format!(
                     "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs r \
                      WHERE status IN ('dispatched', 'running') AND due_at_us <= $1 LIMIT 256{}",
@@ -798,10 +945,12 @@ macro_rules! impl_workflow_store {
                     let run = InFlight::from_row(row);
                     let reason = format!("timed out after {}s without finishing", run.timeout_secs);
                     let failure = Failure { reason: &reason, guard: SENT, retryable: true, not_before: None };
-                    fail_attempt(&mut tx, &run, &failure, now, self.rules()).await?;
+                    fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                     touched += 1;
                 }
+                flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
+                self.events_committed(&events);
                 Ok(touched)
             }
 

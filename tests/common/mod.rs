@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod agentkit;
+pub mod proxy;
+pub mod sse;
 
 use std::process::Stdio;
 use std::time::Duration;

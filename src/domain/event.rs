@@ -1,0 +1,274 @@
+//! The change feed's events: what an operator may watch, numbered by the
+//! store in commit order. Built here (pure), stored and numbered by `store`,
+//! streamed by `http::events`.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::state::StateReport;
+use super::time::{format_micros, Micros};
+use super::workflow::{RunStatus, SessionStatus};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An agent registered (or registered again with new details).
+    AgentRegistered,
+    /// An agent was deregistered.
+    AgentDeregistered,
+    /// A state report became the agent's current state.
+    AgentState,
+    /// The agent was not heard from within its TTL (plus grace).
+    AgentStale,
+    /// A stale agent was heard from again.
+    AgentFresh,
+    /// A session changed status (including its creation).
+    SessionStatus,
+    /// A task run changed status (including being queued).
+    TaskStatus,
+}
+
+impl EventKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [EventKind; 7] = [
+        Self::AgentRegistered,
+        Self::AgentDeregistered,
+        Self::AgentState,
+        Self::AgentStale,
+        Self::AgentFresh,
+        Self::SessionStatus,
+        Self::TaskStatus,
+    ];
+
+    /// Wire and stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentRegistered => "agent.registered",
+            Self::AgentDeregistered => "agent.deregistered",
+            Self::AgentState => "agent.state",
+            Self::AgentStale => "agent.stale",
+            Self::AgentFresh => "agent.fresh",
+            Self::SessionStatus => "session.status",
+            Self::TaskStatus => "task.status",
+        }
+    }
+
+    /// Parse a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether this kind changes what a state read of the agent returns
+    /// (what a blocking state read waits for).
+    pub fn touches_agent_state(self) -> bool {
+        matches!(
+            self,
+            Self::AgentRegistered
+                | Self::AgentDeregistered
+                | Self::AgentState
+                | Self::AgentStale
+                | Self::AgentFresh
+        )
+    }
+}
+
+/// An event to be stored; the store gives it its index.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The agent it concerns, if any.
+    pub agent_id: Option<String>,
+    /// The session it concerns, if any.
+    pub session_id: Option<String>,
+    /// When (server clock).
+    pub at: Micros,
+    /// Kind-specific fields, a JSON object.
+    pub data: String,
+}
+
+impl NewEvent {
+    fn new(kind: EventKind, agent: &str, session: Option<&str>, at: Micros, data: Value) -> Self {
+        Self {
+            kind,
+            agent_id: Some(agent.to_owned()),
+            session_id: session.map(str::to_owned),
+            at,
+            data: data.to_string(),
+        }
+    }
+
+    /// `agent.registered`.
+    pub fn registered(reg: &super::agent::Registration, at: Micros) -> Self {
+        Self::new(
+            EventKind::AgentRegistered,
+            reg.agent_id.as_str(),
+            None,
+            at,
+            json!({
+                "agentName": reg.name,
+                "version": reg.version,
+                "capabilities": reg.capabilities,
+                "contactEndpoint": reg.contact_endpoint,
+            }),
+        )
+    }
+
+    /// `agent.deregistered`.
+    pub fn deregistered(agent: &str, at: Micros) -> Self {
+        Self::new(EventKind::AgentDeregistered, agent, None, at, json!({}))
+    }
+
+    /// `agent.state`: `r` became the agent's current state.
+    pub fn state(r: &StateReport) -> Self {
+        // Details are a JSON object as the agent sent it (validated on the
+        // way in), so they are spliced in as they are.
+        let details = r.details.as_ref().map_or("null", |d| d.get());
+        let data = format!(
+            r#"{{"state":{},"timestamp":"{}","details":{details}}}"#,
+            Value::String(r.state.clone()),
+            format_micros(r.timestamp),
+        );
+        Self {
+            kind: EventKind::AgentState,
+            agent_id: Some(r.agent_id.as_str().to_owned()),
+            session_id: None,
+            at: r.received_at,
+            data,
+        }
+    }
+
+    /// `agent.stale`: last heard from at `last_seen`, TTL `ttl_secs`.
+    pub fn stale(agent: &str, last_seen: Micros, ttl_secs: i64, at: Micros) -> Self {
+        Self::new(
+            EventKind::AgentStale,
+            agent,
+            None,
+            at,
+            json!({"lastSeen": format_micros(last_seen), "ttlSeconds": ttl_secs}),
+        )
+    }
+
+    /// `agent.fresh`: heard from again at `last_seen`.
+    pub fn fresh(agent: &str, last_seen: Micros) -> Self {
+        Self::new(
+            EventKind::AgentFresh,
+            agent,
+            None,
+            last_seen,
+            json!({"lastSeen": format_micros(last_seen)}),
+        )
+    }
+
+    /// `session.status`.
+    pub fn session(
+        agent: &str,
+        session: &str,
+        workflow_id: &str,
+        status: SessionStatus,
+        error: Option<&str>,
+        at: Micros,
+    ) -> Self {
+        Self::new(
+            EventKind::SessionStatus,
+            agent,
+            Some(session),
+            at,
+            json!({"workflowId": workflow_id, "status": status.as_str(), "error": error}),
+        )
+    }
+
+    /// `task.status`.
+    pub fn task(run: TaskRef<'_>, status: RunStatus, error: Option<&str>, at: Micros) -> Self {
+        Self::new(
+            EventKind::TaskStatus,
+            run.agent_id,
+            Some(run.session_id),
+            at,
+            json!({
+                "runId": run.run_id,
+                "taskId": run.task_id,
+                "status": status.as_str(),
+                "attempt": run.attempt,
+                "error": error,
+            }),
+        )
+    }
+}
+
+/// Which task run a `task.status` event is about.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRef<'a> {
+    /// Run id.
+    pub run_id: &'a str,
+    /// The definition's task id.
+    pub task_id: &'a str,
+    /// Its session.
+    pub session_id: &'a str,
+    /// The agent running it.
+    pub agent_id: &'a str,
+    /// Attempt number (0 before the first dispatch).
+    pub attempt: i64,
+}
+
+/// A stored event, as the feed sends it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Position in the feed; strictly increasing in commit order.
+    pub index: i64,
+    /// What happened.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: EventKind,
+    /// When (server clock), RFC 3339.
+    #[serde(serialize_with = "micros_text")]
+    pub at: Micros,
+    /// The agent it concerns.
+    pub agent_id: Option<String>,
+    /// The session it concerns.
+    pub session_id: Option<String>,
+    /// Kind-specific fields.
+    pub data: Box<RawValue>,
+}
+
+fn kind_name<S: serde::Serializer>(k: &EventKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
+}
+
+fn micros_text<S: serde::Serializer>(us: &Micros, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_micros(*us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::agent::AgentId;
+
+    #[test]
+    fn kinds_round_trip_their_names() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("agent"), None);
+    }
+
+    #[test]
+    fn state_event_data_is_valid_json_with_details_verbatim() {
+        let r = StateReport {
+            agent_id: AgentId::parse("a-1").unwrap(),
+            state: "ac\"tive".into(),
+            details: Some(RawValue::from_string(r#"{"taskId":"t","n":1}"#.into()).unwrap()),
+            timestamp: 1_000_000,
+            received_at: 2_000_000,
+        };
+        let e = NewEvent::state(&r);
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(v["state"], "ac\"tive");
+        assert_eq!(v["details"]["taskId"], "t");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:01.000000+00:00");
+        let r = StateReport { details: None, ..r };
+        let v: Value = serde_json::from_str(&NewEvent::state(&r).data).unwrap();
+        assert!(v["details"].is_null());
+    }
+}

@@ -1,0 +1,270 @@
+//! The change feed's storage, written once for both backends like `sql.rs`:
+//! events are collected while a transaction runs and written at its end by
+//! `flush_events`, then read back in index order by the feed.
+//!
+//! Ordering: a reader that has seen index N must already see every event
+//! below N, or a client resuming after N would miss one for good. SQLite has
+//! one writer, so that holds by itself. On PostgreSQL identity values are
+//! handed out in call order, not commit order, so `flush_events` first takes
+//! a transaction-scoped advisory lock (the backend's `$event_lock`
+//! statement) and holds it to commit: event-writing transactions commit one
+//! at a time, in index order. Taking it last keeps the serialised part
+//! short (the inserts and the commit). The same statement sends a NOTIFY,
+//! delivered at commit, that wakes the feed of every other replica.
+
+/// Columns of an event, in `event_from_row` order.
+pub(super) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, data";
+
+/// Most rows per INSERT (5 binds each; far below SQLite's bind limit).
+pub(super) const INSERT_CHUNK: usize = 200;
+
+/// The multi-row INSERT for `rows` events.
+pub(super) fn insert_events_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES ");
+    for i in 0..rows {
+        let b = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
+    }
+    sql
+}
+
+/// Agents whose lease ran out and that have not been announced stale yet:
+/// last heard from longer ago than their TTL (or `$2`, the default, in
+/// seconds) plus the grace `$3` (microseconds), as of `$1`.
+pub(super) const LEASE_EXPIRED: &str = "deregistered_at_us IS NULL \
+     AND (stale_since_us IS NULL OR stale_since_us = 0) \
+     AND last_seen_us + COALESCE(ttl_secs, $2) * 1000000 + $3 < $1";
+
+/// Implements [`EventStore`](super::EventStore) and the in-transaction
+/// `flush_events` step for a backend struct with `writer()`, `reader()`,
+/// `rules()` and `feed_signal()`. `$event_lock` is the statement run before
+/// inserting events (empty for none).
+macro_rules! impl_event_store {
+    ($store:ty, $db:ty, $event_lock:expr) => {
+        /// Write the events collected by a transaction, in order, as its last
+        /// step before commit (see the module docs for why last).
+        async fn flush_events(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            events: &[$crate::domain::event::NewEvent],
+        ) -> $crate::store::StoreResult<()> {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let lock: &str = $event_lock;
+            if !lock.is_empty() {
+                sqlx::query(lock).execute(&mut *conn).await?;
+            }
+            for chunk in events.chunks($crate::store::events_sql::INSERT_CHUNK) {
+                let sql = $crate::store::events_sql::insert_events_sql(chunk.len());
+                let mut q = sqlx::query(&sql);
+                for e in chunk {
+                    q = q
+                        .bind(e.kind.as_str())
+                        .bind(e.agent_id.as_deref())
+                        .bind(e.session_id.as_deref())
+                        .bind(e.at)
+                        .bind(&e.data);
+                }
+                q.execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        fn event_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> $crate::store::StoreResult<$crate::domain::event::Event> {
+            use sqlx::Row;
+            use $crate::store::StoreError;
+            let kind: String = row.try_get(1)?;
+            let data: String = row.try_get(5)?;
+            Ok($crate::domain::event::Event {
+                index: row.try_get(0)?,
+                kind: $crate::domain::event::EventKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Internal(format!("unknown event kind {kind}")))?,
+                agent_id: row.try_get(2)?,
+                session_id: row.try_get(3)?,
+                at: row.try_get(4)?,
+                data: serde_json::value::RawValue::from_string(data)
+                    .map_err(|e| StoreError::Internal(format!("stored event data: {e}")))?,
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::EventStore for $store {
+            async fn read_events(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::event::Event>> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE idx > $1 ORDER BY idx LIMIT $2",
+                    $crate::store::events_sql::EVENT_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn event_bounds(&self) -> $crate::store::StoreResult<$crate::store::EventBounds> {
+                let (pruned_through, head): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT pruned_through, (SELECT MAX(idx) FROM events) FROM event_retention WHERE id = 1",
+                )
+                .fetch_one(self.reader())
+                .await?;
+                Ok($crate::store::EventBounds {
+                    pruned_through,
+                    head: head.unwrap_or(pruned_through),
+                })
+            }
+
+            async fn agent_changed_since(
+                &self,
+                agent: &$crate::domain::agent::AgentId,
+                after: i64,
+            ) -> $crate::store::StoreResult<bool> {
+                let kinds = $crate::domain::event::EventKind::ALL
+                    .into_iter()
+                    .filter(|k| k.touches_agent_state())
+                    .map(|k| format!("'{}'", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "SELECT 1 FROM events WHERE agent_id = $1 AND idx > $2 AND kind IN ({kinds}) LIMIT 1"
+                );
+                let found: Option<i32> = sqlx::query_scalar(&sql)
+                    .bind(agent.as_str())
+                    .bind(after)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(found.is_some())
+            }
+
+            async fn mark_stale_agents(
+                &self,
+                now: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<u64> {
+                use $crate::store::events_sql::LEASE_EXPIRED;
+                let live = self.rules().liveness;
+                let ttl = live.ttl_secs;
+                let grace = live.grace_secs.saturating_mul(1_000_000);
+                // Find candidates on a reader, so the scan never holds up
+                // writes; each is re-checked under its row lock below.
+                let ids: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT agent_id FROM agents WHERE {LEASE_EXPIRED} LIMIT $4"
+                ))
+                .bind(now)
+                .bind(ttl)
+                .bind(grace)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let mark = format!(
+                    "UPDATE agents SET stale_since_us = $1 WHERE agent_id = $4 AND {LEASE_EXPIRED} \
+                     RETURNING last_seen_us, COALESCE(ttl_secs, $2)"
+                );
+                let mut events = Vec::new();
+                let mut tx = self.writer().begin().await?;
+                for id in &ids {
+                    let row: Option<(i64, i64)> = sqlx::query_as(&mark)
+                        .bind(now)
+                        .bind(ttl)
+                        .bind(grace)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((last_seen, ttl_secs)) = row {
+                        events.push($crate::domain::event::NewEvent::stale(id, last_seen, ttl_secs, now));
+                    }
+                }
+                flush_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                self.events_committed(&events);
+                Ok(events.len() as u64)
+            }
+
+            async fn prune_events(
+                &self,
+                before: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<u64> {
+                let newest: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(idx) FROM (SELECT idx FROM events WHERE at_us < $1 ORDER BY idx LIMIT $2) old",
+                )
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_one(self.reader())
+                .await?;
+                let Some(through) = newest else {
+                    return Ok(0);
+                };
+                let mut tx = self.writer().begin().await?;
+                let deleted = sqlx::query("DELETE FROM events WHERE idx <= $1")
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("UPDATE event_retention SET pruned_through = $1 WHERE id = 1 AND pruned_through < $1")
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(deleted)
+            }
+
+            fn feed_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+                self.feed.clone()
+            }
+
+            async fn follow_remote_events(
+                &self,
+                wake: std::sync::Arc<tokio::sync::Notify>,
+                stop: tokio_util::sync::CancellationToken,
+            ) {
+                self.follow_remote(wake, stop).await
+            }
+        }
+
+        impl $store {
+            /// Wake this process's feed after a commit that wrote events.
+            fn events_committed(&self, events: &[$crate::domain::event::NewEvent]) {
+                if !events.is_empty() {
+                    self.feed.notify_one();
+                }
+            }
+        }
+    };
+}
+
+pub(super) use impl_event_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_numbers_binds_per_row() {
+        assert_eq!(
+            insert_events_sql(2),
+            "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES \
+             ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
+        );
+    }
+}
