@@ -316,6 +316,41 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Release connections; called once at shutdown.
     async fn close(&self);
+
+    /// How many registered agents are in each current state (for metrics).
+    async fn count_agents_by_state(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many registered agents' leases have run out at `now`, by the
+    /// same rule as the agent's `stale` flag (for metrics).
+    async fn count_stale_agents(&self, now: Micros) -> StoreResult<i64>;
+
+    /// Use of each connection pool (for metrics). No I/O.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+}
+
+/// Use of one connection pool at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Which pool: `main` (PostgreSQL), `writer` or `reader` (SQLite).
+    pub name: &'static str,
+    /// Connections open (idle or in use).
+    pub size: u32,
+    /// Connections open and idle.
+    pub idle: usize,
+    /// Most connections the pool may open.
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// The current use of `pool`.
+    pub fn of<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            name,
+            size: pool.size(),
+            idle: pool.num_idle(),
+            max: pool.options().get_max_connections(),
+        }
+    }
 }
 
 /// Tuning for opening a store.
@@ -637,6 +672,12 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Give back leases of dispatchers that stopped, and fail (or retry)
     /// attempts whose deadline passed. Returns how many runs were touched.
     async fn expire_overdue(&self, now: Micros) -> StoreResult<u64>;
+
+    /// How many sessions are in each status (for metrics).
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many task runs are queued (for metrics).
+    async fn count_queued_runs(&self) -> StoreResult<i64>;
 }
 
 /// Open the database named by `url` (`sqlite://…` or `postgres://…`) and run

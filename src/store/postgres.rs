@@ -13,7 +13,7 @@ use super::events_sql::impl_event_store;
 use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -60,6 +60,10 @@ impl PgStore {
 
     fn rules(&self) -> &EngineRules {
         &self.rules
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
     }
 
     /// LISTEN for other replicas' events. While the connection is down the

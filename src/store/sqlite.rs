@@ -22,7 +22,7 @@ use super::events_sql::impl_event_store;
 use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -32,6 +32,7 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     rules: EngineRules,
+    in_memory: bool,
     feed: Arc<Notify>,
 }
 
@@ -79,6 +80,7 @@ impl SqliteStore {
             write,
             read,
             rules: opts.engine,
+            in_memory,
             feed: Arc::new(Notify::new()),
         })
     }
@@ -93,6 +95,15 @@ impl SqliteStore {
 
     fn rules(&self) -> &EngineRules {
         &self.rules
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        let mut pools = vec![PoolStats::of("writer", &self.write)];
+        // An in-memory database reads through the writer's pool.
+        if !self.in_memory {
+            pools.push(PoolStats::of("reader", &self.read));
+        }
+        pools
     }
 
     /// One process per database file: every event is this process's own.
