@@ -10,7 +10,7 @@ use super::{FieldError, Validator};
 
 /// The body of `POST /v1/opscore/keys`. Every field is loosely typed so
 /// that each mistake is reported by name, all at once.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewKeyBody {
     /// Label.

@@ -3,9 +3,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::extract::{JsonBody, Path};
@@ -13,19 +15,29 @@ use super::paging::Page;
 use crate::domain::apikey::{generate, is_key_id, ApiKey};
 use crate::domain::newkey::NewKeyBody;
 use crate::domain::time::{format_micros, now_micros};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 use crate::store::StoreError;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/opscore/keys", get(list).post(create))
-        .route("/v1/opscore/keys/{key_id}", get(fetch).delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(fetch, revoke))
+}
+
+/// The key id in the path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct KeyPath {
+    /// The key's id (the part after `opk_` in the key).
+    #[param(rename = "keyId")]
+    key_id: String,
 }
 
 /// A key on the wire, without any secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyView {
     key_id: String,
@@ -63,7 +75,7 @@ impl KeyView {
 }
 
 /// The answer to a creation: the key, and its plaintext this one time.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatedKey {
     #[serde(flatten)]
@@ -71,6 +83,22 @@ struct CreatedKey {
     key: String,
 }
 
+/// Create an API key; the answer holds its plaintext, shown only this once.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/keys",
+    tag = "keys",
+    request_body = NewKeyBody,
+    responses(
+        (status = 201, description = "The key, with its plaintext `key`", body = CreatedKey),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, naming each field", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn create(
     _: Require<perm::ManageKeys>,
     State(state): State<AppState>,
@@ -102,6 +130,18 @@ async fn create(
     ))
 }
 
+/// Every key, oldest first, without secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "Every key in one page", body = Page<KeyView>),
+        (status = 401, description = "`missing_credentials`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn list(
     _: Require<perm::ManageKeys>,
     State(state): State<AppState>,
@@ -124,6 +164,20 @@ fn or_key_not_found(id: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     }
 }
 
+/// One key, without its secret.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/keys/{keyId}",
+    tag = "keys",
+    params(KeyPath),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 401, description = "`missing_credentials`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+        (status = 404, description = "`key_not_found`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn fetch(
     _: Require<perm::ManageKeys>,
     State(state): State<AppState>,
@@ -142,6 +196,19 @@ async fn fetch(
 
 /// Revoke: idempotent, answers the key as it now is. This process refuses
 /// the key from the moment the answer is sent.
+#[utoipa::path(
+    delete,
+    path = "/v1/opscore/keys/{keyId}",
+    tag = "keys",
+    params(KeyPath),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 401, description = "`missing_credentials`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+        (status = 404, description = "`key_not_found`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn revoke(
     _: Require<perm::ManageKeys>,
     State(state): State<AppState>,

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::events_sql::impl_event_store;
 use super::keys_sql::impl_key_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -60,6 +61,10 @@ impl PgStore {
 
     fn rules(&self) -> &EngineRules {
         &self.rules
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
     }
 
     /// LISTEN for other replicas' events. While the connection is down the
@@ -109,3 +114,4 @@ impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
 impl_key_store!(PgStore, sqlx::Postgres);
+impl_retention_store!(PgStore, sqlx::Postgres);

@@ -5,6 +5,7 @@
 
 pub mod agentkit;
 pub mod keys;
+pub mod proxy;
 pub mod sse;
 
 use std::process::Stdio;
