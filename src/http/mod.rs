@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod dashboard;
 pub mod events;
 pub mod extract;
 pub mod limits;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
