@@ -8,6 +8,8 @@
 #[path = "dashboard/browser.rs"]
 mod browser;
 mod common;
+#[path = "dashboard/restartable.rs"]
+mod restartable;
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use common::agentkit::FakeAgentKit;
 use common::{register_payload, send, Backend, TestServer, KEY};
 use opscore::config::DispatchTarget;
 use reqwest::StatusCode;
+use restartable::Restartable;
 use serde_json::{json, Value};
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
@@ -43,12 +46,13 @@ async fn static_files_are_served_with_strict_headers(backend: Backend) {
     assert_eq!(header(&page, "cache-control"), "no-store");
     let html = page.text().await.unwrap();
     assert!(
-        html.contains(r#"<script src="/dashboard/app.js""#),
+        html.contains(r#"<script type="module" src="/dashboard/app.js">"#),
         "{html}"
     );
 
     for (path, ctype) in [
         ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+        ("/dashboard/sse.js", "text/javascript; charset=utf-8"),
         ("/dashboard/app.css", "text/css; charset=utf-8"),
         ("/dashboard/icon.svg", "image/svg+xml"),
     ] {
@@ -410,76 +414,6 @@ async fn type_into(b: &Browser, id: &str, text: &str) {
         "document.getElementById('{id}').dispatchEvent(new Event('input'))"
     ))
     .await;
-}
-
-/// An Ops-Core that can be stopped and started again on the same address
-/// and database, so an open page sees its stream drop and come back.
-struct Restartable {
-    addr: std::net::SocketAddr,
-    db: common::TestDb,
-    running: Option<(
-        tokio_util::sync::CancellationToken,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    )>,
-}
-
-impl Restartable {
-    async fn start() -> Self {
-        let db = common::TestDb::new(Backend::Sqlite).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut s = Self {
-            addr,
-            db,
-            running: None,
-        };
-        s.run(listener).await;
-        s
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn run(&mut self, listener: tokio::net::TcpListener) {
-        let token = tokio_util::sync::CancellationToken::new();
-        let config = common::test_config(&self.db);
-        let handle = tokio::spawn(opscore::serve(config, listener, token.clone()));
-        self.running = Some((token, handle));
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/ready", self.base())).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("server at {} never became ready", self.base());
-    }
-
-    async fn stop(&mut self) {
-        if let Some((token, handle)) = self.running.take() {
-            token.cancel();
-            handle.await.expect("server task").expect("server result");
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.stop().await;
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .expect("bind the same address again");
-        self.run(listener).await;
-    }
-}
-
-impl Drop for Restartable {
-    fn drop(&mut self) {
-        if let Some((token, _)) = &self.running {
-            token.cancel();
-        }
-    }
 }
 
 async fn report_at(base: &str, id: &str, state: &str) {

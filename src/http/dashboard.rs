@@ -15,6 +15,8 @@ use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
+use super::extract::Path;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The policy every dashboard response carries. `connect-src 'self'` is what
@@ -51,29 +53,41 @@ static INDEX: LazyLock<Asset> = LazyLock::new(|| {
         "text/html; charset=utf-8",
     )
 });
-static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
-    Asset::new(
-        include_bytes!("dashboard/app.js"),
-        "text/javascript; charset=utf-8",
-    )
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The files under `/dashboard/`: the page's ES modules, its style sheet
+/// and its icon.
+static ASSETS: LazyLock<[(&str, Asset); 7]> = LazyLock::new(|| {
+    [
+        ("app.js", Asset::new(include_bytes!("dashboard/app.js"), JS)),
+        ("api.js", Asset::new(include_bytes!("dashboard/api.js"), JS)),
+        ("dom.js", Asset::new(include_bytes!("dashboard/dom.js"), JS)),
+        (
+            "panel.js",
+            Asset::new(include_bytes!("dashboard/panel.js"), JS),
+        ),
+        ("sse.js", Asset::new(include_bytes!("dashboard/sse.js"), JS)),
+        (
+            "app.css",
+            Asset::new(
+                include_bytes!("dashboard/app.css"),
+                "text/css; charset=utf-8",
+            ),
+        ),
+        (
+            "icon.svg",
+            Asset::new(include_bytes!("dashboard/icon.svg"), "image/svg+xml"),
+        ),
+    ]
 });
-static APP_CSS: LazyLock<Asset> = LazyLock::new(|| {
-    Asset::new(
-        include_bytes!("dashboard/app.css"),
-        "text/css; charset=utf-8",
-    )
-});
-static ICON: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(include_bytes!("dashboard/icon.svg"), "image/svg+xml"));
 
 /// Routes of the dashboard: the page at `/` and its assets under
 /// `/dashboard/`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
-        .route("/dashboard/app.js", get(app_js))
-        .route("/dashboard/app.css", get(app_css))
-        .route("/dashboard/icon.svg", get(icon))
+        .route("/dashboard/{file}", get(asset))
 }
 
 async fn index() -> Response {
@@ -82,19 +96,16 @@ async fn index() -> Response {
     serve(&INDEX, None, "no-store")
 }
 
-// Assets are revalidated on every load (`no-cache`) and answered with 304
-// while their ETag matches: a fresh binary's files are picked up at once,
-// yet an unchanged file costs one empty response.
-async fn app_js(headers: HeaderMap) -> Response {
-    serve(&APP_JS, Some(&headers), "no-cache")
-}
-
-async fn app_css(headers: HeaderMap) -> Response {
-    serve(&APP_CSS, Some(&headers), "no-cache")
-}
-
-async fn icon(headers: HeaderMap) -> Response {
-    serve(&ICON, Some(&headers), "no-cache")
+/// An asset, revalidated on every load (`no-cache`) and answered with 304
+/// while its ETag matches: a fresh binary's files are picked up at once,
+/// yet an unchanged file costs one empty response.
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let asset = ASSETS
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, a)| a)
+        .ok_or_else(|| ApiError::not_found("route_not_found", "No such route"))?;
+    Ok(serve(asset, Some(&headers), "no-cache"))
 }
 
 /// The asset, or 304 when the request already holds this version of it.
@@ -174,6 +185,17 @@ mod tests {
         ] {
             assert!(html.contains(asset), "index.html does not load {asset}");
         }
+        // Every module the page imports, directly or not, is served.
+        for (name, a) in ASSETS.iter().filter(|(n, _)| n.ends_with(".js")) {
+            let js = std::str::from_utf8(a.body).unwrap_or_default();
+            for import in js.lines().filter_map(|l| l.split(" from './").nth(1)) {
+                let target = import.split('\'').next().unwrap_or_default();
+                assert!(
+                    ASSETS.iter().any(|(n, _)| *n == target),
+                    "{name} imports {target}, which is not served"
+                );
+            }
+        }
         // The policy forbids inline code; the page must not rely on any.
         assert!(!html.contains("<script>"), "inline script in index.html");
         assert!(!html.contains("<style"), "inline style in index.html");
@@ -187,18 +209,20 @@ mod tests {
                 .any(|w| w.starts_with("on") && w.contains('=')),
             "inline event handler in index.html"
         );
-        let js = std::str::from_utf8(APP_JS.body).unwrap_or_default();
-        for sink in [
-            "innerHTML",
-            "outerHTML",
-            "insertAdjacentHTML",
-            "document.write",
-            "eval(",
-        ] {
-            assert!(
-                !js.contains(sink),
-                "app.js uses {sink}: insert text, not HTML"
-            );
+        for (name, a) in ASSETS.iter().filter(|(n, _)| n.ends_with(".js")) {
+            let js = std::str::from_utf8(a.body).unwrap_or_default();
+            for sink in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+            ] {
+                assert!(
+                    !js.contains(sink),
+                    "{name} uses {sink}: insert text, not HTML"
+                );
+            }
         }
     }
 }
