@@ -72,8 +72,10 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
 
     let sim_args = opscore::sim::SimArgs {
         target: opscore::client::TargetArgs {
-            url: base.clone(),
-            api_key: KEY.into(),
+            server: opscore::client::ServerArgs {
+                url: base.clone(),
+                api_key: KEY.into(),
+            },
             webhook_secret: None,
         },
         agents,

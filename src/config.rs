@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::domain::workflow::Backoff;
-use crate::store::{EngineRules, Liveness, StoreOptions};
+use crate::store::{EngineRules, KeepPerAgent, Liveness, StoreOptions};
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -209,6 +209,18 @@ pub struct RawSettings {
     /// How long change-feed events are kept (and can be resumed from), in seconds.
     #[arg(long, env = "OPSCORE_EVENT_RETENTION_SECS", default_value = "86400")]
     pub event_retention_secs: String,
+    /// State history entries older than this are deleted, in seconds (0: kept forever).
+    #[arg(long, env = "OPSCORE_HISTORY_MAX_AGE_SECS", default_value = "2592000")]
+    pub history_max_age_secs: String,
+    /// Most state history entries kept per agent, newest first (0: no limit).
+    #[arg(long, env = "OPSCORE_HISTORY_MAX_PER_AGENT", default_value = "10000")]
+    pub history_max_per_agent: String,
+    /// Finished sessions older than this are deleted, in seconds (0: kept forever).
+    #[arg(long, env = "OPSCORE_SESSIONS_MAX_AGE_SECS", default_value = "2592000")]
+    pub sessions_max_age_secs: String,
+    /// Most finished sessions kept per agent, newest first (0: no limit).
+    #[arg(long, env = "OPSCORE_SESSIONS_MAX_PER_AGENT", default_value = "1000")]
+    pub sessions_max_per_agent: String,
     /// Most event streams and blocking reads open at once; past it they get
     /// 503 overloaded.
     #[arg(long, env = "OPSCORE_MAX_FEED_SUBSCRIBERS", default_value = "1024")]
@@ -258,10 +270,41 @@ pub struct Config {
     pub workflows_dir_explicit: bool,
     /// Dispatcher settings.
     pub dispatch: DispatchConfig,
-    /// How long change-feed events are kept.
-    pub event_retention: Duration,
+    /// What is kept, and how often old records are pruned.
+    pub retention: RetentionConfig,
     /// Most event streams and blocking reads at once.
     pub max_feed_subscribers: usize,
+}
+
+/// What is kept, and how often old records are pruned.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Change-feed events.
+    pub events: Duration,
+    /// State history entries older than this go (`None`: kept forever).
+    pub history_max_age: Option<Duration>,
+    /// Finished sessions older than this go.
+    pub sessions_max_age: Option<Duration>,
+    /// Newest records kept per agent.
+    pub keep: KeepPerAgent,
+    /// How often the by-age passes run (the per-agent pass walks a batch of
+    /// agents every second).
+    pub prune_every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            events: Duration::from_secs(86_400),
+            history_max_age: Some(Duration::from_secs(30 * 86_400)),
+            sessions_max_age: Some(Duration::from_secs(30 * 86_400)),
+            keep: KeepPerAgent {
+                history: Some(10_000),
+                sessions: Some(1_000),
+            },
+            prune_every: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Where tasks are sent.
@@ -338,7 +381,7 @@ impl Config {
             workflows_dir: PathBuf::from("./workflows"),
             workflows_dir_explicit: false,
             dispatch: DispatchConfig::default(),
-            event_retention: Duration::from_secs(86_400),
+            retention: RetentionConfig::default(),
             max_feed_subscribers: 1024,
         }
     }
@@ -574,13 +617,45 @@ impl RawSettings {
                 )? as i64,
             },
         };
-        let event_retention = Duration::from_secs(parse_num(
-            &self.event_retention_secs,
-            60,
-            90 * 86_400,
-            "OPSCORE_EVENT_RETENTION_SECS",
-            "event-retention-secs",
-        )?);
+        let max_age = |raw: &str, env, flag| {
+            parse_num(raw, 0, 100 * 365 * 86_400, env, flag)
+                .map(|n| (n > 0).then(|| Duration::from_secs(n)))
+        };
+        let keep = |raw: &str, env, flag| {
+            parse_num(raw, 0, u64::from(u32::MAX), env, flag).map(|n| (n > 0).then_some(n as u32))
+        };
+        let retention = RetentionConfig {
+            events: Duration::from_secs(parse_num(
+                &self.event_retention_secs,
+                60,
+                90 * 86_400,
+                "OPSCORE_EVENT_RETENTION_SECS",
+                "event-retention-secs",
+            )?),
+            history_max_age: max_age(
+                &self.history_max_age_secs,
+                "OPSCORE_HISTORY_MAX_AGE_SECS",
+                "history-max-age-secs",
+            )?,
+            sessions_max_age: max_age(
+                &self.sessions_max_age_secs,
+                "OPSCORE_SESSIONS_MAX_AGE_SECS",
+                "sessions-max-age-secs",
+            )?,
+            keep: KeepPerAgent {
+                history: keep(
+                    &self.history_max_per_agent,
+                    "OPSCORE_HISTORY_MAX_PER_AGENT",
+                    "history-max-per-agent",
+                )?,
+                sessions: keep(
+                    &self.sessions_max_per_agent,
+                    "OPSCORE_SESSIONS_MAX_PER_AGENT",
+                    "sessions-max-per-agent",
+                )?,
+            },
+            ..RetentionConfig::default()
+        };
         let max_feed_subscribers = parse_num(
             &self.max_feed_subscribers,
             1,
@@ -635,7 +710,7 @@ impl RawSettings {
                 .unwrap_or_else(|| PathBuf::from("./workflows")),
             workflows_dir_explicit,
             dispatch,
-            event_retention,
+            retention,
             max_feed_subscribers,
         };
         Ok((config, source))

@@ -42,6 +42,20 @@ enum LogAs {
     Summary,
 }
 
+/// The error body as the OpenAPI document shows it. The body actually sent
+/// is [`Body`] (borrowing from the error); a test below keeps the two alike.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"detail": "Agent not found: agent-9", "code": "agent_not_found"}))]
+pub struct ErrorBody {
+    /// Human-readable reason (existing clients read it).
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `agent_not_found`, `validation_failed`.
+    pub code: String,
+    /// For validation failures (`validation_failed`): one entry per offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     detail: &'a str,

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod sim;
 pub mod state;
 pub mod store;
@@ -60,6 +61,7 @@ pub async fn serve(
         queue: 16_384,
     };
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(metrics::Metrics::new());
     let writer_stop = CancellationToken::new();
     let (writer, mut writers) = StateWriter::spawn(
         store.clone(),
@@ -73,6 +75,7 @@ pub async fn serve(
             store.clone(),
             config.dispatch.clone(),
             wake.clone(),
+            metrics.clone(),
             dispatcher_stop.clone(),
         )
     });
@@ -90,7 +93,7 @@ pub async fn serve(
     .await?;
     background.spawn(engine::housekeeping::run(
         store.clone(),
-        config.event_retention,
+        config.retention.clone(),
         background_stop.clone(),
     ));
     let server_options = http::server::ServerOptions {
@@ -103,6 +106,7 @@ pub async fn serve(
         store: store.clone(),
         writer,
         wake,
+        metrics,
         feed,
     };
     let app = http::router(state);

@@ -5,6 +5,7 @@
 //! waits, then reports `idle` with a result, or `error` with a set
 //! probability (then `idle` again, ready for the retry).
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +75,10 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
     let sim = Arc::new(Sim {
-        client: Client::new(&args.target.url, Some(args.target.api_key.clone())),
+        client: Client::new(
+            &args.target.server.url,
+            Some(args.target.server.api_key.clone()),
+        ),
         task_ms: args.task_ms,
         error_rate: args.error_rate,
     });
@@ -104,7 +108,10 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
                 .notify("REGISTER", &details, args.target.webhook_secret.as_deref())
         })
         .await?;
-        retry("report idle", || sim.client.report_state(id, "idle", None)).await?;
+        retry("report idle", || {
+            sim.client.report_state(id, "idle", None).into_future()
+        })
+        .await?;
     }
     tracing::info!(agents = ids.len(), "simulated agents registered and idle");
 

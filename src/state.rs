@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
+use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     /// Wakes the dispatcher when work may have become due (a trigger, a
     /// state report that finished a task).
     pub wake: Arc<Notify>,
+    /// Prometheus metrics; register new ones with `Metrics::register_gauge`.
+    pub metrics: Arc<Metrics>,
     /// The change feed.
     pub feed: Feed,
 }

@@ -96,7 +96,8 @@ async fn static_files_are_served_with_strict_headers(backend: Backend) {
     let r = send(s.client.get(s.url("/v1/opscore/agents"))).await;
     common::assert_error(&r, StatusCode::UNAUTHORIZED, "missing_credentials");
     let r = send(s.client.get(s.url("/dashboard/nope.js"))).await;
-    common::assert_error(&r, StatusCode::NOT_FOUND, "route_not_found");
+    common::assert_error(&r, StatusCode::NOT_FOUND, "file_not_found");
+    assert_eq!(r.body["detail"], "No such dashboard file: nope.js");
 }
 
 backend_tests!(static_files_are_served_with_strict_headers);

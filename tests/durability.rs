@@ -35,20 +35,20 @@ struct LoadResult {
 /// A response's status and body, or `None` when none came.
 type Outcome = Option<(u16, String)>;
 
-/// Send reports numbered 0.. round-robin to `agents`, `in_flight` at a time,
-/// until `stop` is set or `max` have been sent. Report `n` carries
+/// Send reports numbered `numbers` round-robin to `agents`, `in_flight` at
+/// a time, until `stop` is set or all have been sent. Report `n` carries
 /// `details.n = n` and a timestamp `n` milliseconds after a base.
 async fn load(
     client: reqwest::Client,
     base_url: String,
     agents: Vec<String>,
-    max: u64,
+    numbers: std::ops::Range<u64>,
     in_flight: usize,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
 ) -> LoadResult {
     let base = future_base();
-    let outcomes: Vec<(u64, Outcome)> = stream::iter(0..max)
+    let outcomes: Vec<(u64, Outcome)> = stream::iter(numbers)
         .take_while(|_| futures::future::ready(!stop.load(Ordering::SeqCst)))
         .map(|n| {
             let agent = agents[(n % agents.len() as u64) as usize].clone();
@@ -162,7 +162,7 @@ async fn sigkill_loses_no_acknowledged_report(backend: Backend) {
         client.clone(),
         server.base.clone(),
         agents.clone(),
-        100_000,
+        0..100_000,
         32,
         stop.clone(),
         acked.clone(),
@@ -203,6 +203,63 @@ async fn sigkill_loses_no_acknowledged_report(backend: Backend) {
     server.kill().await;
 }
 
+/// The crash test: sustained concurrent reports while the server is
+/// SIGKILLed and restarted several times over the same database; at the end
+/// every report acknowledged in any round is stored, exactly once.
+async fn repeated_sigkill_loses_no_acknowledged_report(backend: Backend) {
+    const ROUNDS: u64 = 4;
+    let db = TestDb::new(backend).await;
+    let client = client();
+    let agents: Vec<String> = (0..8).map(|i| format!("crash-{i}")).collect();
+    let mut all_acked = Vec::new();
+    for round in 0..ROUNDS {
+        let server = ServerProcess::spawn(&db.url, db.dir.path()).await;
+        if round == 0 {
+            for a in &agents {
+                register_at(&client, &server.base, a, &["summarise"]).await;
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        // Numbers of each round are their own (and multiples of the agent
+        // count apart, so report n still belongs to agent n % 8).
+        let first = round * 1_000_000;
+        let task = tokio::spawn(load(
+            client.clone(),
+            server.base.clone(),
+            agents.clone(),
+            first..first + 100_000,
+            32,
+            stop.clone(),
+            acked.clone(),
+        ));
+        wait_for(&acked, 200).await;
+        server.kill().await;
+        stop.store(true, Ordering::SeqCst);
+        let result = tokio::time::timeout(Duration::from_secs(180), task)
+            .await
+            .expect("load finishes after the kill")
+            .expect("load task");
+        assert!(
+            result.transport_errors > 0,
+            "round {round}: the kill did not interrupt the stream"
+        );
+        assert!(
+            result.other.is_empty(),
+            "round {round}: unexpected answers: {:?}",
+            result.other
+        );
+        all_acked.extend(result.acked);
+    }
+    let server = ServerProcess::spawn(&db.url, db.dir.path()).await;
+    assert_all_stored(&client, &server.base, &agents, &all_acked).await;
+    println!(
+        "{ROUNDS} SIGKILLs: {} acknowledged reports, all stored once",
+        all_acked.len()
+    );
+    server.kill().await;
+}
+
 async fn graceful_shutdown_loses_no_acknowledged_report(backend: Backend) {
     let s = TestServer::start(backend).await;
     let client = client();
@@ -216,7 +273,7 @@ async fn graceful_shutdown_loses_no_acknowledged_report(backend: Backend) {
         client.clone(),
         s.base.clone(),
         agents.clone(),
-        100_000,
+        0..100_000,
         32,
         stop.clone(),
         acked.clone(),
@@ -434,6 +491,7 @@ async fn parallel_reports_latest_timestamp_wins(backend: Backend) {
 
 backend_tests!(
     sigkill_loses_no_acknowledged_report,
+    repeated_sigkill_loses_no_acknowledged_report,
     graceful_shutdown_loses_no_acknowledged_report,
     graceful_shutdown_finishes_request_in_flight,
     parallel_reports_latest_timestamp_wins,

@@ -329,10 +329,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 /// then ends early, and cleanup still runs).
 pub async fn run_until(args: BenchArgs, stop: CancellationToken) -> anyhow::Result<Report> {
     let plan = plan(&args)?;
-    check_target(&args.target.url, args.allow_remote).await?;
+    check_target(&args.target.server.url, args.allow_remote).await?;
     let bench = Arc::new(Bench::new(
-        &args.target.url,
-        &args.target.api_key,
+        &args.target.server.url,
+        &args.target.server.api_key,
         args.target.webhook_secret.clone(),
         args.connections.max(args.max_in_flight),
         args.timeout,
@@ -439,7 +439,7 @@ impl Run {
                     ));
                     let sim = SimFleet::start(
                         &self.bench,
-                        &self.args.target.api_key,
+                        &self.args.target.server.api_key,
                         self.args.target.webhook_secret.clone(),
                         &self.prefix,
                         self.args.sim_agents,

@@ -38,8 +38,10 @@ impl SimFleet {
         let id_prefix = format!("{prefix}-sim");
         let args = SimArgs {
             target: crate::client::TargetArgs {
-                url: bench.base.clone(),
-                api_key: api_key.to_owned(),
+                server: crate::client::ServerArgs {
+                    url: bench.base.clone(),
+                    api_key: api_key.to_owned(),
+                },
                 webhook_secret,
             },
             agents,

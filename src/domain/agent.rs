@@ -102,20 +102,40 @@ pub enum NotifyEvent {
 
 /// The webhook body as the framework sends it. Every field is optional here
 /// so that validation can name each missing or malformed one.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"event_type": "REGISTER", "agent_details": {
+    "agentId": "agent-7", "agentName": "Summariser", "version": "1.0",
+    "capabilities": ["summarise"], "contactEndpoint": "http://agent-7:8080/task", "metadata": {}}}))]
 pub struct NotifyBody {
+    /// `REGISTER` or `DEREGISTER`, case-insensitive.
+    #[schema(required = true, value_type = String, example = "REGISTER")]
     event_type: Option<String>,
+    /// The agent. For `DEREGISTER` only `agentId` is needed.
+    #[schema(required = true, value_type = AgentDetailsBody)]
     agent_details: Option<AgentDetailsBody>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The agent in a registration webhook.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AgentDetailsBody {
+    /// At most 128 characters of `[A-Za-z0-9._:-]`.
+    #[schema(required = true, value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     agent_id: Option<String>,
+    /// Required for `REGISTER`.
+    #[schema(value_type = String)]
     agent_name: Option<String>,
+    /// Required for `REGISTER`.
+    #[schema(value_type = String)]
     version: Option<String>,
+    /// Defaults to empty.
+    #[schema(value_type = Vec<String>)]
     capabilities: Option<Vec<String>>,
+    /// Absolute http(s) URL; required for `REGISTER`.
+    #[schema(value_type = String, format = "uri")]
     contact_endpoint: Option<String>,
+    /// A JSON object; defaults to empty.
+    #[schema(value_type = Object)]
     metadata: Option<Value>,
 }
 

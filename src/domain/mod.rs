@@ -12,7 +12,7 @@ pub mod workflow;
 use serde::Serialize;
 
 /// One reason a request body or query failed validation, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Dotted path of the offending field, e.g. `agent_details.agentId`.
     pub field: String,

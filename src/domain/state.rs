@@ -58,14 +58,29 @@ pub struct StateRecord {
     pub received_at: Micros,
 }
 
-/// The state report body as agents send it.
-#[derive(Debug, Deserialize)]
+/// The state report body as agents send it. Every field is optional here so
+/// that validation can name each missing one; the schema says what is
+/// required on the wire.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"agentId": "agent-7", "timestamp": "2026-04-21T10:00:00.123456+00:00",
+                          "state": "active", "details": {"task": "summarise"}}))]
 pub struct StateReportBody {
+    /// Must equal the path's `agentId`.
+    #[schema(required = true, value_type = String)]
     agent_id: Option<String>,
+    /// The agent's own time of the report: ISO 8601 / RFC 3339; UTC when it
+    /// has no offset.
+    #[schema(required = true, value_type = String, example = "2026-04-21T10:00:00.123456+00:00")]
     timestamp: Option<String>,
+    /// 1-64 characters of `[A-Za-z0-9_-]`. `idle`, `active`, `error`,
+    /// `finished` mean something to the workflow engine; others are stored
+    /// and shown only.
+    #[schema(required = true, value_type = String, pattern = "^[A-Za-z0-9_-]{1,64}$")]
     state: Option<String>,
+    /// A JSON object (at most 64 KiB serialised) or null.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     details: Option<Box<RawValue>>,
 }
 

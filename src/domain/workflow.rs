@@ -21,7 +21,7 @@ pub const MAX_SECONDS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 /// A workflow definition as stored and served. Unknown fields are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowDefinition {
     /// Unique id.
@@ -41,7 +41,7 @@ pub struct WorkflowDefinition {
 }
 
 /// One task of a definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDefinition {
     /// Unique within the definition.
@@ -55,6 +55,7 @@ pub struct TaskDefinition {
     /// The task's payload when it is not the first task given an
     /// `initialPayload`.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub parameters: Value,
     /// The task after this one, or null for the last.
     #[serde(default)]
@@ -214,7 +215,7 @@ impl WorkflowDefinition {
 }
 
 /// Session lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     /// Created; its first task waits for dispatch.
@@ -260,7 +261,7 @@ impl SessionStatus {
 }
 
 /// Task-run lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Waiting to be due, or for its agent to be free.

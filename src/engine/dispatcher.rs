@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DispatchConfig, DispatchTarget};
 use crate::domain::time::{now_micros, Micros};
+use crate::metrics::{DispatchResult, Metrics};
 use crate::store::{ClaimedRun, DispatchOutcome, Store};
 
 /// The body sent for a task (contract 1.7).
@@ -59,24 +60,34 @@ pub fn spawn(
     store: Arc<dyn Store>,
     cfg: DispatchConfig,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let owner = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
-    tokio::spawn(run(store, http_client(&cfg), cfg, wake, stop, owner))
+    let ctx = Ctx {
+        store,
+        client: http_client(&cfg),
+        metrics,
+        owner,
+    };
+    tokio::spawn(run(ctx, cfg, wake, stop))
+}
+
+/// What every delivery needs, shared by the loop and its tasks.
+#[derive(Clone)]
+struct Ctx {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    owner: String,
 }
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "opscore".into())
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    client: reqwest::Client,
-    cfg: DispatchConfig,
-    wake: Arc<Notify>,
-    stop: CancellationToken,
-    owner: String,
-) {
+async fn run(ctx: Ctx, cfg: DispatchConfig, wake: Arc<Notify>, stop: CancellationToken) {
+    let (store, owner) = (&ctx.store, &ctx.owner);
     let target = match &cfg.target {
         DispatchTarget::AgentKit(url) => url.as_str().to_owned(),
         DispatchTarget::Direct => "direct (each agent's contactEndpoint)".to_owned(),
@@ -115,7 +126,7 @@ async fn run(
             Vec::new()
         } else {
             match store
-                .claim_due_runs(&owner, now, now + lease_us, free as u32, cfg.allow_unknown)
+                .claim_due_runs(owner, now, now + lease_us, free as u32, cfg.allow_unknown)
                 .await
             {
                 Ok(c) => c,
@@ -132,15 +143,9 @@ async fn run(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (store, client, target, owner) = (
-                store.clone(),
-                client.clone(),
-                cfg.target.clone(),
-                owner.clone(),
-            );
-            let wake = wake.clone();
+            let (ctx, target, wake) = (ctx.clone(), cfg.target.clone(), wake.clone());
             deliveries.spawn(async move {
-                deliver(&*store, &client, &target, &owner, &run).await;
+                deliver(&ctx, &target, &run).await;
                 drop(permit);
                 // A freed slot may let another due run go out.
                 wake.notify_one();
@@ -185,16 +190,19 @@ pub fn idempotency_key(run: &ClaimedRun) -> String {
     format!("{}:{}", run.run_id, run.attempt)
 }
 
-async fn deliver(
-    store: &dyn Store,
-    client: &reqwest::Client,
-    target: &DispatchTarget,
-    owner: &str,
-    run: &ClaimedRun,
-) {
+async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun) {
     let started = Instant::now();
-    let outcome = send(client, target, run).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let outcome = send(&ctx.client, target, run).await;
+    let elapsed = started.elapsed();
+    ctx.metrics.observe_dispatch(
+        match outcome {
+            DispatchOutcome::Accepted => DispatchResult::Accepted,
+            DispatchOutcome::Retry { .. } => DispatchResult::Retry,
+            DispatchOutcome::Fail { .. } => DispatchResult::Failed,
+        },
+        elapsed,
+    );
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     match &outcome {
         DispatchOutcome::Accepted => {
             tracing::info!(run_id = %run.run_id, session_id = %run.session_id, agent_id = %run.agent_id, attempt = run.attempt, latency_ms, "task dispatched")
@@ -207,8 +215,9 @@ async fn deliver(
     // lease runs out and the same attempt is sent again with the same key.
     let mut wait = Duration::from_millis(100);
     for _ in 0..5 {
-        match store
-            .record_dispatch(&run.run_id, owner, now_micros(), &outcome)
+        match ctx
+            .store
+            .record_dispatch(&run.run_id, &ctx.owner, now_micros(), &outcome)
             .await
         {
             Ok(()) => return,

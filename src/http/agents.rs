@@ -3,11 +3,13 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{
     authenticate, verify_signature, Principal, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER,
@@ -18,34 +20,61 @@ use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEven
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
-/// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/opscore/internal/agent/notify", post(notify))
-        .route("/v1/opscore/agents", get(list_agents))
-        .route("/v1/opscore/agent/{agent_id}", get(get_agent))
-        .route(
-            "/v1/opscore/agent/{agent_id}/state",
-            post(report_state).get(get_state),
-        )
-        .route(
-            "/v1/opscore/agent/{agent_id}/state/history",
-            get(state_history),
-        )
+/// Routes of this resource (see `http::openapi` for how to add one).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(notify))
+        .routes(routes!(list_agents))
+        .routes(routes!(get_agent))
+        .routes(routes!(report_state, get_state))
+        .routes(routes!(state_history))
 }
 
-#[derive(Serialize)]
-struct StatusBody {
+/// `{"status": "success", "message": …}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct StatusBody {
+    #[schema(example = "success")]
     status: &'static str,
     message: String,
 }
 
-/// The registration webhook. Authentication comes before anything in the
-/// body is looked at.
+/// Registration webhook (AgentKit).
+///
+/// `REGISTER` creates or updates an agent (a new agent's state is `UNKNOWN`
+/// from the moment of the 200); `DEREGISTER` marks it deregistered.
+/// Authenticated by AgentKit's signature (`X-AgentKit-Timestamp` and
+/// `X-AgentKit-Signature`) or a bearer key; with neither it is refused
+/// unless the server runs with `OPSCORE_ALLOW_UNSIGNED_NOTIFY=true`.
+/// Authentication comes before anything in the body is looked at.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/internal/agent/notify",
+    tag = "agents",
+    params(
+        ("X-AgentKit-Timestamp" = Option<String>, Header,
+         description = "Signing time: whole Unix seconds, or an RFC 3339 time"),
+        ("X-AgentKit-Signature" = Option<String>, Header,
+         description = "Lowercase hex HMAC-SHA256 of `timestamp + \".\" + raw body` (an optional `sha256=` prefix is accepted)"),
+    ),
+    request_body(content = NotifyBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered, updated or deregistered", body = StatusBody,
+         example = json!({"status": "success", "message": "Agent agent-7 registered successfully."})),
+        (status = 400, description = "`invalid_json`, `unknown_event_type`, `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, \
+                                      `missing_signature`, `invalid_signature`, `stale_timestamp`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`: DEREGISTER of an unknown agent", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, naming each field", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security((), ("agentkitSignature" = []), ("bearerAuth" = [])),
+)]
 async fn notify(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -132,7 +161,31 @@ pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
     })
 }
 
-/// A state report (contract 1.2): 202 only once durably stored.
+/// Report a state.
+///
+/// 202 only once the report is durably stored (and, for a workflow task,
+/// once the task has moved on). The current state is the report with the
+/// latest `timestamp` (ties: the later arrival); a late report goes into the
+/// history only.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/agent/{agentId}/state",
+    tag = "states",
+    params(AgentPath),
+    request_body(content = StateReportBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored durably", body = StatusBody,
+         example = json!({"status": "success", "message": "State update accepted"})),
+        (status = 400, description = "`invalid_json`, `agent_id_mismatch` (path and body differ), `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`: unknown or deregistered agent", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, naming each field", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn report_state(
     _: Principal,
     State(state): State<AppState>,
@@ -149,7 +202,9 @@ async fn report_state(
             ),
             ReportError::Invalid(errors) => ApiError::validation(errors),
         })?;
+    let reported = crate::metrics::state_label(&report.state);
     state.writer.submit(report).await?;
+    state.metrics.observe_state_report(reported);
     Ok((
         StatusCode::ACCEPTED,
         Json(StatusBody {
@@ -159,13 +214,29 @@ async fn report_state(
     ))
 }
 
+/// The `agentId` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers read it positionally
+pub(super) struct AgentPath {
+    /// The agent's id.
+    #[serde(rename = "agentId")]
+    #[param(rename = "agentId")]
+    agent_id: String,
+}
+
 /// A stored state on the wire.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StateView {
+    /// The state name.
     state: String,
+    /// The report's details object, or null.
+    #[schema(value_type = Option<Object>)]
     details: Option<Box<RawValue>>,
+    /// The agent's own timestamp of the report.
     timestamp: String,
+    /// When the service received it.
     received_at: String,
 }
 
@@ -182,28 +253,58 @@ impl From<StateRecord> for StateView {
 
 /// The current state with the agent id, as contract 1.3 shows it, plus
 /// whether the agent's lease has run out.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CurrentStateView {
     agent_id: String,
     #[serde(flatten)]
     state: StateView,
+    /// Last time the server heard from the agent.
     last_seen: String,
+    /// Its lease ran out.
     stale: bool,
 }
 
 /// Header of every state read: the feed index the read is current as of.
 pub const INDEX_HEADER: &str = "x-opscore-index";
 
-#[derive(Deserialize)]
+/// The blocking-read parameters of a state read.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StateReadParams {
+    /// Makes this a blocking read: answer once the agent's state has changed
+    /// past this feed index (pass the previous answer's `X-Opscore-Index`).
+    #[param(value_type = Option<i64>, minimum = 0)]
     index: Option<String>,
+    /// Longest wait of a blocking read: `500ms`, `30s`, `5m` or bare
+    /// seconds, at most `10m`; default `5m` when `index` is given.
+    #[param(example = "30s")]
     wait: Option<String>,
 }
 
-/// A state read; with `index` (and optionally `wait`) a blocking read that
-/// answers once the agent's state has moved past that feed index, or when
-/// the wait ends.
+/// The agent's current state; with `index`, a blocking read.
+///
+/// `UNKNOWN` from registration until its first report. A deregistered
+/// agent's state can still be read. With `index` (and optionally `wait`)
+/// the answer comes once the agent's state has moved past that feed index,
+/// or with the current state when the wait ends. Every answer carries
+/// `X-Opscore-Index`. Blocking reads count against the feed's subscriber
+/// limit, not the request limit and deadline.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/agent/{agentId}/state",
+    tag = "states",
+    params(AgentPath, StateReadParams),
+    responses(
+        (status = 200, description = "The current state", body = CurrentStateView,
+         headers(("X-Opscore-Index" = i64, description = "The feed index this read is current as of; pass it as the next `index`"))),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad `index` or `wait`; or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`; for a blocking read, `overloaded` when the feed is at its subscriber limit", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn get_state(
     _: Principal,
     State(state): State<AppState>,
@@ -247,7 +348,7 @@ async fn get_state(
 }
 
 /// An agent's registration and current state.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AgentView {
     agent_id: String,
@@ -255,13 +356,19 @@ struct AgentView {
     version: String,
     capabilities: Vec<String>,
     contact_endpoint: String,
+    #[schema(value_type = Object)]
     metadata: Map<String, Value>,
+    /// False once deregistered.
     registered: bool,
     registered_at: String,
     updated_at: String,
     deregistered_at: Option<String>,
+    /// Last time the server heard from it (registration or report).
     last_seen: String,
+    /// Its lease ran out: not heard from within `ttlSeconds` (plus grace).
+    /// Stale agents are never sent a task.
     stale: bool,
+    /// Its lease: the registration's `metadata.ttlSeconds`, else `OPSCORE_AGENT_TTL`.
     ttl_seconds: i64,
     current_state: StateView,
 }
@@ -287,6 +394,20 @@ impl AgentView {
     }
 }
 
+/// One agent: registration details and current state.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/agent/{agentId}",
+    tag = "agents",
+    params(AgentPath),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn get_agent(
     _: Principal,
     State(state): State<AppState>,
@@ -300,14 +421,26 @@ async fn get_agent(
     )))
 }
 
-#[derive(Deserialize)]
+/// Filters and paging of the agent listing. Values are read as text and
+/// validated by hand, so every bad one is named in one 422.
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 struct ListAgentsParams {
+    /// Only agents whose current state is this.
     state: Option<String>,
+    /// Only agents declaring this capability.
     capability: Option<String>,
+    /// Also list deregistered agents.
+    #[param(value_type = Option<bool>)]
     include_deregistered: Option<String>,
+    /// Only agents whose lease has (`true`) or has not (`false`) run out.
+    #[param(value_type = Option<bool>)]
     stale: Option<String>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
@@ -324,6 +457,20 @@ fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
     }
 }
 
+/// Registered agents, ordered by id.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/agents",
+    tag = "agents",
+    params(ListAgentsParams),
+    responses(
+        (status = 200, description = "A page of agents", body = Page<AgentView>),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (a bad filter, limit or cursor) or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn list_agents(
     _: Principal,
     State(state): State<AppState>,
@@ -384,12 +531,34 @@ async fn list_agents(
     }))
 }
 
-#[derive(Deserialize)]
-struct PageParams {
+/// Paging of a listing.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PageParams {
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
+/// The agent's state history, latest `timestamp` first.
+///
+/// Includes the `UNKNOWN` of its registration.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/agent/{agentId}/state/history",
+    tag = "states",
+    params(AgentPath, PageParams),
+    responses(
+        (status = 200, description = "A page of states", body = Page<StateView>),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (a bad limit or cursor) or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn state_history(
     _: Principal,
     State(state): State<AppState>,

@@ -11,12 +11,12 @@ use std::sync::LazyLock;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Path;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// The policy every dashboard response carries. `connect-src 'self'` is what
@@ -84,27 +84,51 @@ static ASSETS: LazyLock<[(&str, Asset); 7]> = LazyLock::new(|| {
 
 /// Routes of the dashboard: the page at `/` and its assets under
 /// `/dashboard/`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/dashboard/{file}", get(asset))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(asset))
 }
 
+/// The live dashboard page (no key needed: the page asks for one).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    responses((status = 200, description = "The page; never cached",
+               content_type = "text/html; charset=utf-8", body = String)),
+)]
 async fn index() -> Response {
     // The page is tiny and names its assets by fixed URLs: never cache it,
     // so a new binary's page is always the one that loads.
     serve(&INDEX, None, "no-store")
 }
 
-/// An asset, revalidated on every load (`no-cache`) and answered with 304
-/// while its ETag matches: a fresh binary's files are picked up at once,
-/// yet an unchanged file costs one empty response.
+/// One of the dashboard's files: its script modules, style sheet and icon.
+///
+/// Revalidated on every load (`no-cache`) and answered with 304 while its
+/// ETag matches: a fresh binary's files are picked up at once, yet an
+/// unchanged file costs one empty response.
+#[utoipa::path(
+    get,
+    path = "/dashboard/{file}",
+    tag = "dashboard",
+    params(("file" = String, Path, description = "File name, e.g. app.js, app.css, icon.svg")),
+    responses(
+        (status = 200, description = "The file, with an ETag", body = String,
+         content_type = "text/javascript; charset=utf-8"),
+        (status = 304, description = "Unchanged since the ETag in If-None-Match"),
+        (status = 404, description = "No such file (`file_not_found`)", body = ErrorBody),
+    ),
+)]
 async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let asset = ASSETS
         .iter()
         .find(|(name, _)| *name == file)
         .map(|(_, a)| a)
-        .ok_or_else(|| ApiError::not_found("route_not_found", "No such route"))?;
+        .ok_or_else(|| {
+            ApiError::not_found("file_not_found", format!("No such dashboard file: {file}"))
+        })?;
     Ok(serve(asset, Some(&headers), "no-cache"))
 }
 

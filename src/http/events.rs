@@ -10,10 +10,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use futures_util::Stream;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Principal;
 use super::extract::Query;
@@ -21,7 +22,7 @@ use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
 use crate::engine::feed::{Feed, Subscription};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 
 /// The feed's route.
@@ -36,9 +37,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// `wait` of a blocking read that gives an index but no wait.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
-/// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new().route(EVENTS_PATH, get(stream))
+/// Routes of this resource (see `http::openapi` for how to add one).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
 /// Whether a request waits on the feed (an event stream or a blocking
@@ -51,11 +52,20 @@ pub fn is_long_poll(method: &axum::http::Method, path: &str, query: Option<&str>
                 && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))))
 }
 
-#[derive(Deserialize)]
+/// Filters and resume point of the event stream.
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 struct FeedParams {
+    /// Only events of these agents (comma-separated ids).
     agent_id: Option<String>,
+    /// Only these kinds (comma-separated): `agent.registered`,
+    /// `agent.deregistered`, `agent.state`, `agent.stale`, `agent.fresh`,
+    /// `session.status`, `task.status`.
     kinds: Option<String>,
+    /// Resume after this feed index (as `Last-Event-ID`, for clients that
+    /// cannot set headers).
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
 }
 
@@ -124,7 +134,30 @@ fn feed_full() -> ApiError {
     ApiError::overloaded()
 }
 
-/// `GET /v1/opscore/events`.
+/// The change feed as Server-Sent Events.
+///
+/// Each event has `id: <index>`, `event: <kind>` and `data:` the event as
+/// JSON (`{index, kind, at, agentId, sessionId, data}`); a `: keep-alive`
+/// comment comes every 15 s. Without `Last-Event-ID` or `after` the stream
+/// starts after the current head (nothing old is replayed). Streams count
+/// against the feed's subscriber limit, not the request limit and deadline.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/events",
+    tag = "events",
+    params(
+        FeedParams,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this feed index (what EventSource sends on reconnect)"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 410, description = "`feed_index_expired`: the resume index is older than what is retained", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad `agentId`, `kinds` (names the unknown kind), `after` or `Last-Event-ID`; or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`overloaded`: the feed is at its subscriber limit; `storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn stream(
     _: Principal,
     State(state): State<AppState>,

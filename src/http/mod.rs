@@ -8,50 +8,65 @@ pub mod dashboard;
 pub mod events;
 pub mod extract;
 pub mod limits;
+pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod server;
 pub mod sessions;
 pub mod workflows;
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Header that carries the request id both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole application: every resource's routes plus the shared layers.
-///
-/// Layers, outermost first: the request log (so shed and timed-out requests
-/// are logged with their status and request id), the concurrency limit and
-/// request deadline, the body limit.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_body_bytes;
-    let limits = limits::Limits::new(
-        state.config.max_concurrent_requests,
-        state.config.request_timeout,
-    );
-    Router::new()
+/// Every route of the service, each with its OpenAPI operation: the one
+/// place both the router and `/openapi.json` come from (see [`openapi`] for
+/// how to add a route).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(ops::router())
         .merge(agents::router())
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
         .merge(dashboard::router())
+}
+
+/// The whole application: every resource's routes plus the shared layers.
+///
+/// Layers, outermost first: the request log and request metrics (so shed
+/// and timed-out requests are logged and counted with their status and
+/// request id), the concurrency limit and request deadline, the body limit.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let limits = limits::Limits::new(
+        state.config.max_concurrent_requests,
+        state.config.request_timeout,
+    );
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(limits, limits::limit))
-        .layer(middleware::from_fn(request_log))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            request_log,
+        ))
         .with_state(state)
 }
 
@@ -82,18 +97,22 @@ fn request_id(req: &Request) -> HeaderValue {
         })
 }
 
-/// One span per request (method, matched route, request id) and one log line
-/// when it ends (status, latency). Health probes log at debug so they do not
-/// drown the rest. Bodies, keys and signatures are never recorded.
-async fn request_log(mut req: Request, next: Next) -> Response {
+/// One span per request (method, matched route, request id), one log line
+/// when it ends (status, latency), and the request metrics (by matched route
+/// template, never the raw path). Health probes and scrapes log at debug so
+/// they do not drown the rest. Bodies, keys and signatures are never
+/// recorded.
+async fn request_log(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // Cloning MatchedPath clones an Arc, not the string.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
@@ -103,9 +122,11 @@ async fn request_log(mut req: Request, next: Next) -> Response {
     );
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    metrics.observe_request(&method, route, status, elapsed);
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let _enter = span.enter();
-    if route == "/health" || route == "/ready" {
+    if matches!(route, "/health" | "/ready" | "/metrics") {
         tracing::debug!(status, latency_ms, "request finished");
     } else {
         tracing::info!(status, latency_ms, "request finished");

@@ -1,30 +1,71 @@
-//! Operational routes: liveness and readiness.
+//! Operational routes: liveness, readiness, metrics, and the API's own
+//! documentation (`/openapi.json` and the `/docs` page that renders it).
+//!
+//! None of these needs a key: probes and Prometheus scrapers usually carry
+//! none, and nothing here names an agent (metric labels are bounded: route
+//! templates, state names, statuses). The README says how to keep them off a
+//! public network.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 
-/// `/health` and `/ready`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs_page))
+        .routes(routes!(docs_script))
+        .routes(routes!(docs_style))
 }
 
-/// Liveness: the process answers. No key, no database (contract 1.5).
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": …}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusOnly {
+    /// `ok` (health) or `ready` (readiness).
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+///
+/// No key, no database (contract 1.5); exempt from the concurrency limit.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ops",
+    responses((status = 200, description = "The process is alive", body = StatusOnly,
+               example = json!({"status": "ok"}))),
+)]
+async fn health() -> Json<StatusOnly> {
+    Json(StatusOnly { status: "ok" })
 }
 
 /// Readiness: the database answers and its migrations are applied.
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready to serve", body = StatusOnly,
+         example = json!({"status": "ready"})),
+        (status = 503, description = "`not_ready`: the database is unreachable or not migrated",
+         body = ErrorBody),
+    ),
+)]
+async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
     match state.store.ready().await {
-        Ok(()) => Ok(Json(json!({"status": "ready"}))),
+        Ok(()) => Ok(Json(StatusOnly { status: "ready" })),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
             Err(ApiError::new(
@@ -34,4 +75,120 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>> {
             ))
         }
     }
+}
+
+/// Prometheus metrics.
+///
+/// OpenMetrics 1.0 text (Prometheus' preferred scrape format). The database
+/// gauges (agents by state, sessions by status, queue depth) are read at
+/// scrape time; if the database cannot be read they keep their last values,
+/// `opscore_metrics_store_errors_total` counts it, and the rest is served.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "The exposition",
+               content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+               body = String)),
+)]
+async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    state.metrics.set_feed_subscribers(state.feed.subscribers());
+    if let Err(e) = state.metrics.refresh_from_store(&*state.store).await {
+        tracing::warn!(error = %e, "metrics: could not read the database gauges");
+    }
+    let text = state
+        .metrics
+        .encode()
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json",
+               body = Object)),
+)]
+async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        super::openapi::spec_json(),
+    )
+        .into_response()
+}
+
+/// The documentation page's own files, compiled into the binary: it works
+/// with no internet access, and the Content-Security-Policy lets it load
+/// nothing from anywhere else.
+const DOCS_HTML: &str = include_str!("docs/index.html");
+const DOCS_JS: &str = include_str!("docs/docs.js");
+const DOCS_CSS: &str = include_str!("docs/docs.css");
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                        connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                        form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DOCS_CSP),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Human-readable API documentation, rendered from `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "ops",
+    responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8",
+               body = String)),
+)]
+async fn docs_page() -> Response {
+    asset("text/html; charset=utf-8", DOCS_HTML)
+}
+
+/// The documentation page's script.
+#[utoipa::path(
+    get,
+    path = "/docs/docs.js",
+    tag = "ops",
+    responses((status = 200, description = "The script", content_type = "text/javascript; charset=utf-8",
+               body = String)),
+)]
+async fn docs_script() -> Response {
+    asset("text/javascript; charset=utf-8", DOCS_JS)
+}
+
+/// The documentation page's style sheet.
+#[utoipa::path(
+    get,
+    path = "/docs/docs.css",
+    tag = "ops",
+    responses((status = 200, description = "The style sheet", content_type = "text/css; charset=utf-8",
+               body = String)),
+)]
+async fn docs_style() -> Response {
+    asset("text/css; charset=utf-8", DOCS_CSS)
 }

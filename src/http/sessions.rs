@@ -1,38 +1,54 @@
 //! Workflow sessions: read, list per agent, cancel.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::agents::path_agent;
+use super::agents::{path_agent, AgentPath};
 use super::auth::Principal;
 use super::extract::{Path, Query};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::domain::{FieldError, Validator};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 use crate::store::{RunRecord, SessionQuery, SessionRecord, StoreError};
 
-/// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/opscore/sessions/{session_id}", get(fetch))
-        .route("/v1/opscore/sessions/{session_id}/cancel", post(cancel))
-        .route("/v1/opscore/agent/{agent_id}/sessions", get(list))
+/// Routes of this resource (see `http::openapi` for how to add one).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(fetch))
+        .routes(routes!(cancel))
+        .routes(routes!(list))
 }
 
-#[derive(Serialize)]
+/// The `sessionId` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers read it positionally
+struct SessionPath {
+    /// The session's id (UUIDv7).
+    #[param(rename = "sessionId")]
+    session_id: String,
+}
+
+/// A session; `tasks` only when read by id.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionView {
     session_id: String,
     workflow_id: String,
     agent_id: String,
     status: SessionStatus,
+    /// The last task's result, once completed.
+    #[schema(value_type = Option<Object>)]
     result: Option<Box<RawValue>>,
+    /// Why it failed or was cancelled.
     error: Option<String>,
     created_at: String,
     updated_at: String,
@@ -41,7 +57,8 @@ struct SessionView {
     tasks: Option<Vec<RunView>>,
 }
 
-#[derive(Serialize)]
+/// One task run of a session.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RunView {
     run_id: String,
@@ -50,6 +67,8 @@ struct RunView {
     status: RunStatus,
     attempts: i64,
     max_retries: i64,
+    /// The payload sent to the agent.
+    #[schema(value_type = Option<Object>)]
     payload: Option<Box<RawValue>>,
     /// When queued: the time it becomes due; in flight: its deadline.
     due_at: Option<String>,
@@ -57,6 +76,8 @@ struct RunView {
     started_at: Option<String>,
     finished_at: Option<String>,
     last_error: Option<String>,
+    /// The `details` of the report that completed it.
+    #[schema(value_type = Option<Object>)]
     result: Option<Box<RawValue>>,
 }
 
@@ -99,6 +120,20 @@ fn view(s: SessionRecord, with_tasks: bool) -> SessionView {
     }
 }
 
+/// A session with its tasks.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/sessions/{sessionId}",
+    tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn fetch(
     _: Principal,
     State(state): State<AppState>,
@@ -117,6 +152,23 @@ fn session_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Cancel a session and its unfinished tasks.
+///
+/// Idempotent: cancelling a cancelled session answers 200 again.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/sessions/{sessionId}/cancel",
+    tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "The cancelled session", body = SessionView),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it already completed or failed", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn cancel(
     _: Principal,
     State(state): State<AppState>,
@@ -132,13 +184,35 @@ async fn cancel(
     Ok(Json(view(s, true)))
 }
 
-#[derive(Deserialize)]
+/// Filter and paging of an agent's sessions.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only sessions in this status.
+    #[param(value_type = Option<SessionStatus>)]
     status: Option<String>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
+/// The agent's sessions, newest first, without their tasks.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/agent/{agentId}/sessions",
+    tag = "sessions",
+    params(AgentPath, ListParams),
+    responses(
+        (status = 200, description = "A page of sessions", body = Page<SessionView>),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (a bad status, limit or cursor) or `invalid_query`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn list(
     _: Principal,
     State(state): State<AppState>,

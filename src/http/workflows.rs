@@ -3,12 +3,14 @@
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::agents::path_agent;
+use super::agents::{path_agent, AgentPath};
 use super::auth::Principal;
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::paging::Page;
@@ -16,19 +18,26 @@ use crate::domain::time::now_micros;
 use crate::domain::workflow::{WorkflowDefinition, MAX_DEFINITION_BYTES};
 use crate::domain::FieldError;
 use crate::engine::{self, DefinitionSource};
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
 use crate::store::PutOutcome;
 
-/// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/opscore/workflows", post(create).get(list))
-        .route(
-            "/v1/opscore/workflows/{workflow_id}",
-            get(fetch).delete(remove),
-        )
-        .route("/v1/opscore/agent/{agent_id}/workflow", post(trigger))
+/// Routes of this resource (see `http::openapi` for how to add one).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(fetch, remove))
+        .routes(routes!(trigger))
+}
+
+/// The `workflowId` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers read it positionally
+struct WorkflowPath {
+    /// The definition's id.
+    #[param(rename = "workflowId")]
+    workflow_id: String,
 }
 
 /// A definition body: JSON, or YAML when the Content-Type says so.
@@ -78,6 +87,33 @@ impl FromRequest<AppState> for DefinitionBody {
     }
 }
 
+/// Store a workflow definition.
+///
+/// JSON, or YAML with a YAML `Content-Type` (`application/yaml`,
+/// `application/x-yaml`, `text/yaml`, `text/x-yaml`). Defaults are filled in
+/// before storing, so bodies that differ only by a default are the same
+/// definition. Never replaces a different definition.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/workflows",
+    tag = "workflows",
+    request_body(description = "The definition (JSON or YAML)", content(
+        (WorkflowDefinition = "application/json"),
+        (WorkflowDefinition = "application/yaml"),
+    )),
+    responses(
+        (status = 201, description = "Stored; the definition with defaults filled in", body = WorkflowDefinition),
+        (status = 200, description = "An identical definition was already stored", body = WorkflowDefinition),
+        (status = 400, description = "`invalid_json`, `invalid_yaml` (not UTF-8), `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a different definition has this id", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: an invalid definition, one entry per problem", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn create(
     _: Principal,
     State(state): State<AppState>,
@@ -98,6 +134,19 @@ async fn create(
     Ok((status, Json(def)))
 }
 
+/// Every stored definition, ordered by id, in one page (`nextCursor` is
+/// null).
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/workflows",
+    tag = "workflows",
+    responses(
+        (status = 200, description = "Every definition", body = Page<WorkflowDefinition>),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn list(
     _: Principal,
     State(state): State<AppState>,
@@ -108,6 +157,20 @@ async fn list(
     }))
 }
 
+/// One workflow definition.
+#[utoipa::path(
+    get,
+    path = "/v1/opscore/workflows/{workflowId}",
+    tag = "workflows",
+    params(WorkflowPath),
+    responses(
+        (status = 200, description = "The definition", body = WorkflowDefinition),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn fetch(
     _: Principal,
     State(state): State<AppState>,
@@ -116,6 +179,24 @@ async fn fetch(
     Ok(Json(state.store.get_definition(&id).await?))
 }
 
+/// Delete a workflow definition.
+///
+/// Sessions already started keep their own copy; refused while an
+/// unfinished session uses it.
+#[utoipa::path(
+    delete,
+    path = "/v1/opscore/workflows/{workflowId}",
+    tag = "workflows",
+    params(WorkflowPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: an unfinished session uses it", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn remove(
     _: Principal,
     State(state): State<AppState>,
@@ -126,22 +207,65 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The trigger body. Extra fields (old clients send `agentId`, `context`)
-/// are ignored.
-#[derive(Deserialize)]
+/// The trigger body: exactly one of `workflowDefinitionId` or
+/// `workflowDefinition`. Extra fields (old clients send `agentId`,
+/// `context`) are ignored.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"workflowDefinitionId": "sample_workflow_id", "initialPayload": {"text": "hello"}}))]
 struct TriggerBody {
+    /// A stored definition's id.
     workflow_definition_id: Option<String>,
+    /// An inline definition: stored if its id is new, reused if identical.
     workflow_definition: Option<WorkflowDefinition>,
+    /// The first task's payload (a JSON object of at most 256 KiB) instead
+    /// of its `parameters`; null means none.
+    #[schema(value_type = Option<Object>)]
     initial_payload: Option<Value>,
 }
 
+/// The trigger's answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Triggered {
+    /// The new session (UUIDv7).
+    session_id: String,
+    /// The definition it runs.
+    workflow_id: String,
+    /// Always `Workflow triggered successfully`.
+    #[schema(example = "Workflow triggered successfully")]
+    message: &'static str,
+}
+
+/// Trigger a workflow on the agent.
+///
+/// Creates a session and queues its first task in one transaction. A
+/// definition with no tasks gives a session that is `completed` at once.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/agent/{agentId}/workflow",
+    tag = "workflows",
+    params(AgentPath),
+    request_body(content = TriggerBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Session created", body = Triggered),
+        (status = 400, description = "`invalid_json`, `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found` (unknown or deregistered agent) or `not_found` (unknown definition id)", body = ErrorBody),
+        (status = 409, description = "`conflict`: the inline definition differs from the one stored under its id", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: neither or both definition fields, an invalid inline definition, a non-object `initialPayload`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
 async fn trigger(
     _: Principal,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<TriggerBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Triggered>)> {
     let agent = path_agent(&agent_id)?;
     let source = match (body.workflow_definition_id, body.workflow_definition) {
         (Some(id), None) => DefinitionSource::Stored(id),
@@ -193,10 +317,10 @@ async fn trigger(
     tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, agent_id = %agent, "workflow triggered");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "sessionId": t.session_id,
-            "workflowId": t.workflow_id,
-            "message": "Workflow triggered successfully",
-        })),
+        Json(Triggered {
+            session_id: t.session_id,
+            workflow_id: t.workflow_id,
+            message: "Workflow triggered successfully",
+        }),
     ))
 }

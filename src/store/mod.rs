@@ -5,6 +5,7 @@
 
 mod events_sql;
 mod postgres;
+mod retention_sql;
 mod sql;
 mod sqlite;
 mod workflow_sql;
@@ -186,9 +187,51 @@ pub struct HistoryEntry {
 
 /// The storage interface the service runs on: agents and their states, and
 /// workflows. Both backends implement it and both run the same test suite.
-pub trait Store: AgentStore + WorkflowStore + EventStore {}
+pub trait Store: AgentStore + WorkflowStore + EventStore + RetentionStore {}
 
-impl<T: AgentStore + WorkflowStore + EventStore> Store for T {}
+impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore> Store for T {}
+
+/// How many of each agent's newest records a per-agent pass keeps (`None`:
+/// no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepPerAgent {
+    /// State history entries.
+    pub history: Option<u32>,
+    /// Finished sessions.
+    pub sessions: Option<u32>,
+}
+
+/// What a per-agent retention pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerAgentPass {
+    /// Where the next pass starts (`None`: the last agent was reached).
+    pub next: Option<String>,
+    /// Rows deleted.
+    pub deleted: u64,
+}
+
+/// Retention: deleting old state history and finished sessions in small
+/// batches. The current state (in the agent's row) and unfinished sessions
+/// are never deleted.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Delete up to `limit` of the oldest history entries received before
+    /// `before`.
+    async fn prune_history_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest sessions (with their task runs)
+    /// that finished before `before`.
+    async fn prune_sessions_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// For up to `agents` agents after `after` in id order, keep only each
+    /// one's newest history entries and finished sessions as `keep` says.
+    async fn prune_per_agent(
+        &self,
+        after: Option<&str>,
+        agents: u32,
+        keep: &KeepPerAgent,
+    ) -> StoreResult<PerAgentPass>;
+}
 
 /// What the event table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +316,41 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Release connections; called once at shutdown.
     async fn close(&self);
+
+    /// How many registered agents are in each current state (for metrics).
+    async fn count_agents_by_state(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many registered agents' leases have run out at `now`, by the
+    /// same rule as the agent's `stale` flag (for metrics).
+    async fn count_stale_agents(&self, now: Micros) -> StoreResult<i64>;
+
+    /// Use of each connection pool (for metrics). No I/O.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+}
+
+/// Use of one connection pool at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Which pool: `main` (PostgreSQL), `writer` or `reader` (SQLite).
+    pub name: &'static str,
+    /// Connections open (idle or in use).
+    pub size: u32,
+    /// Connections open and idle.
+    pub idle: usize,
+    /// Most connections the pool may open.
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// The current use of `pool`.
+    pub fn of<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            name,
+            size: pool.size(),
+            idle: pool.num_idle(),
+            max: pool.options().get_max_connections(),
+        }
+    }
 }
 
 /// Tuning for opening a store.
@@ -594,6 +672,12 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Give back leases of dispatchers that stopped, and fail (or retry)
     /// attempts whose deadline passed. Returns how many runs were touched.
     async fn expire_overdue(&self, now: Micros) -> StoreResult<u64>;
+
+    /// How many sessions are in each status (for metrics).
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many task runs are queued (for metrics).
+    async fn count_queued_runs(&self) -> StoreResult<i64>;
 }
 
 /// Open the database named by `url` (`sqlite://…` or `postgres://…`) and run

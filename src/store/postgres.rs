@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -61,6 +62,10 @@ impl PgStore {
         &self.rules
     }
 
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
+    }
+
     /// LISTEN for other replicas' events. While the connection is down the
     /// feed still polls (it also wakes on a timer), and after reconnecting
     /// it is woken once, since notifications sent meanwhile are lost.
@@ -107,3 +112,4 @@ impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
 // Replicas claim due runs concurrently: each skips rows another holds.
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
+impl_retention_store!(PgStore, sqlx::Postgres);

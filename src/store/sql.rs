@@ -65,6 +65,15 @@ pub(super) const HISTORY_NEXT_PAGE: &str =
      WHERE agent_id = $1 AND (ts_us < $3 OR (ts_us = $3 AND seq < $4)) \
      ORDER BY ts_us DESC, seq DESC LIMIT $2";
 
+/// Registered agents past their lease (TTL plus grace): `$1` the default
+/// TTL, `$2` the grace, both in seconds, `$3` now.
+pub(super) const COUNT_STALE_AGENTS: &str =
+    "SELECT COUNT(*) FROM agents WHERE deregistered_at_us IS NULL \
+     AND last_seen_us + (COALESCE(ttl_secs, $1) + $2) * 1000000 < $3";
+
+pub(super) const COUNT_AGENTS_BY_STATE: &str =
+    "SELECT state, COUNT(*) FROM agents WHERE deregistered_at_us IS NULL GROUP BY state";
+
 pub(super) const LATEST_MIGRATION: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
 
 /// Build the listing query for `q`, returning SQL and its text binds in
@@ -378,6 +387,28 @@ macro_rules! impl_agent_store {
             async fn close(&self) {
                 self.writer().close().await;
                 self.reader().close().await;
+            }
+
+            async fn count_agents_by_state(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as($crate::store::sql::COUNT_AGENTS_BY_STATE)
+                    .fetch_all(self.reader())
+                    .await?)
+            }
+
+            async fn count_stale_agents(&self, now: i64) -> $crate::store::StoreResult<i64> {
+                let live = self.rules().liveness;
+                Ok(sqlx::query_scalar($crate::store::sql::COUNT_STALE_AGENTS)
+                    .bind(live.ttl_secs)
+                    .bind(live.grace_secs)
+                    .bind(now)
+                    .fetch_one(self.reader())
+                    .await?)
+            }
+
+            fn pool_stats(&self) -> Vec<$crate::store::PoolStats> {
+                self.pools()
             }
         }
 

@@ -19,9 +19,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::events_sql::impl_event_store;
+use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, StoreOptions};
+use super::{EngineRules, PoolStats, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -31,6 +32,7 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     rules: EngineRules,
+    in_memory: bool,
     feed: Arc<Notify>,
 }
 
@@ -78,6 +80,7 @@ impl SqliteStore {
             write,
             read,
             rules: opts.engine,
+            in_memory,
             feed: Arc::new(Notify::new()),
         })
     }
@@ -94,6 +97,15 @@ impl SqliteStore {
         &self.rules
     }
 
+    fn pools(&self) -> Vec<PoolStats> {
+        let mut pools = vec![PoolStats::of("writer", &self.write)];
+        // An in-memory database reads through the writer's pool.
+        if !self.in_memory {
+            pools.push(PoolStats::of("reader", &self.read));
+        }
+        pools
+    }
+
     /// One process per database file: every event is this process's own.
     async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
 }
@@ -102,3 +114,4 @@ impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
 // One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
 impl_event_store!(SqliteStore, sqlx::Sqlite, "");
+impl_retention_store!(SqliteStore, sqlx::Sqlite);

@@ -15,6 +15,11 @@ pub(super) const RUN_COLUMNS: &str =
     "run_id, task_id, task_name, status, attempts, max_retries, payload, due_at_us, \
      dispatched_at_us, started_at_us, finished_at_us, last_error, result";
 
+pub(super) const COUNT_SESSIONS_BY_STATUS: &str =
+    "SELECT status, COUNT(*) FROM sessions GROUP BY status";
+
+pub(super) const COUNT_QUEUED_RUNS: &str = "SELECT COUNT(*) FROM task_runs WHERE status = 'queued'";
+
 /// Columns of a run that is being moved along, in `InFlight` order.
 pub(super) const IN_FLIGHT_COLUMNS: &str =
     "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us";
@@ -947,6 +952,18 @@ macro_rules! impl_workflow_store {
                 tx.commit().await?;
                 self.events_committed(&events);
                 Ok(touched)
+            }
+
+            async fn count_sessions_by_status(&self) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as($crate::store::workflow_sql::COUNT_SESSIONS_BY_STATUS)
+                    .fetch_all(self.reader())
+                    .await?)
+            }
+
+            async fn count_queued_runs(&self) -> $crate::store::StoreResult<i64> {
+                Ok(sqlx::query_scalar($crate::store::workflow_sql::COUNT_QUEUED_RUNS)
+                    .fetch_one(self.reader())
+                    .await?)
             }
         }
     };

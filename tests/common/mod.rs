@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agentkit;
+pub mod proxy;
 pub mod sse;
 
 use std::process::Stdio;

@@ -1,4 +1,6 @@
-//! A small Server-Sent Events reader for tests of the change feed.
+//! A small Server-Sent Events reader for tests of the change feed, kept
+//! apart from `opscore::client` on purpose: it checks the wire format as a
+//! browser or curl sees it, independently of the client under test.
 
 use std::time::Duration;
 

@@ -1,0 +1,91 @@
+//! The `opscore` command line: the service's own commands (serve, migrate,
+//! simulate, bench) and the operator's client commands, which talk to a
+//! running server through [`crate::client`].
+
+mod agents;
+mod output;
+mod sessions;
+mod table;
+mod watch;
+mod workflows;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub use self::output::{EXIT_API, EXIT_CONNECTION, EXIT_USAGE};
+use crate::config::{DbArgs, RawSettings};
+
+/// Ops-Core: the control plane for fleets of AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "opscore", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(Box<RawSettings>),
+    /// Run a fleet of simulated agents (and a simulated AgentKit) against a server.
+    Simulate(Box<crate::sim::SimArgs>),
+    /// Load-test a running server (loopback only) and print a table of
+    /// requests/s and latency percentiles per scenario.
+    Bench(Box<crate::bench::BenchArgs>),
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Where the database is.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Client commands, talking to a running server.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The operator's commands: each talks HTTP to a running server
+/// (`--url`/`OPSCORE_URL`, `--api-key`/`OPSCORE_API_KEY`).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Registered agents: list, show one, state history.
+    #[command(subcommand)]
+    Agents(agents::AgentsCmd),
+    /// An agent's current state: read it, or report one.
+    #[command(subcommand)]
+    State(agents::StateCmd),
+    /// Workflow definitions: list, show, store, trigger.
+    #[command(subcommand)]
+    Workflows(workflows::WorkflowsCmd),
+    /// Workflow sessions: show, list an agent's, cancel.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCmd),
+    /// Follow the change feed: one line per event, until interrupted.
+    Watch(watch::WatchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Run a client command; the exit code says how it went (see the README's
+/// "Command line" section): 0 done, 1 the server refused, 2 bad usage,
+/// 3 the server could not be reached.
+pub async fn run(cmd: ClientCommand) -> ExitCode {
+    let result = match cmd {
+        ClientCommand::Agents(c) => agents::run_agents(c).await,
+        ClientCommand::State(c) => agents::run_state(c).await,
+        ClientCommand::Workflows(c) => workflows::run(c).await,
+        ClientCommand::Sessions(c) => sessions::run(c).await,
+        ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "opscore", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    output::finish(result)
+}

@@ -1,0 +1,142 @@
+//! `opscore sessions …`.
+
+use clap::Subcommand;
+
+use super::output::{list, show, CliError, ClientOpts, PageOpts};
+use super::table::{fields, json, opt, opt_time, time, Table};
+use crate::client::Session;
+
+/// The session statuses a listing can filter on.
+const STATUSES: [&str; 5] = ["started", "running", "completed", "failed", "cancelled"];
+
+/// `opscore sessions`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCmd {
+    /// Show a session and its tasks.
+    Get {
+        /// The session's id.
+        session_id: String,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// List an agent's sessions, newest first.
+    List {
+        /// The agent whose sessions to list.
+        #[arg(long)]
+        agent: String,
+        /// Only sessions in this status.
+        #[arg(long, value_parser = STATUSES)]
+        status: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageOpts,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Cancel a started or running session (nothing is sent to the agent).
+    Cancel {
+        /// The session's id.
+        session_id: String,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// Run `opscore sessions …`.
+pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
+    match cmd {
+        SessionsCmd::Get { session_id, opts } => {
+            show(
+                opts.json,
+                opts.client()?.get_session(&session_id),
+                session_text,
+            )
+            .await
+        }
+        SessionsCmd::Cancel { session_id, opts } => {
+            show(
+                opts.json,
+                opts.client()?.cancel_session(&session_id),
+                session_text,
+            )
+            .await
+        }
+        SessionsCmd::List {
+            agent,
+            status,
+            page,
+            opts,
+        } => {
+            let client = opts.client()?;
+            list(
+                opts.json,
+                &page,
+                |p| client.list_sessions(&agent, status.as_deref(), p),
+                sessions_table,
+            )
+            .await
+        }
+    }
+}
+
+fn session_text(s: &Session) -> String {
+    let mut text = fields(&[
+        ("Session", s.session_id.clone()),
+        ("Workflow", s.workflow_id.clone()),
+        ("Agent", s.agent_id.clone()),
+        ("Status", s.status.clone()),
+        ("Created", time(&s.created_at)),
+        ("Updated", time(&s.updated_at)),
+        ("Finished", opt_time(&s.finished_at)),
+        ("Error", opt(s.error.as_deref())),
+        ("Result", json(s.result.as_ref())),
+    ]);
+    let Some(tasks) = s.tasks.as_ref().filter(|t| !t.is_empty()) else {
+        return text;
+    };
+    let mut t = Table::new(&[
+        "TASK",
+        "NAME",
+        "STATUS",
+        "ATTEMPTS",
+        "DUE",
+        "DISPATCHED",
+        "FINISHED",
+        "LAST ERROR",
+    ]);
+    for r in tasks {
+        t.row(vec![
+            r.task_id.clone(),
+            opt(Some(&r.name)),
+            r.status.clone(),
+            format!("{}/{}", r.attempts, r.max_retries + 1),
+            opt_time(&r.due_at),
+            opt_time(&r.dispatched_at),
+            opt_time(&r.finished_at),
+            opt(r.last_error.as_deref()),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&t.render());
+    text
+}
+
+fn sessions_table(sessions: &[Session]) -> String {
+    let mut t = Table::new(&[
+        "SESSION", "WORKFLOW", "STATUS", "CREATED", "FINISHED", "ERROR",
+    ]);
+    for s in sessions {
+        t.row(vec![
+            s.session_id.clone(),
+            s.workflow_id.clone(),
+            s.status.clone(),
+            time(&s.created_at),
+            opt_time(&s.finished_at),
+            opt(s.error.as_deref()),
+        ]);
+    }
+    t.render()
+}

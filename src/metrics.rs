@@ -1,0 +1,509 @@
+//! Prometheus metrics: what `GET /metrics` serves.
+//!
+//! One [`Metrics`] per process (tests run several servers in one process, so
+//! nothing here is global), held in `AppState` and handed to the dispatcher.
+//! Counters and histograms move on the hot path (the request middleware, the
+//! state report handler, each dispatch attempt); gauges that describe the
+//! database (agents by state, sessions by status, queue depth, pool use) are
+//! read from the store when `/metrics` is scraped, see
+//! [`Metrics::refresh_from_store`].
+//!
+//! Label values are always bounded: routes are matched route templates
+//! (never raw paths), states outside the known set are `other`, and agent
+//! ids are never labels.
+//!
+//! The exposition is OpenMetrics 1.0 text (what Prometheus asks for first
+//! when it scrapes), produced by the `prometheus-client` crate.
+//!
+//! Adding a metric: a value the code keeps up to date itself gets a handle
+//! from [`Metrics::register_gauge`] (or [`Metrics::register_counter`]) once
+//! at startup, moved where the thing happens (cheap to clone, lock-free to
+//! update); a value read from the database belongs in
+//! [`Metrics::refresh_from_store`], like stale agents. Feed subscribers are
+//! read from the feed by the `/metrics` handler.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::store::{Store, StoreResult};
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// State names that get their own label value; anything else is `other`.
+/// These are the states with a meaning to the service (contract 1.2).
+pub const KNOWN_STATES: [&str; 6] = [
+    "UNKNOWN",
+    "initializing",
+    "idle",
+    "active",
+    "error",
+    "finished",
+];
+
+/// Session statuses, as stored.
+const SESSION_STATUSES: [&str; 5] = ["started", "running", "completed", "failed", "cancelled"];
+
+/// Request latency buckets, in seconds: from a cached read to the request
+/// timeout's neighbourhood.
+const HTTP_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Dispatch latency buckets, in seconds (bounded by the dispatch timeout).
+const DISPATCH_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: Arc<str>,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a dispatch attempt ended, as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchResult {
+    /// The target accepted the task (2xx).
+    Accepted,
+    /// It failed and will be retried (connection error, timeout, 408, 429, 5xx).
+    Retry,
+    /// It failed for good (any other status).
+    Failed,
+}
+
+impl DispatchResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Retry => "retry",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Every metric of the process, and the registry that encodes them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Route templates seen so far, so that a request's label borrows an
+    /// `Arc<str>` instead of allocating a `String` (the set is bounded by the
+    /// router's routes plus `unmatched`).
+    routes: RwLock<HashSet<Arc<str>>>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: HistogramFamily<RouteLabels>,
+    state_reports: Family<StateLabel, Counter>,
+    dispatch_attempts: Family<OutcomeLabel, Counter>,
+    dispatch_seconds: HistogramFamily<OutcomeLabel>,
+    agents: Family<StateLabel, Gauge>,
+    sessions: Family<StatusLabel, Gauge>,
+    queue_depth: Gauge,
+    agents_stale: Gauge,
+    feed_subscribers: Gauge,
+    pool_connections: Family<PoolLabel, Gauge>,
+    pool_idle: Family<PoolLabel, Gauge>,
+    pool_max: Family<PoolLabel, Gauge>,
+    store_errors: Counter,
+    /// Serialises scrapes: a refresh clears and refills gauge families.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+fn http_histogram() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+fn dispatch_histogram() -> Histogram {
+    Histogram::new(DISPATCH_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all registered.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "opscore_http_requests",
+            "HTTP requests handled, by method, matched route template and status",
+            requests.clone(),
+        );
+        let request_seconds =
+            HistogramFamily::<RouteLabels>::new_with_constructor(http_histogram as fn() -> _);
+        // Units are in the names, not in `# UNIT` lines: some parsers
+        // refuse a unit on a histogram, and Prometheus ignores them.
+        r.register(
+            "opscore_http_request_duration_seconds",
+            "Time to produce the response head, by method and matched route template",
+            request_seconds.clone(),
+        );
+        let state_reports = Family::<StateLabel, Counter>::default();
+        r.register(
+            "opscore_state_reports",
+            "State reports accepted (durably stored), by reported state (other: any state outside the known set)",
+            state_reports.clone(),
+        );
+        let dispatch_attempts = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "opscore_dispatch_attempts",
+            "Task dispatch attempts made by this process, by outcome (accepted, retry, failed)",
+            dispatch_attempts.clone(),
+        );
+        let dispatch_seconds =
+            HistogramFamily::<OutcomeLabel>::new_with_constructor(dispatch_histogram as fn() -> _);
+        r.register(
+            "opscore_dispatch_duration_seconds",
+            "Time a dispatch request took, by outcome",
+            dispatch_seconds.clone(),
+        );
+        let agents = Family::<StateLabel, Gauge>::default();
+        r.register(
+            "opscore_agents",
+            "Registered agents by current state (read from the database at scrape time)",
+            agents.clone(),
+        );
+        let sessions = Family::<StatusLabel, Gauge>::default();
+        r.register(
+            "opscore_sessions",
+            "Workflow sessions by status (read from the database at scrape time)",
+            sessions.clone(),
+        );
+        let queue_depth = Gauge::default();
+        r.register(
+            "opscore_task_queue_depth",
+            "Task runs queued: waiting to be due or for their agent to be free",
+            queue_depth.clone(),
+        );
+        let agents_stale = Gauge::default();
+        r.register(
+            "opscore_agents_stale",
+            "Registered agents whose lease ran out (not heard from within their TTL plus grace)",
+            agents_stale.clone(),
+        );
+        let feed_subscribers = Gauge::default();
+        r.register(
+            "opscore_feed_subscribers",
+            "Event streams and blocking reads waiting on this process's change feed",
+            feed_subscribers.clone(),
+        );
+        let pool_connections = Family::<PoolLabel, Gauge>::default();
+        r.register(
+            "opscore_db_pool_connections",
+            "Open database connections, by pool",
+            pool_connections.clone(),
+        );
+        let pool_idle = Family::<PoolLabel, Gauge>::default();
+        r.register(
+            "opscore_db_pool_idle_connections",
+            "Idle database connections, by pool",
+            pool_idle.clone(),
+        );
+        let pool_max = Family::<PoolLabel, Gauge>::default();
+        r.register(
+            "opscore_db_pool_max_connections",
+            "Most connections a pool may open, by pool",
+            pool_max.clone(),
+        );
+        let store_errors = Counter::default();
+        r.register(
+            "opscore_metrics_store_errors",
+            "Scrapes whose database gauges could not be read (those gauges kept their last values)",
+            store_errors.clone(),
+        );
+        Self {
+            registry: Mutex::new(r),
+            routes: RwLock::new(HashSet::new()),
+            requests,
+            request_seconds,
+            state_reports,
+            dispatch_attempts,
+            dispatch_seconds,
+            agents,
+            sessions,
+            queue_depth,
+            agents_stale,
+            feed_subscribers,
+            pool_connections,
+            pool_idle,
+            pool_max,
+            store_errors,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Register a gauge named `name` (with the `opscore_` prefix, no unit
+    /// suffix unless it is part of the name) and return its handle. For
+    /// values the code keeps up to date itself (feed subscribers: `inc` on
+    /// subscribe, `dec` on drop; stale agents: `set` by the sweeper).
+    ///
+    /// Call once per name at startup: registering a name twice makes the
+    /// exposition invalid.
+    pub fn register_gauge(&self, name: &str, help: &str) -> Gauge {
+        let g = Gauge::default();
+        self.with_registry(|r| r.register(name, help, g.clone()));
+        g
+    }
+
+    /// Register a counter (named without `_total`: the encoder adds it) and
+    /// return its handle. Call once per name at startup.
+    pub fn register_counter(&self, name: &str, help: &str) -> Counter {
+        let c = Counter::default();
+        self.with_registry(|r| r.register(name, help, c.clone()));
+        c
+    }
+
+    fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        // A panic while holding the lock cannot leave the registry half
+        // written in a way that matters; keep serving metrics.
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut r);
+    }
+
+    /// Record one finished HTTP request. `route` is the matched route
+    /// template (`unmatched` when no route matched), never the raw path.
+    pub fn observe_request(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let route = self.intern(route);
+        let method = method_label(method);
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels { method, route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn intern(&self, route: &str) -> Arc<str> {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return r.clone();
+        }
+        let mut set = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = set.get(route) {
+            return r.clone();
+        }
+        let r: Arc<str> = Arc::from(route);
+        set.insert(r.clone());
+        r
+    }
+
+    /// Set the number of feed subscribers (read from the feed at scrape time).
+    pub fn set_feed_subscribers(&self, n: usize) {
+        self.feed_subscribers
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Record one accepted state report.
+    pub fn observe_state_report(&self, state: &str) {
+        self.state_reports
+            .get_or_create(&StateLabel {
+                state: state_label(state),
+            })
+            .inc();
+    }
+
+    /// Record one dispatch attempt and how long its request took.
+    pub fn observe_dispatch(&self, result: DispatchResult, elapsed: Duration) {
+        let label = OutcomeLabel {
+            outcome: result.label(),
+        };
+        self.dispatch_attempts.get_or_create(&label).inc();
+        self.dispatch_seconds
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Read the database gauges from `store`: agents by state, sessions by
+    /// status, queue depth, pool use. Called by the `/metrics` handler
+    /// before [`Metrics::encode`].
+    /// A failure is counted in `opscore_metrics_store_errors_total`.
+    pub async fn refresh_from_store(&self, store: &dyn Store) -> StoreResult<()> {
+        let _one_at_a_time = self.scrape.lock().await;
+        let result = self.refresh(store).await;
+        if result.is_err() {
+            self.store_errors.inc();
+        }
+        result
+    }
+
+    async fn refresh(&self, store: &dyn Store) -> StoreResult<()> {
+        // Pool use needs no query: it is current even when queries fail.
+        for p in store.pool_stats() {
+            let label = PoolLabel { pool: p.name };
+            self.pool_connections
+                .get_or_create(&label)
+                .set(i64::from(p.size));
+            self.pool_idle
+                .get_or_create(&label)
+                .set(i64::try_from(p.idle).unwrap_or(i64::MAX));
+            self.pool_max.get_or_create(&label).set(i64::from(p.max));
+        }
+        let agents = store.count_agents_by_state().await?;
+        let sessions = store.count_sessions_by_status().await?;
+        let queued = store.count_queued_runs().await?;
+        let stale = store
+            .count_stale_agents(crate::domain::time::now_micros())
+            .await?;
+        self.agents_stale.set(stale);
+        // Every known value is always present (at 0), so a series does not
+        // vanish when its count drops to nothing.
+        self.agents.clear();
+        for s in KNOWN_STATES.iter().chain(["other"].iter()) {
+            self.agents.get_or_create(&StateLabel { state: s }).set(0);
+        }
+        for (state, n) in agents {
+            self.agents
+                .get_or_create(&StateLabel {
+                    state: state_label(&state),
+                })
+                .inc_by(n);
+        }
+        self.sessions.clear();
+        for s in SESSION_STATUSES {
+            self.sessions
+                .get_or_create(&StatusLabel { status: s })
+                .set(0);
+        }
+        for (status, n) in sessions {
+            let status = SESSION_STATUSES
+                .iter()
+                .find(|s| **s == status)
+                .copied()
+                .unwrap_or("other");
+            self.sessions
+                .get_or_create(&StatusLabel { status })
+                .inc_by(n);
+        }
+        self.queue_depth.set(queued);
+        Ok(())
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &r)?;
+        Ok(out)
+    }
+}
+
+/// A bounded label for an HTTP method.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A bounded label for a state name.
+pub fn state_label(state: &str) -> &'static str {
+    KNOWN_STATES
+        .iter()
+        .find(|s| **s == state)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(state_label("idle"), "idle");
+        assert_eq!(state_label("UNKNOWN"), "UNKNOWN");
+        assert_eq!(state_label("Idle"), "other");
+        assert_eq!(state_label("agent-7-custom"), "other");
+        assert_eq!(method_label(&axum::http::Method::CONNECT), "other");
+    }
+
+    #[test]
+    fn routes_are_interned_once() {
+        let m = Metrics::new();
+        let a = m.intern("/v1/opscore/agents");
+        let b = m.intern("/v1/opscore/agents");
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn encodes_registered_families() {
+        let m = Metrics::new();
+        let g = m.register_gauge("opscore_feed_subscribers", "Open feed streams");
+        g.set(3);
+        m.observe_request(
+            &axum::http::Method::GET,
+            "/health",
+            200,
+            Duration::from_millis(2),
+        );
+        let text = m.encode().unwrap();
+        assert!(text.contains("opscore_feed_subscribers 3"), "{text}");
+        assert!(
+            text.contains(
+                r#"opscore_http_requests_total{method="GET",route="/health",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,433 @@
+//! End-to-end tests of the operator CLI: the real `opscore` binary against a
+//! real server, every client subcommand in table and `--json` output, and
+//! its error exits (the server's `detail` and `code` on stderr, exit 1 for a
+//! refusal, 2 for bad usage, 3 for an unreachable server). What the tests
+//! set up and check on the side goes through `opscore::client`, the same
+//! typed client the CLI is built on.
+
+mod common;
+#[path = "cli/sessions.rs"]
+mod sessions;
+#[path = "cli/watch.rs"]
+mod watch;
+#[path = "cli/workflows.rs"]
+mod workflows;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Backend, TestServer, KEY};
+use opscore::client::{Client, ClientError, Registration};
+use serde_json::{json, Value};
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Its stdout, after checking it succeeded with nothing on stderr.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "{self:?}");
+        assert_eq!(self.stderr, "", "{self:?}");
+        &self.stdout
+    }
+
+    /// Its stdout as JSON, after checking it succeeded.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Check it failed with `code`, printed nothing on stdout and one
+    /// `error: …` line on stderr; return that line.
+    #[track_caller]
+    pub fn failed(&self, code: i32) -> &str {
+        assert_eq!(self.code, code, "{self:?}");
+        assert_eq!(self.stdout, "", "{self:?}");
+        assert!(self.stderr.starts_with("error: "), "{self:?}");
+        &self.stderr
+    }
+
+    /// The first column of each row of a table (the header skipped), after
+    /// checking the header starts with `first_header`.
+    #[track_caller]
+    pub fn column(&self, first_header: &str) -> Vec<String> {
+        let out = self.ok();
+        let mut lines = out.lines();
+        let header = lines.next().unwrap_or_default();
+        assert!(header.starts_with(first_header), "{out}");
+        lines
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The value of `Field:` in a `Field: value` block.
+    #[track_caller]
+    pub fn field(&self, name: &str) -> String {
+        let out = self.ok();
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name}: in {out}"))
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Run `opscore ARGS` with exactly `env` (no inherited OPSCORE_* setting).
+pub async fn opscore_env(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_opscore"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("opscore finished within 60s")
+        .expect("run opscore");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run `opscore ARGS` against the server at `base` with the test key.
+pub async fn opscore(base: &str, args: &[&str]) -> Run {
+    opscore_env(&[("OPSCORE_URL", base), ("OPSCORE_API_KEY", KEY)], args).await
+}
+
+/// The typed client, for setting up and checking on the side.
+pub fn client(s: &TestServer) -> Client {
+    Client::new(&s.base, Some(KEY.to_owned()))
+}
+
+/// A server with the sample workflow and no dispatcher, so sessions stay
+/// where a test put them; no lease grace, so an agent registered with a
+/// one-second TTL is stale a second later.
+pub async fn start(backend: Backend) -> TestServer {
+    TestServer::start_with(backend, |c| {
+        c.dispatch.enabled = false;
+        c.db.engine.liveness.grace_secs = 0;
+        c.workflows_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
+        c.workflows_dir_explicit = true;
+    })
+    .await
+}
+
+/// A registration of `id` with the `summarise` capability.
+pub fn registration(id: &str) -> Registration {
+    Registration {
+        agent_id: id.to_owned(),
+        agent_name: format!("Agent {id}"),
+        version: "1.0".to_owned(),
+        capabilities: vec!["summarise".to_owned()],
+        contact_endpoint: format!("http://agent-{id}.test:8080/task"),
+        metadata: Default::default(),
+    }
+}
+
+/// Check `run` failed with exit 1 and printed exactly the error the server
+/// gives the typed client for the same request: `error: <detail> (<code>)`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(run: &Run, server: Result<T, ClientError>) {
+    let Err(ClientError::Api { detail, code, .. }) = server else {
+        panic!("the server did not refuse: {server:?}");
+    };
+    assert_eq!(run.failed(1), format!("error: {detail} ({code})\n"));
+}
+
+/// A report timestamp `secs` seconds after a base a day ahead, so it sorts
+/// after the registration's UNKNOWN.
+fn ts(secs: i64) -> String {
+    common::ts_at(common::future_base(), secs)
+}
+
+async fn agents_commands(backend: Backend) {
+    let s = start(backend).await;
+    let c = client(&s);
+    for id in ["a1", "a2"] {
+        c.register(&registration(id)).await.expect("register");
+    }
+    // a3 has a one-second lease and never reports: it goes stale.
+    let mut a3 = registration("a3");
+    a3.metadata.insert("ttlSeconds".into(), json!(1));
+    c.register(&a3).await.expect("register");
+    c.report_state_at("a1", "active", Some(&json!({"task": "t1"})), &ts(1))
+        .await
+        .expect("report");
+    c.report_state_at("a2", "idle", None, &ts(1))
+        .await
+        .expect("report");
+    let b = s.base.as_str();
+
+    // Listing: a table by id, the server's page with --json.
+    let run = opscore(b, &["agents", "list"]).await;
+    assert_eq!(run.column("AGENT"), ["a1", "a2", "a3"]);
+    let a1_row = run.stdout.lines().nth(1).expect("row");
+    assert!(
+        a1_row.contains("active") && a1_row.contains("registered") && a1_row.contains("summarise"),
+        "{a1_row}"
+    );
+    let page = opscore(b, &["agents", "list", "--json"]).await.json();
+    let direct = c
+        .list_agents(&Default::default(), &Default::default())
+        .json()
+        .await
+        .expect("list");
+    assert_eq!(page, direct);
+    let run = opscore(b, &["agents", "list", "--state", "active"]).await;
+    assert_eq!(run.column("AGENT"), ["a1"]);
+
+    // Leases: the stale agent shows as such and the filter finds it.
+    for _ in 0..100 {
+        if c.get_agent("a3").await.expect("a3").stale == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = opscore(b, &["agents", "list", "--stale", "true"]).await;
+    assert_eq!(run.column("AGENT"), ["a3"]);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(2)),
+        Some("stale")
+    );
+    let run = opscore(b, &["agents", "list", "--stale", "false"]).await;
+    assert_eq!(run.column("AGENT"), ["a1", "a2"]);
+    let run = opscore(b, &["agents", "get", "a3"]).await;
+    assert_eq!(run.field("Status"), "stale");
+    assert_eq!(run.field("Lease"), "1s");
+
+    // Paging: a page and the cursor of the rest, on stderr; --all follows it.
+    let run = opscore(b, &["agents", "list", "--limit", "2"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let cursor = run
+        .stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "--cursor")
+        .nth(1)
+        .expect("a cursor on stderr")
+        .trim_end_matches(',')
+        .to_owned();
+    let first_page: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert_eq!(first_page.len(), 2, "{run:?}");
+    let run = opscore(b, &["agents", "list", "--cursor", &cursor]).await;
+    assert_eq!(run.column("AGENT"), ["a3"]);
+    let all = opscore(b, &["agents", "list", "--limit", "1", "--all", "--json"])
+        .await
+        .json();
+    let ids: Vec<&str> = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|a| a["agentId"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["a1", "a2", "a3"]);
+    assert_eq!(all["nextCursor"], Value::Null);
+    let run = opscore(b, &["agents", "list", "--limit", "1", "--all"]).await;
+    assert_eq!(run.column("AGENT"), ["a1", "a2", "a3"]);
+
+    // One agent.
+    let run = opscore(b, &["agents", "get", "a1"]).await;
+    assert_eq!(run.field("Agent"), "a1");
+    assert_eq!(run.field("State"), "active");
+    assert_eq!(run.field("State details"), r#"{"task":"t1"}"#);
+    assert_eq!(run.field("Status"), "registered");
+    let got = opscore(b, &["agents", "get", "a1", "--json"]).await.json();
+    assert_eq!(got, c.get_agent("a1").json().await.expect("get"));
+
+    // History, latest first.
+    let run = opscore(b, &["agents", "history", "a1"]).await;
+    let states: Vec<&str> = run
+        .ok()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(4).expect("state column"))
+        .collect();
+    assert_eq!(states, ["active", "UNKNOWN"], "{}", run.stdout);
+    let h = opscore(b, &["agents", "history", "a1", "--json"])
+        .await
+        .json();
+    assert_eq!(h["items"][0]["state"], "active");
+    assert_eq!(h["items"][1]["state"], "UNKNOWN");
+
+    // Refusals carry the server's detail and code.
+    let run = opscore(b, &["agents", "get", "ghost"]).await;
+    assert_refused(&run, c.get_agent("ghost").await);
+    let run = opscore(b, &["agents", "history", "ghost", "--json"]).await;
+    assert_refused(&run, c.history("ghost", &Default::default()).await);
+    let run = opscore(b, &["agents", "list", "--cursor", "zz"]).await;
+    assert!(run.failed(1).ends_with("(validation_failed)\n"), "{run:?}");
+    assert!(run.stderr.contains("cursor"), "{run:?}");
+    // Bad usage is clap's: exit 2.
+    let run = opscore(b, &["agents", "list", "--limit", "0"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+async fn state_commands(backend: Backend) {
+    let s = start(backend).await;
+    let c = client(&s);
+    c.register(&registration("a1")).await.expect("register");
+    let b = s.base.as_str();
+
+    let t1 = ts(1);
+    let run = opscore(
+        b,
+        &[
+            "state",
+            "report",
+            "a1",
+            "busy",
+            "--details",
+            r#"{"k":1}"#,
+            "--timestamp",
+            &t1,
+        ],
+    )
+    .await;
+    assert_eq!(run.ok(), "State update accepted (a1: busy)\n");
+    let current = c.get_state("a1").await.expect("state");
+    assert_eq!(current.state.state, "busy");
+    assert_eq!(current.state.details, Some(json!({"k": 1})));
+    assert_eq!(
+        current
+            .state
+            .timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+        t1
+    );
+
+    let run = opscore(b, &["state", "get", "a1"]).await;
+    assert_eq!(run.field("Agent"), "a1");
+    assert_eq!(run.field("State"), "busy");
+    assert_eq!(run.field("Details"), r#"{"k":1}"#);
+    let got = opscore(b, &["state", "get", "a1", "--json"]).await.json();
+    assert_eq!(got, c.get_state("a1").json().await.expect("state"));
+
+    // Without --timestamp the report is stamped now: it becomes current
+    // only over reports that are older, so check it in the history.
+    let run = opscore(b, &["state", "report", "a1", "idle", "--json"]).await;
+    assert_eq!(
+        run.json(),
+        json!({"status": "success", "message": "State update accepted"})
+    );
+    let history = c.history("a1", &Default::default()).await.expect("history");
+    assert_eq!(history.items.len(), 3, "{history:?}");
+    assert!(history.items.iter().any(|e| e.state == "idle"));
+
+    // A --details that is not a JSON object is refused before sending.
+    for (bad, why) in [
+        ("{nope", "--details is not valid JSON"),
+        ("[1]", "--details must be a JSON object"),
+    ] {
+        let run = opscore(b, &["state", "report", "a1", "busy", "--details", bad]).await;
+        assert!(run.failed(2).contains(why), "{run:?}");
+    }
+    assert_eq!(
+        c.history("a1", &Default::default())
+            .await
+            .expect("history")
+            .items
+            .len(),
+        3,
+        "nothing was stored by the refused runs"
+    );
+    // The server's own validation: exit 1 with its detail.
+    let run = opscore(
+        b,
+        &["state", "report", "a1", "busy", "--timestamp", "yesterday"],
+    )
+    .await;
+    assert_refused(
+        &run,
+        c.report_state_at("a1", "busy", None, "yesterday").await,
+    );
+    assert!(run.stderr.contains("timestamp"), "{run:?}");
+    let run = opscore(b, &["state", "get", "ghost", "--json"]).await;
+    assert_refused(&run, c.get_state("ghost").await);
+    let run = opscore(b, &["state", "report", "ghost", "idle"]).await;
+    assert_refused(&run, c.report_state("ghost", "idle", None).await);
+}
+
+crate::backend_tests!(agents_commands, state_commands);
+
+/// A wrong key is the server's refusal (1), a missing key or a bad URL is
+/// usage (2), a server that is not there is a connection failure (3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_connection_errors() {
+    let s = start(Backend::Sqlite).await;
+    let b = s.base.as_str();
+    let wrong = Client::new(b, Some("wrong-key-0123456789".into()));
+    let run = opscore_env(
+        &[
+            ("OPSCORE_URL", b),
+            ("OPSCORE_API_KEY", "wrong-key-0123456789"),
+        ],
+        &["agents", "list"],
+    )
+    .await;
+    assert_refused(
+        &run,
+        wrong
+            .list_agents(&Default::default(), &Default::default())
+            .await,
+    );
+    let run = opscore(
+        b,
+        &[
+            "agents",
+            "list",
+            "--api-key",
+            "wrong-key-0123456789",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "--api-key overrides OPSCORE_API_KEY: {run:?}");
+
+    let run = opscore_env(&[("OPSCORE_URL", b)], &["agents", "list"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--api-key"), "{run:?}");
+    let run = opscore(b, &["agents", "list", "--url", "not a url"]).await;
+    assert!(run.failed(2).contains("--url"), "{run:?}");
+
+    // A port nothing listens on any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let run = opscore(&format!("http://{closed}"), &["sessions", "get", "x"]).await;
+    assert!(
+        run.failed(3).contains("request to Ops-Core failed"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let run = opscore_env(&[], &["completions", shell]).await;
+        let out = run.ok();
+        for word in [
+            "opscore",
+            "agents",
+            "workflows",
+            "sessions",
+            "watch",
+            "api-key",
+        ] {
+            assert!(out.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let run = opscore_env(&[], &["completions", "tcsh"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+}

@@ -1,0 +1,220 @@
+//! `opscore workflows …` against a real server.
+
+use serde_json::json;
+
+use super::{assert_refused, client, opscore, registration, start};
+use crate::common::Backend;
+use opscore::client::TriggerSource;
+
+const REVIEW_YAML: &str = "\
+id: review
+name: Review
+tasks:
+  - taskId: draft
+    name: Draft
+    parameters: {topic: billing}
+    nextTaskId: check
+    timeoutSeconds: 120
+  - taskId: check
+    name: Check
+    maxRetries: 1
+    delaySeconds: 5
+";
+
+async fn workflow_commands(backend: Backend) {
+    let s = start(backend).await;
+    let c = client(&s);
+    c.register(&registration("a1")).await.expect("register");
+    let b = s.base.as_str();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+
+    // Create from YAML (converted client side), then again: unchanged.
+    let review = file("review.yaml", REVIEW_YAML);
+    let run = opscore(b, &["workflows", "create", &review]).await;
+    assert_eq!(run.ok(), "Workflow review stored (2 tasks)\n");
+    let stored = c.get_definition("review").await.expect("stored");
+    assert_eq!(stored.tasks[0].parameters, json!({"topic": "billing"}));
+    assert_eq!(stored.tasks[1].delay_seconds, 5);
+    let run = opscore(b, &["workflows", "create", &review]).await;
+    assert_eq!(
+        run.ok(),
+        "Workflow review already stored, unchanged (2 tasks)\n"
+    );
+
+    // From JSON, --json: the stored definition with defaults filled in.
+    let quick = file(
+        "quick.json",
+        r#"{"id":"quick","name":"Quick","tasks":[{"taskId":"only"}]}"#,
+    );
+    let got = opscore(b, &["workflows", "create", &quick, "--json"])
+        .await
+        .json();
+    assert_eq!(got["id"], "quick");
+    assert_eq!(got["tasks"][0]["maxRetries"], 3);
+
+    // List and get.
+    let run = opscore(b, &["workflows", "list"]).await;
+    let mut ids = run.column("WORKFLOW");
+    ids.sort();
+    assert_eq!(ids, ["quick", "review", "sample_workflow_id"]);
+    let listed = opscore(b, &["workflows", "list", "--json"]).await.json();
+    assert_eq!(listed, c.list_definitions().json().await.expect("list"));
+    let run = opscore(b, &["workflows", "get", "review"]).await;
+    assert_eq!(run.field("Workflow"), "review");
+    assert_eq!(run.field("Tasks"), "2");
+    let tasks: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("TASK"))
+        .skip(1)
+        .collect();
+    assert_eq!(tasks.len(), 2, "{}", run.stdout);
+    assert!(
+        tasks[0].starts_with("draft") && tasks[0].contains("check") && tasks[0].contains("120s")
+    );
+    let got = opscore(b, &["workflows", "get", "review", "--json"])
+        .await
+        .json();
+    assert_eq!(got, c.get_definition("review").json().await.expect("get"));
+
+    // Trigger a stored definition with a payload.
+    let run = opscore(
+        b,
+        &[
+            "workflows",
+            "trigger",
+            "review",
+            "--agent",
+            "a1",
+            "--payload",
+            r#"{"text":"hi"}"#,
+        ],
+    )
+    .await;
+    assert_eq!(run.field("Workflow"), "review");
+    assert_eq!(run.field("Agent"), "a1");
+    let session = c.get_session(&run.field("Session")).await.expect("session");
+    assert_eq!(
+        (session.workflow_id.as_str(), session.agent_id.as_str()),
+        ("review", "a1")
+    );
+    let tasks = session.tasks.expect("tasks");
+    assert_eq!(tasks[0].payload, Some(json!({"text": "hi"})));
+    let got = opscore(
+        b,
+        &["workflows", "trigger", "quick", "--agent", "a1", "--json"],
+    )
+    .await
+    .json();
+    assert_eq!(got["workflowId"], "quick");
+    assert_eq!(got["message"], "Workflow triggered successfully");
+    let session = c
+        .get_session(got["sessionId"].as_str().expect("sessionId"))
+        .await
+        .expect("session");
+    assert_eq!(session.workflow_id, "quick");
+
+    // Trigger an inline definition from a file: stored on the way.
+    let inline = file("inline.yml", "id: inline\ntasks:\n  - taskId: one\n");
+    let got = opscore(
+        b,
+        &[
+            "workflows",
+            "trigger",
+            "--definition",
+            &inline,
+            "--agent",
+            "a1",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(got["workflowId"], "inline");
+    assert_eq!(
+        c.get_definition("inline")
+            .await
+            .expect("stored")
+            .tasks
+            .len(),
+        1
+    );
+
+    // Delete: refused while a session uses the definition, done otherwise.
+    let run = opscore(b, &["workflows", "delete", "quick"]).await;
+    assert!(run.failed(1).ends_with("(conflict)\n"), "{run:?}");
+    let spare = file("spare.json", r#"{"id":"spare","tasks":[]}"#);
+    opscore(b, &["workflows", "create", &spare]).await.ok();
+    let run = opscore(b, &["workflows", "delete", "spare"]).await;
+    assert_eq!(run.ok(), "Workflow spare deleted\n");
+    let run = opscore(b, &["workflows", "get", "spare"]).await;
+    assert_refused(&run, c.get_definition("spare").await);
+    let run = opscore(b, &["workflows", "delete", "spare", "--json"]).await;
+    assert_refused(&run, c.delete_definition("spare").await);
+
+    // Refusals by the server: exit 1 with its detail.
+    let run = opscore(b, &["workflows", "trigger", "nope", "--agent", "a1"]).await;
+    assert_refused(
+        &run,
+        c.trigger("a1", &TriggerSource::Stored("nope".into()), None)
+            .await,
+    );
+    let run = opscore(b, &["workflows", "trigger", "review", "--agent", "ghost"]).await;
+    assert_refused(
+        &run,
+        c.trigger("ghost", &TriggerSource::Stored("review".into()), None)
+            .await,
+    );
+    let cycle = file(
+        "cycle.json",
+        r#"{"id":"cycle","tasks":[{"taskId":"a","nextTaskId":"b"},{"taskId":"b","nextTaskId":"a"}]}"#,
+    );
+    let run = opscore(b, &["workflows", "create", &cycle]).await;
+    assert!(run.failed(1).ends_with("(validation_failed)\n"), "{run:?}");
+    let other = file("other.yaml", "id: review\ntasks: []\n");
+    let run = opscore(b, &["workflows", "create", &other, "--json"]).await;
+    assert!(run.failed(1).ends_with("(conflict)\n"), "{run:?}");
+
+    // Bad input on the command line: exit 2, nothing sent.
+    let missing = dir.path().join("missing.yaml").display().to_string();
+    let run = opscore(b, &["workflows", "create", &missing]).await;
+    assert!(run.failed(2).contains("cannot read"), "{run:?}");
+    let broken = file("broken.yaml", "id: [unclosed\n");
+    let run = opscore(b, &["workflows", "create", &broken]).await;
+    assert!(run.failed(2).contains("not valid YAML"), "{run:?}");
+    let broken = file("broken.json", "{\"id\": ");
+    let run = opscore(b, &["workflows", "create", &broken]).await;
+    assert!(run.failed(2).contains("not valid JSON"), "{run:?}");
+    let run = opscore(
+        b,
+        &[
+            "workflows",
+            "trigger",
+            "review",
+            "--agent",
+            "a1",
+            "--payload",
+            "5",
+        ],
+    )
+    .await;
+    assert!(run.failed(2).contains("--payload"), "{run:?}");
+    let run = opscore(b, &["workflows", "trigger", "--agent", "a1"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let sessions = c
+        .list_sessions("a1", None, &Default::default())
+        .await
+        .expect("sessions");
+    assert_eq!(
+        sessions.items.len(),
+        3,
+        "only the three good triggers made sessions"
+    );
+}
+
+crate::backend_tests!(workflow_commands);
