@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod dashboard;
 pub mod events;
 pub mod extract;
 pub mod limits;
@@ -42,6 +43,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
+        .merge(dashboard::router())
 }
 
 /// The whole application: every resource's routes plus the shared layers.
