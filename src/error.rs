@@ -240,6 +240,12 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // The rest of an oversized body is never read, so the server
+            // closes the connection after this answer; saying so keeps a
+            // client from sending its next request down a closing connection.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         if let Some(secs) = self.retry_after {

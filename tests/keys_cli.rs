@@ -109,7 +109,7 @@ async fn keys_cli_creates_lists_and_revokes() {
     let out = opscore_keys(&s.base, &plaintext, &["list"]).await;
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("forbidden") && out.stderr.contains("403"),
+        out.stderr.starts_with("error: ") && out.stderr.contains("(forbidden)"),
         "{}",
         out.stderr
     );

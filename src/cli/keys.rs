@@ -198,10 +198,12 @@ mod tests {
 
     #[test]
     fn tables_show_absent_values_as_dashes() {
-        let t = table(&[json!({"keyId": "0123456789abcdef", "name": "ci", "role": "agent",
+        let t = table(&[
+            json!({"keyId": "0123456789abcdef", "name": "ci", "role": "agent",
                "agentIds": ["a1", "a2"], "status": "active", "rateLimit": 5,
                "createdAt": "2026-01-01T00:00:00.000000+00:00", "expiresAt": null,
-               "lastUsedAt": null})]);
+               "lastUsedAt": null}),
+        ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2, "{t}");
         assert!(lines[0].starts_with("KEY ID"), "{t}");

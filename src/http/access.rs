@@ -5,7 +5,7 @@
 //! learns nothing from the body's validation.
 //!
 //! Agent keys act only for the agent ids in their scope: on a route with an
-//! `{agent_id}` path parameter the parameter must be in the scope. A route
+//! `{agentId}` path parameter the parameter must be in the scope. A route
 //! without one admits an agent key only when its handler narrows the answer
 //! to the scope itself (the event feed), marked by
 //! [`Perm::NARROWED_BY_HANDLER`].
@@ -101,7 +101,7 @@ impl<P: Perm> FromRequestParts<AppState> for Require<P> {
                 let params = RawPathParams::from_request_parts(parts, state).await.ok();
                 let agent = params
                     .as_ref()
-                    .and_then(|ps| ps.iter().find(|(k, _)| *k == "agent_id").map(|(_, v)| v));
+                    .and_then(|ps| ps.iter().find(|(k, _)| *k == "agentId").map(|(_, v)| v));
                 match agent {
                     Some(agent) => principal.require_for_agent(p, agent)?,
                     None if P::NARROWED_BY_HANDLER => {}

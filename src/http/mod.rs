@@ -5,6 +5,7 @@
 pub mod access;
 pub mod agents;
 pub mod auth;
+pub mod dashboard;
 pub mod events;
 pub mod extract;
 pub mod keyring;
@@ -48,6 +49,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(events::router())
         .merge(keys::router())
+        .merge(dashboard::router())
 }
 
 /// The whole application: every resource's routes plus the shared layers.

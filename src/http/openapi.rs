@@ -63,6 +63,7 @@ pub const SIGNATURE: &str = "agentkitSignature";
         (name = "events", description = "The change feed: every change an operator might watch, numbered"),
         (name = "keys", description = "API keys with roles (admin only)"),
         (name = "ops", description = "Liveness, readiness, metrics and this documentation"),
+        (name = "dashboard", description = "The live dashboard's page and files (no key; the page asks for one)"),
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),
     modifiers(&SecuritySchemes),
