@@ -171,6 +171,22 @@ async fn report_request_errors(backend: Backend) {
         .await;
         assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
     }
+    // One JSON value and nothing after it (trailing data was accepted until
+    // the fuzz targets found it): 400, and nothing stored.
+    let valid = report("a1", &ts, "active", json!({})).to_string();
+    for raw in [
+        format!("{valid} x"),
+        format!("{valid}{valid}"),
+        format!("{valid}]"),
+    ] {
+        let r = send(
+            s.post("/v1/opscore/agent/a1/state")
+                .header("content-type", "application/json")
+                .body(raw),
+        )
+        .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+    }
     // Not declared as JSON: 415.
     let good = report("a1", &ts, "active", json!({})).to_string();
     for ct in [

@@ -1,9 +1,10 @@
 //! Property tests of the pure parsers and checks that face untrusted input
 //! (signature verification, timestamps, state reports, workflow
 //! definitions): whatever the input, they answer without panicking, and what
-//! they accept round-trips. A first step toward the hardening issue's
-//! fuzzing; cargo-fuzz needs a nightly toolchain, which this machine does
-//! not have, so these run under proptest on stable as part of `cargo test`.
+//! they accept round-trips. They run under proptest as part of `cargo test`;
+//! the same parsers are also fuzzed, coverage-guided, by the cargo-fuzz
+//! targets in fuzz/ (README "Fuzzing"; CI runs each for a bounded time), and
+//! the inputs those runs found are pinned here as plain tests.
 //! PROPTEST_CASES raises the number of cases per property (default 256).
 
 use std::time::Duration;
@@ -120,4 +121,21 @@ proptest! {
             let _ = def.validate();
         }
     }
+}
+
+/// A float in a task's parameters survives the canonical (stored) form
+/// exactly. serde_json's default float parsing can be one ulp off, so the
+/// stored definition read back differed from the one accepted; found by the
+/// definition fuzz target (fuzz/corpus/definition/seed-regress-float-roundtrip).
+#[test]
+fn canonical_json_keeps_floats_exact() {
+    let text = r#"{"id":"w","tasks":[{"taskId":"a","parameters":{"h":4111111111111111111111111111111111111111111111111111111111111111110993.0,"i":4.111111111111111e69,"j":0.1}}]}"#;
+    let def = parse_definition(text, false).unwrap();
+    assert_eq!(def.validate(), Ok(()));
+    let canonical = def.canonical_json();
+    let again = parse_definition(&canonical, false).unwrap();
+    assert_eq!(again, def, "{canonical}");
+    assert_eq!(again.canonical_json(), canonical);
+    let params = &def.tasks[0].parameters;
+    assert_eq!(params["i"].as_f64(), Some(4.111111111111111e69));
 }

@@ -36,7 +36,12 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn in_range(dt: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let year = chrono::Datelike::year(&dt);
+    // The year of the instant as stored, not as written: a leap second
+    // (23:59:60) is stored as the next second, so 9999-12-31T23:59:60 is in
+    // year 10000 and would render as "+10000-…", which is not RFC 3339 (found
+    // by the timestamp fuzz target).
+    let stored = DateTime::from_timestamp_micros(to_micros(dt));
+    let year = stored.map_or(i32::MAX, |d| chrono::Datelike::year(&d));
     if (1970..=9999).contains(&year) {
         Ok(dt)
     } else {
@@ -103,9 +108,24 @@ mod tests {
             "2026-13-01T00:00:00",
             "1960-01-01T00:00:00Z",
             "12345",
+            // Leap seconds that land in year 10000 once stored (fuzz corpus
+            // timestamp/seed-regress-leap-second-9999).
+            "9999-12-31T23:59:60.172",
+            "9999-12-31T23:59:60.999999-00:00",
         ] {
             assert!(parse_timestamp(s).is_err(), "{s}");
         }
+        // A leap second elsewhere is kept, as the next second.
+        let leap = parse_timestamp("2016-12-31T23:59:60.5Z").unwrap();
+        assert_eq!(
+            format_micros(to_micros(leap)),
+            "2017-01-01T00:00:00.500000+00:00"
+        );
+        let last = parse_timestamp("9999-12-31T23:59:59.999999Z").unwrap();
+        assert_eq!(
+            format_micros(to_micros(last)),
+            "9999-12-31T23:59:59.999999+00:00"
+        );
     }
 
     #[test]

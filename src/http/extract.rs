@@ -83,11 +83,15 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parse JSON bytes into `T`: broken JSON is 400, JSON of the wrong shape is
-/// 422 naming the field.
+/// 422 naming the field. The body must be one JSON value: anything but
+/// whitespace after it is broken JSON too.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        // serde_path_to_error reads only the value; `end` is the check for
+        // trailing data that serde_json::from_slice makes (found by the
+        // definition fuzz target: `{"id":"w"} junk` was accepted).
+        Ok(v) => de.end().map(|()| v).map_err(|e| invalid_json(&e)),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -99,13 +103,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                         strip_position(&inner),
                     )]))
                 }
-                _ => Err(ApiError::bad_request(
-                    "invalid_json",
-                    format!("Request body is not valid JSON: {inner}"),
-                )),
+                _ => Err(invalid_json(&inner)),
             }
         }
     }
+}
+
+fn invalid_json(e: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(
+        "invalid_json",
+        format!("Request body is not valid JSON: {e}"),
+    )
 }
 
 /// serde_json appends "at line 1 column 42" to data errors; the field path
@@ -167,6 +175,23 @@ mod tests {
             parse_json::<T>(b"[]").unwrap_err().status(),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    #[test]
+    fn trailing_data_is_400() {
+        // Regression: accepted until the definition fuzz target found it
+        // (fuzz/corpus/definition/seed-regress-trailing-data).
+        for raw in [
+            &br#"{"a":"x"} junk"#[..],
+            br#"{"a":"x"}{"a":"y"}"#,
+            br#"{"a":"x"}]"#,
+        ] {
+            let e = parse_json::<T>(raw).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(e.code(), "invalid_json");
+        }
+        let ok = parse_json::<T>(b" {\"a\":\"x\"} \n\t").unwrap();
+        assert_eq!(ok.a.as_deref(), Some("x"));
     }
 
     #[test]
