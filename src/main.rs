@@ -31,7 +31,8 @@ async fn main() -> ExitCode {
 
 async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
     let (config, key_source) = raw.resolve()?;
-    opscore::telemetry::init(&config.log_level, config.log_format);
+    // Held to the end, so the last lines (shutdown) are written out.
+    let _log = opscore::telemetry::init(&config.log_level, config.log_format);
     match key_source {
         KeySource::Configured => tracing::info!("using the API key from OPSCORE_API_KEY"),
         KeySource::File {
@@ -59,7 +60,7 @@ async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
 }
 
 async fn run_simulate(args: opscore::sim::SimArgs) -> anyhow::Result<()> {
-    opscore::telemetry::init("info", LogFormat::Text);
+    let _log = opscore::telemetry::init("info", LogFormat::Text);
     let stop = CancellationToken::new();
     tokio::spawn(on_signal(stop.clone()));
     opscore::sim::run(args, stop).await
@@ -86,7 +87,7 @@ async fn run_bench(args: opscore::bench::BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_migrate(db: opscore::config::DbArgs) -> anyhow::Result<()> {
-    opscore::telemetry::init("info", LogFormat::Text);
+    let _log = opscore::telemetry::init("info", LogFormat::Text);
     opscore::store::migrate(&db.url()?).await?;
     tracing::info!("migrations applied");
     Ok(())

@@ -140,6 +140,7 @@ pub struct Metrics {
     pool_idle: Family<PoolLabel, Gauge>,
     pool_max: Family<PoolLabel, Gauge>,
     store_errors: Counter,
+    log_lines_dropped: Counter,
     /// Serialises scrapes: a refresh clears and refills gauge families.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -250,6 +251,12 @@ impl Metrics {
             "Scrapes whose database gauges could not be read (those gauges kept their last values)",
             store_errors.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        r.register(
+            "opscore_log_lines_dropped",
+            "Log lines dropped because the log writer fell behind (stdout too slow)",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry: Mutex::new(r),
             routes: RwLock::new(HashSet::new()),
@@ -267,6 +274,7 @@ impl Metrics {
             pool_idle,
             pool_max,
             store_errors,
+            log_lines_dropped,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -433,6 +441,12 @@ impl Metrics {
 
     /// The exposition text.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        // The log writer counts its drops itself; catch up to it.
+        let dropped = crate::telemetry::dropped_lines();
+        let seen = self.log_lines_dropped.get();
+        if dropped > seen {
+            self.log_lines_dropped.inc_by(dropped - seen);
+        }
         let mut out = String::with_capacity(16 * 1024);
         let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         prometheus_client::encoding::text::encode(&mut out, &r)?;

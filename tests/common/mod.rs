@@ -144,7 +144,11 @@ impl TestServer {
     pub async fn start_on(db: TestDb, config: Config) -> Self {
         // OPSCORE_TEST_LOG=debug (or any filter) shows the server's logs.
         if let Ok(filter) = std::env::var("OPSCORE_TEST_LOG") {
-            opscore::telemetry::init(&filter, opscore::config::LogFormat::Text);
+            // Kept for the life of the test process.
+            std::mem::forget(opscore::telemetry::init(
+                &filter,
+                opscore::config::LogFormat::Text,
+            ));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
