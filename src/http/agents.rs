@@ -354,7 +354,7 @@ async fn get_state(
         None => state.feed.head(),
         Some((after, wait)) => {
             // An unknown agent is refused at once rather than waited on.
-            state.store.get_agent(&id).await?;
+            state.store.get_state(&id).await?;
             state
                 .feed
                 .wait_for_agent(&id, after, wait)
@@ -362,7 +362,7 @@ async fn get_state(
                 .ok_or_else(ApiError::overloaded)?
         }
     };
-    let agent = state.store.get_agent(&id).await?;
+    let agent = state.store.get_state(&id).await?;
     let index = index.max(agent.event_index.unwrap_or(0));
     let now = now_micros();
     let stale = state

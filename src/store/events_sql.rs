@@ -53,21 +53,26 @@ pub(super) const LEASE_EXPIRED: &str = "deregistered_at_us IS NULL \
 macro_rules! impl_event_store {
     ($store:ty, $db:ty, $event_lock:expr) => {
         /// Write the events collected by a transaction, in order, as its last
-        /// step before commit (see the module docs for why last).
+        /// step before commit (see the module docs for why last). Returns
+        /// the feed index given to each event about an agent.
         async fn flush_events(
             conn: &mut <$db as sqlx::Database>::Connection,
             events: &[$crate::domain::event::NewEvent],
-        ) -> $crate::store::StoreResult<()> {
+        ) -> $crate::store::StoreResult<Vec<(String, i64)>> {
+            let mut indexed = Vec::new();
             if events.is_empty() {
-                return Ok(());
+                return Ok(indexed);
             }
             let lock: &str = $event_lock;
             if !lock.is_empty() {
                 sqlx::query(lock).execute(&mut *conn).await?;
             }
             for chunk in events.chunks($crate::store::events_sql::INSERT_CHUNK) {
-                let sql = $crate::store::events_sql::insert_events_sql(chunk.len());
-                let mut q = sqlx::query(&sql);
+                let sql = format!(
+                    "{} RETURNING agent_id, idx",
+                    $crate::store::events_sql::insert_events_sql(chunk.len())
+                );
+                let mut q = sqlx::query_as::<_, (Option<String>, i64)>(&sql);
                 for e in chunk {
                     q = q
                         .bind(e.kind.as_str())
@@ -76,9 +81,10 @@ macro_rules! impl_event_store {
                         .bind(e.at)
                         .bind(&e.data);
                 }
-                q.execute(&mut *conn).await?;
+                let rows = q.fetch_all(&mut *conn).await?;
+                indexed.extend(rows.into_iter().filter_map(|(a, i)| Some((a?, i))));
             }
-            Ok(())
+            Ok(indexed)
         }
 
         fn event_from_row(
@@ -194,9 +200,9 @@ macro_rules! impl_event_store {
                         events.push($crate::domain::event::NewEvent::stale(id, last_seen, ttl_secs, now));
                     }
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(events.len() as u64)
             }
 
@@ -243,8 +249,17 @@ macro_rules! impl_event_store {
         }
 
         impl $store {
-            /// Wake this process's feed after a commit that wrote events.
-            fn events_committed(&self, events: &[$crate::domain::event::NewEvent]) {
+            /// After a commit that wrote `events`: note the feed index of
+            /// each event about an agent (`indexed`, from `flush_events`) in
+            /// the state index, then wake this process's feed.
+            fn events_committed(
+                &self,
+                events: &[$crate::domain::event::NewEvent],
+                indexed: &[(String, i64)],
+            ) {
+                if let Some(c) = self.current() {
+                    c.indexed(indexed);
+                }
                 if !events.is_empty() {
                     self.feed.notify_one();
                 }

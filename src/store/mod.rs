@@ -3,6 +3,7 @@
 //!
 //! Handlers never see SQL errors: each backend maps them to [`StoreError`].
 
+pub mod current;
 mod events_sql;
 mod keys_sql;
 mod postgres;
@@ -146,6 +147,25 @@ pub struct Agent {
     pub event_index: Option<i64>,
     /// Its current state.
     pub current: StateRecord,
+}
+
+/// What a state read needs of an agent: its current state and lease, without
+/// the registration details.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Its current state.
+    pub current: StateRecord,
+    /// Last time the server heard from it (registration or report).
+    pub last_seen: Micros,
+    /// Its own lease TTL, if its registration set one.
+    pub ttl_secs: Option<i64>,
+    /// When it was deregistered, if it is.
+    pub deregistered_at: Option<Micros>,
+    /// Feed index of the newest event about it, as of the same moment as
+    /// `current` (see [`AgentStore::get_state`]).
+    pub event_index: Option<i64>,
 }
 
 /// Filters and paging for listing agents.
@@ -332,6 +352,13 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// One agent with its current state.
     async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent>;
+
+    /// One agent's current state and lease (a deregistered agent's too).
+    /// `event_index` is never older than `current`: a blocking read waiting
+    /// past it misses nothing and is not woken by what it already returned.
+    /// SQLite answers from memory ([`current`]); PostgreSQL asks the
+    /// database.
+    async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState>;
 
     /// A page of agents ordered by id.
     async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>>;

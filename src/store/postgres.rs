@@ -63,6 +63,11 @@ impl PgStore {
         &self.rules
     }
 
+    /// No in-memory state index: other replicas write the same database.
+    fn current(&self) -> Option<&super::current::CurrentStates> {
+        None
+    }
+
     fn pools(&self) -> Vec<PoolStats> {
         vec![PoolStats::of("main", &self.pool)]
     }

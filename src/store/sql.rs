@@ -9,6 +9,12 @@ pub(super) const AGENT_COLUMNS: &str =
      registered_at_us, updated_at_us, deregistered_at_us, last_seen_us, \
      state, state_details, state_ts_us, state_received_us, ttl_secs";
 
+/// Columns of `agents` a state read needs, in the order `state_from_row`
+/// reads them.
+pub(super) const STATE_COLUMNS: &str =
+    "agent_id, state, state_details, state_ts_us, state_received_us, \
+     last_seen_us, ttl_secs, deregistered_at_us";
+
 pub(super) const INSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, version, contact_endpoint, capabilities, metadata, \
      registered_at_us, updated_at_us, last_seen_us, state, state_details, state_ts_us, state_received_us, state_reported, ttl_secs) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, 'UNKNOWN', NULL, $7, $7, 0, $8) \
@@ -207,9 +213,12 @@ macro_rules! impl_agent_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                if let Some(c) = self.current() {
+                    c.registered(reg, now, inserted);
+                }
+                self.events_committed(&events, &indexed);
                 Ok(outcome)
             }
 
@@ -232,9 +241,12 @@ macro_rules! impl_agent_store {
                     )],
                     Some(_) => Vec::new(),
                 };
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                if let Some(c) = self.current() {
+                    c.deregistered(id.as_str(), now);
+                }
+                self.events_committed(&events, &indexed);
                 Ok(())
             }
 
@@ -251,6 +263,8 @@ macro_rules! impl_agent_store {
                 let mut results: Vec<$crate::store::StoreResult<()>> =
                     (0..reports.len()).map(|_| Ok(())).collect();
                 let mut events = Vec::new();
+                // (report, became current, last seen) for the state index.
+                let mut applied_reports = Vec::with_capacity(reports.len());
                 let mut tx = self.writer().begin().await?;
                 for i in order {
                     let r = &reports[i];
@@ -274,9 +288,11 @@ macro_rules! impl_agent_store {
                             last_seen,
                         ));
                     }
-                    if (ts, received) == (r.timestamp, r.received_at) {
+                    let current = (ts, received) == (r.timestamp, r.received_at);
+                    if current {
                         events.push($crate::domain::event::NewEvent::state(r));
                     }
+                    applied_reports.push((r, current, last_seen));
                     sqlx::query(INSERT_HISTORY)
                         .bind(r.agent_id.as_str())
                         .bind(&r.state)
@@ -289,9 +305,14 @@ macro_rules! impl_agent_store {
                         advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
                     }
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                if let Some(c) = self.current() {
+                    for (r, current, last_seen) in applied_reports {
+                        c.reported(r, current, last_seen);
+                    }
+                }
+                self.events_committed(&events, &indexed);
                 Ok(results)
             }
 
@@ -316,6 +337,31 @@ macro_rules! impl_agent_store {
                 let mut agent = agent_from_row(&row)?;
                 agent.event_index = row.try_get(15)?;
                 Ok(agent)
+            }
+
+            async fn get_state(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+            ) -> $crate::store::StoreResult<$crate::store::AgentState> {
+                if let Some(c) = self.current() {
+                    return c
+                        .get(id.as_str())
+                        .ok_or_else(|| $crate::store::StoreError::agent_not_found(id));
+                }
+                // Event index and state from one snapshot, as in get_agent.
+                let sql = format!(
+                    "SELECT {}, (SELECT MAX(idx) FROM events e WHERE e.agent_id = $1) \
+                     FROM agents WHERE agent_id = $1",
+                    $crate::store::sql::STATE_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::agent_not_found(id))?;
+                let mut state = state_from_row(&row)?;
+                state.event_index = sqlx::Row::try_get(&row, 8)?;
+                Ok(state)
             }
 
             async fn list_agents(
@@ -410,6 +456,27 @@ macro_rules! impl_agent_store {
             fn pool_stats(&self) -> Vec<$crate::store::PoolStats> {
                 self.pools()
             }
+        }
+
+        /// An [`AgentState`]($crate::store::AgentState) from `STATE_COLUMNS`
+        /// (without its event index, which is not one of them).
+        fn state_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> $crate::store::StoreResult<$crate::store::AgentState> {
+            use sqlx::Row;
+            Ok($crate::store::AgentState {
+                agent_id: row.try_get(0)?,
+                current: $crate::domain::state::StateRecord {
+                    state: row.try_get(1)?,
+                    details: $crate::store::decode_details(row.try_get(2)?),
+                    timestamp: row.try_get(3)?,
+                    received_at: row.try_get(4)?,
+                },
+                last_seen: row.try_get(5)?,
+                ttl_secs: row.try_get(6)?,
+                deregistered_at: row.try_get(7)?,
+                event_index: None,
+            })
         }
 
         fn agent_from_row(

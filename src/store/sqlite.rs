@@ -4,7 +4,8 @@
 //! crash or power loss. SQLite has one writer at a time; writes go through a
 //! one-connection pool (no `SQLITE_BUSY` storms between our own connections),
 //! reads through a separate pool that WAL lets run beside the writer. One
-//! Ops-Core process per database file.
+//! Ops-Core process per database file, which is what lets the store answer
+//! state reads from memory (`current`).
 
 use std::str::FromStr;
 
@@ -18,10 +19,12 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::current::CurrentStates;
 use super::events_sql::impl_event_store;
 use super::keys_sql::impl_key_store;
 use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
+use super::sql::STATE_COLUMNS;
 use super::workflow_sql::impl_workflow_store;
 use super::{EngineRules, PoolStats, StoreOptions};
 
@@ -35,6 +38,7 @@ pub struct SqliteStore {
     rules: EngineRules,
     in_memory: bool,
     feed: Arc<Notify>,
+    current: Arc<CurrentStates>,
 }
 
 impl SqliteStore {
@@ -77,13 +81,21 @@ impl SqliteStore {
                 .connect_with(connect.read_only(true))
                 .await?
         };
+        let current = Arc::new(load_current_states(&read).await?);
         Ok(Self {
             write,
             read,
             rules: opts.engine,
             in_memory,
             feed: Arc::new(Notify::new()),
+            current,
         })
+    }
+
+    /// This process is the database's only writer (see the module docs), so
+    /// it keeps every agent's current state in memory.
+    fn current(&self) -> Option<&CurrentStates> {
+        Some(&self.current)
     }
 
     fn writer(&self) -> &SqlitePool {
@@ -109,6 +121,24 @@ impl SqliteStore {
 
     /// One process per database file: every event is this process's own.
     async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
+}
+
+/// Every agent's current state and newest feed index, as stored.
+async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates> {
+    use futures_util::TryStreamExt;
+    let current = CurrentStates::default();
+    let sql = format!("SELECT {STATE_COLUMNS} FROM agents");
+    let mut rows = sqlx::query(&sql).fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        current.load(state_from_row(&row)?);
+    }
+    let newest: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT agent_id, MAX(idx) FROM events WHERE agent_id IS NOT NULL GROUP BY agent_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    current.indexed(&newest);
+    Ok(current)
 }
 
 impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);

@@ -656,9 +656,9 @@ macro_rules! impl_workflow_store {
                 if let Some(run) = &s.first_run {
                     insert_run(&mut tx, &s.session_id, s.agent_id.as_str(), run, now, &mut events).await?;
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(())
             }
 
@@ -762,9 +762,9 @@ macro_rules! impl_workflow_store {
                     Some("cancelled by operator"),
                     now,
                 ));
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(SessionStatus::Cancelled)
             }
 
@@ -839,9 +839,9 @@ macro_rules! impl_workflow_store {
                         }
                     }
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(claimed)
             }
 
@@ -914,9 +914,9 @@ macro_rules! impl_workflow_store {
                         }
                     }
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(())
             }
 
@@ -948,9 +948,9 @@ macro_rules! impl_workflow_store {
                     fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                     touched += 1;
                 }
-                flush_events(&mut tx, &events).await?;
+                let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
-                self.events_committed(&events);
+                self.events_committed(&events, &indexed);
                 Ok(touched)
             }
 

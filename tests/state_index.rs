@@ -1,0 +1,180 @@
+//! The SQLite store answers state reads from memory (`store::current`). These
+//! tests drive it with random sequences of registrations, deregistrations,
+//! report batches (out of order, ties, duplicates in one batch, unknown and
+//! deregistered agents) and lease sweeps, and after every step compare what
+//! memory says with what the database says, and at the end with what a
+//! fresh process loads from the same file.
+
+use opscore::domain::agent::{AgentId, Registration};
+use opscore::domain::state::StateReport;
+use opscore::store::{
+    AgentState, AgentStore, EngineRules, EventStore, Liveness, SqliteStore, StoreOptions,
+};
+use serde_json::value::RawValue;
+
+/// A small deterministic generator (xorshift64*), so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const AGENTS: u64 = 6;
+const STATES: [&str; 5] = ["idle", "active", "error", "finished", "custom_state"];
+
+fn id(n: u64) -> AgentId {
+    AgentId::parse(&format!("agent-{n}")).expect("valid id")
+}
+
+fn registration(n: u64, ttl: Option<i64>) -> Registration {
+    Registration {
+        agent_id: id(n),
+        name: format!("agent {n}"),
+        version: "1.0".into(),
+        capabilities: vec!["summarise".into()],
+        contact_endpoint: "http://127.0.0.1:9/".into(),
+        metadata: Default::default(),
+        ttl_secs: ttl,
+    }
+}
+
+/// What the database itself says (`get_agent` reads it, event index included).
+async fn from_database(store: &SqliteStore, n: u64) -> Option<AgentState> {
+    let a = store.get_agent(&id(n)).await.ok()?;
+    Some(AgentState {
+        agent_id: a.agent_id,
+        current: a.current,
+        last_seen: a.last_seen,
+        ttl_secs: a.ttl_secs,
+        deregistered_at: a.deregistered_at,
+        event_index: a.event_index,
+    })
+}
+
+fn same(a: &Option<AgentState>, b: &Option<AgentState>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.agent_id == b.agent_id
+                && a.current.state == b.current.state
+                && a.current.details.as_ref().map(|d| d.get())
+                    == b.current.details.as_ref().map(|d| d.get())
+                && a.current.timestamp == b.current.timestamp
+                && a.current.received_at == b.current.received_at
+                && a.last_seen == b.last_seen
+                && a.ttl_secs == b.ttl_secs
+                && a.deregistered_at == b.deregistered_at
+                && a.event_index == b.event_index
+        }
+        _ => false,
+    }
+}
+
+async fn check_all(store: &SqliteStore, seed: u64, step: usize, what: &str) {
+    for n in 0..AGENTS {
+        let memory = store.get_state(&id(n)).await.ok();
+        let database = from_database(store, n).await;
+        assert!(
+            same(&memory, &database),
+            "seed {seed}, step {step} ({what}), agent-{n}:\n memory   {memory:?}\n database {database:?}"
+        );
+    }
+}
+
+async fn run(seed: u64, steps: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    // A one-second lease, so that sweeps find stale agents.
+    let opts = StoreOptions {
+        engine: EngineRules {
+            liveness: Liveness {
+                ttl_secs: 1,
+                grace_secs: 0,
+            },
+            ..EngineRules::default()
+        },
+        ..StoreOptions::default()
+    };
+    let store = SqliteStore::open(&url, &opts).await.expect("open");
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    // Server time moves forward in uneven steps; agents' own timestamps are
+    // drawn around it, so reports arrive out of order and tie.
+    let mut now: i64 = 1_700_000_000_000_000;
+    for step in 0..steps {
+        now += rng.below(1_500_000) as i64;
+        let what = match rng.below(10) {
+            0 => {
+                let ttl = [None, Some(1), Some(30)][rng.below(3) as usize];
+                store
+                    .register_agent(&registration(rng.below(AGENTS), ttl), now)
+                    .await
+                    .expect("register");
+                "register"
+            }
+            1 => {
+                let _ = store
+                    .deregister_agent(&id(rng.below(AGENTS + 1)), now)
+                    .await;
+                "deregister"
+            }
+            2 => {
+                store.mark_stale_agents(now, 100).await.expect("sweep");
+                "sweep"
+            }
+            _ => {
+                let batch: Vec<StateReport> = (0..1 + rng.below(5))
+                    .map(|_| {
+                        let details = match rng.below(3) {
+                            0 => None,
+                            _ => Some(
+                                RawValue::from_string(format!("{{\"n\":{}}}", rng.below(100)))
+                                    .expect("json"),
+                            ),
+                        };
+                        StateReport {
+                            // One more than registered: an unknown agent.
+                            agent_id: id(rng.below(AGENTS + 1)),
+                            state: STATES[rng.below(STATES.len() as u64) as usize].into(),
+                            details,
+                            timestamp: now - rng.below(4) as i64 * 1_000_000,
+                            received_at: now - rng.below(2) as i64,
+                        }
+                    })
+                    .collect();
+                store.apply_state_reports(&batch).await.expect("batch");
+                "reports"
+            }
+        };
+        check_all(&store, seed, step, what).await;
+    }
+    // What a restarted process loads from the file is what memory held.
+    let mut before = Vec::new();
+    for n in 0..AGENTS {
+        before.push(store.get_state(&id(n)).await.ok());
+    }
+    store.close().await;
+    let reopened = SqliteStore::open(&url, &opts).await.expect("reopen");
+    for (n, held) in before.iter().enumerate() {
+        let loaded = reopened.get_state(&id(n as u64)).await.ok();
+        assert!(
+            same(held, &loaded),
+            "seed {seed}, after reopening, agent-{n}:\n held   {held:?}\n loaded {loaded:?}"
+        );
+    }
+    reopened.close().await;
+}
+
+#[tokio::test]
+async fn memory_agrees_with_the_database_after_every_write() {
+    for seed in 1..=12 {
+        run(seed, 150).await;
+    }
+}
