@@ -148,6 +148,14 @@ pub struct Agent {
     pub current: StateRecord,
 }
 
+impl Agent {
+    /// Whether its lease has run out at `now`. A deregistered agent holds
+    /// no lease, so it is never stale.
+    pub fn is_stale(&self, live: &Liveness, now: Micros) -> bool {
+        self.deregistered_at.is_none() && live.is_stale(self.last_seen, self.ttl_secs, now)
+    }
+}
+
 /// Filters and paging for listing agents.
 #[derive(Debug, Clone, Default)]
 pub struct AgentQuery {
