@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::agentkit::FakeAgentKit;
 use common::sse::Stream;
-use common::{register_payload, Backend, TestServer};
+use common::{deregister_payload, register_payload, Backend, TestServer};
 use opscore::config::DispatchTarget;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -133,7 +133,49 @@ async fn registration_sets_its_own_ttl(backend: Backend) {
     );
 }
 
+/// A deregistered agent holds no lease, so it is never stale: GET state
+/// says so like GET agent, even once its lease would have run out, and the
+/// listing's `stale` filter agrees with the flag it shows.
+async fn deregistered_agent_is_not_stale(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.grace_secs = 0;
+    })
+    .await;
+    let mut feed = Stream::open(&s.base, "?kinds=agent.stale", None).await;
+    s.register("gone").await;
+    let r = s.notify_bearer(&deregister_payload("gone")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Registered after "gone" was last heard from: once this one is stale,
+    // "gone"'s lease has run out too.
+    s.register("kept").await;
+    let e = feed
+        .next(Duration::from_secs(5))
+        .await
+        .expect("agent.stale");
+    assert_eq!(e.data["agentId"], "kept");
+    assert_eq!(s.state("kept").await.1["stale"], true);
+
+    let (status, body) = s.state("gone").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stale"], false, "{body}");
+    let a = agent(&s, "gone").await;
+    assert_eq!(
+        (a["registered"].clone(), a["stale"].clone()),
+        (json!(false), json!(false))
+    );
+    assert_eq!(
+        listed(&s, "includeDeregistered=true&stale=true").await,
+        ["kept"]
+    );
+    assert_eq!(
+        listed(&s, "includeDeregistered=true&stale=false").await,
+        ["gone"]
+    );
+}
+
 backend_tests!(
     stale_agent_gets_no_task_and_comes_back_on_report,
     registration_sets_its_own_ttl,
+    deregistered_agent_is_not_stale,
 );

@@ -365,12 +365,7 @@ async fn get_state(
     let agent = state.store.get_state(&id).await?;
     let index = index.max(agent.event_index.unwrap_or(0));
     let now = now_micros();
-    let stale = state
-        .config
-        .db
-        .engine
-        .liveness
-        .is_stale(agent.last_seen, agent.ttl_secs, now);
+    let stale = agent.is_stale(&state.config.db.engine.liveness, now);
     Ok((
         [(INDEX_HEADER, index.to_string())],
         Json(CurrentStateView {
@@ -411,7 +406,7 @@ struct AgentView {
 impl AgentView {
     fn new(a: Agent, live: &Liveness, now: Micros) -> Self {
         Self {
-            stale: a.deregistered_at.is_none() && live.is_stale(a.last_seen, a.ttl_secs, now),
+            stale: a.is_stale(live, now),
             ttl_seconds: a.ttl_secs.unwrap_or(live.ttl_secs),
             agent_id: a.agent_id,
             agent_name: a.name,

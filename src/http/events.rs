@@ -130,10 +130,6 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
     Ok(index.map(|i| (i, wait.unwrap_or(DEFAULT_WAIT))))
 }
 
-fn feed_full() -> ApiError {
-    ApiError::overloaded()
-}
-
 /// The change feed as Server-Sent Events.
 ///
 /// Each event has `id: <index>`, `event: <kind>` and `data:` the event as
@@ -220,7 +216,8 @@ async fn stream(
     };
 
     let feed = state.feed.clone();
-    let sub = feed.subscribe().ok_or_else(feed_full)?;
+    // Every subscriber slot is taken: refused at once (503 overloaded).
+    let sub = feed.subscribe().ok_or_else(ApiError::overloaded)?;
     // Subscribed first: whatever commits after the bounds are read arrives
     // through the subscription.
     let bounds = feed.store().event_bounds().await?;

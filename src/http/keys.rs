@@ -1,6 +1,8 @@
 //! API key management, admin only: `/v1/opscore/keys`. A key's plaintext
 //! is in the answer to its creation and nowhere else, ever.
 
+use std::future::Future;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -17,7 +19,7 @@ use crate::domain::newkey::NewKeyBody;
 use crate::domain::time::{format_micros, now_micros};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreResult};
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -153,15 +155,22 @@ async fn list(
     }))
 }
 
-fn key_not_found(id: &str) -> ApiError {
-    ApiError::not_found("key_not_found", format!("API key not found: {id}"))
-}
-
-fn or_key_not_found(id: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
-    move |e| match e {
-        StoreError::NotFound { .. } => key_not_found(id),
-        e => e.into(),
+/// Run `op` on the key `id` names. An id not shaped like a key id is
+/// `key_not_found` without asking the store, as is one the store does not
+/// hold.
+async fn on_key<F, Fut>(id: &str, op: F) -> Result<ApiKey>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = StoreResult<ApiKey>>,
+{
+    let not_found = || ApiError::not_found("key_not_found", format!("API key not found: {id}"));
+    if !is_key_id(id) {
+        return Err(not_found());
     }
+    op().await.map_err(|e| match e {
+        StoreError::NotFound { .. } => not_found(),
+        e => e.into(),
+    })
 }
 
 /// One key, without its secret.
@@ -183,14 +192,7 @@ async fn fetch(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyView>> {
-    if !is_key_id(&key_id) {
-        return Err(key_not_found(&key_id));
-    }
-    let key = state
-        .store
-        .get_key(&key_id)
-        .await
-        .map_err(or_key_not_found(&key_id))?;
+    let key = on_key(&key_id, || state.store.get_key(&key_id)).await?;
     Ok(Json(KeyView::new(&key, &state)))
 }
 
@@ -214,14 +216,7 @@ async fn revoke(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyView>> {
-    if !is_key_id(&key_id) {
-        return Err(key_not_found(&key_id));
-    }
-    let key = state
-        .store
-        .revoke_key(&key_id, now_micros())
-        .await
-        .map_err(or_key_not_found(&key_id))?;
+    let key = on_key(&key_id, || state.store.revoke_key(&key_id, now_micros())).await?;
     state.keys.remember(key.clone());
     tracing::info!(key_id = %key.key_id, "API key revoked");
     Ok(Json(KeyView::new(&key, &state)))

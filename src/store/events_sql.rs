@@ -12,6 +12,8 @@
 //! short (the inserts and the commit). The same statement sends a NOTIFY,
 //! delivered at commit, that wakes the feed of every other replica.
 
+use std::sync::LazyLock;
+
 /// Columns of an event, in `event_from_row` order.
 pub(super) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, data";
 
@@ -40,11 +42,16 @@ pub(super) fn insert_events_sql(rows: usize) -> String {
 }
 
 /// Agents whose lease ran out and that have not been announced stale yet:
-/// last heard from longer ago than their TTL (or `$2`, the default, in
-/// seconds) plus the grace `$3` (microseconds), as of `$1`.
-pub(super) const LEASE_EXPIRED: &str = "deregistered_at_us IS NULL \
-     AND (stale_since_us IS NULL OR stale_since_us = 0) \
-     AND last_seen_us + COALESCE(ttl_secs, $2) * 1000000 + $3 < $1";
+/// last heard from longer ago than their TTL (or `$2`, the default) plus the
+/// grace `$3`, both in seconds, as of `$1`.
+pub(super) static LEASE_EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "deregistered_at_us IS NULL \
+         AND (stale_since_us IS NULL OR stale_since_us = 0) \
+         AND {}",
+        super::Liveness::expired_sql("", "$2", "$3", "$1")
+    )
+});
 
 /// Implements [`EventStore`](super::EventStore) and the in-transaction
 /// `flush_events` step for a backend struct with `writer()`, `reader()`,
@@ -164,14 +171,14 @@ macro_rules! impl_event_store {
                 now: i64,
                 limit: u32,
             ) -> $crate::store::StoreResult<u64> {
-                use $crate::store::events_sql::LEASE_EXPIRED;
+                let expired = $crate::store::events_sql::LEASE_EXPIRED.as_str();
                 let live = self.rules().liveness;
                 let ttl = live.ttl_secs;
-                let grace = live.grace_secs.saturating_mul(1_000_000);
+                let grace = live.grace_secs;
                 // Find candidates on a reader, so the scan never holds up
                 // writes; each is re-checked under its row lock below.
                 let ids: Vec<String> = sqlx::query_scalar(&format!(
-                    "SELECT agent_id FROM agents WHERE {LEASE_EXPIRED} LIMIT $4"
+                    "SELECT agent_id FROM agents WHERE {expired} LIMIT $4"
                 ))
                 .bind(now)
                 .bind(ttl)
@@ -183,7 +190,7 @@ macro_rules! impl_event_store {
                     return Ok(0);
                 }
                 let mark = format!(
-                    "UPDATE agents SET stale_since_us = $1 WHERE agent_id = $4 AND {LEASE_EXPIRED} \
+                    "UPDATE agents SET stale_since_us = $1 WHERE agent_id = $4 AND {expired} \
                      RETURNING last_seen_us, COALESCE(ttl_secs, $2)"
                 );
                 let mut events = Vec::new();

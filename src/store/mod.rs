@@ -149,6 +149,13 @@ pub struct Agent {
     pub current: StateRecord,
 }
 
+impl Agent {
+    /// Whether its lease has run out at `now` (see [`Liveness::holds_stale`]).
+    pub fn is_stale(&self, live: &Liveness, now: Micros) -> bool {
+        live.holds_stale(self.deregistered_at, self.last_seen, self.ttl_secs, now)
+    }
+}
+
 /// What a state read needs of an agent: its current state and lease, without
 /// the registration details.
 #[derive(Debug, Clone)]
@@ -166,6 +173,13 @@ pub struct AgentState {
     /// Feed index of the newest event about it, as of the same moment as
     /// `current` (see [`AgentStore::get_state`]).
     pub event_index: Option<i64>,
+}
+
+impl AgentState {
+    /// Whether its lease has run out at `now` (see [`Liveness::holds_stale`]).
+    pub fn is_stale(&self, live: &Liveness, now: Micros) -> bool {
+        live.holds_stale(self.deregistered_at, self.last_seen, self.ttl_secs, now)
+    }
 }
 
 /// Filters and paging for listing agents.
@@ -479,6 +493,34 @@ impl Liveness {
             .saturating_mul(1_000_000);
         now.saturating_sub(last_seen) > limit
     }
+
+    /// Whether an agent holds a lease that has run out at `now`: registered
+    /// (a deregistered agent holds no lease, so it is never stale) and
+    /// [`is_stale`](Self::is_stale).
+    pub fn holds_stale(
+        &self,
+        deregistered_at: Option<Micros>,
+        last_seen: Micros,
+        ttl_secs: Option<i64>,
+        now: Micros,
+    ) -> bool {
+        deregistered_at.is_none() && self.is_stale(last_seen, ttl_secs, now)
+    }
+
+    /// The rule of [`is_stale`](Self::is_stale) as a SQL condition, true for
+    /// an `agents` row whose lease has run out. Every query that judges
+    /// leases takes it from here, so the rule is written once in SQL (the
+    /// test at the end of this file checks it agrees with `is_stale`).
+    ///
+    /// `cols` prefixes the column names (`""`, or `"a."` for an aliased
+    /// table); `ttl` (the default TTL, seconds), `grace` (seconds) and `now`
+    /// (microseconds) are placeholders such as `$2`, or numbers the server
+    /// itself chose, never text from a request.
+    pub(crate) fn expired_sql(cols: &str, ttl: &str, grace: &str, now: &str) -> String {
+        format!(
+            "{cols}last_seen_us + (COALESCE({cols}ttl_secs, {ttl}) + {grace}) * 1000000 < {now}"
+        )
+    }
 }
 
 /// Whether storing a definition created it, found it unchanged, or replaced it.
@@ -766,4 +808,86 @@ fn decode_metadata(text: &str) -> Map<String, Value> {
 /// Parse stored details text back into raw JSON.
 fn decode_details(text: Option<String>) -> Option<Box<serde_json::value::RawValue>> {
     text.and_then(|t| serde_json::value::RawValue::from_string(t).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// `Liveness::expired_sql`, run by SQLite, agrees with `is_stale` on
+    /// either side of the limit, with and without the agent's own TTL, with
+    /// placeholders and with inlined numbers, and with a column prefix.
+    #[tokio::test]
+    async fn expired_sql_agrees_with_is_stale() {
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let s = 1_000_000;
+        for live in [
+            Liveness::default(),
+            Liveness {
+                ttl_secs: 1,
+                grace_secs: 0,
+            },
+        ] {
+            let default_limit = (live.ttl_secs + live.grace_secs) * s;
+            let own_limit = (30 + live.grace_secs) * s;
+            let mut cases = Vec::new();
+            for (ttl, limit) in [(None, default_limit), (Some(30), own_limit)] {
+                let last_seen = 1_700_000_000 * s;
+                for now in [
+                    last_seen - 1,
+                    last_seen,
+                    last_seen + limit - 1,
+                    last_seen + limit,
+                    last_seen + limit + 1,
+                    last_seen + limit + 3600 * s,
+                ] {
+                    cases.push((last_seen, ttl, now));
+                }
+            }
+            // Both sides of the limit are covered, so a rule off by one
+            // either way fails.
+            let stale: Vec<bool> = cases
+                .iter()
+                .map(|&(seen, ttl, now)| live.is_stale(seen, ttl, now))
+                .collect();
+            assert!(stale.contains(&true) && stale.contains(&false));
+            for (&(last_seen, ttl, now), &want) in cases.iter().zip(&stale) {
+                let bound = format!(
+                    "SELECT {} FROM (SELECT $1 AS last_seen_us, $2 AS ttl_secs) a",
+                    Liveness::expired_sql("a.", "$3", "$4", "$5")
+                );
+                let got: bool = sqlx::query_scalar(&bound)
+                    .bind(last_seen)
+                    .bind(ttl)
+                    .bind(live.ttl_secs)
+                    .bind(live.grace_secs)
+                    .bind(now)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+                let case = format!("{live:?}, last_seen {last_seen}, ttl {ttl:?}, now {now}");
+                assert_eq!(got, want, "placeholders: {case}");
+                let inlined = format!(
+                    "SELECT {} FROM (SELECT $1 AS last_seen_us, $2 AS ttl_secs)",
+                    Liveness::expired_sql(
+                        "",
+                        &live.ttl_secs.to_string(),
+                        &live.grace_secs.to_string(),
+                        &now.to_string()
+                    )
+                );
+                let got: bool = sqlx::query_scalar(&inlined)
+                    .bind(last_seen)
+                    .bind(ttl)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+                assert_eq!(got, want, "inlined: {case}");
+            }
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //! here sticks to what both dialects mean the same way, so the storage
 //! behaviour is written once; each backend only says how it connects.
 
+use std::sync::LazyLock;
+
 /// Columns of `agents` in the order `agent_from_row` reads them.
 pub(super) const AGENT_COLUMNS: &str =
     "agent_id, name, version, contact_endpoint, capabilities, metadata, \
@@ -73,9 +75,12 @@ pub(super) const HISTORY_NEXT_PAGE: &str =
 
 /// Registered agents past their lease (TTL plus grace): `$1` the default
 /// TTL, `$2` the grace, both in seconds, `$3` now.
-pub(super) const COUNT_STALE_AGENTS: &str =
-    "SELECT COUNT(*) FROM agents WHERE deregistered_at_us IS NULL \
-     AND last_seen_us + (COALESCE(ttl_secs, $1) + $2) * 1000000 < $3";
+pub(super) static COUNT_STALE_AGENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT COUNT(*) FROM agents WHERE deregistered_at_us IS NULL AND {}",
+        super::Liveness::expired_sql("", "$1", "$2", "$3")
+    )
+});
 
 pub(super) const COUNT_AGENTS_BY_STATE: &str =
     "SELECT state, COUNT(*) FROM agents WHERE deregistered_at_us IS NULL GROUP BY state";
@@ -102,14 +107,18 @@ pub(super) fn list_agents_sql(
     }
     if let Some(stale) = q.stale {
         // Numbers from the server itself, not from the request.
-        let expired = format!(
-            "last_seen_us + (COALESCE(ttl_secs, {}) + {}) * 1000000 < {}",
-            live.ttl_secs, live.grace_secs, q.now
+        let expired = super::Liveness::expired_sql(
+            "",
+            &live.ttl_secs.to_string(),
+            &live.grace_secs.to_string(),
+            &q.now.to_string(),
         );
+        // As `Liveness::holds_stale`: a deregistered agent is never stale.
+        let stale_sql = format!("deregistered_at_us IS NULL AND {expired}");
         if stale {
-            sql.push_str(&format!(" AND {expired}"));
+            sql.push_str(&format!(" AND {stale_sql}"));
         } else {
-            sql.push_str(&format!(" AND NOT ({expired})"));
+            sql.push_str(&format!(" AND NOT ({stale_sql})"));
         }
     }
     if let Some(cap) = &q.capability {
@@ -445,12 +454,14 @@ macro_rules! impl_agent_store {
 
             async fn count_stale_agents(&self, now: i64) -> $crate::store::StoreResult<i64> {
                 let live = self.rules().liveness;
-                Ok(sqlx::query_scalar($crate::store::sql::COUNT_STALE_AGENTS)
-                    .bind(live.ttl_secs)
-                    .bind(live.grace_secs)
-                    .bind(now)
-                    .fetch_one(self.reader())
-                    .await?)
+                Ok(
+                    sqlx::query_scalar($crate::store::sql::COUNT_STALE_AGENTS.as_str())
+                        .bind(live.ttl_secs)
+                        .bind(live.grace_secs)
+                        .bind(now)
+                        .fetch_one(self.reader())
+                        .await?,
+                )
             }
 
             fn pool_stats(&self) -> Vec<$crate::store::PoolStats> {

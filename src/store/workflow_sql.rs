@@ -3,6 +3,8 @@
 //! [`WorkflowStore`](super::WorkflowStore) plus the in-transaction steps that
 //! state reports, dispatch results and deadlines share.
 
+use std::sync::LazyLock;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -31,14 +33,19 @@ pub(super) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, 
 /// Due runs of free agents. A stale agent (not heard from within its TTL
 /// plus grace, `$4` being the default TTL and `$5` the grace, in seconds) is
 /// never sent a task, whether or not the sweep has announced it yet.
-pub(super) const CLAIM_CANDIDATES: &str = "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id \
-     FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
-     WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
-       AND (a.state = 'idle' OR ($2 AND a.state = 'UNKNOWN')) \
-       AND a.last_seen_us + (COALESCE(a.ttl_secs, $4) + $5) * 1000000 >= $1 \
-       AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
-                       AND f.status IN ('dispatching', 'dispatched', 'running')) \
-     ORDER BY r.due_at_us LIMIT $3";
+pub(super) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id \
+         FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
+         WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
+           AND (a.state = 'idle' OR ($2 AND a.state = 'UNKNOWN')) \
+           AND NOT ({}) \
+           AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
+                           AND f.status IN ('dispatching', 'dispatched', 'running')) \
+         ORDER BY r.due_at_us LIMIT $3",
+        super::Liveness::expired_sql("a.", "$4", "$5", "$1")
+    )
+});
 
 /// Claims one run. The previous attempt's dispatch time is cleared: until
 /// this attempt is confirmed sent, no report may count as coming after it.
@@ -778,7 +785,7 @@ macro_rules! impl_workflow_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClaimedRun>> {
                 use $crate::store::workflow_sql::*;
                 type Candidate = (String, String, String, String, String, String, i64, String);
-                let sql = format!("{CLAIM_CANDIDATES}{}", $claim_lock);
+                let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), $claim_lock);
                 let live = self.rules().liveness;
                 let mut tx = self.writer().begin().await?;
                 let candidates: Vec<Candidate> = sqlx::query_as(&sql)
