@@ -45,22 +45,93 @@ pub(super) const DEREGISTER: &str =
     "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1 \
      RETURNING CASE WHEN deregistered_at_us = $2 THEN 1 ELSE 0 END";
 
-/// Applies one report to the current state. Every SET expression reads the
-/// row as it was before the update, so `newer` judges against the old state.
-/// Latest agent timestamp wins; on a tie the later arrival does. Returns the
-/// current state's position afterwards (equal to the report's when it became
-/// current) and `stale_since_us` (0 when this report brings a stale agent
-/// back; the next report clears that to NULL).
-pub(super) const APPLY_REPORT: &str = "UPDATE agents SET \
-     last_seen_us = CASE WHEN last_seen_us < $5 THEN $5 ELSE last_seen_us END, \
-     state = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $2 ELSE state END, \
-     state_details = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $3 ELSE state_details END, \
-     state_ts_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $4 ELSE state_ts_us END, \
-     state_received_us = CASE WHEN (state_reported = 0 OR state_ts_us < $4 OR (state_ts_us = $4 AND state_received_us <= $5)) THEN $5 ELSE state_received_us END, \
-     state_reported = 1, \
-     stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
-     WHERE agent_id = $1 AND deregistered_at_us IS NULL \
-     RETURNING state_ts_us, state_received_us, stale_since_us, last_seen_us";
+/// Most reports in one `UPDATE` of [`apply_reports_sql`] or rows in one
+/// history `INSERT` (5 binds each: far below either backend's bind limit).
+pub(super) const REPORT_CHUNK: usize = 200;
+
+/// Applies `rows` reports, for `rows` different agents, to their current
+/// states in one statement. Each report binds five values in order: agent
+/// id, state, details, agent timestamp, receive time (`v.column1` to
+/// `v.column5`; both backends name VALUES columns so, and the casts give
+/// PostgreSQL their types).
+///
+/// Every SET expression reads the row as it was before the update, so
+/// `newer` judges against the old state: latest agent timestamp wins, and
+/// on a tie the later arrival does. Returns, per agent updated, the current
+/// state's position afterwards (equal to the report's when it became
+/// current), `stale_since_us` (0 when this report brings a stale agent back;
+/// the next report clears that to NULL) and `last_seen_us`. A deregistered
+/// or unknown agent returns no row.
+pub(super) fn apply_reports_sql(rows: usize) -> String {
+    const NEWER: &str = "(state_reported = 0 OR state_ts_us < v.column4 \
+                         OR (state_ts_us = v.column4 AND state_received_us <= v.column5))";
+    let mut sql = format!(
+        "UPDATE agents SET \
+         last_seen_us = CASE WHEN last_seen_us < v.column5 THEN v.column5 ELSE last_seen_us END, \
+         state = CASE WHEN {NEWER} THEN v.column2 ELSE state END, \
+         state_details = CASE WHEN {NEWER} THEN v.column3 ELSE state_details END, \
+         state_ts_us = CASE WHEN {NEWER} THEN v.column4 ELSE state_ts_us END, \
+         state_received_us = CASE WHEN {NEWER} THEN v.column5 ELSE state_received_us END, \
+         state_reported = 1, \
+         stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
+         FROM (VALUES "
+    );
+    for i in 0..rows {
+        let b = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
+    }
+    sql.push_str(
+        ") AS v WHERE agents.agent_id = v.column1 AND agents.deregistered_at_us IS NULL \
+         RETURNING agents.agent_id, agents.state_ts_us, agents.state_received_us, \
+         agents.stale_since_us, agents.last_seen_us",
+    );
+    sql
+}
+
+/// History rows for `rows` reports, binds as in [`apply_reports_sql`].
+pub(super) fn insert_history_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ");
+    for i in 0..rows {
+        let b = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+    }
+    sql
+}
+
+/// Split a batch into rounds that each hold at most one report per agent
+/// (an `UPDATE ... FROM` must not meet a row twice): round k holds every
+/// agent's k-th report, in arrival order. Within a round, reports are in
+/// agent-id order, so concurrent batches (several writers, several
+/// replicas) take row locks in one order and cannot deadlock.
+pub(super) fn report_rounds(agents: &[&str]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..agents.len()).collect();
+    // Stable: one agent's reports keep arrival order.
+    order.sort_by(|&a, &b| agents[a].cmp(agents[b]));
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut k = 0;
+    for (pos, &i) in order.iter().enumerate() {
+        k = if pos > 0 && agents[order[pos - 1]] == agents[i] { k + 1 } else { 0 };
+        if rounds.len() <= k {
+            rounds.push(Vec::new());
+        }
+        rounds[k].push(i);
+    }
+    rounds
+}
 
 pub(super) const AGENT_EXISTS: &str = "SELECT 1 FROM agents WHERE agent_id = $1";
 
@@ -264,55 +335,90 @@ macro_rules! impl_agent_store {
                 reports: &[$crate::domain::state::StateReport],
             ) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<()>>> {
                 use $crate::store::sql::*;
-                // Take row locks in agent-id order so that concurrent batches
-                // (several writers, several replicas) cannot deadlock; the
-                // sort is stable, so one agent's reports keep arrival order.
-                let mut order: Vec<usize> = (0..reports.len()).collect();
-                order.sort_by(|&a, &b| reports[a].agent_id.cmp(&reports[b].agent_id));
+                use $crate::domain::workflow::MEANINGFUL_STATES;
+                // A handful of statements per batch, not per report: each
+                // statement is a round trip to the database (for SQLite, to
+                // its connection's thread), and those dominated the cost.
                 let mut results: Vec<$crate::store::StoreResult<()>> =
                     (0..reports.len()).map(|_| Ok(())).collect();
                 let mut events = Vec::new();
-                // (report, became current, last seen) for the state index.
+                // (report, became current, last seen) in the order applied:
+                // for the history and the state index.
                 let mut applied_reports = Vec::with_capacity(reports.len());
+                let ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
                 let mut tx = self.writer().begin().await?;
-                for i in order {
-                    let r = &reports[i];
-                    let details = r.details.as_ref().map(|d| d.get());
-                    let applied: Option<(i64, i64, Option<i64>, i64)> =
-                        sqlx::query_as(APPLY_REPORT)
+                // Only an agent with a task in flight can have one moved on by
+                // a report, and a report never puts one in flight: ask once.
+                let mut busy: Vec<&str> = reports
+                    .iter()
+                    .filter(|r| MEANINGFUL_STATES.contains(&r.state.as_str()))
+                    .map(|r| r.agent_id.as_str())
+                    .collect();
+                busy.sort_unstable();
+                busy.dedup();
+                let busy = in_flight_agents(&mut tx, &busy).await?;
+                for round in report_rounds(&ids) {
+                    for chunk in round.chunks(REPORT_CHUNK) {
+                        let sql = apply_reports_sql(chunk.len());
+                        let mut q = sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64)>(&sql);
+                        for &i in chunk {
+                            let r = &reports[i];
+                            q = q
+                                .bind(r.agent_id.as_str())
+                                .bind(&r.state)
+                                .bind(r.details.as_ref().map(|d| d.get()))
+                                .bind(r.timestamp)
+                                .bind(r.received_at);
+                        }
+                        let rows: std::collections::HashMap<String, (i64, i64, Option<i64>, i64)> = q
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .into_iter()
+                            .map(|(id, ts, received, stale, seen)| (id, (ts, received, stale, seen)))
+                            .collect();
+                        for &i in chunk {
+                            let r = &reports[i];
+                            let Some(&(ts, received, stale_since, last_seen)) = rows.get(r.agent_id.as_str()) else {
+                                results[i] = Err($crate::store::StoreError::agent_not_found(&r.agent_id));
+                                continue;
+                            };
+                            if stale_since == Some(0) {
+                                events.push($crate::domain::event::NewEvent::fresh(
+                                    r.agent_id.as_str(),
+                                    last_seen,
+                                ));
+                            }
+                            let current = (ts, received) == (r.timestamp, r.received_at);
+                            if current {
+                                events.push($crate::domain::event::NewEvent::state(r));
+                            }
+                            applied_reports.push((r, current, last_seen));
+                        }
+                    }
+                    // Tasks move on in report order per agent: this round's
+                    // before the next round's reports are applied.
+                    for &i in &round {
+                        let r = &reports[i];
+                        if results[i].is_ok()
+                            && busy.contains(r.agent_id.as_str())
+                            && MEANINGFUL_STATES.contains(&r.state.as_str())
+                        {
+                            advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
+                        }
+                    }
+                }
+                for chunk in applied_reports.chunks(REPORT_CHUNK) {
+                    let sql = insert_history_sql(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for (r, _, _) in chunk {
+                        q = q
                             .bind(r.agent_id.as_str())
                             .bind(&r.state)
-                            .bind(details)
+                            .bind(r.details.as_ref().map(|d| d.get()))
                             .bind(r.timestamp)
-                            .bind(r.received_at)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let Some((ts, received, stale_since, last_seen)) = applied else {
-                        results[i] = Err($crate::store::StoreError::agent_not_found(&r.agent_id));
-                        continue;
-                    };
-                    if stale_since == Some(0) {
-                        events.push($crate::domain::event::NewEvent::fresh(
-                            r.agent_id.as_str(),
-                            last_seen,
-                        ));
+                            .bind(r.received_at);
                     }
-                    let current = (ts, received) == (r.timestamp, r.received_at);
-                    if current {
-                        events.push($crate::domain::event::NewEvent::state(r));
-                    }
-                    applied_reports.push((r, current, last_seen));
-                    sqlx::query(INSERT_HISTORY)
-                        .bind(r.agent_id.as_str())
-                        .bind(&r.state)
-                        .bind(details)
-                        .bind(r.timestamp)
-                        .bind(r.received_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    if $crate::domain::workflow::MEANINGFUL_STATES.contains(&r.state.as_str()) {
-                        advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
-                    }
+                    q.execute(&mut *tx).await?;
                 }
                 let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
@@ -526,6 +632,26 @@ pub(super) use impl_agent_store;
 mod tests {
     use super::*;
     use crate::store::AgentQuery;
+
+    #[test]
+    fn rounds_hold_each_agent_once_in_arrival_order() {
+        let agents = ["b", "a", "b", "c", "b", "a"];
+        assert_eq!(
+            report_rounds(&agents),
+            [vec![1, 0, 3], vec![5, 2], vec![4]],
+            "round k holds each agent's k-th report, agents in id order"
+        );
+        assert!(report_rounds(&[]).is_empty());
+    }
+
+    #[test]
+    fn batch_statements_number_five_binds_per_row() {
+        let update = apply_reports_sql(2);
+        assert!(update.contains("CAST($6 AS TEXT)"), "{update}");
+        assert!(update.contains("CAST($10 AS BIGINT))"), "{update}");
+        assert!(!update.contains("$11"), "{update}");
+        assert!(insert_history_sql(2).ends_with("($6, $7, $8, $9, $10)"));
+    }
 
     #[test]
     fn listing_numbers_its_binds_in_order() {

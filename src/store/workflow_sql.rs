@@ -68,6 +68,18 @@ pub(super) const RECOVER_LEASES: &str =
 /// transaction (the dispatcher recording its answer) may move the run from
 /// one to another in between, and the update must still apply.
 pub(super) const IN_FLIGHT: &str = "('dispatching', 'dispatched', 'running')";
+/// Most agent ids bound in one [`in_flight_agents_sql`].
+pub(super) const AGENT_CHUNK: usize = 500;
+
+/// Which of `rows` agents (binds `$1`…) have a task in flight.
+pub(super) fn in_flight_agents_sql(rows: usize) -> String {
+    let binds: Vec<String> = (1..=rows).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT agent_id FROM task_runs WHERE status IN {IN_FLIGHT} AND agent_id IN ({})",
+        binds.join(", ")
+    )
+}
+
 /// A run claimed by a dispatcher that has not recorded the answer yet.
 pub(super) const CLAIMED: &str = "('dispatching')";
 /// A run the framework accepted.
@@ -251,6 +263,23 @@ macro_rules! impl_workflow_store {
         }
 
         /// Apply a state report's meaning to the agent's run in flight.
+        /// Which of `agents` have a task in flight.
+        async fn in_flight_agents(
+            conn: &mut Conn,
+            agents: &[&str],
+        ) -> $crate::store::StoreResult<std::collections::HashSet<String>> {
+            let mut busy = std::collections::HashSet::new();
+            for chunk in agents.chunks($crate::store::workflow_sql::AGENT_CHUNK) {
+                let sql = $crate::store::workflow_sql::in_flight_agents_sql(chunk.len());
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                for a in chunk {
+                    q = q.bind(*a);
+                }
+                busy.extend(q.fetch_all(&mut *conn).await?);
+            }
+            Ok(busy)
+        }
+
         async fn advance_on_report(
             conn: &mut Conn,
             r: &$crate::domain::state::StateReport,
