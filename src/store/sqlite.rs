@@ -64,8 +64,12 @@ impl SqliteStore {
                 })?;
             }
         }
+        // No ping before handing out a connection: a local file cannot drop
+        // a connection the way a network can, and the ping is a round trip
+        // to the connection's thread on every query.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
@@ -77,6 +81,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
+                .test_before_acquire(false)
                 .acquire_timeout(opts.acquire_timeout)
                 .connect_with(connect.read_only(true))
                 .await?
