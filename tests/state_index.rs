@@ -178,3 +178,90 @@ async fn memory_agrees_with_the_database_after_every_write() {
         run(seed, 150).await;
     }
 }
+
+/// The writer wakes the dispatcher only when a batch may have made a queued
+/// task claimable: an agent with one queued became idle (or came back from
+/// stale). Reports from agents with nothing queued, and reports that change
+/// nothing claimable, do not wake it.
+#[tokio::test]
+async fn batches_say_when_a_queued_task_may_go_out() {
+    use opscore::domain::workflow::parse_definition;
+    use opscore::store::{EngineRules, NewRun, NewSession, WorkflowStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    let store = SqliteStore::open(&url, &StoreOptions::default())
+        .await
+        .expect("open");
+    let now: i64 = 1_700_000_000_000_000;
+    for n in 0..2 {
+        store
+            .register_agent(&registration(n, None), now)
+            .await
+            .expect("register");
+    }
+    let report = |n: u64, state: &str, at: i64| StateReport {
+        agent_id: id(n),
+        state: state.into(),
+        details: None,
+        timestamp: at,
+        received_at: at,
+    };
+    let batch = |reports: Vec<StateReport>| {
+        let store = &store;
+        async move {
+            let applied = store.apply_state_reports(&reports).await.expect("batch");
+            assert!(applied.results.iter().all(|r| r.is_ok()));
+            applied.dispatchable
+        }
+    };
+    assert!(
+        !batch(vec![report(0, "idle", now + 1)]).await,
+        "nothing is queued"
+    );
+
+    // Queue a task for agent-0 while it is busy.
+    assert!(!batch(vec![report(0, "active", now + 2)]).await);
+    let definition = parse_definition(
+        &std::fs::read_to_string("workflows/sample_workflow.json").expect("sample"),
+        false,
+    )
+    .expect("definition");
+    let payload = serde_json::json!({});
+    let first = NewRun::for_task(
+        &definition.tasks[0],
+        0,
+        &payload,
+        now,
+        &EngineRules::default(),
+    );
+    store
+        .create_session(
+            &NewSession {
+                session_id: uuid::Uuid::now_v7().to_string(),
+                agent_id: id(0),
+                definition,
+                store_definition: true,
+                first_run: Some(first),
+            },
+            now + 3,
+        )
+        .await
+        .expect("session");
+
+    assert!(
+        !batch(vec![report(1, "idle", now + 4)]).await,
+        "another agent's report"
+    );
+    assert!(
+        !batch(vec![report(0, "active", now + 5)]).await,
+        "still busy"
+    );
+    assert!(
+        !batch(vec![report(0, "idle", now - 10)]).await,
+        "an older report does not change the current state"
+    );
+    assert!(
+        batch(vec![report(1, "idle", now + 6), report(0, "idle", now + 6)]).await,
+        "agent-0 is idle with a task queued"
+    );
+}

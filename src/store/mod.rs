@@ -156,6 +156,19 @@ impl Agent {
     }
 }
 
+/// What storing a batch of state reports did.
+#[derive(Debug)]
+pub struct AppliedReports {
+    /// One result per report, in order (`NotFound` for an unknown or
+    /// deregistered agent).
+    pub results: Vec<StoreResult<()>>,
+    /// Whether a queued task may have become claimable: a task moved on, or
+    /// an agent with a queued task became `idle` (or `UNKNOWN`) or came back
+    /// from stale. The dispatcher is woken only then, so that a stream of
+    /// reports does not make it query after every batch.
+    pub dispatchable: bool,
+}
+
 /// What a state read needs of an agent: its current state and lease, without
 /// the registration details.
 #[derive(Debug, Clone)]
@@ -359,10 +372,7 @@ pub trait AgentStore: Send + Sync + 'static {
     /// (contract 1.7). The outer error means nothing was stored; otherwise
     /// there is one result per report, in order (`NotFound` for an unknown or
     /// deregistered agent).
-    async fn apply_state_reports(
-        &self,
-        reports: &[StateReport],
-    ) -> StoreResult<Vec<StoreResult<()>>>;
+    async fn apply_state_reports(&self, reports: &[StateReport]) -> StoreResult<AppliedReports>;
 
     /// One agent with its current state.
     async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent>;

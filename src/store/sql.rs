@@ -100,14 +100,22 @@ pub(super) fn apply_reports_sql(rows: usize) -> String {
 
 /// History rows for `rows` reports, binds as in [`apply_reports_sql`].
 pub(super) fn insert_history_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ");
+    let mut sql = String::from(
+        "INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ",
+    );
     for i in 0..rows {
         let b = i * 5;
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
     }
     sql
 }
@@ -124,7 +132,11 @@ pub(super) fn report_rounds(agents: &[&str]) -> Vec<Vec<usize>> {
     let mut rounds: Vec<Vec<usize>> = Vec::new();
     let mut k = 0;
     for (pos, &i) in order.iter().enumerate() {
-        k = if pos > 0 && agents[order[pos - 1]] == agents[i] { k + 1 } else { 0 };
+        k = if pos > 0 && agents[order[pos - 1]] == agents[i] {
+            k + 1
+        } else {
+            0
+        };
         if rounds.len() <= k {
             rounds.push(Vec::new());
         }
@@ -333,9 +345,9 @@ macro_rules! impl_agent_store {
             async fn apply_state_reports(
                 &self,
                 reports: &[$crate::domain::state::StateReport],
-            ) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<()>>> {
-                use $crate::store::sql::*;
+            ) -> $crate::store::StoreResult<$crate::store::AppliedReports> {
                 use $crate::domain::workflow::MEANINGFUL_STATES;
+                use $crate::store::sql::*;
                 // A handful of statements per batch, not per report: each
                 // statement is a round trip to the database (for SQLite, to
                 // its connection's thread), and those dominated the cost.
@@ -348,15 +360,13 @@ macro_rules! impl_agent_store {
                 let ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
                 let mut tx = self.writer().begin().await?;
                 // Only an agent with a task in flight can have one moved on by
-                // a report, and a report never puts one in flight: ask once.
-                let mut busy: Vec<&str> = reports
-                    .iter()
-                    .filter(|r| MEANINGFUL_STATES.contains(&r.state.as_str()))
-                    .map(|r| r.agent_id.as_str())
-                    .collect();
-                busy.sort_unstable();
-                busy.dedup();
-                let busy = in_flight_agents(&mut tx, &busy).await?;
+                // a report (a report never puts one in flight), and only one
+                // with a task queued can make it claimable: ask once.
+                let mut agents = ids.clone();
+                agents.sort_unstable();
+                agents.dedup();
+                let runs = agents_with_runs(&mut tx, &agents).await?;
+                let mut dispatchable = false;
                 for round in report_rounds(&ids) {
                     for chunk in round.chunks(REPORT_CHUNK) {
                         let sql = apply_reports_sql(chunk.len());
@@ -370,19 +380,25 @@ macro_rules! impl_agent_store {
                                 .bind(r.timestamp)
                                 .bind(r.received_at);
                         }
-                        let rows: std::collections::HashMap<String, (i64, i64, Option<i64>, i64)> = q
-                            .fetch_all(&mut *tx)
-                            .await?
-                            .into_iter()
-                            .map(|(id, ts, received, stale, seen)| (id, (ts, received, stale, seen)))
-                            .collect();
+                        let rows: std::collections::HashMap<String, (i64, i64, Option<i64>, i64)> =
+                            q.fetch_all(&mut *tx)
+                                .await?
+                                .into_iter()
+                                .map(|(id, ts, received, stale, seen)| {
+                                    (id, (ts, received, stale, seen))
+                                })
+                                .collect();
                         for &i in chunk {
                             let r = &reports[i];
-                            let Some(&(ts, received, stale_since, last_seen)) = rows.get(r.agent_id.as_str()) else {
-                                results[i] = Err($crate::store::StoreError::agent_not_found(&r.agent_id));
+                            let Some(&(ts, received, stale_since, last_seen)) =
+                                rows.get(r.agent_id.as_str())
+                            else {
+                                results[i] =
+                                    Err($crate::store::StoreError::agent_not_found(&r.agent_id));
                                 continue;
                             };
-                            if stale_since == Some(0) {
+                            let fresh = stale_since == Some(0);
+                            if fresh {
                                 events.push($crate::domain::event::NewEvent::fresh(
                                     r.agent_id.as_str(),
                                     last_seen,
@@ -392,6 +408,11 @@ macro_rules! impl_agent_store {
                             if current {
                                 events.push($crate::domain::event::NewEvent::state(r));
                             }
+                            let claimable = fresh
+                                || (current
+                                    && $crate::store::workflow_sql::CLAIMABLE_STATES
+                                        .contains(&r.state.as_str()));
+                            dispatchable |= claimable && runs.queued.contains(r.agent_id.as_str());
                             applied_reports.push((r, current, last_seen));
                         }
                     }
@@ -400,10 +421,14 @@ macro_rules! impl_agent_store {
                     for &i in &round {
                         let r = &reports[i];
                         if results[i].is_ok()
-                            && busy.contains(r.agent_id.as_str())
+                            && runs.in_flight.contains(r.agent_id.as_str())
                             && MEANINGFUL_STATES.contains(&r.state.as_str())
                         {
+                            let before = events.len();
                             advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
+                            // A task moved on: the agent may be free, a next
+                            // task or a retry queued.
+                            dispatchable |= events.len() > before;
                         }
                     }
                 }
@@ -428,7 +453,10 @@ macro_rules! impl_agent_store {
                     }
                 }
                 self.events_committed(&events, &indexed);
-                Ok(results)
+                Ok($crate::store::AppliedReports {
+                    results,
+                    dispatchable,
+                })
             }
 
             async fn get_agent(

@@ -47,6 +47,10 @@ pub(super) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The current states in which `CLAIM_CANDIDATES` sends an agent a task
+/// (`UNKNOWN` only when sending to agents never heard from is allowed).
+pub(super) const CLAIMABLE_STATES: [&str; 2] = ["idle", crate::domain::state::UNKNOWN];
+
 /// Claims one run. The previous attempt's dispatch time is cleared: until
 /// this attempt is confirmed sent, no report may count as coming after it.
 pub(super) const CLAIM_ONE: &str =
@@ -71,13 +75,25 @@ pub(super) const IN_FLIGHT: &str = "('dispatching', 'dispatched', 'running')";
 /// Most agent ids bound in one [`in_flight_agents_sql`].
 pub(super) const AGENT_CHUNK: usize = 500;
 
-/// Which of `rows` agents (binds `$1`…) have a task in flight.
-pub(super) fn in_flight_agents_sql(rows: usize) -> String {
+/// Which of `rows` agents (binds `$1`…) have a task in flight (`1`) or
+/// queued (`0`); each half uses its own partial index.
+pub(super) fn agents_with_runs_sql(rows: usize) -> String {
     let binds: Vec<String> = (1..=rows).map(|i| format!("${i}")).collect();
+    let binds = binds.join(", ");
     format!(
-        "SELECT agent_id FROM task_runs WHERE status IN {IN_FLIGHT} AND agent_id IN ({})",
-        binds.join(", ")
+        "SELECT agent_id, 1 FROM task_runs WHERE status IN {IN_FLIGHT} AND agent_id IN ({binds}) \
+         UNION ALL \
+         SELECT DISTINCT agent_id, 0 FROM task_runs WHERE status = 'queued' AND agent_id IN ({binds})"
     )
+}
+
+/// Agents of a report batch by the task runs they have.
+#[derive(Debug, Default)]
+pub(super) struct AgentRuns {
+    /// With a task in flight: a report may move it on.
+    pub in_flight: std::collections::HashSet<String>,
+    /// With a task queued: becoming idle or fresh may let it go out.
+    pub queued: std::collections::HashSet<String>,
 }
 
 /// A run claimed by a dispatcher that has not recorded the answer yet.
@@ -263,21 +279,28 @@ macro_rules! impl_workflow_store {
         }
 
         /// Apply a state report's meaning to the agent's run in flight.
-        /// Which of `agents` have a task in flight.
-        async fn in_flight_agents(
+        /// Which of `agents` have a task in flight, and which have one
+        /// queued.
+        async fn agents_with_runs(
             conn: &mut Conn,
             agents: &[&str],
-        ) -> $crate::store::StoreResult<std::collections::HashSet<String>> {
-            let mut busy = std::collections::HashSet::new();
+        ) -> $crate::store::StoreResult<$crate::store::workflow_sql::AgentRuns> {
+            let mut runs = $crate::store::workflow_sql::AgentRuns::default();
             for chunk in agents.chunks($crate::store::workflow_sql::AGENT_CHUNK) {
-                let sql = $crate::store::workflow_sql::in_flight_agents_sql(chunk.len());
-                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                let sql = $crate::store::workflow_sql::agents_with_runs_sql(chunk.len());
+                let mut q = sqlx::query_as::<_, (String, i32)>(&sql);
                 for a in chunk {
                     q = q.bind(*a);
                 }
-                busy.extend(q.fetch_all(&mut *conn).await?);
+                for (agent, in_flight) in q.fetch_all(&mut *conn).await? {
+                    if in_flight == 1 {
+                        runs.in_flight.insert(agent);
+                    } else {
+                        runs.queued.insert(agent);
+                    }
+                }
             }
-            Ok(busy)
+            Ok(runs)
         }
 
         async fn advance_on_report(

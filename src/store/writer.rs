@@ -104,23 +104,28 @@ async fn worker(
         }
         let (reports, waiters): (Vec<StateReport>, Vec<_>) =
             jobs.drain(..).map(|j| (j.report, j.done)).unzip();
-        let results = match store.apply_state_reports(&reports).await {
-            Ok(results) => results,
+        let (results, dispatchable) = match store.apply_state_reports(&reports).await {
+            Ok(applied) => (applied.results, applied.dispatchable),
             // One poisonous report must not fail its neighbours: retry each
             // alone. An unavailable database fails them all at once instead.
             Err(StoreError::Internal(e)) if reports.len() > 1 => {
                 tracing::warn!(error = %e, batch = reports.len(), "batch failed; retrying reports one by one");
                 let mut results = Vec::with_capacity(reports.len());
+                let mut dispatchable = false;
                 for r in &reports {
                     let one = store.apply_state_reports(std::slice::from_ref(r)).await;
-                    results.push(one.and_then(|mut v| v.pop().unwrap_or(Ok(()))));
+                    results.push(one.and_then(|mut a| {
+                        dispatchable |= a.dispatchable;
+                        a.results.pop().unwrap_or(Ok(()))
+                    }));
                 }
-                results
+                (results, dispatchable)
             }
-            Err(e) => reports.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => (reports.iter().map(|_| Err(e.clone())).collect(), false),
         };
-        // A report may have finished a task and freed its agent.
-        wake.notify_one();
+        if dispatchable {
+            wake.notify_one();
+        }
         for (done, result) in waiters.into_iter().zip(results) {
             // The submitter may have gone (client hung up); the report is
             // stored either way.
