@@ -11,6 +11,7 @@ use opscore::store::{
     AgentState, AgentStore, EngineRules, EventStore, Liveness, SqliteStore, StoreOptions,
 };
 use serde_json::value::RawValue;
+use sqlx::{Connection, SqliteConnection};
 
 /// A small deterministic generator (xorshift64*), so a failure names its seed.
 struct Rng(u64);
@@ -46,16 +47,27 @@ fn registration(n: u64, ttl: Option<i64>) -> Registration {
     }
 }
 
-/// What the database itself says (`get_agent` reads it, event index included).
-async fn from_database(store: &SqliteStore, n: u64) -> Option<AgentState> {
+/// What the database itself says, read with a connection of the test's
+/// own: the agent's row (through `get_agent`) and its newest event.
+async fn from_database(
+    store: &SqliteStore,
+    db: &mut SqliteConnection,
+    n: u64,
+) -> Option<AgentState> {
     let a = store.get_agent(&id(n)).await.ok()?;
+    let event_index: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(idx) FROM events WHERE agent_id = $1")
+            .bind(&a.agent_id)
+            .fetch_one(&mut *db)
+            .await
+            .expect("newest event");
     Some(AgentState {
         agent_id: a.agent_id,
         current: a.current,
         last_seen: a.last_seen,
         ttl_secs: a.ttl_secs,
         deregistered_at: a.deregistered_at,
-        event_index: a.event_index,
+        event_index,
     })
 }
 
@@ -78,10 +90,16 @@ fn same(a: &Option<AgentState>, b: &Option<AgentState>) -> bool {
     }
 }
 
-async fn check_all(store: &SqliteStore, seed: u64, step: usize, what: &str) {
+async fn check_all(
+    store: &SqliteStore,
+    db: &mut SqliteConnection,
+    seed: u64,
+    step: usize,
+    what: &str,
+) {
     for n in 0..AGENTS {
         let memory = store.get_state(&id(n)).await.ok();
-        let database = from_database(store, n).await;
+        let database = from_database(store, db, n).await;
         assert!(
             same(&memory, &database),
             "seed {seed}, step {step} ({what}), agent-{n}:\n memory   {memory:?}\n database {database:?}"
@@ -104,6 +122,9 @@ async fn run(seed: u64, steps: usize) {
         ..StoreOptions::default()
     };
     let store = SqliteStore::open(&url, &opts).await.expect("open");
+    let mut db = SqliteConnection::connect(&url)
+        .await
+        .expect("own connection");
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // Server time moves forward in uneven steps; agents' own timestamps are
     // drawn around it, so reports arrive out of order and tie.
@@ -153,7 +174,7 @@ async fn run(seed: u64, steps: usize) {
                 "reports"
             }
         };
-        check_all(&store, seed, step, what).await;
+        check_all(&store, &mut db, seed, step, what).await;
     }
     // What a restarted process loads from the file is what memory held.
     let mut before = Vec::new();

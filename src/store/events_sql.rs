@@ -22,23 +22,10 @@ pub(super) const INSERT_CHUNK: usize = 200;
 
 /// The multi-row INSERT for `rows` events.
 pub(super) fn insert_events_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES ");
-    for i in 0..rows {
-        let b = i * 5;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        ));
-    }
-    sql
+    format!(
+        "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES {}",
+        super::sql::value_rows(rows, &[""; 5])
+    )
 }
 
 /// Agents whose lease ran out and that have not been announced stale yet:

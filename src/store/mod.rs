@@ -142,9 +142,6 @@ pub struct Agent {
     pub last_seen: Micros,
     /// Its own lease TTL, if its registration set one.
     pub ttl_secs: Option<i64>,
-    /// Feed index of the newest retained event about it (single-agent reads
-    /// only; `None` in listings).
-    pub event_index: Option<i64>,
     /// Its current state.
     pub current: StateRecord,
 }

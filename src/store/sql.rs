@@ -45,6 +45,29 @@ pub(super) const DEREGISTER: &str =
     "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1 \
      RETURNING CASE WHEN deregistered_at_us = $2 THEN 1 ELSE 0 END";
 
+/// `rows` rows of VALUES placeholders, numbered on from `$1`, one per entry
+/// of `types`: `$n` as it is where the type is `""`, else `CAST($n AS type)`
+/// (PostgreSQL cannot infer a placeholder's type inside a VALUES list).
+pub(super) fn value_rows(rows: usize, types: &[&str]) -> String {
+    let mut sql = String::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for (col, ty) in types.iter().enumerate() {
+            let n = row * types.len() + col + 1;
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            if ty.is_empty() {
+                sql.push_str(&format!("${n}"));
+            } else {
+                sql.push_str(&format!("CAST(${n} AS {ty})"));
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Most reports in one `UPDATE` of [`apply_reports_sql`] or rows in one
 /// history `INSERT` (5 binds each: far below either backend's bind limit).
 pub(super) const REPORT_CHUNK: usize = 200;
@@ -76,20 +99,10 @@ pub(super) fn apply_reports_sql(rows: usize) -> String {
          stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
          FROM (VALUES "
     );
-    for i in 0..rows {
-        let b = i * 5;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        ));
-    }
+    sql.push_str(&value_rows(
+        rows,
+        &["TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"],
+    ));
     sql.push_str(
         ") AS v WHERE agents.agent_id = v.column1 AND agents.deregistered_at_us IS NULL \
          RETURNING agents.agent_id, agents.state_ts_us, agents.state_received_us, \
@@ -100,24 +113,10 @@ pub(super) fn apply_reports_sql(rows: usize) -> String {
 
 /// History rows for `rows` reports, binds as in [`apply_reports_sql`].
 pub(super) fn insert_history_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES ",
-    );
-    for i in 0..rows {
-        let b = i * 5;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        ));
-    }
-    sql
+    format!(
+        "INSERT INTO state_history (agent_id, state, details, ts_us, received_us) VALUES {}",
+        value_rows(rows, &[""; 5])
+    )
 }
 
 /// Split a batch into rounds that each hold at most one report per agent
@@ -463,13 +462,8 @@ macro_rules! impl_agent_store {
                 &self,
                 id: &$crate::domain::agent::AgentId,
             ) -> $crate::store::StoreResult<$crate::store::Agent> {
-                use sqlx::Row;
-                // The agent's newest feed index comes from the same snapshot
-                // as its state, so a blocking read waiting past it misses
-                // nothing and is not woken by what it already returned.
                 let sql = format!(
-                    "SELECT {}, (SELECT MAX(idx) FROM events e WHERE e.agent_id = $1) \
-                     FROM agents WHERE agent_id = $1",
+                    "SELECT {} FROM agents WHERE agent_id = $1",
                     $crate::store::sql::AGENT_COLUMNS
                 );
                 let row = sqlx::query(&sql)
@@ -477,9 +471,7 @@ macro_rules! impl_agent_store {
                     .fetch_optional(self.reader())
                     .await?
                     .ok_or_else(|| $crate::store::StoreError::agent_not_found(id))?;
-                let mut agent = agent_from_row(&row)?;
-                agent.event_index = row.try_get(15)?;
-                Ok(agent)
+                agent_from_row(&row)
             }
 
             async fn get_state(
@@ -491,7 +483,9 @@ macro_rules! impl_agent_store {
                         .get(id.as_str())
                         .ok_or_else(|| $crate::store::StoreError::agent_not_found(id));
                 }
-                // Event index and state from one snapshot, as in get_agent.
+                // The newest feed index about it comes from the same
+                // snapshot as its state: a blocking read waiting past it
+                // misses nothing and is not woken by what it returned.
                 let sql = format!(
                     "SELECT {}, (SELECT MAX(idx) FROM events e WHERE e.agent_id = $1) \
                      FROM agents WHERE agent_id = $1",
@@ -642,7 +636,6 @@ macro_rules! impl_agent_store {
                 deregistered_at: row.try_get(8)?,
                 last_seen: row.try_get(9)?,
                 ttl_secs: row.try_get(14)?,
-                event_index: None,
                 current: $crate::domain::state::StateRecord {
                     state: row.try_get(10)?,
                     details: $crate::store::decode_details(row.try_get(11)?),
