@@ -36,9 +36,9 @@ pub fn init(filter: &str, format: LogFormat) -> LogGuard {
         .lossy(true)
         .thread_name("opscore-log")
         .finish(stdout_writer());
-    DROPPED
-        .set(writer.error_counter())
-        .unwrap_or_else(|_| tracing::debug!("logging initialised twice; keeping the first"));
+    // Set once: a second call (tests) keeps the first subscriber, and with
+    // it the first writer's count.
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
