@@ -1,0 +1,134 @@
+//! Benchmark: state reports per second through the store alone, no HTTP.
+//!
+//! `opscore bench`'s closed-loop report figure is the whole path: the load
+//! tool, HTTP, the group-commit writer and the database, all on one machine.
+//! This one times only the last step, `Store::apply_state_reports`, with
+//! batches of fixed sizes over registered agents, each batch one durable
+//! transaction. It is the ceiling the HTTP figure can approach: no batch
+//! size the writer forms can go faster than its row here.
+//!
+//! `cargo bench --bench store_reports` runs it on SQLite; with
+//! OPSCORE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres it
+//! also runs on a scratch PostgreSQL database (created and dropped).
+//! BENCH_AGENTS (default 5000) and BENCH_SECS per batch size (default 3)
+//! change the size.
+
+use std::time::{Duration, Instant};
+
+use opscore::domain::agent::{AgentId, Registration};
+use opscore::domain::state::StateReport;
+use opscore::domain::time::now_micros;
+use opscore::store::StoreOptions;
+use sqlx::Connection;
+
+const BATCHES: [usize; 4] = [1, 16, 64, 256];
+const STATES: [&str; 3] = ["idle", "active", "error"];
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn agent(n: usize) -> anyhow::Result<AgentId> {
+    AgentId::parse(&format!("bench-agent-{n}")).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let agents = env_usize("BENCH_AGENTS", 5000).max(BATCHES[BATCHES.len() - 1]);
+    let secs = Duration::from_secs(env_usize("BENCH_SECS", 3) as u64);
+    println!(
+        "state reports through Store::apply_state_reports, {agents} agents, {}s per batch size",
+        secs.as_secs()
+    );
+    println!(
+        "{:<10} {:>6} {:>10} {:>12} {:>14} {:>15}",
+        "backend", "batch", "batches", "reports/s", "ms per batch", "us per report"
+    );
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+    run("sqlite", &sqlite, agents, secs).await?;
+    if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
+        let name = format!("opscore_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let url = format!(
+            "{}/{name}",
+            admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
+        );
+        let result = run("postgres", &url, agents, secs).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        result?;
+    }
+    Ok(())
+}
+
+async fn run(backend: &str, url: &str, agents: usize, secs: Duration) -> anyhow::Result<()> {
+    let store = opscore::store::connect(url, &StoreOptions::default()).await?;
+    for n in 0..agents {
+        let reg = Registration {
+            agent_id: agent(n)?,
+            name: format!("bench agent {n}"),
+            version: "1.0".into(),
+            capabilities: vec!["summarise".into()],
+            contact_endpoint: "http://127.0.0.1:9/".into(),
+            metadata: Default::default(),
+            ttl_secs: None,
+        };
+        store.register_agent(&reg, now_micros()).await?;
+    }
+    // A fixed-seed xorshift: the same agents and states every run.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for size in BATCHES {
+        let (mut batches, mut reports) = (0u64, 0u64);
+        let started = Instant::now();
+        while started.elapsed() < secs {
+            // `size` different agents drawn at random, as a busy fleet's
+            // reports arrive (neighbours in the table would share pages).
+            let mut picked = std::collections::HashSet::with_capacity(size);
+            while picked.len() < size {
+                picked.insert(next() as usize % agents);
+            }
+            let now = now_micros();
+            let batch = picked
+                .into_iter()
+                .map(|n| {
+                    Ok(StateReport {
+                        agent_id: agent(n)?,
+                        state: STATES[next() as usize % STATES.len()].into(),
+                        details: None,
+                        timestamp: now,
+                        received_at: now,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let applied = store.apply_state_reports(&batch).await?;
+            if let Some(Err(e)) = applied.results.into_iter().find(Result::is_err) {
+                anyhow::bail!("a report was refused: {e}");
+            }
+            batches += 1;
+            reports += size as u64;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{backend:<10} {size:>6} {batches:>10} {:>12.0} {:>14.3} {:>15.1}",
+            reports as f64 / elapsed,
+            elapsed * 1e3 / batches as f64,
+            elapsed * 1e6 / reports as f64
+        );
+    }
+    store.close().await;
+    Ok(())
+}
