@@ -16,17 +16,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use opscore::config::{Config, DispatchTarget};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-const KEY: &str = "bench-admin-key-0123456789";
+mod common;
+use common::env_usize;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const KEY: &str = "bench-admin-key-0123456789";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -41,20 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("sqlite", &sqlite, sessions, agents).await?;
     if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
-        let name = format!("opscore_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await?;
-        let url = format!(
-            "{}/{name}",
-            admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-        );
-        let result = run("postgres", &url, sessions, agents).await;
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await?;
-        result?;
+        common::on_scratch_postgres(&admin, |url| async move {
+            run("postgres", &url, sessions, agents).await
+        })
+        .await?;
     }
     Ok(())
 }

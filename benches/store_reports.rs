@@ -19,17 +19,12 @@ use opscore::domain::agent::{AgentId, Registration};
 use opscore::domain::state::StateReport;
 use opscore::domain::time::now_micros;
 use opscore::store::StoreOptions;
-use sqlx::Connection;
+
+mod common;
+use common::env_usize;
 
 const BATCHES: [usize; 4] = [1, 16, 64, 256];
 const STATES: [&str; 3] = ["idle", "active", "error"];
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn agent(n: usize) -> anyhow::Result<AgentId> {
     AgentId::parse(&format!("bench-agent-{n}")).map_err(|e| anyhow::anyhow!("{e}"))
@@ -51,20 +46,10 @@ async fn main() -> anyhow::Result<()> {
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("sqlite", &sqlite, agents, secs).await?;
     if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
-        let name = format!("opscore_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await?;
-        let url = format!(
-            "{}/{name}",
-            admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-        );
-        let result = run("postgres", &url, agents, secs).await;
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await?;
-        result?;
+        common::on_scratch_postgres(&admin, |url| async move {
+            run("postgres", &url, agents, secs).await
+        })
+        .await?;
     }
     Ok(())
 }
