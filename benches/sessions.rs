@@ -32,16 +32,8 @@ async fn main() -> anyhow::Result<()> {
         "{:<10} {:>10} {:>12} {:>12}",
         "backend", "seconds", "sessions/s", "tasks/s"
     );
-    let dir = tempfile::tempdir()?;
-    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    run("sqlite", &sqlite, sessions, agents).await?;
-    if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
-        common::on_scratch_postgres(&admin, |url| async move {
-            run("postgres", &url, sessions, agents).await
-        })
-        .await?;
-    }
-    Ok(())
+    common::on_each_backend(|label, url| async move { run(label, &url, sessions, agents).await })
+        .await
 }
 
 async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::Result<()> {

@@ -42,16 +42,8 @@ async fn main() -> anyhow::Result<()> {
         "{:<10} {:>6} {:>10} {:>12} {:>14} {:>15}",
         "backend", "batch", "batches", "reports/s", "ms per batch", "us per report"
     );
-    let dir = tempfile::tempdir()?;
-    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    run("sqlite", &sqlite, agents, secs).await?;
-    if let Ok(admin) = std::env::var("OPSCORE_BENCH_POSTGRES_URL") {
-        common::on_scratch_postgres(&admin, |url| async move {
-            run("postgres", &url, agents, secs).await
-        })
-        .await?;
-    }
-    Ok(())
+    common::on_each_backend(|backend, url| async move { run(backend, &url, agents, secs).await })
+        .await
 }
 
 async fn run(backend: &str, url: &str, agents: usize, secs: Duration) -> anyhow::Result<()> {
