@@ -16,6 +16,9 @@ use common::{
     TestServer, KEY,
 };
 use futures::stream::{self, StreamExt};
+use opscore::domain::agent::{AgentId, Registration};
+use opscore::domain::state::StateReport;
+use opscore::domain::time::now_micros;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use reqwest::StatusCode;
@@ -387,6 +390,92 @@ async fn graceful_shutdown_finishes_request_in_flight(backend: Backend) {
     s.stop().await;
 }
 
+/// Batches that share agents, written by several transactions at once (on
+/// PostgreSQL the group commit runs a few writer workers, and replicas add
+/// more), all commit. Each batch holds the same agents in its own shuffled
+/// order: before batches locked their agents in one order, two of them
+/// could each hold a row the other needed, and PostgreSQL aborted one as a
+/// deadlock (a 500 for its reports).
+async fn overlapping_batches_all_commit(backend: Backend) {
+    const AGENTS: u64 = 16;
+    const WRITERS: u64 = 6;
+    const BATCHES: u64 = 60;
+    let db = TestDb::new(backend).await;
+    let store = opscore::store::connect(&db.url, &opscore::store::StoreOptions::default())
+        .await
+        .expect("store");
+    let agents: Vec<AgentId> = (0..AGENTS)
+        .map(|i| AgentId::parse(&format!("overlap-{i:02}")).expect("id"))
+        .collect();
+    for a in &agents {
+        let reg = Registration {
+            agent_id: a.clone(),
+            name: a.to_string(),
+            version: "1.0".into(),
+            capabilities: vec!["summarise".into()],
+            contact_endpoint: "http://127.0.0.1:9/".into(),
+            metadata: Default::default(),
+            ttl_secs: None,
+        };
+        store
+            .register_agent(&reg, now_micros())
+            .await
+            .expect("register");
+    }
+    let registered = history_len(&*store, &agents[0]).await;
+    let seed: u64 = rand::random();
+    eprintln!("overlapping_batches seed = {seed}");
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let (store, mut agents) = (store.clone(), agents.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ w);
+        writers.spawn(async move {
+            for b in 0..BATCHES {
+                agents.shuffle(&mut rng);
+                let at = now_micros();
+                let batch: Vec<StateReport> = agents
+                    .iter()
+                    .map(|a| StateReport {
+                        agent_id: a.clone(),
+                        state: format!("w{w}b{b}"),
+                        details: None,
+                        timestamp: at,
+                        received_at: at,
+                    })
+                    .collect();
+                let applied = store.apply_state_reports(&batch).await;
+                let refused = applied.map(|a| a.results.into_iter().filter(Result::is_err).count());
+                assert!(
+                    matches!(refused, Ok(0)),
+                    "writer {w}, batch {b}: {refused:?}"
+                );
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer");
+    }
+    // Every batch left one history row per agent.
+    for a in &agents {
+        assert_eq!(
+            history_len(&*store, a).await,
+            registered + WRITERS * BATCHES,
+            "{a}"
+        );
+    }
+    store.close().await;
+}
+
+/// How many history entries `agent` has.
+async fn history_len(store: &dyn opscore::store::Store, agent: &AgentId) -> u64 {
+    let q = opscore::store::HistoryQuery {
+        before: None,
+        limit: 1000,
+    };
+    let history = store.state_history(agent, &q).await.expect("history");
+    history.len() as u64
+}
+
 async fn parallel_reports_latest_timestamp_wins(backend: Backend) {
     const AGENTS: usize = 200;
     const REPORTS: usize = 50;
@@ -495,4 +584,5 @@ backend_tests!(
     graceful_shutdown_loses_no_acknowledged_report,
     graceful_shutdown_finishes_request_in_flight,
     parallel_reports_latest_timestamp_wins,
+    overlapping_batches_all_commit,
 );

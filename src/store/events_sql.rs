@@ -164,7 +164,7 @@ macro_rules! impl_event_store {
                 let grace = live.grace_secs;
                 // Find candidates on a reader, so the scan never holds up
                 // writes; each is re-checked under its row lock below.
-                let ids: Vec<String> = sqlx::query_scalar(&format!(
+                let mut ids: Vec<String> = sqlx::query_scalar(&format!(
                     "SELECT agent_id FROM agents WHERE {expired} LIMIT $4"
                 ))
                 .bind(now)
@@ -176,6 +176,9 @@ macro_rules! impl_event_store {
                 if ids.is_empty() {
                     return Ok(0);
                 }
+                // Row locks in the order report batches take them (agent id
+                // byte order), so a sweep and a batch cannot deadlock.
+                ids.sort_unstable();
                 let mark = format!(
                     "UPDATE agents SET stale_since_us = $1 WHERE agent_id = $4 AND {expired} \
                      RETURNING last_seen_us, COALESCE(ttl_secs, $2)"

@@ -29,6 +29,13 @@ pub struct PgStore {
 /// The NOTIFY channel every event-writing commit signals on.
 const EVENTS_CHANNEL: &str = "opscore_events";
 
+/// How a report batch locks its agents' rows before updating them: in
+/// byte order of the id (`COLLATE "C"`, whatever the database's collation),
+/// the order the staleness sweep takes them in too. `NO KEY UPDATE` is the
+/// lock the update itself takes, so rows referencing the agent (history,
+/// events) are not held up.
+const LOCK_AGENTS_IN_ORDER: &str = r#"ORDER BY agent_id COLLATE "C" FOR NO KEY UPDATE"#;
+
 /// Run by every event-writing transaction just before its events are
 /// inserted: the lock that makes index order commit order (see
 /// `events_sql`), and the notification other replicas' feeds wake on.
@@ -114,7 +121,7 @@ impl PgStore {
     }
 }
 
-impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR);
+impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR, LOCK_AGENTS_IN_ORDER);
 // Replicas claim due runs concurrently: each skips rows another holds.
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);

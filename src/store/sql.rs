@@ -111,6 +111,21 @@ pub(super) fn apply_reports_sql(rows: usize) -> String {
     sql
 }
 
+/// Most agents locked by one [`lock_agents_sql`].
+pub(super) const AGENT_LOCK_CHUNK: usize = 500;
+
+/// Locks the rows of `rows` agents (binds `$1`…, in ascending byte order
+/// across chunks too). `lock_in_order` orders the rows by id in byte order
+/// and names the lock, so every transaction takes its agents' locks in the
+/// same order: `agent_id` byte order, which is also Rust's `str` order.
+pub(super) fn lock_agents_sql(rows: usize, lock_in_order: &str) -> String {
+    let binds: Vec<String> = (1..=rows).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT agent_id FROM agents WHERE agent_id IN ({}) {lock_in_order}",
+        binds.join(", ")
+    )
+}
+
 /// History rows for `rows` reports, binds as in [`apply_reports_sql`].
 pub(super) fn insert_history_sql(rows: usize) -> String {
     format!(
@@ -122,8 +137,7 @@ pub(super) fn insert_history_sql(rows: usize) -> String {
 /// Split a batch into rounds that each hold at most one report per agent
 /// (an `UPDATE ... FROM` must not meet a row twice): round k holds every
 /// agent's k-th report, in arrival order. Within a round, reports are in
-/// agent-id order, so concurrent batches (several writers, several
-/// replicas) take row locks in one order and cannot deadlock.
+/// agent-id order.
 pub(super) fn report_rounds(agents: &[&str]) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..agents.len()).collect();
     // Stable: one agent's reports keep arrival order.
@@ -223,7 +237,7 @@ pub(super) fn list_agents_sql(
 /// `fn rules(&self) -> &EngineRules`, over the shared SQL above. Expects
 /// `impl_workflow_store!` in the same module (for `advance_on_report`).
 macro_rules! impl_agent_store {
-    ($store:ty, $db:ty, $migrator:expr) => {
+    ($store:ty, $db:ty, $migrator:expr, $lock_in_order:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::AgentStore for $store {
             async fn ready(&self) -> $crate::store::StoreResult<()> {
@@ -358,12 +372,28 @@ macro_rules! impl_agent_store {
                 let mut applied_reports = Vec::with_capacity(reports.len());
                 let ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
                 let mut tx = self.writer().begin().await?;
-                // Only an agent with a task in flight can have one moved on by
-                // a report (a report never puts one in flight), and only one
-                // with a task queued can make it claimable: ask once.
                 let mut agents = ids.clone();
                 agents.sort_unstable();
                 agents.dedup();
+                // Where several transactions write at once (PostgreSQL: a few
+                // writer workers, several replicas), lock the batch's agents
+                // first, in one global order: an `UPDATE ... FROM` locks rows
+                // in whatever order its plan visits them, and two batches
+                // sharing agents then deadlocked.
+                let lock: &str = $lock_in_order;
+                if !lock.is_empty() {
+                    for chunk in agents.chunks(AGENT_LOCK_CHUNK) {
+                        let sql = lock_agents_sql(chunk.len(), lock);
+                        let mut q = sqlx::query(&sql);
+                        for &a in chunk {
+                            q = q.bind(a);
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
+                }
+                // Only an agent with a task in flight can have one moved on by
+                // a report (a report never puts one in flight), and only one
+                // with a task queued can make it claimable: ask once.
                 let runs = agents_with_runs(&mut tx, &agents).await?;
                 let mut dispatchable = false;
                 for round in report_rounds(&ids) {

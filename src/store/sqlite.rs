@@ -146,7 +146,8 @@ async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates>
     Ok(current)
 }
 
-impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR);
+// One writer connection: its transactions never wait on each other's rows.
+impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR, "");
 // One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
 impl_event_store!(SqliteStore, sqlx::Sqlite, "");
