@@ -200,6 +200,99 @@ async fn revocation_is_immediate_and_idempotent(backend: Backend) {
     s.stop().await;
 }
 
+/// An event stream and a blocking read outlive the request that
+/// authenticated them: revoking their key ends both at once, and other
+/// keys' streams go on.
+async fn revocation_ends_open_streams_and_waits(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let k = key_with_role(&s, "operator", &[]).await;
+    let open = s
+        .client
+        .get(s.url("/v1/opscore/events?after=0"))
+        .bearer_auth(&k.plaintext)
+        .send()
+        .await
+        .expect("open");
+    let mut revoked_feed = Stream::wrap(open);
+    let mut other_feed = Stream::open(&s.base, "", None).await;
+    // Live: it replays a1's registration.
+    revoked_feed
+        .until(Duration::from_secs(5), |m| m.kind == "agent.registered")
+        .await;
+    // A blocking read past the current index: it would wait a minute.
+    let r = get_with(&s, &k.plaintext, "/v1/opscore/agent/a1/state").await;
+    let index = r.headers["x-opscore-index"].to_str().expect("index");
+    let waiting = tokio::spawn(send(
+        s.client
+            .get(s.url(&format!(
+                "/v1/opscore/agent/a1/state?index={index}&wait=60s"
+            )))
+            .bearer_auth(&k.plaintext),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the blocking read did not wait");
+
+    revoke(&s, &k.id).await;
+    assert!(
+        revoked_feed.ended(Duration::from_secs(5)).await,
+        "the revoked key's event stream is still open"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the revoked key's blocking read is still waiting")
+        .expect("read task");
+    assert_error(&r, StatusCode::UNAUTHORIZED, "key_revoked");
+    // Reconnecting says why.
+    let again = s
+        .client
+        .get(s.url("/v1/opscore/events"))
+        .bearer_auth(&k.plaintext)
+        .send()
+        .await
+        .expect("reopen");
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    // Another key's stream was not touched.
+    let (status, body) = s
+        .report("a1", "active", &chrono::Utc::now().to_rfc3339())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    other_feed
+        .until(Duration::from_secs(5), |m| m.kind == "agent.state")
+        .await;
+    s.stop().await;
+}
+
+/// A key that expires while its stream is open: the stream ends within the
+/// key cache's time of the expiry.
+async fn expiry_ends_open_streams(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let k = make_key(
+        &s,
+        json!({"name": "short", "role": "operator", "ttlSeconds": 2}),
+    )
+    .await;
+    let open = s
+        .client
+        .get(s.url("/v1/opscore/events"))
+        .bearer_auth(&k.plaintext)
+        .send()
+        .await
+        .expect("open");
+    let mut feed = Stream::wrap(open);
+    assert!(
+        !feed.ended(Duration::from_secs(1)).await,
+        "the stream ended before its key expired"
+    );
+    assert!(
+        feed.ended(Duration::from_secs(15)).await,
+        "the expired key's event stream is still open"
+    );
+    let r = get_with(&s, &k.plaintext, "/v1/opscore/agents").await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "key_expired");
+    s.stop().await;
+}
+
 async fn last_use_is_recorded(backend: Backend) {
     let s = TestServer::start(backend).await;
     let k = key_with_role(&s, "operator", &[]).await;
@@ -394,6 +487,8 @@ backend_tests!(
     plaintext_is_shown_once_and_only_a_digest_is_stored,
     creation_is_validated_field_by_field,
     revocation_is_immediate_and_idempotent,
+    revocation_ends_open_streams_and_waits,
+    expiry_ends_open_streams,
     last_use_is_recorded,
     agent_keys_see_only_their_agents_events,
     rate_limited_keys_get_429_with_retry_after,

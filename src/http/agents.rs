@@ -333,7 +333,7 @@ struct StateReadParams {
     responses(
         (status = 200, description = "The current state", body = CurrentStateView,
          headers(("X-Opscore-Index" = i64, description = "The feed index this read is current as of; pass it as the next `index`"))),
-        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired` (a blocking read also answers the last two when its key is revoked or expires while it waits)", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a bad `index` or `wait`; or `invalid_query`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`; for a blocking read, `overloaded` when the feed is at its subscriber limit", body = ErrorBody),
@@ -341,7 +341,7 @@ struct StateReadParams {
     security(("bearerAuth" = [])),
 )]
 async fn get_state(
-    _: Require<perm::ReadAgent>,
+    caller: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<StateReadParams>,
@@ -355,11 +355,14 @@ async fn get_state(
         Some((after, wait)) => {
             // An unknown agent is refused at once rather than waited on.
             state.store.get_state(&id).await?;
-            state
-                .feed
-                .wait_for_agent(&id, after, wait)
-                .await?
-                .ok_or_else(ApiError::overloaded)?
+            // The wait outlives the authentication: a key revoked or
+            // expiring meanwhile ends it with the 401 it would get now.
+            tokio::select! {
+                waited = state.feed.wait_for_agent(&id, after, wait) => {
+                    waited?.ok_or_else(ApiError::overloaded)?
+                }
+                refused = state.keys.key_withdrawn(&caller) => return Err(refused),
+            }
         }
     };
     let agent = state.store.get_state(&id).await?;

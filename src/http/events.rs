@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -137,6 +137,7 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
 /// comment comes every 15 s. Without `Last-Event-ID` or `after` the stream
 /// starts after the current head (nothing old is replayed). Streams count
 /// against the feed's subscriber limit, not the request limit and deadline.
+/// A stream ends when its API key is revoked or expires.
 #[utoipa::path(
     get,
     path = "/v1/opscore/events",
@@ -147,7 +148,7 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
-        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
         (status = 410, description = "`feed_index_expired`: the resume index is older than what is retained", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a bad `agentId`, `kinds` (names the unknown kind), `after` or `Last-Event-ID`; or `invalid_query`", body = ErrorBody),
         (status = 503, description = "`overloaded`: the feed is at its subscriber limit; `storage_unavailable`", body = ErrorBody),
@@ -248,11 +249,24 @@ async fn stream(
         backlog: VecDeque::new(),
         catching_up: resume.is_some(),
     };
+    // A stream outlives the request that authenticated it: it ends when
+    // its key is revoked or expires (a reconnect then gets the 401 that
+    // says which).
+    let (keys, principal) = (state.keys.clone(), caller.0);
+    let withdrawn = async move {
+        let refused = keys.key_withdrawn(&principal).await;
+        tracing::info!(
+            key_id = principal.key_id().unwrap_or_default(),
+            reason = refused.code(),
+            "event stream closed: its API key is no longer accepted"
+        );
+    };
     let events =
         futures_util::stream::unfold(
             cursor,
             |mut c| async move { c.next().await.map(|e| (Ok(e), c)) },
-        );
+        )
+        .take_until(withdrawn);
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))

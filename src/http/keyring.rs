@@ -138,6 +138,9 @@ pub struct KeyRing {
     cache: Mutex<HashMap<String, Cached>>,
     usage: Mutex<Usage>,
     limiter: RateLimiter,
+    /// Woken whenever a key is (re)read into the cache, revocations here
+    /// included: open streams check their key again at once.
+    changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -152,6 +155,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn invalid_key() -> ApiError {
     ApiError::unauthorized("invalid_api_key", "Invalid API key")
+}
+
+/// The 401 for a key in `status`; `None` while it is usable.
+fn refusal(status: KeyStatus) -> Option<ApiError> {
+    match status {
+        KeyStatus::Active => None,
+        KeyStatus::Revoked => Some(ApiError::unauthorized(
+            "key_revoked",
+            "This API key has been revoked",
+        )),
+        KeyStatus::Expired => Some(ApiError::unauthorized(
+            "key_expired",
+            "This API key has expired",
+        )),
+    }
 }
 
 impl KeyRing {
@@ -169,6 +187,36 @@ impl KeyRing {
             cache: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
             limiter: RateLimiter::new(default_rate_limit),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Resolves, with the 401 a new request would get, once `principal`'s
+    /// key is no longer accepted: revoked, expired or deleted. Revoked
+    /// through this process, that is at once; through another replica,
+    /// within [`CACHE_TTL`]. Never, for the bootstrap key. For requests that
+    /// outlive their authentication (event streams, blocking reads). A
+    /// store that cannot answer keeps the key: a database blip must not cut
+    /// every open stream.
+    pub async fn key_withdrawn(&self, principal: &Principal) -> ApiError {
+        let Some(key) = principal.key.as_deref() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let changed = self.changed.notified();
+            match self.lookup(&key.key_id).await {
+                Ok(Some(k)) => {
+                    if let Some(refused) = refusal(k.status(now_micros())) {
+                        return refused;
+                    }
+                }
+                Ok(None) => return invalid_key(),
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(CACHE_TTL) => {}
+            }
         }
     }
 
@@ -202,23 +250,14 @@ impl KeyRing {
             return Err(invalid_key());
         }
         let now = now_micros();
-        match key.status(now) {
-            KeyStatus::Revoked => Err(ApiError::unauthorized(
-                "key_revoked",
-                "This API key has been revoked",
-            )),
-            KeyStatus::Expired => Err(ApiError::unauthorized(
-                "key_expired",
-                "This API key has expired",
-            )),
-            KeyStatus::Active => {
-                self.mark_used(&key.key_id, now);
-                Ok(Principal {
-                    role: key.role,
-                    key: Some(key),
-                })
-            }
+        if let Some(refused) = refusal(key.status(now)) {
+            return Err(refused);
         }
+        self.mark_used(&key.key_id, now);
+        Ok(Principal {
+            role: key.role,
+            key: Some(key),
+        })
     }
 
     /// The key `key_id`, from the cache while fresh, else from the store.
@@ -256,6 +295,8 @@ impl KeyRing {
                 fetched: Instant::now(),
             },
         );
+        drop(cache);
+        self.changed.notify_waiters();
         key
     }
 

@@ -80,6 +80,21 @@ impl Stream {
         }
     }
 
+    /// Whether the server ends the stream within `within` (events and
+    /// keep-alives before the end are skipped).
+    pub async fn ended(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return true,
+                // Cut mid-chunk: not the clean end the server gives.
+                Ok(Err(e)) => panic!("event stream failed: {e}"),
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Events until `pred` holds for one (returned last), failing the test
     /// if that takes longer than `within`.
     pub async fn until(&mut self, within: Duration, pred: impl Fn(&Msg) -> bool) -> Vec<Msg> {
