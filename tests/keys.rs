@@ -207,14 +207,7 @@ async fn revocation_ends_open_streams_and_waits(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.register("a1").await;
     let k = key_with_role(&s, "operator", &[]).await;
-    let open = s
-        .client
-        .get(s.url("/v1/opscore/events?after=0"))
-        .bearer_auth(&k.plaintext)
-        .send()
-        .await
-        .expect("open");
-    let mut revoked_feed = Stream::wrap(open);
+    let mut revoked_feed = Stream::open_as(&s.base, "?after=0", &k.plaintext).await;
     let mut other_feed = Stream::open(&s.base, "", None).await;
     // Live: it replays a1's registration.
     revoked_feed
@@ -272,14 +265,7 @@ async fn expiry_ends_open_streams(backend: Backend) {
         json!({"name": "short", "role": "operator", "ttlSeconds": 2}),
     )
     .await;
-    let open = s
-        .client
-        .get(s.url("/v1/opscore/events"))
-        .bearer_auth(&k.plaintext)
-        .send()
-        .await
-        .expect("open");
-    let mut feed = Stream::wrap(open);
+    let mut feed = Stream::open_as(&s.base, "", &k.plaintext).await;
     assert!(
         !feed.ended(Duration::from_secs(1)).await,
         "the stream ended before its key expired"
@@ -348,14 +334,7 @@ async fn agent_keys_see_only_their_agents_events(backend: Backend) {
     s.register("a1").await;
     s.register("a2").await;
     let k = key_with_role(&s, "agent", &["a1"]).await;
-    let resp = s
-        .client
-        .get(s.url("/v1/opscore/events?after=0"))
-        .bearer_auth(&k.plaintext)
-        .send()
-        .await
-        .expect("open");
-    let mut feed = Stream::wrap(resp);
+    let mut feed = Stream::open_as(&s.base, "?after=0", &k.plaintext).await;
     let now = chrono::Utc::now().to_rfc3339();
     for agent in ["a2", "a1", "a2"] {
         let (status, body) = s.report(agent, "active", &now).await;

@@ -39,8 +39,19 @@ impl Stream {
         }
     }
 
-    /// A stream over a response already received (e.g. opened with another
-    /// key). Panics unless it is a 200.
+    /// As [`open`](Self::open) without resuming, with another API key.
+    pub async fn open_as(base: &str, query: &str, key: &str) -> Self {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/v1/opscore/events{query}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("open event stream");
+        Self::wrap(resp)
+    }
+
+    /// A stream over a response already received. Panics unless it is a
+    /// 200.
     pub fn wrap(resp: reqwest::Response) -> Self {
         assert_eq!(resp.status(), 200, "event stream refused");
         Self {
