@@ -111,18 +111,20 @@ pub(super) fn apply_reports_sql(rows: usize) -> String {
     sql
 }
 
-/// Most agents locked by one [`lock_agents_sql`].
-pub(super) const AGENT_LOCK_CHUNK: usize = 500;
-
-/// Locks the rows of `rows` agents (binds `$1`…, in ascending byte order
-/// across chunks too). `lock_in_order` orders the rows by id in byte order
-/// and names the lock, so every transaction takes its agents' locks in the
-/// same order: `agent_id` byte order, which is also Rust's `str` order.
-pub(super) fn lock_agents_sql(rows: usize, lock_in_order: &str) -> String {
+/// `$1, $2, …, $rows`: the placeholders of an `IN` list.
+pub(super) fn in_list(rows: usize) -> String {
     let binds: Vec<String> = (1..=rows).map(|i| format!("${i}")).collect();
+    binds.join(", ")
+}
+
+/// Locks the rows of `rows` agents (binds `$1`…, given in ascending byte
+/// order, chunk after chunk). `lock_in_order` orders the rows by id in byte
+/// order and names the lock, so every transaction takes its agents' locks
+/// in one order: `agent_id` byte order, which is also Rust's `str` order.
+pub(super) fn lock_agents_sql(rows: usize, lock_in_order: &str) -> String {
     format!(
         "SELECT agent_id FROM agents WHERE agent_id IN ({}) {lock_in_order}",
-        binds.join(", ")
+        in_list(rows)
     )
 }
 
@@ -236,6 +238,8 @@ pub(super) fn list_agents_sql(
 /// has `fn writer(&self) -> &Pool<DB>`, `fn reader(&self) -> &Pool<DB>` and
 /// `fn rules(&self) -> &EngineRules`, over the shared SQL above. Expects
 /// `impl_workflow_store!` in the same module (for `advance_on_report`).
+/// `$lock_in_order` ends [`lock_agents_sql`] for a backend whose report
+/// batches can run concurrently; `""` skips that statement.
 macro_rules! impl_agent_store {
     ($store:ty, $db:ty, $migrator:expr, $lock_in_order:expr) => {
         #[async_trait::async_trait]
@@ -382,7 +386,7 @@ macro_rules! impl_agent_store {
                 // sharing agents then deadlocked.
                 let lock: &str = $lock_in_order;
                 if !lock.is_empty() {
-                    for chunk in agents.chunks(AGENT_LOCK_CHUNK) {
+                    for chunk in agents.chunks($crate::store::workflow_sql::AGENT_CHUNK) {
                         let sql = lock_agents_sql(chunk.len(), lock);
                         let mut q = sqlx::query(&sql);
                         for &a in chunk {

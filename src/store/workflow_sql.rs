@@ -72,14 +72,14 @@ pub(super) const RECOVER_LEASES: &str =
 /// transaction (the dispatcher recording its answer) may move the run from
 /// one to another in between, and the update must still apply.
 pub(super) const IN_FLIGHT: &str = "('dispatching', 'dispatched', 'running')";
-/// Most agent ids bound in one [`in_flight_agents_sql`].
+/// Most agent ids bound in one [`agents_with_runs_sql`] or
+/// [`lock_agents_sql`](super::sql::lock_agents_sql).
 pub(super) const AGENT_CHUNK: usize = 500;
 
 /// Which of `rows` agents (binds `$1`…) have a task in flight (`1`) or
 /// queued (`0`); each half uses its own partial index.
 pub(super) fn agents_with_runs_sql(rows: usize) -> String {
-    let binds: Vec<String> = (1..=rows).map(|i| format!("${i}")).collect();
-    let binds = binds.join(", ");
+    let binds = super::sql::in_list(rows);
     format!(
         "SELECT agent_id, 1 FROM task_runs WHERE status IN {IN_FLIGHT} AND agent_id IN ({binds}) \
          UNION ALL \
