@@ -237,14 +237,8 @@ async fn revocation_ends_open_streams_and_waits(backend: Backend) {
         .expect("read task");
     assert_error(&r, StatusCode::UNAUTHORIZED, "key_revoked");
     // Reconnecting says why.
-    let again = s
-        .client
-        .get(s.url("/v1/opscore/events"))
-        .bearer_auth(&k.plaintext)
-        .send()
-        .await
-        .expect("reopen");
-    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let again = get_with(&s, &k.plaintext, "/v1/opscore/events").await;
+    assert_error(&again, StatusCode::UNAUTHORIZED, "key_revoked");
     // Another key's stream was not touched.
     let (status, body) = s
         .report("a1", "active", &chrono::Utc::now().to_rfc3339())
