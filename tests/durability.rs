@@ -16,7 +16,7 @@ use common::{
     TestServer, KEY,
 };
 use futures::stream::{self, StreamExt};
-use opscore::domain::agent::{AgentId, Registration};
+use opscore::domain::agent::AgentId;
 use opscore::domain::state::StateReport;
 use opscore::domain::time::now_micros;
 use rand::seq::SliceRandom;
@@ -408,17 +408,8 @@ async fn overlapping_batches_all_commit(backend: Backend) {
         .map(|i| AgentId::parse(&format!("overlap-{i:02}")).expect("id"))
         .collect();
     for a in &agents {
-        let reg = Registration {
-            agent_id: a.clone(),
-            name: a.to_string(),
-            version: "1.0".into(),
-            capabilities: vec!["summarise".into()],
-            contact_endpoint: "http://127.0.0.1:9/".into(),
-            metadata: Default::default(),
-            ttl_secs: None,
-        };
         store
-            .register_agent(&reg, now_micros())
+            .register_agent(&common::registration(a.clone(), None), now_micros())
             .await
             .expect("register");
     }

@@ -5,7 +5,9 @@
 //! memory says with what the database says, and at the end with what a
 //! fresh process loads from the same file.
 
-use opscore::domain::agent::{AgentId, Registration};
+mod common;
+
+use opscore::domain::agent::AgentId;
 use opscore::domain::state::StateReport;
 use opscore::store::{
     AgentState, AgentStore, EngineRules, EventStore, Liveness, SqliteStore, StoreOptions,
@@ -33,18 +35,6 @@ const STATES: [&str; 5] = ["idle", "active", "error", "finished", "custom_state"
 
 fn id(n: u64) -> AgentId {
     AgentId::parse(&format!("agent-{n}")).expect("valid id")
-}
-
-fn registration(n: u64, ttl: Option<i64>) -> Registration {
-    Registration {
-        agent_id: id(n),
-        name: format!("agent {n}"),
-        version: "1.0".into(),
-        capabilities: vec!["summarise".into()],
-        contact_endpoint: "http://127.0.0.1:9/".into(),
-        metadata: Default::default(),
-        ttl_secs: ttl,
-    }
 }
 
 /// What the database itself says, read with a connection of the test's
@@ -135,7 +125,7 @@ async fn run(seed: u64, steps: usize) {
             0 => {
                 let ttl = [None, Some(1), Some(30)][rng.below(3) as usize];
                 store
-                    .register_agent(&registration(rng.below(AGENTS), ttl), now)
+                    .register_agent(&common::registration(id(rng.below(AGENTS)), ttl), now)
                     .await
                     .expect("register");
                 "register"
@@ -216,7 +206,7 @@ async fn batches_say_when_a_queued_task_may_go_out() {
     let now: i64 = 1_700_000_000_000_000;
     for n in 0..2 {
         store
-            .register_agent(&registration(n, None), now)
+            .register_agent(&common::registration(id(n), None), now)
             .await
             .expect("register");
     }

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use opscore::config::{Config, Secret};
+use opscore::domain::agent::{AgentId, Registration};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -655,4 +656,18 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// A registration of `agent_id` as the tests' agents have it, for tests that
+/// call the store directly; `ttl_secs` is its own lease, if any.
+pub fn registration(agent_id: AgentId, ttl_secs: Option<i64>) -> Registration {
+    Registration {
+        name: format!("agent {agent_id}"),
+        agent_id,
+        version: "1.0".into(),
+        capabilities: vec!["summarise".into()],
+        contact_endpoint: "http://127.0.0.1:9/".into(),
+        metadata: Default::default(),
+        ttl_secs,
+    }
 }
