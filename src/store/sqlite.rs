@@ -173,8 +173,8 @@ impl_retention_store!(SqliteStore, sqlx::Sqlite);
 mod tests {
     use super::*;
 
-    /// The writer checkpoints at the longer interval; readers never write,
-    /// so they never checkpoint and keep SQLite's default.
+    /// The writer's connection, the one that checkpoints after its commits,
+    /// has the longer interval, in WAL mode.
     #[tokio::test]
     async fn writer_checkpoints_at_the_longer_interval() {
         let dir = tempfile::tempdir().unwrap();
