@@ -11,7 +11,8 @@
 //! OPSCORE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres it
 //! also runs on a scratch PostgreSQL database (created and dropped).
 //! BENCH_AGENTS (default 5000) and BENCH_SECS per batch size (default 3)
-//! change the size.
+//! change the size; BENCH_BATCHES (default `1,16,64,256`) picks the batch
+//! sizes, e.g. one size alone to profile it.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use opscore::store::StoreOptions;
 mod common;
 use common::env_usize;
 
-const BATCHES: [usize; 4] = [1, 16, 64, 256];
+const BATCHES: &str = "1,16,64,256";
 const STATES: [&str; 3] = ["idle", "active", "error"];
 
 fn agent(n: usize) -> anyhow::Result<AgentId> {
@@ -32,7 +33,18 @@ fn agent(n: usize) -> anyhow::Result<AgentId> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let agents = env_usize("BENCH_AGENTS", 5000).max(BATCHES[BATCHES.len() - 1]);
+    let batches = std::env::var("BENCH_BATCHES").unwrap_or_else(|_| BATCHES.into());
+    let batches = batches
+        .split(',')
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!(
+                "BENCH_BATCHES: {b:?} is not a batch size (a whole number above 0)"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<usize>>>()?;
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    let agents = env_usize("BENCH_AGENTS", 5000).max(largest);
     let secs = Duration::from_secs(env_usize("BENCH_SECS", 3) as u64);
     println!(
         "state reports through Store::apply_state_reports, {agents} agents, {}s per batch size",
@@ -42,11 +54,20 @@ async fn main() -> anyhow::Result<()> {
         "{:<10} {:>6} {:>10} {:>12} {:>14} {:>15}",
         "backend", "batch", "batches", "reports/s", "ms per batch", "us per report"
     );
-    common::on_each_backend(|backend, url| async move { run(backend, &url, agents, secs).await })
-        .await
+    common::on_each_backend(|backend, url| {
+        let batches = batches.clone();
+        async move { run(backend, &url, agents, &batches, secs).await }
+    })
+    .await
 }
 
-async fn run(backend: &str, url: &str, agents: usize, secs: Duration) -> anyhow::Result<()> {
+async fn run(
+    backend: &str,
+    url: &str,
+    agents: usize,
+    batches: &[usize],
+    secs: Duration,
+) -> anyhow::Result<()> {
     let store = opscore::store::connect(url, &StoreOptions::default()).await?;
     for n in 0..agents {
         let reg = Registration {
@@ -68,7 +89,7 @@ async fn run(backend: &str, url: &str, agents: usize, secs: Duration) -> anyhow:
         seed ^= seed << 17;
         seed
     };
-    for size in BATCHES {
+    for &size in batches {
         let (mut batches, mut reports) = (0u64, 0u64);
         let started = Instant::now();
         while started.elapsed() < secs {

@@ -21,10 +21,10 @@ pub(super) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, 
 pub(super) const INSERT_CHUNK: usize = 200;
 
 /// The multi-row INSERT for `rows` events.
-pub(super) fn insert_events_sql(rows: usize) -> String {
+pub(super) fn insert_events_sql(rows: usize, binds: super::sql::Binds) -> String {
     format!(
         "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES {}",
-        super::sql::value_rows(rows, &[""; 5])
+        super::sql::value_rows(rows, &[""; 5], binds)
     )
 }
 
@@ -64,7 +64,10 @@ macro_rules! impl_event_store {
             for chunk in events.chunks($crate::store::events_sql::INSERT_CHUNK) {
                 let sql = format!(
                     "{} RETURNING agent_id, idx",
-                    $crate::store::events_sql::insert_events_sql(chunk.len())
+                    $crate::store::events_sql::insert_events_sql(
+                        chunk.len(),
+                        <$db as $crate::store::sql::Dialect>::BINDS
+                    )
                 );
                 let mut q = sqlx::query_as::<_, (Option<String>, i64)>(&sql);
                 for e in chunk {
@@ -274,7 +277,7 @@ mod tests {
     #[test]
     fn insert_numbers_binds_per_row() {
         assert_eq!(
-            insert_events_sql(2),
+            insert_events_sql(2, crate::store::sql::Binds::Numbered),
             "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES \
              ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
         );

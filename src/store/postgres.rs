@@ -27,6 +27,10 @@ pub struct PgStore {
 }
 
 /// The NOTIFY channel every event-writing commit signals on.
+impl super::sql::Dialect for sqlx::Postgres {
+    const BINDS: super::sql::Binds = super::sql::Binds::Numbered;
+}
+
 const EVENTS_CHANNEL: &str = "opscore_events";
 
 /// How a report batch locks its agents' rows before updating them: in

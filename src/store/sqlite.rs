@@ -41,6 +41,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// WAL does not slow them down.
 const WAL_AUTOCHECKPOINT_PAGES: &str = "10000";
 
+impl super::sql::Dialect for sqlx::Sqlite {
+    const BINDS: super::sql::Binds = super::sql::Binds::Anonymous;
+}
+
 /// The SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
