@@ -457,6 +457,102 @@ async fn overlapping_batches_all_commit(backend: Backend) {
     store.close().await;
 }
 
+/// A batch larger than one statement holds (reports go in chunks of 200 per
+/// `UPDATE` and `INSERT`, five binds each, bound positionally on SQLite and
+/// by number on PostgreSQL) stores every report with its own agent: its
+/// current state, its history rows and its feed event. Each agent sends two
+/// reports in the batch, the second one late, so the batch also runs in two
+/// rounds.
+async fn large_batches_keep_each_report_with_its_agent(backend: Backend) {
+    const AGENTS: usize = 450;
+    let db = TestDb::new(backend).await;
+    let store = opscore::store::connect(&db.url, &opscore::store::StoreOptions::default())
+        .await
+        .expect("store");
+    let agents: Vec<AgentId> = (0..AGENTS)
+        .map(|i| AgentId::parse(&format!("large-{i:03}")).expect("id"))
+        .collect();
+    for a in &agents {
+        store
+            .register_agent(&common::registration(a.clone(), None), now_micros())
+            .await
+            .expect("register");
+    }
+    let after = store
+        .read_events(0, 10_000)
+        .await
+        .expect("feed")
+        .last()
+        .map_or(0, |e| e.index);
+    let at = now_micros();
+    let report = |i: usize, which: &str, timestamp: i64| StateReport {
+        agent_id: agents[i].clone(),
+        state: format!("s{i}{which}"),
+        details: Some(
+            serde_json::value::RawValue::from_string(format!(r#"{{"i":{i},"which":"{which}"}}"#))
+                .expect("json"),
+        ),
+        timestamp,
+        received_at: at + i as i64,
+    };
+    let batch: Vec<StateReport> = (0..AGENTS)
+        .map(|i| report(i, "new", at + 1_000_000))
+        .chain((0..AGENTS).map(|i| report(i, "late", at)))
+        .collect();
+    let applied = store.apply_state_reports(&batch).await.expect("batch");
+    assert_eq!(applied.results.len(), 2 * AGENTS);
+    assert!(applied.results.iter().all(Result::is_ok));
+
+    let events = store.read_events(after, 10_000).await.expect("feed");
+    assert_eq!(
+        events.len(),
+        AGENTS,
+        "one agent.state event per current report"
+    );
+    for (i, a) in agents.iter().enumerate() {
+        let current = store.get_state(a).await.expect("state").current;
+        assert_eq!(current.state, format!("s{i}new"), "{a}");
+        assert_eq!(
+            current.details.as_ref().map(|d| d.get()),
+            Some(format!(r#"{{"i":{i},"which":"new"}}"#).as_str()),
+            "{a}"
+        );
+        assert_eq!(
+            (current.timestamp, current.received_at),
+            (at + 1_000_000, at + i as i64),
+            "{a}"
+        );
+        let q = opscore::store::HistoryQuery {
+            before: None,
+            limit: 10,
+        };
+        let history: Vec<(String, i64)> = store
+            .state_history(a, &q)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|h| (h.record.state, h.record.timestamp))
+            .collect();
+        assert_eq!(
+            history[..2],
+            [
+                (format!("s{i}new"), at + 1_000_000),
+                (format!("s{i}late"), at)
+            ],
+            "{a}: {history:?}"
+        );
+        let mine: Vec<Value> = events
+            .iter()
+            .filter(|e| e.agent_id.as_deref() == Some(a.as_str()))
+            .map(|e| serde_json::from_str(e.data.get()).expect("event data"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{a}");
+        assert_eq!(mine[0]["state"], format!("s{i}new"), "{a}");
+        assert_eq!(mine[0]["details"], json!({"i": i, "which": "new"}), "{a}");
+    }
+    store.close().await;
+}
+
 /// How many history entries `agent` has.
 async fn history_len(store: &dyn opscore::store::Store, agent: &AgentId) -> u64 {
     let q = opscore::store::HistoryQuery {
@@ -576,4 +672,5 @@ backend_tests!(
     graceful_shutdown_finishes_request_in_flight,
     parallel_reports_latest_timestamp_wins,
     overlapping_batches_all_commit,
+    large_batches_keep_each_report_with_its_agent,
 );
