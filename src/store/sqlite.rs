@@ -176,6 +176,76 @@ impl_retention_store!(SqliteStore, sqlx::Sqlite);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::agent::{AgentId, Registration};
+    use crate::store::{AgentStore, StoreError};
+
+    fn registration(id: &str) -> Registration {
+        Registration {
+            agent_id: AgentId::parse(id).unwrap(),
+            name: id.into(),
+            version: "1.0".into(),
+            capabilities: Vec::new(),
+            contact_endpoint: "http://127.0.0.1:9/".into(),
+            metadata: Default::default(),
+            ttl_secs: None,
+        }
+    }
+
+    /// Writes take the writer's one connection in turn: one that waits
+    /// longer than the acquire timeout is refused as unavailable (a 503),
+    /// and the writer serves the next write once it is free.
+    #[tokio::test]
+    async fn a_write_waits_for_the_writer_at_most_the_acquire_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        let opts = StoreOptions {
+            acquire_timeout: std::time::Duration::from_millis(300),
+            ..StoreOptions::default()
+        };
+        let store = SqliteStore::open(&url, &opts).await.unwrap();
+        let held = store.writer().acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        // Bounded here, so that a writer that waits forever fails the test
+        // instead of hanging it.
+        let refused = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.register_agent(&registration("a-1"), 1),
+        )
+        .await
+        .expect("refused within the acquire timeout, not left waiting");
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        drop(held);
+        store.register_agent(&registration("a-1"), 1).await.unwrap();
+        store.close().await;
+    }
+
+    /// After `close`, writes are refused as unavailable, and what was
+    /// written before is in the file for the next process.
+    #[tokio::test]
+    async fn closing_ends_writes_and_keeps_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        let store = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        store.register_agent(&registration("a-1"), 1).await.unwrap();
+        store.close().await;
+        let refused = store.register_agent(&registration("a-2"), 2).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let reopened = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let id = AgentId::parse("a-1").unwrap();
+        assert_eq!(reopened.get_agent(&id).await.unwrap().agent_id, "a-1");
+        reopened.close().await;
+    }
 
     /// The writer's connection, the one that checkpoints after its commits,
     /// has the longer interval, in WAL mode.
