@@ -169,17 +169,7 @@ mod tests {
     use super::*;
     use crate::domain::agent::AgentId;
 
-    fn reg(id: &str, ttl: Option<i64>) -> Registration {
-        Registration {
-            agent_id: AgentId::parse(id).expect("id"),
-            name: id.into(),
-            version: "1".into(),
-            capabilities: vec![],
-            contact_endpoint: "http://127.0.0.1:1".into(),
-            metadata: Default::default(),
-            ttl_secs: ttl,
-        }
-    }
+    use crate::store::test_registration as reg;
 
     fn report(id: &str, state: &str, ts: Micros, at: Micros) -> StateReport {
         StateReport {

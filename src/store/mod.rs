@@ -817,6 +817,20 @@ fn decode_details(text: Option<String>) -> Option<Box<serde_json::value::RawValu
     text.and_then(|t| serde_json::value::RawValue::from_string(t).ok())
 }
 
+/// A registration of `id` for the store's own tests; `ttl` is its lease.
+#[cfg(test)]
+pub(crate) fn test_registration(id: &str, ttl: Option<i64>) -> Registration {
+    Registration {
+        agent_id: AgentId::parse(id).expect("id"),
+        name: id.into(),
+        version: "1".into(),
+        capabilities: vec![],
+        contact_endpoint: "http://127.0.0.1:1".into(),
+        metadata: Default::default(),
+        ttl_secs: ttl,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::Connection;

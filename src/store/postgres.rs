@@ -26,11 +26,11 @@ pub struct PgStore {
     feed: Arc<Notify>,
 }
 
-/// The NOTIFY channel every event-writing commit signals on.
 impl super::sql::Dialect for sqlx::Postgres {
     const BINDS: super::sql::Binds = super::sql::Binds::Numbered;
 }
 
+/// The NOTIFY channel every event-writing commit signals on.
 const EVENTS_CHANNEL: &str = "opscore_events";
 
 /// How a report batch locks its agents' rows before updating them: in

@@ -56,7 +56,7 @@ pub(super) enum Binds {
     /// 1,000-parameter batch cost half a million steps, 6-8% of the store
     /// bench's CPU at batch 64. Bare `?`s have no name to look up, and the
     /// store bench measured 6-11% more reports per second at batch 64 and
-    /// 25-40% at batch 200.
+    /// 23-40% at batch 200.
     Anonymous,
 }
 

@@ -176,20 +176,8 @@ impl_retention_store!(SqliteStore, sqlx::Sqlite);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::agent::{AgentId, Registration};
-    use crate::store::{AgentStore, StoreError};
-
-    fn registration(id: &str) -> Registration {
-        Registration {
-            agent_id: AgentId::parse(id).unwrap(),
-            name: id.into(),
-            version: "1.0".into(),
-            capabilities: Vec::new(),
-            contact_endpoint: "http://127.0.0.1:9/".into(),
-            metadata: Default::default(),
-            ttl_secs: None,
-        }
-    }
+    use crate::domain::agent::AgentId;
+    use crate::store::{test_registration, AgentStore, StoreError};
 
     /// Writes take the writer's one connection in turn: one that waits
     /// longer than the acquire timeout is refused as unavailable (a 503),
@@ -209,7 +197,7 @@ mod tests {
         // instead of hanging it.
         let refused = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            store.register_agent(&registration("a-1"), 1),
+            store.register_agent(&test_registration("a-1", None), 1),
         )
         .await
         .expect("refused within the acquire timeout, not left waiting");
@@ -219,7 +207,10 @@ mod tests {
         );
         assert!(started.elapsed() >= std::time::Duration::from_millis(300));
         drop(held);
-        store.register_agent(&registration("a-1"), 1).await.unwrap();
+        store
+            .register_agent(&test_registration("a-1", None), 1)
+            .await
+            .unwrap();
         store.close().await;
     }
 
@@ -232,9 +223,14 @@ mod tests {
         let store = SqliteStore::open(&url, &StoreOptions::default())
             .await
             .unwrap();
-        store.register_agent(&registration("a-1"), 1).await.unwrap();
+        store
+            .register_agent(&test_registration("a-1", None), 1)
+            .await
+            .unwrap();
         store.close().await;
-        let refused = store.register_agent(&registration("a-2"), 2).await;
+        let refused = store
+            .register_agent(&test_registration("a-2", None), 2)
+            .await;
         assert!(
             matches!(refused, Err(StoreError::Unavailable(_))),
             "{refused:?}"
