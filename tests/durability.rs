@@ -390,6 +390,28 @@ async fn graceful_shutdown_finishes_request_in_flight(backend: Backend) {
     s.stop().await;
 }
 
+/// A store on `db`, used directly (no server), with `n` agents registered
+/// as `prefix-000`, `prefix-001`, ….
+async fn store_with_agents(
+    db: &TestDb,
+    prefix: &str,
+    n: usize,
+) -> (Arc<dyn opscore::store::Store>, Vec<AgentId>) {
+    let store = opscore::store::connect(&db.url, &opscore::store::StoreOptions::default())
+        .await
+        .expect("store");
+    let agents: Vec<AgentId> = (0..n)
+        .map(|i| AgentId::parse(&format!("{prefix}-{i:03}")).expect("id"))
+        .collect();
+    for a in &agents {
+        store
+            .register_agent(&common::registration(a.clone(), None), now_micros())
+            .await
+            .expect("register");
+    }
+    (store, agents)
+}
+
 /// Batches that share agents, written by several transactions at once (on
 /// PostgreSQL the group commit runs a few writer workers, and replicas add
 /// more), all commit. Each batch holds the same agents in its own shuffled
@@ -401,18 +423,7 @@ async fn overlapping_batches_all_commit(backend: Backend) {
     const WRITERS: u64 = 6;
     const BATCHES: u64 = 60;
     let db = TestDb::new(backend).await;
-    let store = opscore::store::connect(&db.url, &opscore::store::StoreOptions::default())
-        .await
-        .expect("store");
-    let agents: Vec<AgentId> = (0..AGENTS)
-        .map(|i| AgentId::parse(&format!("overlap-{i:02}")).expect("id"))
-        .collect();
-    for a in &agents {
-        store
-            .register_agent(&common::registration(a.clone(), None), now_micros())
-            .await
-            .expect("register");
-    }
+    let (store, agents) = store_with_agents(&db, "overlap", AGENTS as usize).await;
     let registered = history_len(&*store, &agents[0]).await;
     let seed: u64 = rand::random();
     eprintln!("overlapping_batches seed = {seed}");
@@ -466,18 +477,7 @@ async fn overlapping_batches_all_commit(backend: Backend) {
 async fn large_batches_keep_each_report_with_its_agent(backend: Backend) {
     const AGENTS: usize = 450;
     let db = TestDb::new(backend).await;
-    let store = opscore::store::connect(&db.url, &opscore::store::StoreOptions::default())
-        .await
-        .expect("store");
-    let agents: Vec<AgentId> = (0..AGENTS)
-        .map(|i| AgentId::parse(&format!("large-{i:03}")).expect("id"))
-        .collect();
-    for a in &agents {
-        store
-            .register_agent(&common::registration(a.clone(), None), now_micros())
-            .await
-            .expect("register");
-    }
+    let (store, agents) = store_with_agents(&db, "large", AGENTS).await;
     let after = store
         .read_events(0, 10_000)
         .await
