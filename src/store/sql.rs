@@ -71,21 +71,24 @@ pub(super) trait Dialect {
 /// where the type is `""`, else `CAST(… AS type)` (PostgreSQL cannot infer a
 /// placeholder's type inside a VALUES list).
 pub(super) fn value_rows(rows: usize, types: &[&str], binds: Binds) -> String {
-    let mut sql = String::new();
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(rows * types.len() * 24);
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for (col, ty) in types.iter().enumerate() {
             if col > 0 {
                 sql.push_str(", ");
             }
-            let bind = match binds {
-                Binds::Numbered => format!("${}", row * types.len() + col + 1),
-                Binds::Anonymous => "?".to_owned(),
+            if !ty.is_empty() {
+                sql.push_str("CAST(");
+            }
+            // Writing to a String cannot fail.
+            let _ = match binds {
+                Binds::Numbered => write!(sql, "${}", row * types.len() + col + 1),
+                Binds::Anonymous => write!(sql, "?"),
             };
-            if ty.is_empty() {
-                sql.push_str(&bind);
-            } else {
-                sql.push_str(&format!("CAST({bind} AS {ty})"));
+            if !ty.is_empty() {
+                let _ = write!(sql, " AS {ty})");
             }
         }
         sql.push(')');
