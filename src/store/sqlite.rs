@@ -175,28 +175,37 @@ impl_retention_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
     use crate::domain::agent::AgentId;
     use crate::store::{test_registration, AgentStore, StoreError};
+
+    /// A database file's URL in a fresh scratch directory (removed when
+    /// the returned guard drops).
+    fn scratch_url() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        (dir, url)
+    }
 
     /// Writes take the writer's one connection in turn: one that waits
     /// longer than the acquire timeout is refused as unavailable (a 503),
     /// and the writer serves the next write once it is free.
     #[tokio::test]
     async fn a_write_waits_for_the_writer_at_most_the_acquire_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        let (_dir, url) = scratch_url();
         let opts = StoreOptions {
-            acquire_timeout: std::time::Duration::from_millis(300),
+            acquire_timeout: Duration::from_millis(300),
             ..StoreOptions::default()
         };
         let store = SqliteStore::open(&url, &opts).await.unwrap();
         let held = store.writer().acquire().await.unwrap();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         // Bounded here, so that a writer that waits forever fails the test
         // instead of hanging it.
         let refused = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
+            Duration::from_secs(10),
             store.register_agent(&test_registration("a-1", None), 1),
         )
         .await
@@ -205,7 +214,7 @@ mod tests {
             matches!(refused, Err(StoreError::Unavailable(_))),
             "{refused:?}"
         );
-        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        assert!(started.elapsed() >= Duration::from_millis(300));
         drop(held);
         store
             .register_agent(&test_registration("a-1", None), 1)
@@ -218,8 +227,7 @@ mod tests {
     /// written before is in the file for the next process.
     #[tokio::test]
     async fn closing_ends_writes_and_keeps_what_was_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        let (_dir, url) = scratch_url();
         let store = SqliteStore::open(&url, &StoreOptions::default())
             .await
             .unwrap();
@@ -247,8 +255,7 @@ mod tests {
     /// has the longer interval, in WAL mode.
     #[tokio::test]
     async fn writer_checkpoints_at_the_longer_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("opscore.db").display());
+        let (_dir, url) = scratch_url();
         let store = SqliteStore::open(&url, &StoreOptions::default())
             .await
             .unwrap();
