@@ -128,6 +128,10 @@ pub struct RawSettings {
     /// Largest accepted distance between a webhook's timestamp and now, in seconds.
     #[arg(long, env = "OPSCORE_WEBHOOK_TOLERANCE_SECS", default_value = "300")]
     pub webhook_tolerance_secs: String,
+    /// How far ahead of the server's clock a state report's timestamp may
+    /// be, in seconds; further is refused (422 timestamp_in_future).
+    #[arg(long, env = "OPSCORE_MAX_CLOCK_SKEW_SECS", default_value = "300")]
+    pub max_clock_skew_secs: String,
     /// Accept unauthenticated registration webhooks (legacy load scripts only).
     #[arg(long, env = "OPSCORE_ALLOW_UNSIGNED_NOTIFY", default_value = "false")]
     pub allow_unsigned_notify: String,
@@ -206,11 +210,12 @@ pub struct RawSettings {
     /// How often the dispatcher looks for due tasks when nothing woke it, in milliseconds.
     #[arg(long, env = "OPSCORE_DISPATCH_POLL_MS", default_value = "250")]
     pub dispatch_poll_ms: String,
-    /// Agent lease: an agent not heard from for this long (plus the grace)
-    /// is stale and sent no task, in seconds. A registration may set its
-    /// own in metadata.ttlSeconds.
-    #[arg(long, env = "OPSCORE_AGENT_TTL_SECS", default_value = "60")]
-    pub agent_ttl_secs: String,
+    /// Agent lease for every agent that sets none of its own, in seconds:
+    /// an agent not heard from for this long (plus the grace) is stale and
+    /// sent no task. Leases are opt-in: unset, only agents with their own
+    /// (metadata.ttlSeconds, or PUT .../lease) can go stale. [default: none]
+    #[arg(long, env = "OPSCORE_AGENT_TTL_SECS")]
+    pub agent_ttl_secs: Option<String>,
     /// Extra margin before an agent counts as stale, in seconds.
     #[arg(long, env = "OPSCORE_STALE_GRACE_SECS", default_value = "5")]
     pub stale_grace_secs: String,
@@ -255,6 +260,8 @@ pub struct Config {
     pub rate_limit_per_key: Option<u32>,
     /// Webhook timestamp tolerance.
     pub webhook_tolerance: Duration,
+    /// How far ahead of the server's clock a report's timestamp may be.
+    pub max_clock_skew: Duration,
     /// Accept unauthenticated webhooks.
     pub allow_unsigned_notify: bool,
     /// AgentKit base URL.
@@ -393,6 +400,7 @@ impl Config {
             more_webhook_secrets: Vec::new(),
             rate_limit_per_key: None,
             webhook_tolerance: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(300),
             allow_unsigned_notify: false,
             agentkit_api_url: None,
             log_level: "info".into(),
@@ -443,6 +451,13 @@ impl RawSettings {
             86_400,
             "OPSCORE_WEBHOOK_TOLERANCE_SECS",
             "webhook-tolerance-secs",
+        )?);
+        let max_clock_skew = Duration::from_secs(parse_num(
+            &self.max_clock_skew_secs,
+            0,
+            365 * 86_400,
+            "OPSCORE_MAX_CLOCK_SKEW_SECS",
+            "max-clock-skew-secs",
         )?);
         // Empty reads as unset for these two (as for AGENTKIT_API_URL), so
         // that docker-compose.yml can pass them through when .env leaves
@@ -643,13 +658,16 @@ impl RawSettings {
                 "task-timeout-secs",
             )?,
             liveness: Liveness {
-                ttl_secs: parse_num(
-                    &self.agent_ttl_secs,
-                    1,
-                    crate::domain::agent::MAX_TTL_SECS as u64,
-                    "OPSCORE_AGENT_TTL_SECS",
-                    "agent-ttl-secs",
-                )? as i64,
+                ttl_secs: match self.agent_ttl_secs.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(raw) => Some(parse_num(
+                        raw,
+                        1,
+                        crate::domain::agent::MAX_TTL_SECS as u64,
+                        "OPSCORE_AGENT_TTL_SECS",
+                        "agent-ttl-secs",
+                    )? as i64),
+                },
                 grace_secs: parse_num(
                     &self.stale_grace_secs,
                     0,
@@ -739,6 +757,7 @@ impl RawSettings {
             more_webhook_secrets,
             rate_limit_per_key,
             webhook_tolerance,
+            max_clock_skew,
             allow_unsigned_notify,
             agentkit_api_url,
             log_level: self.log_level,

@@ -128,6 +128,13 @@ impl ApiError {
         Self::validation(vec![FieldError::new(field, message)])
     }
 
+    /// The same error under a more specific code (e.g. a validation failure
+    /// that clients tell apart, `timestamp_in_future`).
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     /// 500 with an internal reason that is logged, not sent.
     pub fn internal(reason: impl Into<String>) -> Self {
         Self {

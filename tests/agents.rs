@@ -324,16 +324,16 @@ async fn timestamp_without_offset_is_utc(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.register("a1").await;
     let cases = [
-        ("2030-04-21T10:00:00.5", "2030-04-21T10:00:00.500000+00:00"),
-        ("2030-04-21 10:00:01", "2030-04-21T10:00:01.000000+00:00"),
+        ("2020-04-21T10:00:00.5", "2020-04-21T10:00:00.500000+00:00"),
+        ("2020-04-21 10:00:01", "2020-04-21T10:00:01.000000+00:00"),
         (
-            "2030-04-21T12:00:02+02:00",
-            "2030-04-21T10:00:02.000000+00:00",
+            "2020-04-21T12:00:02+02:00",
+            "2020-04-21T10:00:02.000000+00:00",
         ),
-        ("2030-04-21T10:00:03Z", "2030-04-21T10:00:03.000000+00:00"),
+        ("2020-04-21T10:00:03Z", "2020-04-21T10:00:03.000000+00:00"),
         (
-            "2030-04-21T05:00:04.25-05:00",
-            "2030-04-21T10:00:04.250000+00:00",
+            "2020-04-21T05:00:04.25-05:00",
+            "2020-04-21T10:00:04.250000+00:00",
         ),
     ];
     for (sent, stored) in cases {
@@ -416,12 +416,15 @@ async fn latest_timestamp_wins(backend: Backend) {
     let (_, cur) = s.state("a2").await;
     assert_eq!(cur["state"], "idle");
     assert_eq!(cur["timestamp"], "2020-01-01T00:00:00.000000+00:00");
-    // History is newest first by timestamp: UNKNOWN (now) before 2020.
+    // History is newest first by timestamp, and the UNKNOWN the service set
+    // never sorts above the report that replaced it: it moves to just
+    // before that report's time.
     let h = s.history("a2").await;
     assert_eq!(
         (&h[0]["state"], &h[1]["state"]),
-        (&json!("UNKNOWN"), &json!("idle"))
+        (&json!("idle"), &json!("UNKNOWN"))
     );
+    assert_eq!(h[1]["timestamp"], "2019-12-31T23:59:59.999999+00:00");
     s.stop().await;
 }
 
@@ -531,7 +534,116 @@ async fn details_must_be_strict_json(backend: Backend) {
     s.stop().await;
 }
 
+/// A report stamped far ahead of the server's clock is refused with 422
+/// `timestamp_in_future` and stores nothing; one within the allowed skew is
+/// accepted. Without the check a single report stamped 2099 pinned the
+/// agent's current state for good.
+async fn a_report_from_the_future_is_refused(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let now = chrono::Utc::now();
+    let (status, _) = s.report("a1", "idle", &now.to_rfc3339()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let before = s.history("a1").await;
+    for ts in [
+        "2099-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        &(now + chrono::Duration::seconds(400)).to_rfc3339(),
+    ] {
+        let r = s
+            .report_json("a1", &common::report("a1", ts, "active", json!({})))
+            .await;
+        common::assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "timestamp_in_future");
+        assert_eq!(r.body["errors"][0]["field"], "timestamp", "{}", r.body);
+    }
+    assert_eq!(s.history("a1").await, before, "a refused report was stored");
+    assert_eq!(s.state("a1").await.1["state"], "idle");
+    // Within the skew (300 s by default): accepted, and current.
+    let near = (now + chrono::Duration::seconds(60)).to_rfc3339();
+    let (status, _) = s.report("a1", "active", &near).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(s.state("a1").await.1["state"], "active");
+}
+
+/// An admin can reset a state pinned by a clock that ran ahead (stored
+/// here by a server that allowed a year of skew): the state is UNKNOWN
+/// again, recorded in the history with the acting key, and the agent's next
+/// real report becomes current. Operators may not reset.
+async fn admin_resets_a_pinned_state(backend: Backend) {
+    let db = common::TestDb::new(backend).await;
+    let mut config = common::test_config(&db);
+    config.max_clock_skew = std::time::Duration::from_secs(365 * 86_400);
+    let s = TestServer::start_on(db, config).await;
+    s.register("a1").await;
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(200)).to_rfc3339();
+    let (status, _) = s.report("a1", "idle", &ahead).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = s
+        .report("a1", "active", &chrono::Utc::now().to_rfc3339())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(s.state("a1").await.1["state"], "idle", "pinned");
+
+    let operator = common::keys::key_with_role(&s, "operator", &[]).await;
+    let r = common::send(
+        s.client
+            .post(s.url("/v1/opscore/agent/a1/state/reset"))
+            .bearer_auth(&operator.plaintext),
+    )
+    .await;
+    common::assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    let admin = common::keys::key_with_role(&s, "admin", &[]).await;
+    let r = common::send(
+        s.client
+            .post(s.url("/v1/opscore/agent/a1/state/reset"))
+            .bearer_auth(&admin.plaintext),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "UNKNOWN", "{}", r.body);
+    assert_eq!(s.state("a1").await.1["state"], "UNKNOWN");
+    let history = s.history("a1").await;
+    assert!(
+        history
+            .iter()
+            .any(|h| h["state"] == "UNKNOWN" && h["details"]["resetBy"] == json!(admin.id)),
+        "the reset is not in the history: {history:#?}"
+    );
+    let (status, _) = s
+        .report("a1", "active", &chrono::Utc::now().to_rfc3339())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        s.state("a1").await.1["state"],
+        "active",
+        "still pinned after the reset"
+    );
+    let r = common::send(s.post("/v1/opscore/agent/nobody/state/reset")).await;
+    common::assert_error(&r, StatusCode::NOT_FOUND, "agent_not_found");
+}
+
+/// The UNKNOWN the service sets at registration never sorts above the
+/// report that took its place, even when that report's timestamp is a
+/// little behind the server's clock (agent clock or network lag).
+async fn registration_unknown_sorts_below_the_report_that_replaced_it(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let behind = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let (status, _) = s.report("a1", "active", &behind).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(s.state("a1").await.1["state"], "active");
+    let history = s.history("a1").await;
+    let states: Vec<&str> = history
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["active", "UNKNOWN"], "{history:#?}");
+}
+
 backend_tests!(
+    a_report_from_the_future_is_refused,
+    admin_resets_a_pinned_state,
+    registration_unknown_sorts_below_the_report_that_replaced_it,
     report_is_stored_and_readable,
     report_auth_errors,
     report_request_errors,

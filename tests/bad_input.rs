@@ -201,6 +201,24 @@ fn cases() -> Vec<Case> {
             "validation_failed",
         )
         .json(register_with("agentId", json!("a".repeat(300)))),
+        // An id is one path segment of the dispatch URL: "." and ".." would
+        // send the task to /v1/run and /v1/agents/run.
+        case(
+            "webhook: agentId '.'",
+            "POST",
+            notify,
+            422,
+            "validation_failed",
+        )
+        .json(register_with("agentId", json!("."))),
+        case(
+            "webhook: agentId '..'",
+            "POST",
+            notify,
+            422,
+            "validation_failed",
+        )
+        .json(register_with("agentId", json!(".."))),
         case(
             "webhook: no agentName",
             "POST",

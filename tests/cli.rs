@@ -207,6 +207,24 @@ async fn agents_commands(backend: Backend) {
     assert_eq!(run.field("Status"), "stale");
     assert_eq!(run.field("Lease"), "1s");
 
+    // Leases on and off from the CLI: a1 holds none (never stale), gets
+    // one, and loses it again; a bad lease is the server's refusal.
+    assert_eq!(
+        opscore(b, &["agents", "get", "a1"]).await.field("Lease"),
+        "none (never stale)"
+    );
+    let run = opscore(b, &["agents", "lease", "a1", "--ttl", "5m"]).await;
+    assert_eq!(run.field("Lease"), "300s");
+    assert_eq!(c.get_agent("a1").await.expect("a1").ttl_seconds, Some(300));
+    let run = opscore(b, &["agents", "lease", "a1", "--clear", "--json"]).await;
+    assert_eq!(run.json()["ttlSeconds"], Value::Null);
+    assert_eq!(c.get_agent("a1").await.expect("a1").ttl_seconds, None);
+    let run = opscore(b, &["agents", "lease", "a1", "--ttl", "2d"]).await;
+    assert_refused(&run, c.set_lease("a1", Some(2 * 86_400)).await);
+    assert!(run.stderr.contains("ttlSeconds"), "{run:?}");
+    let run = opscore(b, &["agents", "lease", "a1"]).await;
+    assert!(run.failed(2).contains("--ttl"), "{run:?}");
+
     // Paging: a page and the cursor of the rest, on stderr; --all follows it.
     let run = opscore(b, &["agents", "list", "--limit", "2"]).await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -354,6 +372,16 @@ async fn state_commands(backend: Backend) {
     assert!(run.stderr.contains("timestamp"), "{run:?}");
     let run = opscore(b, &["state", "get", "ghost", "--json"]).await;
     assert_refused(&run, c.get_state("ghost").await);
+
+    // An admin resets the state to UNKNOWN (the test key is the admin's).
+    let run = opscore(b, &["state", "reset", "a1"]).await;
+    assert_eq!(run.field("State"), "UNKNOWN");
+    assert_eq!(
+        c.get_state("a1").await.expect("state").state.state,
+        "UNKNOWN"
+    );
+    let run = opscore(b, &["state", "reset", "ghost"]).await;
+    assert_refused(&run, c.reset_state("ghost").await);
     let run = opscore(b, &["state", "report", "ghost", "idle"]).await;
     assert_refused(&run, c.report_state("ghost", "idle", None).await);
 }

@@ -196,7 +196,7 @@ async fn sigkill_loses_no_acknowledged_report(backend: Backend) {
         .post(format!("{}/v1/opscore/agent/crash-0/state", server.base))
         .bearer_auth(KEY)
         .json(
-            &json!({"agentId": "crash-0", "timestamp": ts_at(future_base(), 3600),
+            &json!({"agentId": "crash-0", "timestamp": ts_at(future_base(), 200),
             "state": "idle", "details": null}),
         )
         .send()

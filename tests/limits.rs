@@ -266,7 +266,7 @@ async fn overload_is_shed_with_503_and_health_stays_up(backend: Backend) {
     let r = s
         .report_json(
             "busy-0",
-            &common::report("busy-0", &ts_at(base, 10_000), "idle", json!({})),
+            &common::report("busy-0", &ts_at(base, 250), "idle", json!({})),
         )
         .await;
     common::assert_accepted(&r);

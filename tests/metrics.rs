@@ -333,7 +333,7 @@ async fn metrics_are_open_like_health(backend: Backend) {
 /// feed streams.
 async fn stale_agents_and_feed_subscribers(backend: Backend) {
     let s = TestServer::start_with(backend, |c| {
-        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.ttl_secs = Some(1);
         c.db.engine.liveness.grace_secs = 0;
     })
     .await;

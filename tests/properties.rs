@@ -73,7 +73,7 @@ proptest! {
         let path = AgentId::parse(&agent).unwrap();
         let body = serde_json::json!({"agentId": agent, "timestamp": ts, "state": state, "details": details}).to_string();
         if let Ok(parsed) = serde_json::from_str::<StateReportBody>(&body) {
-            if let Ok(report) = parsed.validate(&path, Utc::now()) {
+            if let Ok(report) = parsed.validate(&path, Utc::now(), std::time::Duration::from_secs(300)) {
                 prop_assert_eq!(report.agent_id, path);
             }
         }

@@ -37,7 +37,7 @@ async fn stale_agent_gets_no_task_and_comes_back_on_report(backend: Backend) {
     let s = TestServer::start_with(backend, move |c| {
         c.dispatch.target = DispatchTarget::AgentKit(url);
         c.dispatch.poll_interval = Duration::from_millis(20);
-        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.ttl_secs = Some(1);
         c.db.engine.liveness.grace_secs = 0;
     })
     .await;
@@ -98,7 +98,7 @@ async fn stale_agent_gets_no_task_and_comes_back_on_report(backend: Backend) {
 
 async fn registration_sets_its_own_ttl(backend: Backend) {
     let s = TestServer::start_with(backend, |c| {
-        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.ttl_secs = Some(1);
         c.db.engine.liveness.grace_secs = 0;
     })
     .await;
@@ -138,7 +138,7 @@ async fn registration_sets_its_own_ttl(backend: Backend) {
 /// listing's `stale` filter agrees with the flag it shows.
 async fn deregistered_agent_is_not_stale(backend: Backend) {
     let s = TestServer::start_with(backend, |c| {
-        c.db.engine.liveness.ttl_secs = 1;
+        c.db.engine.liveness.ttl_secs = Some(1);
         c.db.engine.liveness.grace_secs = 0;
     })
     .await;

@@ -104,7 +104,7 @@ async fn run(seed: u64, steps: usize) {
     let opts = StoreOptions {
         engine: EngineRules {
             liveness: Liveness {
-                ttl_secs: 1,
+                ttl_secs: Some(1),
                 grace_secs: 0,
             },
             ..EngineRules::default()

@@ -68,10 +68,18 @@ fuzz_target!(|data: &[u8]| {
         .timestamp_opt(1_776_765_600, 0)
         .single()
         .unwrap_or_default();
-    match parsed.validate(&agent, received) {
+    let max_skew = std::time::Duration::from_secs(300);
+    match parsed.validate(&agent, received, max_skew) {
         Err(ReportError::AgentMismatch { path: p, body: b }) => {
             assert_eq!(p, agent.as_str());
             assert_ne!(p, b);
+        }
+        Err(ReportError::InFuture {
+            ahead_secs,
+            max_skew_secs,
+        }) => {
+            assert_eq!(max_skew_secs, 300);
+            assert!(ahead_secs >= max_skew_secs, "{ahead_secs} s ahead refused");
         }
         Err(ReportError::Invalid(errors)) => {
             assert!(!errors.is_empty(), "422 that names no field");
@@ -89,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(report.agent_id, agent);
             assert_eq!(validate_state_name(&report.state), Ok(()));
             assert_eq!(report.received_at, to_micros(received));
+            assert!(report.timestamp <= to_micros(received) + 300_000_000);
             let wire = format_micros(report.timestamp);
             assert_eq!(parse_timestamp(&wire).map(to_micros), Ok(report.timestamp));
             if let Some(details) = &report.details {

@@ -38,6 +38,22 @@ pub enum AgentsCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Turn an agent's lease on (`--ttl`) or off (`--clear`). With a lease,
+    /// an agent not heard from for that long (plus the grace) is stale: it
+    /// is sent no task, and the task it holds fails with `agent stale`.
+    Lease {
+        /// The agent's id.
+        agent_id: String,
+        /// The lease, e.g. 90, 90s, 5m or 1h (at most a day).
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        ttl: Option<String>,
+        /// Clear the agent's own lease (the server-wide one applies, if set).
+        #[arg(long)]
+        clear: bool,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// An agent's state history, latest timestamp first.
     History {
         /// The agent's id.
@@ -56,6 +72,16 @@ pub enum AgentsCmd {
 pub enum StateCmd {
     /// Show an agent's current state.
     Get {
+        /// The agent's id.
+        agent_id: String,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Put an agent's state back to UNKNOWN, as right after registration
+    /// (admin keys only), e.g. when a clock that ran ahead pinned it: the
+    /// agent's next report becomes current whatever its timestamp.
+    Reset {
         /// The agent's id.
         agent_id: String,
         /// Server, key, output.
@@ -109,6 +135,16 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
         AgentsCmd::Get { agent_id, opts } => {
             show(opts.json, opts.client()?.get_agent(&agent_id), agent_fields).await
         }
+        AgentsCmd::Lease {
+            agent_id,
+            ttl,
+            clear: _,
+            opts,
+        } => {
+            let ttl = ttl.as_deref().map(super::keys::parse_ttl).transpose()?;
+            let client = opts.client()?;
+            show(opts.json, client.set_lease(&agent_id, ttl), agent_fields).await
+        }
         AgentsCmd::History {
             agent_id,
             page,
@@ -131,6 +167,14 @@ pub async fn run_state(cmd: StateCmd) -> Result<(), CliError> {
     match cmd {
         StateCmd::Get { agent_id, opts } => {
             show(opts.json, opts.client()?.get_state(&agent_id), state_fields).await
+        }
+        StateCmd::Reset { agent_id, opts } => {
+            show(
+                opts.json,
+                opts.client()?.reset_state(&agent_id),
+                state_fields,
+            )
+            .await
         }
         StateCmd::Report {
             agent_id,
@@ -202,9 +246,11 @@ fn agent_fields(a: &Agent) -> String {
         ("State details", json(a.current_state.details.as_ref())),
         ("Last seen", time(&a.last_seen)),
     ];
-    if let Some(ttl) = a.ttl_seconds {
-        f.push(("Lease", format!("{ttl}s")));
-    }
+    f.push((
+        "Lease",
+        a.ttl_seconds
+            .map_or_else(|| "none (never stale)".to_owned(), |ttl| format!("{ttl}s")),
+    ));
     f.extend([
         ("Registered", time(&a.registered_at)),
         ("Updated", time(&a.updated_at)),

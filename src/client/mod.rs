@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 pub use self::events::{EventFilter, EventStream, SseFrame, SseParser};
 pub use self::types::*;
+use crate::domain::path_segment as seg;
 use crate::http::auth::sign;
 
 /// Which Ops-Core server a client command talks to, and with what key.
@@ -298,30 +299,9 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
-/// One path segment, percent-encoded: ids typed by an operator may hold
-/// characters (`/`, `?`, spaces) that would otherwise change the route.
-fn seg(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_are_encoded() {
-        assert_eq!(seg("a1:x_y.z-2"), "a1:x_y.z-2");
-        assert_eq!(seg("a/b c?d"), "a%2Fb%20c%3Fd");
-        assert_eq!(seg("é"), "%C3%A9");
-    }
 
     #[test]
     fn error_bodies_keep_detail_and_code() {

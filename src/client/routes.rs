@@ -68,9 +68,27 @@ impl Client {
         Call::new(self.get(&format!("/v1/opscore/agent/{}/state", seg(agent_id))))
     }
 
+    /// Reset an agent's state to `UNKNOWN` (admin); answers with the state
+    /// as it now is.
+    pub fn reset_state(&self, agent_id: &str) -> Call<CurrentState> {
+        Call::new(self.post(&format!("/v1/opscore/agent/{}/state/reset", seg(agent_id))))
+    }
+
     /// An agent's registration and current state.
     pub fn get_agent(&self, agent_id: &str) -> Call<Agent> {
         Call::new(self.get(&format!("/v1/opscore/agent/{}", seg(agent_id))))
+    }
+
+    /// Set (`Some`) or clear (`None`) an agent's own lease, in seconds;
+    /// answers with the agent as it now is.
+    pub fn set_lease(&self, agent_id: &str, ttl_secs: Option<u64>) -> Call<Agent> {
+        Call::new(
+            self.authed(
+                self.http
+                    .put(self.url(&format!("/v1/opscore/agent/{}/lease", seg(agent_id)))),
+            )
+            .json(&json!({ "ttlSeconds": ttl_secs })),
+        )
     }
 
     /// One page of agents, by id.

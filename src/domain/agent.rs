@@ -36,6 +36,11 @@ impl AgentId {
         {
             return Err("may contain only letters, digits, '.', '_', ':' and '-'".into());
         }
+        // An id is one path segment of every URL that carries it; these two
+        // would mean "here" and "up one" instead.
+        if s == "." || s == ".." {
+            return Err("must not be '.' or '..'".into());
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -79,15 +84,38 @@ pub const MAX_TTL_SECS: i64 = 86_400;
 /// is refused rather than ignored, so a typo cannot silently change when an
 /// agent counts as stale.
 fn metadata_ttl(metadata: &Map<String, Value>) -> Result<Option<i64>, FieldError> {
-    match metadata.get("ttlSeconds") {
+    lease_ttl(
+        metadata.get("ttlSeconds"),
+        "agent_details.metadata.ttlSeconds",
+    )
+}
+
+/// Read an agent's lease TTL: null means none; anything but a whole number
+/// of seconds from 1 to [`MAX_TTL_SECS`] is refused, naming `field`.
+fn lease_ttl(v: Option<&Value>, field: &str) -> Result<Option<i64>, FieldError> {
+    match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if (1..=MAX_TTL_SECS).contains(&n) => Ok(Some(n)),
             _ => Err(FieldError::new(
-                "agent_details.metadata.ttlSeconds",
+                field,
                 format!("must be a whole number of seconds from 1 to {MAX_TTL_SECS}"),
             )),
         },
+    }
+}
+
+/// Read the body of `PUT /v1/opscore/agent/{agentId}/lease`:
+/// `{"ttlSeconds": N}` sets the agent's own lease, `{"ttlSeconds": null}`
+/// clears it. The field must be present, so an empty body changes nothing
+/// by accident.
+pub fn lease_body(body: &Map<String, Value>) -> Result<Option<i64>, FieldError> {
+    match body.get("ttlSeconds") {
+        None => Err(FieldError::new(
+            "ttlSeconds",
+            "is required: a whole number of seconds, or null to clear the lease",
+        )),
+        v => lease_ttl(v, "ttlSeconds"),
     }
 }
 

@@ -76,7 +76,8 @@ impl Role {
                 | P::Trigger
                 | P::ReadSessions
                 | P::CancelSessions
-                | P::ReadEvents,
+                | P::ReadEvents
+                | P::ManageLeases,
             ) => Access::All,
             (Self::Agent, P::ReadAgent | P::ReportState | P::ReadEvents) => Access::Scoped,
             (Self::Registrar, P::Register) => Access::All,
@@ -110,6 +111,10 @@ pub enum Permission {
     ReadEvents,
     /// `/v1/opscore/keys`.
     ManageKeys,
+    /// `PUT /v1/opscore/agent/{agentId}/lease`.
+    ManageLeases,
+    /// `POST /v1/opscore/agent/{agentId}/state/reset` (admin only).
+    ResetState,
 }
 
 impl Permission {
@@ -127,6 +132,8 @@ impl Permission {
             Self::CancelSessions => "cancel sessions",
             Self::ReadEvents => "read the event feed",
             Self::ManageKeys => "manage API keys",
+            Self::ManageLeases => "set agent leases",
+            Self::ResetState => "reset an agent's state",
         }
     }
 }
@@ -307,12 +314,17 @@ mod tests {
             P::CancelSessions,
             P::ReadEvents,
             P::ManageKeys,
+            P::ManageLeases,
+            P::ResetState,
         ];
         for p in all {
             assert_eq!(Role::Admin.access(p), All, "{p:?}");
         }
         let granted = |r: Role| all.iter().filter(|p| r.access(**p) != Denied).count();
-        assert_eq!(granted(Role::Operator), 8);
+        assert_eq!(granted(Role::Operator), 9);
+        assert_eq!(Role::Operator.access(P::ManageLeases), All);
+        assert_eq!(Role::Agent.access(P::ManageLeases), Denied);
+        assert_eq!(Role::Operator.access(P::ResetState), Denied);
         assert_eq!(Role::Operator.access(P::Register), Denied);
         assert_eq!(Role::Operator.access(P::ManageKeys), Denied);
         assert_eq!(Role::Operator.access(P::ManageWorkflows), Denied);

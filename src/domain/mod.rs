@@ -13,6 +13,27 @@ pub mod workflow;
 
 use serde::Serialize;
 
+/// `raw` as one URL path segment, percent-encoded: ids may hold characters
+/// (`/`, `?`, spaces) that would otherwise change the route, and a segment
+/// of only dots (`.`, `..`) would mean "here" or "up one" to every URL
+/// parser, so its dots are encoded too. Every URL this service or its
+/// client builds from an id goes through here.
+pub fn path_segment(raw: &str) -> String {
+    let all_dots = !raw.is_empty() && raw.bytes().all(|b| b == b'.');
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'~' | b':')
+            || (b == b'.' && !all_dots)
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// One reason a request body or query failed validation, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
@@ -76,5 +97,21 @@ impl Validator {
         } else {
             Err(self.errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("a1:x_y.z-2"), "a1:x_y.z-2");
+        assert_eq!(path_segment("a/b c?d"), "a%2Fb%20c%3Fd");
+        assert_eq!(path_segment("é"), "%C3%A9");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("..."), "%2E%2E%2E");
+        assert_eq!(path_segment("a..b"), "a..b");
     }
 }

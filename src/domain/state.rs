@@ -96,14 +96,25 @@ pub enum ReportError {
     },
     /// Missing or malformed fields (422).
     Invalid(Vec<FieldError>),
+    /// The timestamp is further ahead of the server's clock than the skew
+    /// allowed (422 `timestamp_in_future`): one skewed clock must not pin
+    /// the agent's current state.
+    InFuture {
+        /// How far ahead it is, in whole seconds.
+        ahead_secs: i64,
+        /// The most allowed, in seconds.
+        max_skew_secs: i64,
+    },
 }
 
 impl StateReportBody {
-    /// Validate against the path's agent id, stamping the receive time.
+    /// Validate against the path's agent id, stamping the receive time. A
+    /// timestamp more than `max_skew` ahead of `received_at` is refused.
     pub fn validate(
         self,
         path_agent: &AgentId,
         received_at: DateTime<Utc>,
+        max_skew: std::time::Duration,
     ) -> Result<StateReport, ReportError> {
         let mut v = Validator::default();
         if let Some(body_id) = &self.agent_id {
@@ -142,6 +153,15 @@ impl StateReportBody {
             }
         }
         v.finish().map_err(ReportError::Invalid)?;
+        let skew = chrono::Duration::from_std(max_skew).unwrap_or(chrono::Duration::MAX);
+        if let Some(ts) = timestamp {
+            if ts.signed_duration_since(received_at) > skew {
+                return Err(ReportError::InFuture {
+                    ahead_secs: ts.signed_duration_since(received_at).num_seconds(),
+                    max_skew_secs: skew.num_seconds(),
+                });
+            }
+        }
         match (timestamp, state) {
             (Some(ts), Some(state)) => Ok(StateReport {
                 agent_id: path_agent.clone(),
@@ -161,7 +181,11 @@ mod tests {
 
     fn parse(json: &str) -> Result<StateReport, ReportError> {
         let body: StateReportBody = serde_json::from_str(json).unwrap();
-        body.validate(&AgentId::parse("a1").unwrap(), Utc::now())
+        body.validate(
+            &AgentId::parse("a1").unwrap(),
+            Utc::now(),
+            std::time::Duration::from_secs(300),
+        )
     }
 
     #[test]
@@ -178,6 +202,43 @@ mod tests {
             r#"{"agentId":"a1","timestamp":"2026-04-21T10:00:00Z","state":"idle"}"#,
         ] {
             assert!(parse(body).unwrap().details.is_none());
+        }
+    }
+
+    #[test]
+    fn a_timestamp_too_far_ahead_is_refused() {
+        let at = |t: &str| {
+            let body: StateReportBody = serde_json::from_str(&format!(
+                r#"{{"agentId":"a1","timestamp":"{t}","state":"idle"}}"#
+            ))
+            .unwrap();
+            let now = DateTime::parse_from_rfc3339("2026-12-05T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            body.validate(
+                &AgentId::parse("a1").unwrap(),
+                now,
+                std::time::Duration::from_secs(300),
+            )
+        };
+        assert!(
+            at("2026-12-05T10:05:00Z").is_ok(),
+            "exactly the skew is allowed"
+        );
+        assert!(at("2026-12-05T09:00:00Z").is_ok(), "the past is fine");
+        for (t, ahead) in [
+            ("2026-12-05T10:05:00.000001Z", 300),
+            ("2099-01-01T00:00:00Z", 2_274_444_000),
+            ("9999-12-31T23:59:59.999999Z", 251_605_835_999),
+        ] {
+            assert_eq!(
+                at(t).unwrap_err(),
+                ReportError::InFuture {
+                    ahead_secs: ahead,
+                    max_skew_secs: 300
+                },
+                "{t}"
+            );
         }
     }
 

@@ -19,6 +19,8 @@ pub const MAX_RETRIES_LIMIT: u32 = 100;
 pub const MAX_SECONDS: u64 = 7 * 24 * 3600;
 /// Retries when a task does not say.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Why a run failed when its agent's lease ran out while it was in flight.
+pub const AGENT_STALE: &str = "agent stale";
 
 /// A workflow definition as stored and served. Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

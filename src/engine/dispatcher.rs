@@ -169,17 +169,22 @@ fn next_pause(p: Duration) -> Duration {
     (p * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// Where a run goes.
-pub fn target_url(target: &DispatchTarget, run: &ClaimedRun) -> String {
+/// Where a run goes. An agent id that is not one addressable path segment
+/// (`.` or `..`, refused at registration now, but possibly stored by an
+/// older version) has no URL: URL parsers resolve those segments, even
+/// percent-encoded, so the task would reach another route.
+pub fn target_url(target: &DispatchTarget, run: &ClaimedRun) -> Result<String, String> {
     match target {
         DispatchTarget::AgentKit(base) => {
-            format!(
+            crate::domain::agent::AgentId::parse(&run.agent_id)
+                .map_err(|why| format!("agent id '{}' cannot be addressed: {why}", run.agent_id))?;
+            Ok(format!(
                 "{}/agents/{}/run",
                 base.as_str().trim_end_matches('/'),
-                run.agent_id
-            )
+                crate::domain::path_segment(&run.agent_id)
+            ))
         }
-        DispatchTarget::Direct => run.contact_endpoint.clone(),
+        DispatchTarget::Direct => Ok(run.contact_endpoint.clone()),
     }
 }
 
@@ -248,8 +253,12 @@ async fn send(
         opscore_session_id: &run.session_id,
         opscore_task_id: &run.run_id,
     };
+    let url = match target_url(target, run) {
+        Ok(url) => url,
+        Err(error) => return DispatchOutcome::Fail { error },
+    };
     let result = client
-        .post(target_url(target, run))
+        .post(url)
         .header("Idempotency-Key", idempotency_key(run))
         .json(&body)
         .send()
@@ -324,6 +333,29 @@ pub fn retry_after(headers: &HeaderMap, now: Micros) -> Option<Micros> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent id is one segment of the AgentKit URL; an id that cannot
+    /// be one (stored before "." and ".." were refused) is not sent at all.
+    #[test]
+    fn agentkit_url_carries_the_id_as_one_segment() {
+        let base = DispatchTarget::AgentKit("http://kit:8000/v1/".parse().expect("url"));
+        let run = |id: &str| ClaimedRun {
+            run_id: "r".into(),
+            session_id: "s".into(),
+            task_name: "t".into(),
+            agent_id: id.into(),
+            contact_endpoint: String::new(),
+            payload: "{}".into(),
+            attempt: 1,
+        };
+        assert_eq!(
+            target_url(&base, &run("a1:x.y")).as_deref(),
+            Ok("http://kit:8000/v1/agents/a1:x.y/run")
+        );
+        for id in [".", "..", "a/b", ""] {
+            assert!(target_url(&base, &run(id)).is_err(), "{id:?}");
+        }
+    }
 
     #[test]
     fn classification() {

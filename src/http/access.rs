@@ -71,6 +71,10 @@ pub mod perm {
         ReadEvents narrowed true;
         /// [`Permission::ManageKeys`].
         ManageKeys;
+        /// [`Permission::ManageLeases`].
+        ManageLeases;
+        /// [`Permission::ResetState`].
+        ResetState;
     }
 }
 

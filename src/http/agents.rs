@@ -18,7 +18,7 @@ use super::auth::{
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
-use crate::domain::agent::{has_nul, AgentId, NotifyBody, NotifyError, NotifyEvent};
+use crate::domain::agent::{has_nul, lease_body, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros, Micros};
@@ -33,8 +33,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(notify))
         .routes(routes!(list_agents))
         .routes(routes!(get_agent))
+        .routes(routes!(set_lease))
         .routes(routes!(report_state, get_state))
         .routes(routes!(state_history))
+        .routes(routes!(reset_state))
 }
 
 /// `{"status": "success", "message": …}`.
@@ -216,7 +218,8 @@ pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
         (status = 404, description = "`agent_not_found`: unknown or deregistered agent", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
-        (status = 422, description = "`validation_failed`, naming each field", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, naming each field; `timestamp_in_future`: \
+                                      more than `OPSCORE_MAX_CLOCK_SKEW_SECS` ahead of the server's clock", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
     ),
     security(("bearerAuth" = [])),
@@ -229,13 +232,23 @@ async fn report_state(
 ) -> Result<(StatusCode, Json<StatusBody>)> {
     let agent = path_agent(&agent_id)?;
     let report = body
-        .validate(&agent, chrono::Utc::now())
+        .validate(&agent, chrono::Utc::now(), state.config.max_clock_skew)
         .map_err(|e| match e {
             ReportError::AgentMismatch { path, body } => ApiError::bad_request(
                 "agent_id_mismatch",
                 format!("agentId in the body ({body}) does not match the path ({path})"),
             ),
             ReportError::Invalid(errors) => ApiError::validation(errors),
+            ReportError::InFuture {
+                ahead_secs,
+                max_skew_secs,
+            } => {
+                let message = format!(
+                    "is {ahead_secs} s ahead of the server's clock (at most {max_skew_secs} s \
+                     allowed, OPSCORE_MAX_CLOCK_SKEW_SECS); check the agent's clock"
+                );
+                ApiError::invalid_field("timestamp", message).with_code("timestamp_in_future")
+            }
         })?;
     let reported = crate::metrics::state_label(&report.state);
     state.writer.submit(report).await?;
@@ -247,6 +260,46 @@ async fn report_state(
             message: "State update accepted".into(),
         }),
     ))
+}
+
+/// Reset an agent's state to `UNKNOWN` (admin only).
+///
+/// For a state pinned by an agent whose clock ran ahead: the current state
+/// becomes `UNKNOWN` now, as right after registration, so the agent's next
+/// report becomes current whatever its timestamp. Recorded in the history
+/// (with `details.resetBy`, the acting key) and announced as `agent.state`.
+#[utoipa::path(
+    post,
+    path = "/v1/opscore/agent/{agentId}/state/reset",
+    tag = "agents",
+    params(AgentPath),
+    responses(
+        (status = 200, description = "The state as it now is", body = CurrentStateView),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: admin keys only", body = ErrorBody),
+        (status = 404, description = "`agent_not_found` (or deregistered)", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
+async fn reset_state(
+    caller: Require<perm::ResetState>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<CurrentStateView>> {
+    let id = path_agent(&agent_id)?;
+    let by = caller.0.key_id().unwrap_or("bootstrap key");
+    let details = serde_json::json!({ "resetBy": by }).to_string();
+    state
+        .store
+        .reset_state(&id, Some(details), now_micros())
+        .await?;
+    tracing::warn!(agent_id = %id, by, "agent state reset to UNKNOWN by an operator");
+    let current = state.store.get_state(&id).await?;
+    Ok(Json(CurrentStateView::new(
+        current,
+        &state.config.db.engine.liveness,
+    )))
 }
 
 /// The `agentId` path parameter.
@@ -367,17 +420,24 @@ async fn get_state(
     };
     let agent = state.store.get_state(&id).await?;
     let index = index.max(agent.event_index.unwrap_or(0));
-    let now = now_micros();
-    let stale = agent.is_stale(&state.config.db.engine.liveness, now);
     Ok((
         [(INDEX_HEADER, index.to_string())],
-        Json(CurrentStateView {
-            agent_id: agent.agent_id,
-            state: agent.current.into(),
-            last_seen: format_micros(agent.last_seen),
-            stale,
-        }),
+        Json(CurrentStateView::new(
+            agent,
+            &state.config.db.engine.liveness,
+        )),
     ))
+}
+
+impl CurrentStateView {
+    fn new(agent: crate::store::AgentState, live: &Liveness) -> Self {
+        Self {
+            stale: agent.is_stale(live, now_micros()),
+            last_seen: format_micros(agent.last_seen),
+            state: agent.current.into(),
+            agent_id: agent.agent_id,
+        }
+    }
 }
 
 /// An agent's registration and current state.
@@ -401,8 +461,10 @@ struct AgentView {
     /// Its lease ran out: not heard from within `ttlSeconds` (plus grace).
     /// Stale agents are never sent a task.
     stale: bool,
-    /// Its lease: the registration's `metadata.ttlSeconds`, else `OPSCORE_AGENT_TTL`.
-    ttl_seconds: i64,
+    /// Its lease in seconds: its own (from the registration's
+    /// `metadata.ttlSeconds` or `PUT .../lease`), else `OPSCORE_AGENT_TTL_SECS`;
+    /// null when it holds none (the default), and then it is never stale.
+    ttl_seconds: Option<i64>,
     current_state: StateView,
 }
 
@@ -410,7 +472,7 @@ impl AgentView {
     fn new(a: Agent, live: &Liveness, now: Micros) -> Self {
         Self {
             stale: a.is_stale(live, now),
-            ttl_seconds: a.ttl_secs.unwrap_or(live.ttl_secs),
+            ttl_seconds: live.lease_secs(a.ttl_secs),
             agent_id: a.agent_id,
             agent_name: a.name,
             version: a.version,
@@ -447,6 +509,59 @@ async fn get_agent(
     Path(agent_id): Path<String>,
 ) -> Result<Json<AgentView>> {
     let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
+    Ok(Json(AgentView::new(
+        agent,
+        &state.config.db.engine.liveness,
+        now_micros(),
+    )))
+}
+
+/// `{"ttlSeconds": N}` sets the agent's own lease; `null` clears it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // The schema of the body; it is read as a JSON object.
+struct LeaseBody {
+    /// Seconds (1 to 86400), or null for no lease of its own.
+    ttl_seconds: Option<i64>,
+}
+
+/// Set or clear one agent's lease.
+///
+/// Leases are opt-in (docs/agents.md): an agent that holds one and is not
+/// heard from for `ttlSeconds` (plus the grace) is stale, is sent no task,
+/// and the task it holds fails with `agent stale`. `{"ttlSeconds": null}`
+/// clears the agent's own lease (the server-wide `OPSCORE_AGENT_TTL_SECS`
+/// then applies, if set). A stale agent whose new lease has not run out is
+/// announced fresh (`agent.fresh`) at once. A registration that names no
+/// `metadata.ttlSeconds` keeps the lease set here.
+#[utoipa::path(
+    put,
+    path = "/v1/opscore/agent/{agentId}/lease",
+    tag = "agents",
+    params(AgentPath),
+    request_body = LeaseBody,
+    responses(
+        (status = 200, description = "The agent with its new lease", body = AgentView),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: admin and operator keys only", body = ErrorBody),
+        (status = 404, description = "`agent_not_found` (or deregistered)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, naming `ttlSeconds`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
+async fn set_lease(
+    _: Require<perm::ManageLeases>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Json<AgentView>> {
+    let id = path_agent(&agent_id)?;
+    let ttl = lease_body(&body).map_err(|e| ApiError::validation(vec![e]))?;
+    let now = now_micros();
+    let agent = state.store.set_agent_lease(&id, ttl, now).await?;
     Ok(Json(AgentView::new(
         agent,
         &state.config.db.engine.liveness,

@@ -125,10 +125,15 @@ impl CurrentStates {
         } else {
             self.update(id, |e| {
                 e.last_seen = e.last_seen.max(now);
-                e.ttl_secs = reg.ttl_secs;
+                e.ttl_secs = reg.ttl_secs.or(e.ttl_secs);
                 e.deregistered_at = None;
             });
         }
+    }
+
+    /// A committed change of the agent's own lease.
+    pub fn lease_set(&self, id: &str, ttl_secs: Option<i64>) {
+        self.update(id, |e| e.ttl_secs = ttl_secs);
     }
 
     /// A committed deregistration (the first one's time is kept).
@@ -152,6 +157,12 @@ impl CurrentStates {
                 };
             }
         });
+    }
+
+    /// A committed reset: `r` (an `UNKNOWN`) is the current state whatever
+    /// the timestamp of the one before it.
+    pub fn reset(&self, r: &StateReport, last_seen: Micros) {
+        self.reported(r, true, last_seen);
     }
 
     /// Committed events about agents: `(agent id, feed index)` pairs.
@@ -212,8 +223,11 @@ mod tests {
         let s = c.get("a1").expect("known");
         assert_eq!(
             (s.deregistered_at, s.ttl_secs, s.last_seen),
-            (None, None, 50)
+            (None, Some(30), 50),
+            "a registration naming no TTL keeps the lease"
         );
+        c.lease_set("a1", None);
+        assert_eq!(c.get("a1").expect("known").ttl_secs, None);
         assert_eq!(s.current.state, "idle", "registering again keeps the state");
     }
 }

@@ -187,6 +187,7 @@ macro_rules! impl_event_store {
                      RETURNING last_seen_us, COALESCE(ttl_secs, $2)"
                 );
                 let mut events = Vec::new();
+                let mut stale = Vec::new();
                 let mut tx = self.writer().begin().await?;
                 for id in &ids {
                     let row: Option<(i64, i64)> = sqlx::query_as(&mark)
@@ -198,6 +199,29 @@ macro_rules! impl_event_store {
                         .await?;
                     if let Some((last_seen, ttl_secs)) = row {
                         events.push($crate::domain::event::NewEvent::stale(id, last_seen, ttl_secs, now));
+                        stale.push(id);
+                    }
+                }
+                // A stale agent is not going to finish what it holds: its
+                // runs in flight fail for good now, with the reason, rather
+                // than wait out their task timeout (docs/agents.md).
+                for id in stale {
+                    use $crate::store::workflow_sql::{InFlight, InFlightRow, Failure, IN_FLIGHT, IN_FLIGHT_COLUMNS};
+                    let held: Vec<InFlightRow> = sqlx::query_as(&format!(
+                        "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
+                    ))
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for row in held {
+                        let run = InFlight::from_row(row);
+                        let failure = Failure {
+                            reason: $crate::domain::workflow::AGENT_STALE,
+                            guard: IN_FLIGHT,
+                            retryable: false,
+                            not_before: None,
+                        };
+                        fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                     }
                 }
                 let indexed = flush_events(&mut tx, &events).await?;

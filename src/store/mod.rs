@@ -364,6 +364,29 @@ pub trait AgentStore: Send + Sync + 'static {
     /// Mark an agent deregistered. Unknown agent: `NotFound`.
     async fn deregister_agent(&self, id: &AgentId, now: Micros) -> StoreResult<()>;
 
+    /// Put a registered agent's current state back to `UNKNOWN` at `now`,
+    /// as at registration (the next report becomes current whatever its
+    /// timestamp), recorded in its history with `details`. For an operator
+    /// to clear a state pinned by a skewed clock. Unknown or deregistered
+    /// agent: `NotFound`.
+    async fn reset_state(
+        &self,
+        id: &AgentId,
+        details: Option<String>,
+        now: Micros,
+    ) -> StoreResult<()>;
+
+    /// Set (or, with `None`, clear) a registered agent's own lease TTL, and
+    /// return the agent. An agent announced stale whose lease no longer
+    /// runs out is announced fresh; one whose new lease has run out is left
+    /// to the lease sweep. Unknown or deregistered agent: `NotFound`.
+    async fn set_agent_lease(
+        &self,
+        id: &AgentId,
+        ttl_secs: Option<i64>,
+        now: Micros,
+    ) -> StoreResult<Agent>;
+
     /// Store a batch of state reports in one transaction, and in the same
     /// transaction move on any task a report completes, starts or fails
     /// (contract 1.7). The outer error means nothing was stored; otherwise
@@ -471,12 +494,17 @@ impl Default for EngineRules {
     }
 }
 
-/// Agent leases: an agent not heard from (by the server's clock) for its TTL
-/// plus the grace margin is stale, and is sent no task.
+/// Agent leases, which are opt-in: an agent that holds a lease (its own
+/// TTL, or the server-wide one) and is not heard from (by the server's
+/// clock) for that TTL plus the grace margin is stale, and is sent no task.
+/// An agent with no lease is never stale, however long it is silent: agents
+/// that report only when their state changes (as AgentKit's do) keep their
+/// tasks coming (docs/agents.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
-    /// TTL of agents whose registration sets none, in seconds.
-    pub ttl_secs: i64,
+    /// TTL of agents that set none of their own, in seconds; `None` (the
+    /// default): such agents hold no lease.
+    pub ttl_secs: Option<i64>,
     /// Extra margin before an agent counts as stale, in seconds.
     pub grace_secs: i64,
 }
@@ -484,17 +512,26 @@ pub struct Liveness {
 impl Default for Liveness {
     fn default() -> Self {
         Self {
-            ttl_secs: 60,
+            ttl_secs: None,
             grace_secs: 5,
         }
     }
 }
 
 impl Liveness {
+    /// The lease an agent with its own TTL `ttl_secs` (if any) holds: its
+    /// own, else the server-wide one, else none.
+    pub fn lease_secs(&self, ttl_secs: Option<i64>) -> Option<i64> {
+        ttl_secs.or(self.ttl_secs)
+    }
+
     /// Whether an agent last seen at `last_seen` with its own TTL
-    /// `ttl_secs` (if any) is stale at `now`.
+    /// `ttl_secs` (if any) is stale at `now`: it holds a lease, and that
+    /// lease plus the grace has run out.
     pub fn is_stale(&self, last_seen: Micros, ttl_secs: Option<i64>, now: Micros) -> bool {
-        let ttl = ttl_secs.unwrap_or(self.ttl_secs);
+        let Some(ttl) = self.lease_secs(ttl_secs) else {
+            return false;
+        };
         let limit = ttl
             .saturating_add(self.grace_secs)
             .saturating_mul(1_000_000);
@@ -520,13 +557,31 @@ impl Liveness {
     /// test at the end of this file checks it agrees with `is_stale`).
     ///
     /// `cols` prefixes the column names (`""`, or `"a."` for an aliased
-    /// table); `ttl` (the default TTL, seconds), `grace` (seconds) and `now`
-    /// (microseconds) are placeholders such as `$2`, or numbers the server
-    /// itself chose, never text from a request.
+    /// table); `ttl` (the default TTL, seconds, or NULL for none), `grace`
+    /// (seconds) and `now` (microseconds) are placeholders such as `$2`, or
+    /// values the server itself chose ([`ttl_sql`](Self::ttl_sql)), never
+    /// text from a request. An agent with no lease has a NULL limit, and
+    /// the condition is false for it, never NULL, so `NOT (…)` holds.
     pub(crate) fn expired_sql(cols: &str, ttl: &str, grace: &str, now: &str) -> String {
-        format!(
-            "{cols}last_seen_us + (COALESCE({cols}ttl_secs, {ttl}) + {grace}) * 1000000 < {now}"
+        Self::lease_over_sql(
+            &format!("{cols}last_seen_us"),
+            &format!("COALESCE({cols}ttl_secs, {ttl})"),
+            grace,
+            now,
         )
+    }
+
+    /// [`expired_sql`](Self::expired_sql) for any expression of the last
+    /// sighting and of the lease in seconds (NULL: none).
+    pub(crate) fn lease_over_sql(last_seen: &str, lease: &str, grace: &str, now: &str) -> String {
+        format!("COALESCE({last_seen} + ({lease} + {grace}) * 1000000 < {now}, FALSE)")
+    }
+
+    /// The default TTL as an SQL literal, for [`expired_sql`](Self::expired_sql)
+    /// when it is written into a statement rather than bound.
+    pub(crate) fn ttl_sql(&self) -> String {
+        self.ttl_secs
+            .map_or_else(|| "NULL".to_owned(), |t| t.to_string())
     }
 }
 
@@ -849,11 +904,19 @@ mod tests {
         for live in [
             Liveness::default(),
             Liveness {
-                ttl_secs: 1,
+                ttl_secs: Some(60),
+                grace_secs: 5,
+            },
+            Liveness {
+                ttl_secs: Some(1),
                 grace_secs: 0,
             },
         ] {
-            let default_limit = (live.ttl_secs + live.grace_secs) * s;
+            // With no lease at all (the default server, an agent with no
+            // TTL of its own) the limit is never reached.
+            let default_limit = live
+                .ttl_secs
+                .map_or(i64::MAX / 4, |t| (t + live.grace_secs) * s);
             let own_limit = (30 + live.grace_secs) * s;
             let mut cases = Vec::new();
             for (ttl, limit) in [(None, default_limit), (Some(30), own_limit)] {
@@ -896,7 +959,7 @@ mod tests {
                     "SELECT {} FROM (SELECT $1 AS last_seen_us, $2 AS ttl_secs)",
                     Liveness::expired_sql(
                         "",
-                        &live.ttl_secs.to_string(),
+                        &live.ttl_sql(),
                         &live.grace_secs.to_string(),
                         &now.to_string()
                     )

@@ -23,13 +23,29 @@ pub(super) const INSERT_AGENT: &str = "INSERT INTO agents (agent_id, name, versi
      ON CONFLICT (agent_id) DO NOTHING";
 
 /// Registering again is hearing from the agent: a stale agent comes back
-/// (`stale_since_us` 0 in the returned row means "announce it fresh").
+/// (`stale_since_us` 0 in the returned row means "announce it fresh"). A
+/// registration that names no TTL keeps the lease the agent has (AgentKit
+/// re-registers a restarted agent without metadata).
 pub(super) const UPDATE_AGENT: &str =
     "UPDATE agents SET name = $2, version = $3, contact_endpoint = $4, capabilities = $5, \
-     metadata = $6, updated_at_us = $7, deregistered_at_us = NULL, ttl_secs = $8, \
+     metadata = $6, updated_at_us = $7, deregistered_at_us = NULL, ttl_secs = COALESCE($8, ttl_secs), \
      last_seen_us = CASE WHEN last_seen_us < $7 THEN $7 ELSE last_seen_us END, \
      stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
      WHERE agent_id = $1 RETURNING stale_since_us";
+
+/// Set a registered agent's own lease `$2`. The returned `stale_since_us`
+/// is 0 when an agent announced stale no longer is under its new lease
+/// (`$3` the default TTL, `$4` the grace, `$5` now): "announce it fresh".
+/// The condition names `$2`, not the column: SET expressions see the row as
+/// it was.
+pub(super) static SET_LEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE agents SET ttl_secs = $2, \
+         stale_since_us = CASE WHEN stale_since_us > 0 AND NOT {} THEN 0 ELSE stale_since_us END \
+         WHERE agent_id = $1 AND deregistered_at_us IS NULL RETURNING stale_since_us",
+        super::Liveness::lease_over_sql("last_seen_us", "COALESCE($2, $3)", "$4", "$5")
+    )
+});
 
 pub(super) const DELETE_CAPABILITIES: &str = "DELETE FROM agent_capabilities WHERE agent_id = $1";
 
@@ -100,6 +116,25 @@ pub(super) fn value_rows(rows: usize, types: &[&str], binds: Binds) -> String {
 /// history `INSERT` (5 binds each: far below either backend's bind limit).
 pub(super) const REPORT_CHUNK: usize = 200;
 
+/// `state_reported` of an agent whose first report (after registration or a
+/// reset) is timestamped before the `UNKNOWN` the service set: that entry's
+/// history time is moved below the report's ([`UNKNOWN_BELOW`]), so the
+/// history never shows `UNKNOWN` above the state that superseded it. Any
+/// value but 0 means "reported".
+pub(super) const SUPERSEDED_LATER: i64 = 2;
+
+/// Moves the agent's (`$1`) latest service-made `UNKNOWN` history entry to
+/// just before `$2`, the timestamp of the report that superseded it.
+pub(super) const UNKNOWN_BELOW: &str = "UPDATE state_history SET ts_us = $2 - 1 \
+     WHERE agent_id = $1 AND state = 'UNKNOWN' AND ts_us > $2 AND seq = \
+     (SELECT MAX(seq) FROM state_history WHERE agent_id = $1 AND state = 'UNKNOWN')";
+
+/// Puts an agent back to `UNKNOWN` (`$2` the details, `$3` now) as if just
+/// registered: the next report becomes current whatever its timestamp.
+pub(super) const RESET_STATE: &str = "UPDATE agents SET state = 'UNKNOWN', state_details = $2, \
+     state_ts_us = $3, state_received_us = $3, state_reported = 0 \
+     WHERE agent_id = $1 AND deregistered_at_us IS NULL RETURNING last_seen_us";
+
 /// Applies `rows` reports, for `rows` different agents, to their current
 /// states in one statement. Each report binds five values in order: agent
 /// id, state, details, agent timestamp, receive time (`v.column1` to
@@ -111,8 +146,9 @@ pub(super) const REPORT_CHUNK: usize = 200;
 /// on a tie the later arrival does. Returns, per agent updated, the current
 /// state's position afterwards (equal to the report's when it became
 /// current), `stale_since_us` (0 when this report brings a stale agent back;
-/// the next report clears that to NULL) and `last_seen_us`. A deregistered
-/// or unknown agent returns no row.
+/// the next report clears that to NULL), `last_seen_us` and
+/// `state_reported` ([`SUPERSEDED_LATER`] when the report took the place of
+/// a later `UNKNOWN`). A deregistered or unknown agent returns no row.
 pub(super) fn apply_reports_sql(rows: usize, binds: Binds) -> String {
     const NEWER: &str = "(state_reported = 0 OR state_ts_us < v.column4 \
                          OR (state_ts_us = v.column4 AND state_received_us <= v.column5))";
@@ -123,7 +159,8 @@ pub(super) fn apply_reports_sql(rows: usize, binds: Binds) -> String {
          state_details = CASE WHEN {NEWER} THEN v.column3 ELSE state_details END, \
          state_ts_us = CASE WHEN {NEWER} THEN v.column4 ELSE state_ts_us END, \
          state_received_us = CASE WHEN {NEWER} THEN v.column5 ELSE state_received_us END, \
-         state_reported = 1, \
+         state_reported = CASE WHEN state_reported = 0 AND state_ts_us > v.column4 \
+                               THEN {SUPERSEDED_LATER} ELSE 1 END, \
          stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
          FROM (VALUES "
     );
@@ -135,7 +172,7 @@ pub(super) fn apply_reports_sql(rows: usize, binds: Binds) -> String {
     sql.push_str(
         ") AS v WHERE agents.agent_id = v.column1 AND agents.deregistered_at_us IS NULL \
          RETURNING agents.agent_id, agents.state_ts_us, agents.state_received_us, \
-         agents.stale_since_us, agents.last_seen_us",
+         agents.stale_since_us, agents.last_seen_us, CAST(agents.state_reported AS BIGINT)",
     );
     sql
 }
@@ -236,7 +273,7 @@ pub(super) fn list_agents_sql(
         // Numbers from the server itself, not from the request.
         let expired = super::Liveness::expired_sql(
             "",
-            &live.ttl_secs.to_string(),
+            &live.ttl_sql(),
             &live.grace_secs.to_string(),
             &q.now.to_string(),
         );
@@ -388,6 +425,85 @@ macro_rules! impl_agent_store {
                 Ok(())
             }
 
+            async fn reset_state(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+                details: Option<String>,
+                now: i64,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::sql::*;
+                let mut tx = self.writer().begin().await?;
+                let last_seen: Option<i64> = sqlx::query_scalar(RESET_STATE)
+                    .bind(id.as_str())
+                    .bind(details.as_deref())
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(last_seen) = last_seen else {
+                    return Err($crate::store::StoreError::agent_not_found(id));
+                };
+                let details = details
+                    .map(serde_json::value::RawValue::from_string)
+                    .transpose()
+                    .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
+                let report = $crate::domain::state::StateReport {
+                    agent_id: id.clone(),
+                    state: $crate::domain::state::UNKNOWN.to_owned(),
+                    details,
+                    timestamp: now,
+                    received_at: now,
+                };
+                sqlx::query(INSERT_HISTORY)
+                    .bind(id.as_str())
+                    .bind(&report.state)
+                    .bind(report.details.as_ref().map(|d| d.get()))
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let events = vec![$crate::domain::event::NewEvent::state(&report)];
+                let indexed = flush_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                if let Some(c) = self.current() {
+                    c.reset(&report, last_seen);
+                }
+                self.events_committed(&events, &indexed);
+                Ok(())
+            }
+
+            async fn set_agent_lease(
+                &self,
+                id: &$crate::domain::agent::AgentId,
+                ttl_secs: Option<i64>,
+                now: i64,
+            ) -> $crate::store::StoreResult<$crate::store::Agent> {
+                let live = self.rules().liveness;
+                let mut tx = self.writer().begin().await?;
+                let stale_since: Option<Option<i64>> =
+                    sqlx::query_scalar($crate::store::sql::SET_LEASE.as_str())
+                        .bind(id.as_str())
+                        .bind(ttl_secs)
+                        .bind(live.ttl_secs)
+                        .bind(live.grace_secs)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(stale_since) = stale_since else {
+                    return Err($crate::store::StoreError::agent_not_found(id));
+                };
+                let mut events = Vec::new();
+                if stale_since == Some(0) {
+                    events.push($crate::domain::event::NewEvent::fresh(id.as_str(), now));
+                }
+                let indexed = flush_events(&mut tx, &events).await?;
+                tx.commit().await?;
+                if let Some(c) = self.current() {
+                    c.lease_set(id.as_str(), ttl_secs);
+                }
+                self.events_committed(&events, &indexed);
+                self.get_agent(id).await
+            }
+
             async fn apply_state_reports(
                 &self,
                 reports: &[$crate::domain::state::StateReport],
@@ -432,7 +548,8 @@ macro_rules! impl_agent_store {
                 for round in report_rounds(&ids) {
                     for chunk in round.chunks(REPORT_CHUNK) {
                         let sql = apply_reports_sql(chunk.len(), <$db as Dialect>::BINDS);
-                        let mut q = sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64)>(&sql);
+                        let mut q =
+                            sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64, i64)>(&sql);
                         for &i in chunk {
                             let r = &reports[i];
                             q = q
@@ -442,23 +559,33 @@ macro_rules! impl_agent_store {
                                 .bind(r.timestamp)
                                 .bind(r.received_at);
                         }
-                        let rows: std::collections::HashMap<String, (i64, i64, Option<i64>, i64)> =
-                            q.fetch_all(&mut *tx)
-                                .await?
-                                .into_iter()
-                                .map(|(id, ts, received, stale, seen)| {
-                                    (id, (ts, received, stale, seen))
-                                })
-                                .collect();
+                        let rows: std::collections::HashMap<
+                            String,
+                            (i64, i64, Option<i64>, i64, i64),
+                        > = q
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .into_iter()
+                            .map(|(id, ts, received, stale, seen, reported)| {
+                                (id, (ts, received, stale, seen, reported))
+                            })
+                            .collect();
                         for &i in chunk {
                             let r = &reports[i];
-                            let Some(&(ts, received, stale_since, last_seen)) =
+                            let Some(&(ts, received, stale_since, last_seen, reported)) =
                                 rows.get(r.agent_id.as_str())
                             else {
                                 results[i] =
                                     Err($crate::store::StoreError::agent_not_found(&r.agent_id));
                                 continue;
                             };
+                            if reported == SUPERSEDED_LATER {
+                                sqlx::query(UNKNOWN_BELOW)
+                                    .bind(r.agent_id.as_str())
+                                    .bind(r.timestamp)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
                             let fresh = stale_since == Some(0);
                             if fresh {
                                 events.push($crate::domain::event::NewEvent::fresh(

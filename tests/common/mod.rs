@@ -378,10 +378,12 @@ pub fn ts_at(base: chrono::DateTime<chrono::Utc>, secs: i64) -> String {
     (base + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
-/// A base instant a day from now, on a whole second: report timestamps built
-/// on it sort after every registration's `UNKNOWN` entry.
+/// A base instant ten seconds from now, on a whole second: report
+/// timestamps built on it sort after every registration's `UNKNOWN` entry,
+/// and stay within the server's allowed clock skew (300 s by default) for
+/// offsets up to a few minutes.
 pub fn future_base() -> chrono::DateTime<chrono::Utc> {
-    let t = chrono::Utc::now() + chrono::Duration::days(1);
+    let t = chrono::Utc::now() + chrono::Duration::seconds(10);
     chrono::DateTime::from_timestamp(t.timestamp(), 0).expect("in range")
 }
 
