@@ -388,6 +388,84 @@ async fn state_commands(backend: Backend) {
 
 crate::backend_tests!(agents_commands, state_commands);
 
+/// `opscore serve` over a workflows directory holding a link to the data
+/// directory's generated API key (`zz.yaml`), or to a file outside it, stops
+/// with the link's name and never prints what the file holds; a YAML file
+/// that does not parse is named with its line and column, not its content.
+/// A link that stays inside the directory is read as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_files_never_echo_their_content() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let wf = tmp.path().join("workflows");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&wf).unwrap();
+    let secret = "opk_0123456789abcdef_xyzzy-key-material";
+    std::fs::write(data.join("api_key"), secret).unwrap();
+    std::fs::write(
+        wf.join("a.json"),
+        r#"{"id":"w1","tasks":[{"taskId":"t1"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(wf.join("c.def"), "id: w2\ntasks: [{taskId: t1}]\n").unwrap();
+    std::os::unix::fs::symlink(wf.join("c.def"), wf.join("b.yml")).unwrap();
+    let serve = |dir: &std::path::Path| {
+        let env = [
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", tmp.path().join("db.sqlite").display()),
+            ),
+            ("OPSCORE_DATA_DIR", data.display().to_string()),
+            ("OPSCORE_WORKFLOWS_DIR", dir.display().to_string()),
+            ("OPSCORE_BIND", "127.0.0.1:1".to_owned()),
+            ("OPSCORE_API_KEY", KEY.to_owned()),
+        ];
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            opscore_env(&env, &["serve"]).await
+        }
+    };
+
+    std::os::unix::fs::symlink(data.join("api_key"), wf.join("zz.yaml")).unwrap();
+    let run = serve(&wf).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("zz.yaml"), "{run:?}");
+    assert!(all.contains("outside the workflows directory"), "{run:?}");
+    assert!(!all.contains("xyzzy"), "the key was printed: {run:?}");
+
+    std::fs::remove_file(wf.join("zz.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", wf.join("pw.yaml")).unwrap();
+    let run = serve(&wf).await;
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("pw.yaml") && !all.contains("root:"), "{run:?}");
+
+    // A file inside the directory holding the secret's text itself: named,
+    // with line and column, its content never printed.
+    std::fs::remove_file(wf.join("pw.yaml")).unwrap();
+    std::fs::write(wf.join("zz.yaml"), format!("{secret}\n")).unwrap();
+    let run = serve(&wf).await;
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("zz.yaml") && all.contains("line 1"), "{run:?}");
+    assert!(
+        !all.contains("xyzzy"),
+        "the file's content was printed: {run:?}"
+    );
+    std::fs::write(
+        wf.join("zz.json"),
+        format!("{{\"id\": \"{secret}\", \"tasks\": 7}}"),
+    )
+    .unwrap();
+    std::fs::remove_file(wf.join("zz.yaml")).unwrap();
+    let run = serve(&wf).await;
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("zz.json") && all.contains("line 1"), "{run:?}");
+    assert!(
+        !all.contains("xyzzy"),
+        "the file's content was printed: {run:?}"
+    );
+}
+
 /// A wrong key is the server's refusal (1), a missing key or a bad URL is
 /// usage (2), a server that is not there is a connection failure (3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

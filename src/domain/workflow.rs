@@ -91,6 +91,69 @@ pub fn parse_definition(text: &str, yaml: bool) -> Result<WorkflowDefinition, St
     }
 }
 
+/// [`parse_definition`] for a file read from disk: the error gives the line,
+/// the column and the reason, and never the file's content. The parsers'
+/// own messages quote what they found (`invalid type: string "…"`), and a
+/// file in the workflows directory may be anything, a key among them.
+pub fn parse_definition_file(text: &str, yaml: bool) -> Result<WorkflowDefinition, String> {
+    let (kind, at, message) = if yaml {
+        match serde_norway::from_str(text) {
+            Ok(def) => return Ok(def),
+            Err(e) => (
+                "YAML",
+                e.location().map(|l| (l.line(), l.column())),
+                e.to_string(),
+            ),
+        }
+    } else {
+        match serde_json::from_str(text) {
+            Ok(def) => return Ok(def),
+            Err(e) => ("JSON", Some((e.line(), e.column())), e.to_string()),
+        }
+    };
+    // Both parsers end their message with the position; it is given apart.
+    let reason = message
+        .split(" at line ")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let reason = elide_quoted(&reason);
+    Err(match at {
+        Some((line, column)) => format!("invalid {kind} at line {line}, column {column}: {reason}"),
+        None => format!("invalid {kind}: {reason}"),
+    })
+}
+
+/// `message` with what every quoted part (`"…"`, `` `…` ``) holds replaced
+/// by `…`: what a parser quotes is text from the input.
+fn elide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in message.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    out.push(c);
+                    quote = None;
+                }
+            }
+            None => {
+                out.push(c);
+                if matches!(c, '"' | '`') {
+                    out.push('…');
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
@@ -401,6 +464,34 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn file_errors_give_the_position_never_the_content() {
+        for (text, yaml, at) in [
+            ("opk_0123_xyzzy\n", true, "line 1, column 1"),
+            (
+                "root:x:0:0:xyzzy:/root:/bin/bash\n",
+                true,
+                "line 1, column 1",
+            ),
+            (
+                "{\"id\": \"w\", \"tasks\": \"xyzzy\"}",
+                false,
+                "line 1, column",
+            ),
+            (
+                "{\"id\": \"w\",\n \"tasks\": [{\"taskId\": \"t\", \"maxRetries\": \"xyzzy\"}]}",
+                false,
+                "line 2",
+            ),
+            ("xyzzy", false, "line 1, column 1"),
+        ] {
+            let e = parse_definition_file(text, yaml).expect_err(text);
+            assert!(e.contains(at), "{e}");
+            assert!(!e.contains("xyzzy"), "{e}");
+        }
+        assert!(parse_definition_file("id: w\ntasks: []\n", true).is_ok());
+    }
+
     use super::*;
 
     fn def(json: &str) -> WorkflowDefinition {

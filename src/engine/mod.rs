@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::domain::agent::AgentId;
 use crate::domain::time::now_micros;
-use crate::domain::workflow::{parse_definition, WorkflowDefinition};
+use crate::domain::workflow::{parse_definition_file, WorkflowDefinition};
 use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreResult};
 
 /// Which definition a trigger runs.
@@ -76,27 +76,42 @@ pub async fn trigger(
 pub fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, WorkflowDefinition)>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("cannot read workflows directory {}: {e}", dir.display()))?;
+    let home = dir
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("cannot read workflows directory {}: {e}", dir.display()))?;
     let mut paths: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension()
-                        .and_then(|x| x.to_str())
-                        .map(str::to_ascii_lowercase)
-                        .as_deref(),
-                    Some("json" | "yaml" | "yml")
-                )
+            matches!(
+                p.extension()
+                    .and_then(|x| x.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Some("json" | "yaml" | "yml")
+            )
         })
         .collect();
     paths.sort();
     let mut out: Vec<(String, WorkflowDefinition)> = Vec::new();
     for path in paths {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
+        // A link is followed only while it stays in the directory: a link
+        // to the data directory's key or to /etc/passwd is refused by name.
+        let target = path
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("workflow file {name}: {e}"))?;
+        if !target.starts_with(&home) {
+            anyhow::bail!(
+                "workflow file {name}: is a link to a file outside the workflows directory; refused"
+            );
+        }
+        if !target.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&target)
             .map_err(|e| anyhow::anyhow!("workflow file {name}: {e}"))?;
         let yaml = path.extension().is_some_and(|x| x != "json");
-        let def = parse_definition(&text, yaml)
+        let def = parse_definition_file(&text, yaml)
             .map_err(|e| anyhow::anyhow!("workflow file {name}: {e}"))?;
         if let Err(errors) = def.validate() {
             let why: Vec<String> = errors
