@@ -111,9 +111,6 @@ pub async fn serve(
     };
     let state = AppState {
         keys,
-        replay: Arc::new(http::replay::ReplayGuard::new(
-            http::replay::DEFAULT_CAPACITY,
-        )),
         config: Arc::new(config),
         store: store.clone(),
         writer,

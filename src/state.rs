@@ -7,7 +7,6 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
-use crate::http::replay::ReplayGuard;
 use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
@@ -23,8 +22,6 @@ pub struct AppState {
     pub writer: StateWriter,
     /// Accepted API keys (bootstrap and managed), with their rate limits.
     pub keys: Arc<KeyRing>,
-    /// Webhook signatures already accepted (replay protection).
-    pub replay: Arc<ReplayGuard>,
     /// Wakes the dispatcher when work may have become due (a trigger, a
     /// state report that finished a task).
     pub wake: Arc<Notify>,

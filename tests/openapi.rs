@@ -53,9 +53,6 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
         .unwrap();
     let state = AppState {
         keys: Arc::new(KeyRing::new(config.api_key.expose(), store.clone(), None)),
-        replay: Arc::new(opscore::http::replay::ReplayGuard::new(
-            opscore::http::replay::DEFAULT_CAPACITY,
-        )),
         config: Arc::new(config),
         store: store.clone(),
         writer,

@@ -108,6 +108,50 @@ async fn a_replayed_signature_is_refused(backend: Backend) {
     s.stop().await;
 }
 
+/// A captured signed delivery is still a replay after the server restarts
+/// (the guard lived in memory and forgot), and for a second server on the
+/// same database (a replica): accepted signatures are kept in the database.
+async fn a_replay_is_refused_after_a_restart_and_by_another_server(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let captured = agentkit_sign(&reg("a1", "First"), SECRET, 0, false).await;
+    let r = s.notify_signed(&captured).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let db = s.stop().await;
+    let config = common::test_config(&db);
+    let s = TestServer::start_on(db, config).await;
+    let r = s.notify_signed(&captured).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "webhook_replayed");
+    if backend == Backend::Postgres {
+        // A second process on the same database (SQLite takes one).
+        let other = common::ServerProcess::spawn(&s.db.url, s.db.dir.path()).await;
+        let r = send(
+            s.client
+                .post(format!("{}{NOTIFY}", other.base))
+                .header("content-type", "application/json")
+                .header("X-AgentKit-Timestamp", &captured.timestamp)
+                .header("X-AgentKit-Signature", &captured.signature)
+                .body(captured.body.clone()),
+        )
+        .await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "webhook_replayed");
+        // And a fresh delivery sent to that replica is a replay on the first.
+        let fresh = agentkit_sign(&reg("a2", "Second"), SECRET, 0, true).await;
+        let r = send(
+            s.client
+                .post(format!("{}{NOTIFY}", other.base))
+                .header("content-type", "application/json")
+                .header("X-AgentKit-Timestamp", &fresh.timestamp)
+                .header("X-AgentKit-Signature", &fresh.signature)
+                .body(fresh.body.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let r = s.notify_signed(&fresh).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "webhook_replayed");
+        other.kill().await;
+    }
+}
+
 /// A registrar key registers with a bearer key; other roles may not.
 async fn registrar_keys_register_and_others_may_not(backend: Backend) {
     let s = TestServer::start(backend).await;
@@ -141,5 +185,6 @@ async fn registrar_keys_register_and_others_may_not(backend: Backend) {
 backend_tests!(
     old_and_new_secrets_both_verify,
     a_replayed_signature_is_refused,
+    a_replay_is_refused_after_a_restart_and_by_another_server,
     registrar_keys_register_and_others_may_not,
 );

@@ -91,7 +91,13 @@ async fn notify(
         // Our failure, not the sender's: let its retry of the same
         // delivery through.
         if e.status().is_server_error() {
-            state.replay.forget(&v.signature);
+            if let Err(forget) = state
+                .store
+                .forget_signature(&hex::encode(v.signature))
+                .await
+            {
+                tracing::warn!(error = %forget, "could not forget a failed webhook's signature; its retry will be refused as a replay");
+            }
         }
     }
     result
@@ -166,15 +172,22 @@ async fn authorize_webhook(
                 };
                 ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
             })?;
-        // Remembered until the timestamp leaves the window, after which
-        // the timestamp check refuses it anyway.
+        // Remembered (in the database: across restarts, by every replica)
+        // until the timestamp leaves the window, after which the timestamp
+        // check refuses it anyway.
         let expires = verified
             .timestamp
-            .saturating_add(tolerance.as_secs() as i64);
-        if !state
-            .replay
-            .first_sighting(verified.signature, expires, now)
-        {
+            .saturating_add(tolerance.as_secs() as i64)
+            .saturating_mul(1_000_000);
+        let first = state
+            .store
+            .first_sighting(
+                &hex::encode(verified.signature),
+                expires,
+                now.saturating_mul(1_000_000),
+            )
+            .await?;
+        if !first {
             return Err(ApiError::unauthorized(
                 "webhook_replayed",
                 "Webhook refused: this signature was already used (a replay); sign each delivery anew",

@@ -15,7 +15,6 @@ pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod ratelimit;
-pub mod replay;
 pub mod server;
 pub mod sessions;
 pub mod workflows;

@@ -147,6 +147,39 @@ macro_rules! impl_key_store {
                 tx.commit().await?;
                 Ok(())
             }
+
+            async fn first_sighting(
+                &self,
+                signature: &str,
+                expires: i64,
+                now: i64,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("DELETE FROM webhook_signatures WHERE expires_at_us < $1")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let first = sqlx::query(
+                    "INSERT INTO webhook_signatures (signature, expires_at_us) VALUES ($1, $2) \
+                     ON CONFLICT (signature) DO NOTHING",
+                )
+                .bind(signature)
+                .bind(expires)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(first)
+            }
+
+            async fn forget_signature(&self, signature: &str) -> $crate::store::StoreResult<()> {
+                sqlx::query("DELETE FROM webhook_signatures WHERE signature = $1")
+                    .bind(signature)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
         }
 
         fn key_from_row(

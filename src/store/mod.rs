@@ -302,6 +302,21 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Record when keys were last used, in one transaction; a time older
     /// than the stored one changes nothing.
     async fn record_key_use(&self, uses: &[(String, Micros)]) -> StoreResult<()>;
+
+    /// Remember an accepted webhook signature until `expires` (replay
+    /// protection, shared by every replica and kept across restarts);
+    /// `false` when it was remembered already: a replay. Signatures past
+    /// their expiry at `now` are forgotten on the way.
+    async fn first_sighting(
+        &self,
+        signature: &str,
+        expires: Micros,
+        now: Micros,
+    ) -> StoreResult<bool>;
+
+    /// Forget a signature whose delivery failed on our side, so that the
+    /// sender's retry of it is let through.
+    async fn forget_signature(&self, signature: &str) -> StoreResult<()>;
 }
 
 /// What the event table holds.
