@@ -73,6 +73,34 @@ async fn signed_like_agentkit_is_accepted(backend: Backend) {
     s.stop().await;
 }
 
+/// AgentKit's webhook body exactly as it sends it: `registrationTime`
+/// present, and `metadata` absent (real deployments register without it,
+/// since AgentKit's own webhook fails when an agent has metadata) or a
+/// plain object. Both are accepted, signed by Python as AgentKit signs.
+async fn agentkit_exact_bodies_with_and_without_metadata(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let without = json!({"event_type": "REGISTER", "agent_details": {
+        "agentId": "ak-1", "agentName": "Example", "version": "0.1.0",
+        "capabilities": ["echo"], "contactEndpoint": "http://localhost:8001/run",
+        "registrationTime": "2026-12-05T10:00:00.123456"}});
+    let mut with = without.clone();
+    with["agent_details"]["agentId"] = json!("ak-2");
+    with["agent_details"]["metadata"] = json!({"owner": "team-a", "gpu": false});
+    for (id, body, metadata) in [
+        ("ak-1", without, json!({})),
+        ("ak-2", with, json!({"owner": "team-a", "gpu": false})),
+    ] {
+        let r = s
+            .notify_signed(&agentkit_sign(&body, SECRET, 0, false).await)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{id}: {}", r.body);
+        assert_eq!(r.body, success(id));
+        let agent = s.get_json(&format!("/v1/opscore/agent/{id}")).await;
+        assert_eq!(agent.body["metadata"], metadata, "{}", agent.body);
+        assert_eq!(s.state(id).await.1["state"], "UNKNOWN");
+    }
+}
+
 async fn one_changed_byte_is_refused(backend: Backend) {
     let s = TestServer::start(backend).await;
     let signed = agentkit_sign(&reg("a1"), SECRET, 0, false).await;
@@ -547,6 +575,7 @@ async fn nul_characters_are_422_on_every_backend(backend: Backend) {
 
 backend_tests!(
     signed_like_agentkit_is_accepted,
+    agentkit_exact_bodies_with_and_without_metadata,
     one_changed_byte_is_refused,
     stale_timestamp_is_refused,
     wrong_secret_is_refused,
