@@ -624,7 +624,8 @@ async fn invalid_triggers_and_definitions_are_refused(backend: Backend) {
     let r = s.get("/v1/opscore/agent/a1/sessions").send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["items"], json!([]));
 
-    // An inline definition is stored; a different one under its id is 409.
+    // An inline definition is stored; a different one under its id runs as
+    // sent and leaves the stored one alone (contract 1.4).
     let (got, _) = trigger(
         &s,
         "a1",
@@ -646,7 +647,18 @@ async fn invalid_triggers_and_definitions_are_refused(backend: Backend) {
         json!({"workflowDefinition": one_task("w_inline", json!({"maxRetries": 9}))}),
     )
     .await;
-    assert_eq!(got, StatusCode::CONFLICT, "{v}");
+    assert_eq!(got, StatusCode::ACCEPTED, "{v}");
+    let ran = session(&s, v["sessionId"].as_str().unwrap()).await;
+    assert_eq!(ran["tasks"][0]["maxRetries"], 9, "{ran}");
+    let stored: Value = s
+        .get("/v1/opscore/workflows/w_inline")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["tasks"][0]["maxRetries"], 3, "{stored}");
 
     // No tasks: accepted and completed at once.
     let (got, v) = trigger(

@@ -21,8 +21,8 @@ use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreResu
 pub enum DefinitionSource {
     /// A stored definition, by id.
     Stored(String),
-    /// A definition sent with the trigger (already validated); stored if its
-    /// id is new.
+    /// A definition sent with the trigger (already validated), run as sent;
+    /// stored if its id is new (contract 1.4).
     Inline(WorkflowDefinition),
 }
 
@@ -47,8 +47,8 @@ pub async fn trigger(
 ) -> StoreResult<Triggered> {
     let now = now_micros();
     // An inline definition is stored by create_session, in the session's
-    // own transaction, so a refused trigger (unknown agent, conflicting
-    // definition) leaves nothing behind.
+    // own transaction, so a refused trigger (unknown agent) leaves nothing
+    // behind.
     let (definition, store_definition) = match source {
         DefinitionSource::Stored(id) => (store.get_definition(&id).await?, false),
         DefinitionSource::Inline(def) => (def, true),

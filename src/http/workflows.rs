@@ -216,7 +216,8 @@ async fn remove(
 struct TriggerBody {
     /// A stored definition's id.
     workflow_definition_id: Option<String>,
-    /// An inline definition: stored if its id is new, reused if identical.
+    /// An inline definition, run exactly as sent: stored if its id is new;
+    /// a different stored one under its id is left as it is.
     workflow_definition: Option<WorkflowDefinition>,
     /// The first task's payload (a JSON object of at most 256 KiB) instead
     /// of its `parameters`; null means none.
@@ -252,7 +253,6 @@ struct Triggered {
         (status = 400, description = "`invalid_json`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found` (unknown or deregistered agent) or `not_found` (unknown definition id)", body = ErrorBody),
-        (status = 409, description = "`conflict`: the inline definition differs from the one stored under its id", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
         (status = 422, description = "`validation_failed`: neither or both definition fields, an invalid inline definition, a non-object `initialPayload`", body = ErrorBody),

@@ -515,6 +515,27 @@ macro_rules! impl_workflow_store {
             Ok(())
         }
 
+        /// Store a definition whose id is not stored yet; `false` (and
+        /// nothing changed) when one is.
+        async fn insert_definition(
+            conn: &mut Conn,
+            def: &$crate::domain::workflow::WorkflowDefinition,
+            now: i64,
+        ) -> $crate::store::StoreResult<bool> {
+            let inserted = sqlx::query(
+                "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
+            )
+            .bind(&def.id)
+            .bind(&def.name)
+            .bind(def.canonical_json())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(inserted == 1)
+        }
+
         /// Store a definition inside the caller's transaction (see
         /// `WorkflowStore::put_definition`).
         async fn put_definition_in(
@@ -525,18 +546,7 @@ macro_rules! impl_workflow_store {
         ) -> $crate::store::StoreResult<$crate::store::PutOutcome> {
             use $crate::store::{PutOutcome, StoreError};
             let canonical = def.canonical_json();
-            let inserted = sqlx::query(
-                "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
-                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
-            )
-            .bind(&def.id)
-            .bind(&def.name)
-            .bind(&canonical)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            let outcome = if inserted == 1 {
+            let outcome = if insert_definition(conn, def, now).await? {
                 PutOutcome::Created
             } else {
                 let stored: String =
@@ -685,7 +695,12 @@ macro_rules! impl_workflow_store {
                     return Err($crate::store::StoreError::agent_not_found(&s.agent_id));
                 }
                 if s.store_definition {
-                    put_definition_in(&mut tx, &s.definition, false, now).await?;
+                    // Contract 1.4: an inline definition is stored when its
+                    // id is new; one that differs from the stored one runs
+                    // as sent (the session keeps it), the stored one left
+                    // as it is. The old service's load scripts send theirs
+                    // on every trigger.
+                    insert_definition(&mut tx, &s.definition, now).await?;
                 }
                 let (status, finished) = match s.first_run {
                     Some(_) => ($crate::domain::workflow::SessionStatus::Started, None),
