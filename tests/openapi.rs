@@ -185,6 +185,26 @@ async fn the_document_is_complete_and_consistent() {
     assert_eq!(required, HashSet::from(["detail", "code"]));
 
     let mut operations = 0;
+    // Generated clients name their methods after operationIds: each one is
+    // unique and a lowerCamelCase verb phrase (`getSession`, not `fetch`).
+    let mut operation_ids: HashSet<String> = HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in METHODS {
+            let Some(op) = item.get(m) else { continue };
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                id.len() > 4
+                    && id.starts_with(|c: char| c.is_ascii_lowercase())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric())
+                    && id.chars().any(|c| c.is_ascii_uppercase()),
+                "{m} {path}: operationId {id:?} is not a lowerCamelCase phrase"
+            );
+            assert!(
+                operation_ids.insert(id.clone()),
+                "{m} {path}: operationId {id} used twice"
+            );
+        }
+    }
     for (path, item) in doc["paths"].as_object().unwrap() {
         let declared_params: BTreeSet<String> = path
             .split('/')

@@ -57,6 +57,7 @@ pub(super) struct StatusBody {
 /// Authentication comes before anything in the body is looked at.
 #[utoipa::path(
     post,
+    operation_id = "notifyAgentEvent",
     path = "/v1/opscore/internal/agent/notify",
     tag = "agents",
     params(
@@ -219,6 +220,7 @@ pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
 /// history only.
 #[utoipa::path(
     post,
+    operation_id = "reportAgentState",
     path = "/v1/opscore/agent/{agentId}/state",
     tag = "states",
     params(AgentPath),
@@ -283,6 +285,7 @@ async fn report_state(
 /// (with `details.resetBy`, the acting key) and announced as `agent.state`.
 #[utoipa::path(
     post,
+    operation_id = "resetAgentState",
     path = "/v1/opscore/agent/{agentId}/state/reset",
     tag = "agents",
     params(AgentPath),
@@ -393,6 +396,7 @@ struct StateReadParams {
 /// limit, not the request limit and deadline.
 #[utoipa::path(
     get,
+    operation_id = "getAgentState",
     path = "/v1/opscore/agent/{agentId}/state",
     tag = "states",
     params(AgentPath, StateReadParams),
@@ -505,6 +509,7 @@ impl AgentView {
 /// One agent: registration details and current state.
 #[utoipa::path(
     get,
+    operation_id = "getAgent",
     path = "/v1/opscore/agent/{agentId}",
     tag = "agents",
     params(AgentPath),
@@ -549,6 +554,7 @@ struct LeaseBody {
 /// `metadata.ttlSeconds` keeps the lease set here.
 #[utoipa::path(
     put,
+    operation_id = "setAgentLease",
     path = "/v1/opscore/agent/{agentId}/lease",
     tag = "agents",
     params(AgentPath),
@@ -621,6 +627,7 @@ fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
 /// Registered agents, ordered by id.
 #[utoipa::path(
     get,
+    operation_id = "listAgents",
     path = "/v1/opscore/agents",
     tag = "agents",
     params(ListAgentsParams),
@@ -708,6 +715,7 @@ pub(super) struct PageParams {
 /// Includes the `UNKNOWN` of its registration.
 #[utoipa::path(
     get,
+    operation_id = "listAgentStateHistory",
     path = "/v1/opscore/agent/{agentId}/state/history",
     tag = "states",
     params(AgentPath, PageParams),

@@ -93,6 +93,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The live dashboard page (no key needed: the page asks for one).
 #[utoipa::path(
     get,
+    operation_id = "getDashboard",
     path = "/",
     tag = "dashboard",
     responses((status = 200, description = "The page; never cached",
@@ -111,6 +112,7 @@ async fn index() -> Response {
 /// unchanged file costs one empty response.
 #[utoipa::path(
     get,
+    operation_id = "getDashboardAsset",
     path = "/dashboard/{file}",
     tag = "dashboard",
     params(("file" = String, Path, description = "File name, e.g. app.js, app.css, icon.svg")),

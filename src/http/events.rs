@@ -140,6 +140,7 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
 /// A stream ends when its API key is revoked or expires.
 #[utoipa::path(
     get,
+    operation_id = "streamEvents",
     path = "/v1/opscore/events",
     tag = "events",
     params(

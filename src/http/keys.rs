@@ -88,6 +88,7 @@ struct CreatedKey {
 /// Create an API key; the answer holds its plaintext, shown only this once.
 #[utoipa::path(
     post,
+    operation_id = "createKey",
     path = "/v1/opscore/keys",
     tag = "keys",
     request_body = NewKeyBody,
@@ -135,6 +136,7 @@ async fn create(
 /// Every key, oldest first, without secrets.
 #[utoipa::path(
     get,
+    operation_id = "listKeys",
     path = "/v1/opscore/keys",
     tag = "keys",
     responses(
@@ -176,6 +178,7 @@ where
 /// One key, without its secret.
 #[utoipa::path(
     get,
+    operation_id = "getKey",
     path = "/v1/opscore/keys/{keyId}",
     tag = "keys",
     params(KeyPath),
@@ -200,6 +203,7 @@ async fn fetch(
 /// the key from the moment the answer is sent.
 #[utoipa::path(
     delete,
+    operation_id = "revokeKey",
     path = "/v1/opscore/keys/{keyId}",
     tag = "keys",
     params(KeyPath),

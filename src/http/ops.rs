@@ -42,6 +42,7 @@ pub struct StatusOnly {
 /// No key, no database (contract 1.5); exempt from the concurrency limit.
 #[utoipa::path(
     get,
+    operation_id = "getHealth",
     path = "/health",
     tag = "ops",
     responses((status = 200, description = "The process is alive", body = StatusOnly,
@@ -54,6 +55,7 @@ async fn health() -> Json<StatusOnly> {
 /// Readiness: the database answers and its migrations are applied.
 #[utoipa::path(
     get,
+    operation_id = "getReady",
     path = "/ready",
     tag = "ops",
     responses(
@@ -85,6 +87,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
 /// `opscore_metrics_store_errors_total` counts it, and the rest is served.
 #[utoipa::path(
     get,
+    operation_id = "getMetrics",
     path = "/metrics",
     tag = "ops",
     responses((status = 200, description = "The exposition",
@@ -113,6 +116,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
 /// This API's OpenAPI 3.1 document.
 #[utoipa::path(
     get,
+    operation_id = "getOpenApiDocument",
     path = "/openapi.json",
     tag = "ops",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json",
@@ -160,6 +164,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Human-readable API documentation, rendered from `/openapi.json`.
 #[utoipa::path(
     get,
+    operation_id = "getApiDocsPage",
     path = "/docs",
     tag = "ops",
     responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8",
@@ -172,6 +177,7 @@ async fn docs_page() -> Response {
 /// The documentation page's script.
 #[utoipa::path(
     get,
+    operation_id = "getApiDocsScript",
     path = "/docs/docs.js",
     tag = "ops",
     responses((status = 200, description = "The script", content_type = "text/javascript; charset=utf-8",
@@ -184,6 +190,7 @@ async fn docs_script() -> Response {
 /// The documentation page's style sheet.
 #[utoipa::path(
     get,
+    operation_id = "getApiDocsStyle",
     path = "/docs/docs.css",
     tag = "ops",
     responses((status = 200, description = "The style sheet", content_type = "text/css; charset=utf-8",

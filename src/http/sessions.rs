@@ -123,6 +123,7 @@ fn view(s: SessionRecord, with_tasks: bool) -> SessionView {
 /// A session with its tasks.
 #[utoipa::path(
     get,
+    operation_id = "getSession",
     path = "/v1/opscore/sessions/{sessionId}",
     tag = "sessions",
     params(SessionPath),
@@ -157,6 +158,7 @@ fn session_error(e: StoreError) -> ApiError {
 /// Idempotent: cancelling a cancelled session answers 200 again.
 #[utoipa::path(
     post,
+    operation_id = "cancelSession",
     path = "/v1/opscore/sessions/{sessionId}/cancel",
     tag = "sessions",
     params(SessionPath),
@@ -201,6 +203,7 @@ struct ListParams {
 /// The agent's sessions, newest first, without their tasks.
 #[utoipa::path(
     get,
+    operation_id = "listAgentSessions",
     path = "/v1/opscore/agent/{agentId}/sessions",
     tag = "sessions",
     params(AgentPath, ListParams),

@@ -95,6 +95,7 @@ impl FromRequest<AppState> for DefinitionBody {
 /// definition. Never replaces a different definition.
 #[utoipa::path(
     post,
+    operation_id = "createWorkflow",
     path = "/v1/opscore/workflows",
     tag = "workflows",
     request_body(description = "The definition (JSON or YAML)", content(
@@ -138,6 +139,7 @@ async fn create(
 /// null).
 #[utoipa::path(
     get,
+    operation_id = "listWorkflows",
     path = "/v1/opscore/workflows",
     tag = "workflows",
     responses(
@@ -160,6 +162,7 @@ async fn list(
 /// One workflow definition.
 #[utoipa::path(
     get,
+    operation_id = "getWorkflow",
     path = "/v1/opscore/workflows/{workflowId}",
     tag = "workflows",
     params(WorkflowPath),
@@ -185,6 +188,7 @@ async fn fetch(
 /// unfinished session uses it.
 #[utoipa::path(
     delete,
+    operation_id = "deleteWorkflow",
     path = "/v1/opscore/workflows/{workflowId}",
     tag = "workflows",
     params(WorkflowPath),
@@ -244,6 +248,7 @@ struct Triggered {
 /// definition with no tasks gives a session that is `completed` at once.
 #[utoipa::path(
     post,
+    operation_id = "triggerWorkflow",
     path = "/v1/opscore/agent/{agentId}/workflow",
     tag = "workflows",
     params(AgentPath),
