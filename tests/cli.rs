@@ -537,3 +537,36 @@ async fn completions_for_each_shell() {
     let run = opscore_env(&[], &["completions", "tcsh"]).await;
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+/// `opscore completions bash | head -n 1`, `opscore agents list | head`:
+/// a reader that goes away early is not an error. The output goes into a
+/// pipe whose reader closes after the first line; the command must end
+/// quietly with 0, not panic (101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_output_quietly() {
+    let s = start(Backend::Sqlite).await;
+    let c = client(&s);
+    for i in 0..300 {
+        c.register(&registration(&format!("agent-{i:03}")))
+            .await
+            .expect("register");
+    }
+    for args in [vec!["completions", "bash"], vec!["agents", "list", "--all"]] {
+        let script = format!(
+            "set -o pipefail; {} {} | head -n 1 >/dev/null",
+            env!("CARGO_BIN_EXE_opscore"),
+            args.join(" ")
+        );
+        let out = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("OPSCORE_URL", &s.base)
+            .env("OPSCORE_API_KEY", KEY)
+            .output()
+            .await
+            .expect("bash");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -87,9 +87,11 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Keys(c) => keys::run(c).await,
         ClientCommand::Watch(a) => watch::run(a).await,
         ClientCommand::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "opscore", &mut std::io::stdout());
-            Ok(())
+            // Into memory first: clap_complete panics on a write error, and
+            // `opscore completions bash | head` closes the pipe early.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "opscore", &mut script);
+            output::out(&String::from_utf8_lossy(&script))
         }
     };
     output::finish(result)
