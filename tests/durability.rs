@@ -40,7 +40,7 @@ type Outcome = Option<(u16, String)>;
 
 /// Send reports numbered `numbers` round-robin to `agents`, `in_flight` at
 /// a time, until `stop` is set or all have been sent. Report `n` carries
-/// `details.n = n` and a timestamp `n` milliseconds after a base.
+/// `details.n = n` and a timestamp `n` microseconds after a base.
 async fn load(
     client: reqwest::Client,
     base_url: String,
@@ -56,7 +56,10 @@ async fn load(
         .map(|n| {
             let agent = agents[(n % agents.len() as u64) as usize].clone();
             let url = format!("{base_url}/v1/opscore/agent/{agent}/state");
-            let ts = (base + chrono::Duration::milliseconds(n as i64))
+            // One microsecond apart: even the last round's numbers (3
+            // million and up) stay seconds from now, inside the clock skew
+            // the server allows.
+            let ts = (base + chrono::Duration::microseconds(n as i64))
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
             let body = json!({"agentId": agent, "timestamp": ts, "state": "active",
                 "details": {"n": n}});
