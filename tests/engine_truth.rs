@@ -263,7 +263,46 @@ async fn late_active_does_not_start_the_next_task(backend: Backend) {
     s.stop().await;
 }
 
+/// The name from the report: clears the screen, retitles the window and
+/// forges a table row when written raw to a terminal.
+const EVIL: &str = "Evil\u{1b}[2J\u{1b}]0;PWNED\u{7}\r\nFAKE-ROW  idle";
+
+/// Finding 7: control characters in an agent's registered text are refused
+/// with a 422 naming the field, and nothing is stored.
+async fn control_characters_are_refused_at_registration(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let cases = [
+        (
+            "agent_details.agentName",
+            common::register_payload("a1", EVIL, &["x"], "http://a1.test/task"),
+        ),
+        ("agent_details.version", {
+            let mut p = common::register_payload("a1", "ok", &["x"], "http://a1.test/task");
+            p["agent_details"]["version"] = json!("1.0\u{1b}[31m");
+            p
+        }),
+        (
+            "agent_details.capabilities",
+            common::register_payload("a1", "ok", &["sum\u{9b}2J"], "http://a1.test/task"),
+        ),
+        (
+            "agent_details.contactEndpoint",
+            common::register_payload("a1", "ok", &["x"], "http://a1.test/\r\ntask"),
+        ),
+    ];
+    for (field, body) in cases {
+        let r = s.notify_bearer(&body).await;
+        common::assert_invalid_field(&r, field);
+        let msg = r.body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("control characters"), "{field}: {}", r.body);
+    }
+    let r = s.get_json("/v1/opscore/agents").await;
+    assert_eq!(r.body["items"], json!([]), "nothing stored: {}", r.body);
+    s.stop().await;
+}
+
 backend_tests!(
+    control_characters_are_refused_at_registration,
     heartbeat_does_not_complete_an_undelivered_task,
     finish_during_backoff_is_honoured,
     retry_is_sent_to_an_agent_left_in_error,
