@@ -301,8 +301,59 @@ async fn control_characters_are_refused_at_registration(backend: Backend) {
     s.stop().await;
 }
 
+/// Finding 8: a definition whose chain skips tasks is refused, naming each
+/// task that could never run; an expiry beyond the ten-year cap is refused
+/// however it is given.
+async fn unreachable_tasks_and_far_expiries_are_refused(backend: Backend) {
+    let kit = FakeAgentKit::start().await;
+    let s = start(backend, &kit, 200).await;
+    s.register("a1").await;
+    let mut tasks = vec![json!({"taskId": "t0", "nextTaskId": "t9"})];
+    for i in 1..10 {
+        tasks.push(json!({"taskId": format!("t{i}")}));
+    }
+    let def = json!({"id": "w_skip", "name": "skip", "tasks": tasks});
+    let r = common::send(s.post("/v1/opscore/workflows").json(&def)).await;
+    for i in 1..9 {
+        common::assert_invalid_field(&r, &format!("tasks[{i}].taskId"));
+    }
+    let errors = r.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 8, "{}", r.body);
+    assert!(errors[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'t1' is unreachable"));
+    let r = common::send(
+        s.post("/v1/opscore/agent/a1/workflow")
+            .json(&json!({"workflowDefinition": def})),
+    )
+    .await;
+    common::assert_invalid_field(&r, "workflowDefinition.tasks[1].taskId");
+    assert!(kit.calls().is_empty());
+
+    let r = common::send(
+        s.post("/v1/opscore/keys")
+            .json(&json!({"name": "far", "role": "operator", "expiresAt": "9999-12-31T00:00:00Z"})),
+    )
+    .await;
+    common::assert_invalid_field(&r, "expiresAt");
+    let r = common::send(
+        s.post("/v1/opscore/keys")
+            .json(&json!({"name": "far", "role": "operator", "ttlSeconds": 20u64 * 365 * 86_400})),
+    )
+    .await;
+    common::assert_invalid_field(&r, "ttlSeconds");
+    let r = common::send(s.post("/v1/opscore/keys").json(
+        &json!({"name": "near", "role": "operator", "expiresAt": (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339()}),
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    s.stop().await;
+}
+
 backend_tests!(
     control_characters_are_refused_at_registration,
+    unreachable_tasks_and_far_expiries_are_refused,
     heartbeat_does_not_complete_an_undelivered_task,
     finish_during_backoff_is_honoured,
     retry_is_sent_to_an_agent_left_in_error,

@@ -251,6 +251,28 @@ impl WorkflowDefinition {
             }
         }
         if errors.is_empty() {
+            // Execution starts at the first task and follows nextTaskId: a
+            // task off that chain would never run.
+            let mut reached = vec![false; self.tasks.len()];
+            let mut cur = self.tasks.first().map(|_| 0);
+            while let Some(i) = cur.filter(|&i| !reached[i]) {
+                reached[i] = true;
+                cur = self.tasks[i]
+                    .next_task_id
+                    .as_deref()
+                    .and_then(|id| seen.get(id).copied());
+            }
+            for (i, t) in self.tasks.iter().enumerate().filter(|(i, _)| !reached[*i]) {
+                errors.push(FieldError::new(
+                    format!("tasks[{i}].taskId"),
+                    format!(
+                        "task '{}' is unreachable: the chain from the first task '{}' never gets to it",
+                        t.task_id, self.tasks[0].task_id
+                    ),
+                ));
+            }
+        }
+        if errors.is_empty() {
             if let Ok(text) = serde_json::to_string(self) {
                 if text.len() > MAX_DEFINITION_BYTES {
                     errors.push(FieldError::new(
@@ -479,6 +501,13 @@ mod tests {
             r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"b"},{"taskId":"b","nextTaskId":"a"}]}"#,
         );
         assert!(cycle.validate().unwrap_err()[0].message.contains("cycle"));
+        let unreachable = def(
+            r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"c"},{"taskId":"b","nextTaskId":"c"},{"taskId":"c"},{"taskId":"d"}]}"#,
+        );
+        let errs = unreachable.validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["tasks[1].taskId", "tasks[3].taskId"]);
+        assert!(errs[0].message.contains("'b' is unreachable"), "{errs:?}");
         let self_loop = def(r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"a"}]}"#);
         assert!(self_loop.validate().is_err());
         let bad =
