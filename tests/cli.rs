@@ -6,6 +6,8 @@
 //! typed client the CLI is built on.
 
 mod common;
+#[path = "cli/escape.rs"]
+mod escape;
 #[path = "cli/sessions.rs"]
 mod sessions;
 #[path = "cli/watch.rs"]

@@ -74,18 +74,24 @@ async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Ba
         error: "late".into(),
     };
     store
-        .record_dispatch(&claimed[0].run_id, "A", later, &fail)
+        .record_dispatch(&claimed[0].run_id, "A", 1, later, &fail)
         .await
         .unwrap();
     store
-        .record_dispatch(&claimed[0].run_id, "A", later, &DispatchOutcome::Accepted)
+        .record_dispatch(
+            &claimed[0].run_id,
+            "A",
+            1,
+            later,
+            &DispatchOutcome::Accepted,
+        )
         .await
         .unwrap();
     let s = store.get_session(&session.session_id).await.unwrap();
     assert_eq!(s.runs[0].status, RunStatus::Dispatching);
     // B's answer counts.
     store
-        .record_dispatch(&again[0].run_id, "B", later, &DispatchOutcome::Accepted)
+        .record_dispatch(&again[0].run_id, "B", 1, later, &DispatchOutcome::Accepted)
         .await
         .unwrap();
     let s = store.get_session(&session.session_id).await.unwrap();

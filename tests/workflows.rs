@@ -257,9 +257,9 @@ async fn timeout_then_retry(backend: Backend) {
     // task is sent again.
     let calls = kit.wait_calls(2, 15).await;
     assert!(calls[1].idempotency_key.ends_with(":2"));
-    // The report below names no task, so it must come after the dispatcher
-    // has recorded the framework's 202 (before that, an idle without a
-    // taskId is a heartbeat from before the dispatch).
+    // The reports below name no task: an `active` received after the
+    // second attempt was sent starts it, then `idle` finishes it (a plain
+    // `idle` alone is a heartbeat and finishes nothing).
     let v = wait_session(&s, &sid, |v| {
         v["tasks"][0]["status"] == "dispatched" && v["tasks"][0]["attempts"] == 2
     })
@@ -271,6 +271,7 @@ async fn timeout_then_retry(backend: Backend) {
             .contains("timed out"),
         "{v}"
     );
+    report(&s, "a1", "active", json!({})).await;
     report(&s, "a1", "idle", json!({"ok": true})).await;
     let v = wait_session(&s, &sid, status_is("completed")).await;
     assert_eq!(v["tasks"][0]["attempts"], 2);

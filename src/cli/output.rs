@@ -89,12 +89,15 @@ pub fn finish(result: Result<(), CliError>) -> ExitCode {
         Err(CliError::Client(e @ ClientError::Transport(_))) => (EXIT_CONNECTION, e.to_string()),
         Err(CliError::Client(e @ ClientError::Protocol(_))) => (EXIT_CONNECTION, e.to_string()),
     };
-    eprintln!("error: {message}");
+    eprintln!("error: {}", super::table::escape_controls(&message, false));
     ExitCode::from(code)
 }
 
-/// Write `text` to stdout as is.
+/// Write `text` to stdout, its lines as they are but any other control
+/// character escaped (see [`escape_controls`](super::table::escape_controls)):
+/// whatever a renderer let through, the terminal never acts on it.
 pub fn out(text: &str) -> Result<(), CliError> {
+    let text = super::table::escape_controls(text, true);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;

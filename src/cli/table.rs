@@ -65,14 +65,34 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in pairs {
+        let v = escape_controls(v, false);
         out.push_str(&format!("{:<w$}  {v}\n", format!("{k}:"), w = width + 1));
+    }
+    out
+}
+
+/// `s` made safe to write to a terminal: every control character (ESC,
+/// BEL, CR, C1 codes, and LF unless `keep_newlines`) becomes a visible
+/// escape such as `\u{1b}`, so text that came from an agent or the network
+/// can never clear the screen, retitle the window or forge an output line.
+pub fn escape_controls(s: &str, keep_newlines: bool) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
     }
     out
 }
 
 /// One line, at most `MAX_CELL` characters.
 fn cell(s: &str) -> String {
-    let one_line = s.replace(['\n', '\r', '\t'], " ");
+    let one_line = escape_controls(&s.replace(['\n', '\r', '\t'], " "), false);
     if one_line.chars().count() <= MAX_CELL {
         return one_line;
     }
@@ -127,6 +147,30 @@ mod tests {
         assert!(lines[2].starts_with("agent-22  active now  xxx"));
         assert!(lines[2].ends_with('…'));
         assert_eq!(lines[2].chars().count(), 10 + 12 + MAX_CELL);
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let evil = "Evil\u{1b}[2J\u{1b}]0;PWNED\u{7}\r\nFAKE-ROW  idle\u{9b}";
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.row(vec![evil.into(), "idle".into()]);
+        let text = t.render();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"Evil\u{1b}[2J\u{1b}]0;PWNED\u{7}  FAKE-ROW  idle\u{9b}"),
+            "{text}"
+        );
+        let block = fields(&[("Name", evil.into())]);
+        assert_eq!(
+            block,
+            "Name:  Evil\\u{1b}[2J\\u{1b}]0;PWNED\\u{7}\\u{d}\\u{a}FAKE-ROW  idle\\u{9b}\n"
+        );
+        assert_eq!(escape_controls("a\nb\u{1b}", true), "a\nb\\u{1b}");
+        assert_eq!(escape_controls("plain é", false), "plain é");
     }
 
     #[test]

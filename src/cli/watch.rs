@@ -55,16 +55,18 @@ pub async fn run(args: WatchArgs) -> Result<(), CliError> {
     }
 }
 
-/// `<index> <time> <kind> <agent> <summary>`.
+/// `<index> <time> <kind> <agent> <summary>`, on one line whatever the
+/// event's text holds (control characters are shown escaped).
 pub fn event_line(ev: &FeedEvent) -> String {
-    format!(
+    let line = format!(
         "{} {} {} {} {}",
         ev.index,
         time(&ev.at),
         ev.kind,
         ev.agent_id.as_deref().unwrap_or("-"),
         summary(ev)
-    )
+    );
+    super::table::escape_controls(&line, false)
 }
 
 /// What happened, in a few words, per kind.

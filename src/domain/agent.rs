@@ -271,9 +271,21 @@ pub fn has_nul(s: &str) -> bool {
     s.contains('\0')
 }
 
+/// Control characters (ESC, BEL, CR, LF, C1 codes...) in text an operator
+/// will read on a terminal could clear the screen, retitle the window or
+/// forge output lines: refused in every registered text, as in key names.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+const NO_CONTROL: &str = "must not contain control characters";
+
 fn bounded_text(field: &str, s: String) -> Result<String, FieldError> {
     if has_nul(&s) {
         return Err(FieldError::new(field, "must not contain NUL characters"));
+    }
+    if has_control(&s) {
+        return Err(FieldError::new(field, NO_CONTROL));
     }
     if s.chars().count() > MAX_TEXT_LEN {
         return Err(FieldError::new(
@@ -300,6 +312,9 @@ fn validate_capabilities(caps: Vec<String>) -> Result<Vec<String>, FieldError> {
                 format!("each capability must be 1 to {MAX_CAPABILITY_LEN} characters, no NUL"),
             ));
         }
+        if has_control(&c) {
+            return Err(FieldError::new(FIELD, NO_CONTROL));
+        }
         if !out.contains(&c) {
             out.push(c);
         }
@@ -318,6 +333,11 @@ pub fn validate_contact_endpoint(s: &str) -> Result<String, FieldError> {
     }
     if has_nul(s) {
         return Err(FieldError::new(FIELD, "must not contain NUL characters"));
+    }
+    // The URL parser drops tabs and newlines silently; the text is stored
+    // as sent, so refuse them here.
+    if has_control(s) {
+        return Err(FieldError::new(FIELD, NO_CONTROL));
     }
     let url = url::Url::parse(s)
         .map_err(|e| FieldError::new(FIELD, format!("not an absolute URL: {e}")))?;

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod apikey;
 pub mod event;
 pub mod newkey;
+pub mod run_rules;
 pub mod state;
 pub mod time;
 pub mod workflow;

@@ -100,6 +100,9 @@ impl NewKeyBody {
                     let at = super::time::to_micros(dt);
                     if at <= now {
                         v.push("expiresAt", "must be in the future");
+                    } else if at - now > MAX_TTL_SECS as i64 * 1_000_000 {
+                        // One cap for both ways of saying it.
+                        v.push("expiresAt", "must be at most ten years ahead");
                     }
                     Some(at)
                 }
@@ -206,6 +209,16 @@ mod tests {
                 ..Default::default()
             }),
             ["agentIds[0]", "ttlSeconds"]
+        );
+        // One cap, however the expiry is given.
+        assert_eq!(
+            fields(NewKeyBody {
+                name: Some("x".into()),
+                role: Some("operator".into()),
+                expires_at: Some("9999-12-31T00:00:00Z".into()),
+                ..Default::default()
+            }),
+            ["expiresAt"]
         );
     }
 }

@@ -251,6 +251,28 @@ impl WorkflowDefinition {
             }
         }
         if errors.is_empty() {
+            // Execution starts at the first task and follows nextTaskId: a
+            // task off that chain would never run.
+            let mut reached = vec![false; self.tasks.len()];
+            let mut cur = self.tasks.first().map(|_| 0);
+            while let Some(i) = cur.filter(|&i| !reached[i]) {
+                reached[i] = true;
+                cur = self.tasks[i]
+                    .next_task_id
+                    .as_deref()
+                    .and_then(|id| seen.get(id).copied());
+            }
+            for (i, t) in self.tasks.iter().enumerate().filter(|(i, _)| !reached[*i]) {
+                errors.push(FieldError::new(
+                    format!("tasks[{i}].taskId"),
+                    format!(
+                        "task '{}' is unreachable: the chain from the first task '{}' never gets to it",
+                        t.task_id, self.tasks[0].task_id
+                    ),
+                ));
+            }
+        }
+        if errors.is_empty() {
             if let Ok(text) = serde_json::to_string(self) {
                 if text.len() > MAX_DEFINITION_BYTES {
                     errors.push(FieldError::new(
@@ -378,56 +400,6 @@ impl RunStatus {
 /// and shown but mean nothing to the engine.
 pub const MEANINGFUL_STATES: [&str; 4] = ["active", "idle", "finished", "error"];
 
-/// What a state report does to the agent's task in flight (contract 1.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportEffect {
-    /// Nothing: the report does not concern the task.
-    None,
-    /// The agent started: the run is `running`.
-    Started,
-    /// The task is done.
-    Completed,
-    /// The attempt failed.
-    Failed,
-}
-
-/// Decide what a report of `state` means for a run in `status`.
-///
-/// `explicit` is true when the report's details name this run (its
-/// `taskId`/`sessionId`); `after_dispatch` is true when the agent's timestamp
-/// is not older than the dispatch. A run that was dispatched but not yet seen
-/// `active` is completed by `idle` only if the report is clearly about it
-/// (explicit, or stamped after the dispatch): otherwise an idle heartbeat the
-/// agent sent just before it received the task would complete it.
-///
-/// A run still `dispatching` counts as in flight: a fast agent can report
-/// before the dispatcher has recorded the framework's answer.
-pub fn report_effect(
-    status: RunStatus,
-    state: &str,
-    explicit: bool,
-    after_dispatch: bool,
-) -> ReportEffect {
-    let in_flight = matches!(
-        status,
-        RunStatus::Dispatching | RunStatus::Dispatched | RunStatus::Running
-    );
-    if !in_flight {
-        return ReportEffect::None;
-    }
-    match state {
-        "active" if status != RunStatus::Running => ReportEffect::Started,
-        "finished" => ReportEffect::Completed,
-        "idle" if status == RunStatus::Running || explicit || after_dispatch => {
-            ReportEffect::Completed
-        }
-        "error" if status == RunStatus::Running || explicit || after_dispatch => {
-            ReportEffect::Failed
-        }
-        _ => ReportEffect::None,
-    }
-}
-
 /// Exponential backoff settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -529,6 +501,13 @@ mod tests {
             r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"b"},{"taskId":"b","nextTaskId":"a"}]}"#,
         );
         assert!(cycle.validate().unwrap_err()[0].message.contains("cycle"));
+        let unreachable = def(
+            r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"c"},{"taskId":"b","nextTaskId":"c"},{"taskId":"c"},{"taskId":"d"}]}"#,
+        );
+        let errs = unreachable.validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["tasks[1].taskId", "tasks[3].taskId"]);
+        assert!(errs[0].message.contains("'b' is unreachable"), "{errs:?}");
         let self_loop = def(r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"a"}]}"#);
         assert!(self_loop.validate().is_err());
         let bad =
@@ -543,51 +522,6 @@ mod tests {
             fields,
             ["id", "tasks[0].parameters", "tasks[0].timeoutSeconds"]
         );
-    }
-
-    #[test]
-    fn report_effects() {
-        use ReportEffect as E;
-        use RunStatus as R;
-        assert_eq!(
-            report_effect(R::Dispatched, "active", false, false),
-            E::Started
-        );
-        assert_eq!(
-            report_effect(R::Running, "idle", false, false),
-            E::Completed
-        );
-        assert_eq!(
-            report_effect(R::Running, "finished", false, false),
-            E::Completed
-        );
-        assert_eq!(report_effect(R::Running, "error", false, false), E::Failed);
-        // An idle heartbeat from before the dispatch does not complete it.
-        assert_eq!(report_effect(R::Dispatched, "idle", false, false), E::None);
-        assert_eq!(
-            report_effect(R::Dispatched, "idle", true, false),
-            E::Completed
-        );
-        assert_eq!(
-            report_effect(R::Dispatched, "idle", false, true),
-            E::Completed
-        );
-        // Reported before the dispatcher recorded the framework's answer.
-        assert_eq!(
-            report_effect(R::Dispatching, "active", false, false),
-            E::Started
-        );
-        assert_eq!(
-            report_effect(R::Dispatching, "idle", true, false),
-            E::Completed
-        );
-        assert_eq!(report_effect(R::Dispatching, "idle", false, false), E::None);
-        // Ended or not yet sent: nothing.
-        for s in [R::Queued, R::Completed, R::Failed, R::Cancelled] {
-            assert_eq!(report_effect(s, "idle", true, true), E::None);
-            assert_eq!(report_effect(s, "error", true, true), E::None);
-        }
-        assert_eq!(report_effect(R::Running, "thinking", true, true), E::None);
     }
 
     #[test]

@@ -222,7 +222,7 @@ async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun) {
     for _ in 0..5 {
         match ctx
             .store
-            .record_dispatch(&run.run_id, &ctx.owner, now_micros(), &outcome)
+            .record_dispatch(&run.run_id, &ctx.owner, run.attempt, now_micros(), &outcome)
             .await
         {
             Ok(()) => return,

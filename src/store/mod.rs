@@ -833,11 +833,13 @@ pub trait WorkflowStore: Send + Sync + 'static {
         allow_unknown: bool,
     ) -> StoreResult<Vec<ClaimedRun>>;
 
-    /// Record how dispatching a claimed run went.
+    /// Record how dispatching attempt `attempt` of a run claimed by `owner`
+    /// went. A claim another dispatcher has since taken over is left alone.
     async fn record_dispatch(
         &self,
         run_id: &str,
         owner: &str,
+        attempt: i64,
         now: Micros,
         outcome: &DispatchOutcome,
     ) -> StoreResult<()>;

@@ -540,9 +540,9 @@ macro_rules! impl_agent_store {
                         q.execute(&mut *tx).await?;
                     }
                 }
-                // Only an agent with a task in flight can have one moved on by
-                // a report (a report never puts one in flight), and only one
-                // with a task queued can make it claimable: ask once.
+                // Only an agent with a task in flight or queued can have one
+                // moved on by a report, and only one with a task queued can
+                // make it claimable: ask once.
                 let runs = agents_with_runs(&mut tx, &agents).await?;
                 let mut dispatchable = false;
                 for round in report_rounds(&ids) {
@@ -609,8 +609,11 @@ macro_rules! impl_agent_store {
                     // before the next round's reports are applied.
                     for &i in &round {
                         let r = &reports[i];
+                        // A run waiting for a retry counts too: a report
+                        // naming it may show the agent has it after all.
+                        let agent = r.agent_id.as_str();
                         if results[i].is_ok()
-                            && runs.in_flight.contains(r.agent_id.as_str())
+                            && (runs.in_flight.contains(agent) || runs.queued.contains(agent))
                             && MEANINGFUL_STATES.contains(&r.state.as_str())
                         {
                             let before = events.len();

@@ -5,9 +5,6 @@
 
 use std::sync::LazyLock;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use crate::domain::workflow::RunStatus;
 
 pub(super) const SESSION_COLUMNS: &str =
@@ -38,24 +35,27 @@ pub(super) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
         "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id \
          FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
          WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
-           AND (a.state = 'idle' OR ($2 AND a.state = 'UNKNOWN')) \
+           AND {} \
            AND NOT ({}) \
            AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
                            AND f.status IN ('dispatching', 'dispatched', 'running')) \
          ORDER BY r.due_at_us LIMIT $3",
+        crate::domain::run_rules::may_send_sql("a.state", "r.attempts", "$2"),
         super::Liveness::expired_sql("a.", "$4", "$5", "$1")
     )
 });
 
-/// The current states in which `CLAIM_CANDIDATES` sends an agent a task
-/// (`UNKNOWN` only when sending to agents never heard from is allowed).
+/// The current states in which `CLAIM_CANDIDATES` sends an agent a new task
+/// (`UNKNOWN` only when sending to agents never heard from is allowed); see
+/// [`may_send`](crate::domain::run_rules::may_send).
 pub(super) const CLAIMABLE_STATES: [&str; 2] = ["idle", crate::domain::state::UNKNOWN];
 
-/// Claims one run. The previous attempt's dispatch time is cleared: until
-/// this attempt is confirmed sent, no report may count as coming after it.
+/// Claims one run. The attempt counts as sent from now (`$4`): reports
+/// stamped before it are not about it; whether the agent started it is
+/// known only from reports after it.
 pub(super) const CLAIM_ONE: &str =
     "UPDATE task_runs SET status = 'dispatching', lease_owner = $2, due_at_us = $3, \
-     attempts = attempts + 1, dispatched_at_us = NULL \
+     attempts = attempts + 1, dispatched_at_us = $4, started_at_us = NULL \
      WHERE run_id = $1 AND status = 'queued'";
 
 /// A dispatcher that stopped before confirming delivery gives its claim
@@ -98,6 +98,8 @@ pub(super) struct AgentRuns {
 
 /// A run claimed by a dispatcher that has not recorded the answer yet.
 pub(super) const CLAIMED: &str = "('dispatching')";
+/// A run waiting to be sent.
+pub(super) const QUEUED: &str = "('queued')";
 /// A run the framework accepted.
 pub(super) const SENT: &str = "('dispatched', 'running')";
 
@@ -158,6 +160,16 @@ impl InFlight {
         }
     }
 
+    /// What the engine's rules need to know of it.
+    pub(super) fn view(&self) -> crate::domain::run_rules::RunView {
+        crate::domain::run_rules::RunView {
+            status: self.status,
+            attempts: self.attempts,
+            dispatched_at: self.dispatched_at,
+            timeout_secs: self.timeout_secs,
+        }
+    }
+
     /// This run, as a `task.status` event names it.
     pub(super) fn task_ref(&self) -> crate::domain::event::TaskRef<'_> {
         crate::domain::event::TaskRef {
@@ -170,75 +182,9 @@ impl InFlight {
     }
 }
 
-#[derive(Deserialize)]
-struct Refs {
-    #[serde(rename = "taskId")]
-    task_id: Option<String>,
-    #[serde(rename = "sessionId")]
-    session_id: Option<String>,
-}
-
-/// Does a report's `details` name this run (`explicit`), or name another
-/// one (`other`)? `taskId` may be the run id (`opscore_task_id`) or the
-/// definition's task id.
-pub(super) fn match_details(details: Option<&RawValue>, run: &InFlight) -> (bool, bool) {
-    let Some(refs) = details.and_then(|d| serde_json::from_str::<Refs>(d.get()).ok()) else {
-        return (false, false);
-    };
-    let mut explicit = false;
-    if let Some(s) = refs.session_id {
-        if s != run.session_id {
-            return (false, true);
-        }
-        explicit = true;
-    }
-    if let Some(t) = refs.task_id {
-        if t != run.run_id && t != run.task_id {
-            return (false, true);
-        }
-        explicit = true;
-    }
-    (explicit, false)
-}
-
-/// The reason recorded when an agent reports `error`, with its details.
-pub(super) fn agent_error_reason(details: Option<&RawValue>) -> String {
-    match details {
-        Some(d) => {
-            let text = d.get();
-            let cut = text
-                .char_indices()
-                .nth(500)
-                .map_or(text, |(i, _)| &text[..i]);
-            format!("agent reported error: {cut}")
-        }
-        None => "agent reported error".to_owned(),
-    }
-}
-
 macro_rules! impl_workflow_store {
     ($store:ty, $db:ty, $claim_lock:expr) => {
         type Conn = <$db as sqlx::Database>::Connection;
-
-        /// The run `owner` claimed and has not recorded an answer for. A
-        /// dispatcher whose lease ran out (and whose claim another took
-        /// over) finds nothing, so its late answer changes nothing.
-        async fn claimed_run(
-            conn: &mut Conn,
-            run_id: &str,
-            owner: &str,
-        ) -> $crate::store::StoreResult<Option<$crate::store::workflow_sql::InFlight>> {
-            let sql = format!(
-                "SELECT {} FROM task_runs WHERE run_id = $1 AND status = 'dispatching' AND lease_owner = $2",
-                $crate::store::workflow_sql::IN_FLIGHT_COLUMNS
-            );
-            let row: Option<$crate::store::workflow_sql::InFlightRow> = sqlx::query_as(&sql)
-                .bind(run_id)
-                .bind(owner)
-                .fetch_optional(&mut *conn)
-                .await?;
-            Ok(row.map($crate::store::workflow_sql::InFlight::from_row))
-        }
 
         async fn insert_run(
             conn: &mut Conn,
@@ -303,38 +249,52 @@ macro_rules! impl_workflow_store {
             Ok(runs)
         }
 
+        /// Apply a state report to the agent's run it concerns: the engine
+        /// decides (`run_rules::report_effect`), this applies.
         async fn advance_on_report(
             conn: &mut Conn,
             r: &$crate::domain::state::StateReport,
             rules: &$crate::store::EngineRules,
             events: &mut Vec<$crate::domain::event::NewEvent>,
         ) -> $crate::store::StoreResult<()> {
-            use $crate::domain::workflow::{report_effect, ReportEffect, RunStatus};
+            use $crate::domain::run_rules::{
+                agent_error_reason, concerned_run, mention, report_effect, ReportEffect, ReportView,
+            };
+            use $crate::domain::workflow::RunStatus;
             use $crate::store::workflow_sql::*;
             let sql = format!(
-                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
+                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 \
+                 AND (status IN {IN_FLIGHT} OR (status = 'queued' AND attempts > 0))"
             );
-            let row: Option<InFlightRow> = sqlx::query_as(&sql)
+            let rows: Vec<InFlightRow> = sqlx::query_as(&sql)
                 .bind(r.agent_id.as_str())
-                .fetch_optional(&mut *conn)
+                .fetch_all(&mut *conn)
                 .await?;
-            let Some(run) = row.map(InFlight::from_row) else {
+            let runs: Vec<InFlight> = rows.into_iter().map(InFlight::from_row).collect();
+            let seen: Vec<_> = runs
+                .iter()
+                .map(|run| {
+                    let m = mention(r.details.as_deref(), &run.run_id, &run.task_id, &run.session_id);
+                    (run.view(), m)
+                })
+                .collect();
+            let Some(i) = concerned_run(&seen) else {
                 return Ok(());
             };
-            let (explicit, other) = match_details(r.details.as_deref(), &run);
-            if other {
-                return Ok(());
-            }
-            let after_dispatch = run.dispatched_at.is_some_and(|d| r.timestamp >= d);
-            match report_effect(run.status, &r.state, explicit, after_dispatch) {
+            let run = &runs[i];
+            let other_in_flight = runs.iter().enumerate().any(|(j, o)| j != i && o.status.in_flight());
+            let report = ReportView { state: &r.state, timestamp: r.timestamp, received_at: r.received_at };
+            match report_effect(&seen[i].0, seen[i].1, &report, other_in_flight) {
                 ReportEffect::None => Ok(()),
-                ReportEffect::Started => {
+                ReportEffect::Started { deadline } => {
                     let started = sqlx::query(
-                        "UPDATE task_runs SET status = 'running', started_at_us = $2 \
-                         WHERE run_id = $1 AND status IN ('dispatching', 'dispatched')",
+                        "UPDATE task_runs SET status = 'running', started_at_us = $2, \
+                         due_at_us = COALESCE($3, due_at_us) \
+                         WHERE run_id = $1 AND status IN ('queued', 'dispatching', 'dispatched')",
                     )
                     .bind(&run.run_id)
                     .bind(r.received_at)
+                    .bind(deadline)
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
@@ -349,12 +309,12 @@ macro_rules! impl_workflow_store {
                     Ok(())
                 }
                 ReportEffect::Completed => {
-                    complete_run(conn, &run, r.details.as_ref().map(|d| d.get()), r.received_at, rules, events).await
+                    complete_run(conn, run, r.details.as_ref().map(|d| d.get()), r.received_at, rules, events).await
                 }
                 ReportEffect::Failed => {
                     let reason = agent_error_reason(r.details.as_deref());
                     let failure = Failure { reason: &reason, guard: IN_FLIGHT, retryable: true, not_before: None };
-                    fail_attempt(conn, &run, &failure, r.received_at, rules, events).await
+                    fail_attempt(conn, run, &failure, r.received_at, rules, events).await
                 }
             }
         }
@@ -372,9 +332,11 @@ macro_rules! impl_workflow_store {
             use $crate::domain::event::NewEvent;
             use $crate::domain::workflow::{RunStatus, SessionStatus};
             use $crate::store::StoreError;
+            // The claim (`lease_owner`) stays: a delivery still on its way
+            // records its outcome on this attempt when it returns.
             let done = sqlx::query(
-                "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3, lease_owner = NULL \
-                 WHERE run_id = $1 AND status IN ('dispatching', 'dispatched', 'running')",
+                "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3 \
+                 WHERE run_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running')",
             )
             .bind(&run.run_id)
             .bind(details)
@@ -401,16 +363,13 @@ macro_rules! impl_workflow_store {
             };
             let def: $crate::domain::workflow::WorkflowDefinition = serde_json::from_str(&definition)
                 .map_err(|e| StoreError::Internal(format!("stored definition of session {}: {e}", run.session_id)))?;
-            let next = def
-                .task(&run.task_id)
-                .and_then(|t| t.next_task_id.as_deref())
-                .and_then(|id| def.task(id));
-            match next {
-                Some(task) => {
+            use $crate::domain::run_rules::{after_completion, AfterCompletion};
+            match after_completion(&def, &run.task_id) {
+                AfterCompletion::Next(task) => {
                     let new = $crate::store::NewRun::for_task(task, run.position + 1, &task.parameters, now, rules);
                     insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
                 }
-                None => {
+                AfterCompletion::SessionCompleted => {
                     let completed = sqlx::query(
                         "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
                          WHERE session_id = $1 AND status IN ('started', 'running')",
@@ -449,33 +408,44 @@ macro_rules! impl_workflow_store {
         ) -> $crate::store::StoreResult<()> {
             use $crate::domain::event::NewEvent;
             use $crate::domain::workflow::{RunStatus, SessionStatus};
+            use $crate::domain::run_rules::{after_failure, AfterFailure, FailedAttempt};
             let $crate::store::workflow_sql::Failure {
                 reason,
                 guard,
                 retryable,
                 not_before,
             } = *failure;
-            if retryable && run.attempts <= run.max_retries {
-                let attempt = u32::try_from(run.attempts).unwrap_or(u32::MAX);
-                let delay_us = rules.backoff.delay_ms(attempt, rand::random::<f64>()) as i64 * 1000;
-                let due = now.saturating_add(delay_us).max(not_before.unwrap_or(0));
-                let queued = sqlx::query(&format!(
-                    "UPDATE task_runs SET status = 'queued', due_at_us = $2, lease_owner = NULL, last_error = $3 \
-                     WHERE run_id = $1 AND status IN {guard}"
-                ))
-                .bind(&run.run_id)
-                .bind(due)
-                .bind(reason)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if queued == 1 {
-                    events.push(NewEvent::task(run.task_ref(), RunStatus::Queued, Some(reason), now));
+            let attempt = FailedAttempt {
+                task_id: &run.task_id,
+                attempts: run.attempts,
+                max_retries: run.max_retries,
+                retryable,
+                reason,
+                not_before,
+            };
+            // The jitter is drawn here, the rule is pure. The claim
+            // (`lease_owner`) stays, as in `complete_run`.
+            let why = match after_failure(&attempt, &rules.backoff, now, rand::random::<f64>()) {
+                AfterFailure::Retry { due } => {
+                    let queued = sqlx::query(&format!(
+                        "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3 \
+                         WHERE run_id = $1 AND status IN {guard}"
+                    ))
+                    .bind(&run.run_id)
+                    .bind(due)
+                    .bind(reason)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if queued == 1 {
+                        events.push(NewEvent::task(run.task_ref(), RunStatus::Queued, Some(reason), now));
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
+                AfterFailure::Fail { session_error } => session_error,
+            };
             let failed = sqlx::query(&format!(
-                "UPDATE task_runs SET status = 'failed', finished_at_us = $2, lease_owner = NULL, last_error = $3 \
+                "UPDATE task_runs SET status = 'failed', finished_at_us = $2, last_error = $3 \
                  WHERE run_id = $1 AND status IN {guard}"
             ))
             .bind(&run.run_id)
@@ -486,12 +456,6 @@ macro_rules! impl_workflow_store {
             .rows_affected();
             if failed == 1 {
                 events.push(NewEvent::task(run.task_ref(), RunStatus::Failed, Some(reason), now));
-                let why = format!(
-                    "task {} failed after {} attempt{}: {reason}",
-                    run.task_id,
-                    run.attempts,
-                    if run.attempts == 1 { "" } else { "s" }
-                );
                 let workflow: Option<String> = sqlx::query_scalar(
                     "UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
                      WHERE session_id = $1 AND status IN ('started', 'running') RETURNING workflow_id",
@@ -875,6 +839,7 @@ macro_rules! impl_workflow_store {
                         .bind(&c.0)
                         .bind(owner)
                         .bind(lease_until)
+                        .bind(now)
                         .execute(&mut *tx)
                         .await;
                     match n {
@@ -923,71 +888,97 @@ macro_rules! impl_workflow_store {
                 &self,
                 run_id: &str,
                 owner: &str,
+                attempt: i64,
                 now: i64,
                 outcome: &$crate::store::DispatchOutcome,
             ) -> $crate::store::StoreResult<()> {
-                use $crate::domain::event::{NewEvent, TaskRef};
+                use $crate::domain::event::NewEvent;
+                use $crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
                 use $crate::domain::workflow::{RunStatus, SessionStatus};
+                use $crate::store::workflow_sql::*;
                 use $crate::store::DispatchOutcome;
                 let mut events = Vec::new();
                 let mut tx = self.writer().begin().await?;
-                match outcome {
-                    DispatchOutcome::Accepted => {
-                        let sent: Option<(String, String, String, i64, String)> = sqlx::query_as(
-                            // The agent may already have reported `active`
-                            // (running): keep that, but start the deadline.
+                // The attempt this dispatcher claimed, whatever the agent's
+                // reports did to it since. A claim that ran out and was taken
+                // over by another dispatcher is found no more.
+                let sql = format!(
+                    "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs \
+                     WHERE run_id = $1 AND lease_owner = $2 AND attempts = $3"
+                );
+                let row: Option<InFlightRow> = sqlx::query_as(&sql)
+                    .bind(run_id)
+                    .bind(owner)
+                    .bind(attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(run) = row.map(InFlight::from_row) else {
+                    return Ok(());
+                };
+                let (delivery, error, retryable, not_before) = match outcome {
+                    DispatchOutcome::Accepted => (Delivery::Accepted, None, true, None),
+                    DispatchOutcome::Retry { error, not_before } => (Delivery::Failed, Some(error.as_str()), true, *not_before),
+                    DispatchOutcome::Fail { error } => (Delivery::Failed, Some(error.as_str()), false, None),
+                };
+                let mut session_running = false;
+                match delivery_decision(&run.view(), delivery, now) {
+                    DeliveryDecision::Sent { deadline } | DeliveryDecision::StillRunning { deadline } => {
+                        let sent = sqlx::query(
                             "UPDATE task_runs SET \
                              status = CASE WHEN status = 'dispatching' THEN 'dispatched' ELSE status END, \
-                             dispatched_at_us = $3, due_at_us = $3 + timeout_secs * 1000000, lease_owner = NULL \
-                             WHERE run_id = $1 AND lease_owner = $2 AND status IN ('dispatching', 'running') \
-                             RETURNING session_id, task_id, agent_id, attempts, status",
+                             due_at_us = $2, lease_owner = NULL \
+                             WHERE run_id = $1 AND status IN ('dispatching', 'running')",
                         )
                         .bind(run_id)
-                        .bind(owner)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some((session, task_id, agent, attempt, status)) = sent {
-                            if status == RunStatus::Dispatched.as_str() {
-                                let task = TaskRef { run_id, task_id: &task_id, session_id: &session, agent_id: &agent, attempt };
-                                events.push(NewEvent::task(task, RunStatus::Dispatched, None, now));
-                            }
-                            let workflow: Option<String> = sqlx::query_scalar(
-                                "UPDATE sessions SET status = 'running', updated_at_us = $2 \
-                                 WHERE session_id = $1 AND status = 'started' RETURNING workflow_id",
-                            )
-                            .bind(&session)
-                            .bind(now)
-                            .fetch_optional(&mut *tx)
+                        .bind(deadline)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if sent == 1 && run.status == RunStatus::Dispatching {
+                            events.push(NewEvent::task(run.task_ref(), RunStatus::Dispatched, None, now));
+                        }
+                        session_running = sent == 1;
+                    }
+                    DeliveryDecision::NoteError => {
+                        sqlx::query("UPDATE task_runs SET last_error = $2, lease_owner = NULL WHERE run_id = $1")
+                            .bind(run_id)
+                            .bind(error)
+                            .execute(&mut *tx)
                             .await?;
-                            if let Some(workflow) = workflow {
-                                events.push(NewEvent::session(&agent, &session, &workflow, SessionStatus::Running, None, now));
-                            }
-                        }
+                        // Watchers see the failed delivery on the run's
+                        // unchanged status.
+                        events.push(NewEvent::task(run.task_ref(), run.status, error, now));
+                        session_running = run.status == RunStatus::Running;
                     }
-                    DispatchOutcome::Retry { error, not_before } => {
-                        if let Some(run) = claimed_run(&mut tx, run_id, owner).await? {
-                            let failure = $crate::store::workflow_sql::Failure {
-                                reason: error,
-                                guard: $crate::store::workflow_sql::CLAIMED,
-                                retryable: true,
-                                not_before: *not_before,
-                            };
-                            fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
-                        }
+                    DeliveryDecision::FailAttempt => {
+                        let failure = Failure {
+                            reason: error.unwrap_or_default(),
+                            guard: CLAIMED,
+                            retryable,
+                            not_before,
+                        };
+                        fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                     }
-                    DispatchOutcome::Fail { error } => {
-                        if let Some(run) = claimed_run(&mut tx, run_id, owner).await? {
-                            let failure = $crate::store::workflow_sql::Failure {
-                                reason: error,
-                                guard: $crate::store::workflow_sql::CLAIMED,
-                                retryable: false,
-                                not_before: None,
-                            };
-                            fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
-                        }
+                    DeliveryDecision::Nothing => {}
+                }
+                if session_running {
+                    let workflow: Option<String> = sqlx::query_scalar(
+                        "UPDATE sessions SET status = 'running', updated_at_us = $2 \
+                         WHERE session_id = $1 AND status = 'started' RETURNING workflow_id",
+                    )
+                    .bind(&run.session_id)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(workflow) = workflow {
+                        events.push(NewEvent::session(&run.agent_id, &run.session_id, &workflow, SessionStatus::Running, None, now));
                     }
                 }
+                sqlx::query("UPDATE task_runs SET lease_owner = NULL WHERE run_id = $1 AND lease_owner = $2")
+                    .bind(run_id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
                 let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
                 self.events_committed(&events, &indexed);
@@ -1017,8 +1008,23 @@ macro_rules! impl_workflow_store {
                 let overdue: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
                 for row in overdue {
                     let run = InFlight::from_row(row);
-                    let reason = format!("timed out after {}s without finishing", run.timeout_secs);
+                    let reason = $crate::domain::run_rules::timeout_reason(&run.view());
                     let failure = Failure { reason: &reason, guard: SENT, retryable: true, not_before: None };
+                    fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+                    touched += 1;
+                }
+                // A retry its agent was never free to take ends the session
+                // rather than waiting for ever.
+                let sql = format!(
+                    "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs r WHERE {} LIMIT 256{}",
+                    $crate::domain::run_rules::retry_wait_over_sql("$1"),
+                    $claim_lock
+                );
+                let unsent: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+                for row in unsent {
+                    let run = InFlight::from_row(row);
+                    let reason = $crate::domain::run_rules::unsent_retry_reason(&run.view());
+                    let failure = Failure { reason: &reason, guard: QUEUED, retryable: false, not_before: None };
                     fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
                     touched += 1;
                 }
@@ -1044,54 +1050,3 @@ macro_rules! impl_workflow_store {
 }
 
 pub(super) use impl_workflow_store;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run() -> InFlight {
-        InFlight::from_row((
-            "run-1".into(),
-            "sess-1".into(),
-            "a1".into(),
-            "step_1".into(),
-            0,
-            "dispatched".into(),
-            1,
-            3,
-            60,
-            Some(0),
-        ))
-    }
-
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
-    }
-
-    #[test]
-    fn matching_reports_to_runs() {
-        let r = run();
-        assert_eq!(match_details(None, &r), (false, false));
-        assert_eq!(match_details(Some(&raw(r#"{"x":1}"#)), &r), (false, false));
-        assert_eq!(
-            match_details(Some(&raw(r#"{"taskId":"run-1"}"#)), &r),
-            (true, false)
-        );
-        assert_eq!(
-            match_details(Some(&raw(r#"{"taskId":"step_1"}"#)), &r),
-            (true, false)
-        );
-        assert_eq!(
-            match_details(Some(&raw(r#"{"sessionId":"sess-1"}"#)), &r),
-            (true, false)
-        );
-        assert_eq!(
-            match_details(Some(&raw(r#"{"sessionId":"sess-2"}"#)), &r),
-            (false, true)
-        );
-        assert_eq!(
-            match_details(Some(&raw(r#"{"sessionId":"sess-1","taskId":"x"}"#)), &r),
-            (false, true)
-        );
-    }
-}

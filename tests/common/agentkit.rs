@@ -1,17 +1,19 @@
 //! A scriptable fake of the agent framework (AgentKit): it serves
-//! `POST /v1/agents/{agentId}/run` on a real socket, records every call, and
-//! answers with scripted statuses (202 once the script is used up).
+//! `POST /v1/agents/{agentId}/run` (and `/direct/{agentId}`) on a real
+//! socket, records every call, and answers with scripted replies (202 once
+//! the script is used up). It speaks HTTP/1.1 itself, one request per
+//! connection, so it can also misbehave the way real networks do: cut a
+//! response mid-way, or hold its answer until the agent has reported.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// One request the fake received.
@@ -30,10 +32,18 @@ pub enum Reply {
     /// 202, but only after this many milliseconds (the call is recorded at
     /// once, so a test can act while the dispatcher is still waiting).
     SlowAccept(u64),
+    /// Write `HTTP/1.1 202 Acc` and close the connection: the framework
+    /// took the task, but its answer never arrives whole.
+    Cut,
 }
 
 /// Called for every first delivery of an Idempotency-Key (the agent's side).
 pub type OnCall = Arc<dyn Fn(&Call) + Send + Sync>;
+
+/// The agent's side, awaited before the fake answers: for every first
+/// delivery of an Idempotency-Key, whatever the scripted reply.
+pub type BeforeAnswer =
+    Arc<dyn Fn(Call, Reply) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
@@ -41,6 +51,7 @@ struct Inner {
     script: Mutex<VecDeque<Reply>>,
     arrived: Notify,
     on_call: Mutex<Option<OnCall>>,
+    before_answer: Mutex<Option<BeforeAnswer>>,
     keys: Mutex<std::collections::HashSet<String>>,
     duplicates: Mutex<Vec<String>>,
 }
@@ -55,16 +66,15 @@ pub struct FakeAgentKit {
 impl FakeAgentKit {
     pub async fn start() -> Self {
         let inner = Arc::new(Inner::default());
-        let app = Router::new()
-            .route("/v1/agents/{agent_id}/run", post(run))
-            .route("/direct/{agent_id}", post(run))
-            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let shared = inner.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve_one(sock, shared.clone()));
+            }
         });
         Self {
             base: format!("http://{addr}/v1"),
@@ -81,10 +91,18 @@ impl FakeAgentKit {
             .extend(replies.iter().copied());
     }
 
-    /// Play the agent: `f` runs for each new attempt (a repeated
-    /// Idempotency-Key is acknowledged but not passed on, as AgentKit does).
+    /// Play the agent: `f` runs for each new attempt the framework accepts
+    /// (a repeated Idempotency-Key is acknowledged but not passed on, as
+    /// AgentKit does).
     pub fn on_call(&self, f: OnCall) {
         *self.inner.on_call.lock().unwrap() = Some(f);
+    }
+
+    /// Play the agent before the framework answers: `f` is awaited for each
+    /// new attempt, whatever the scripted reply, and only then is the reply
+    /// written.
+    pub fn before_answer(&self, f: BeforeAnswer) {
+        *self.inner.before_answer.lock().unwrap() = Some(f);
     }
 
     /// Keys delivered more than once.
@@ -116,12 +134,74 @@ impl FakeAgentKit {
     }
 }
 
-async fn run(
-    State(inner): State<Arc<Inner>>,
-    Path(agent_id): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+/// A request's path, Idempotency-Key and body, or None if the peer closed
+/// or sent something that is not a request with a length.
+async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let path = lines.next()?.split(' ').nth(1)?.to_owned();
+    let (mut length, mut key) = (0usize, String::new());
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().ok()?,
+            "idempotency-key" => key = value.trim().to_owned(),
+            _ => {}
+        }
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((path, key, body))
+}
+
+fn agent_of(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "agents", id, "run"] | ["direct", id] => Some((*id).to_owned()),
+        _ => None,
+    }
+}
+
+async fn respond(sock: &mut TcpStream, status: u16, extra: &str) {
+    let reason = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n{extra}\r\n"
+    );
+    let _ = sock.write_all(text.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+async fn serve_one(mut sock: TcpStream, inner: Arc<Inner>) {
+    let Some((path, idempotency_key, body)) = read_request(&mut sock).await else {
+        return;
+    };
+    let Some(agent_id) = agent_of(&path) else {
+        respond(&mut sock, 404, "").await;
+        return;
+    };
     let reply = inner
         .script
         .lock()
@@ -130,12 +210,8 @@ async fn run(
         .unwrap_or(Reply::Status(202));
     let call = Call {
         agent_id,
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        body,
+        idempotency_key,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     };
     let first = inner
         .keys
@@ -153,18 +229,24 @@ async fn run(
     if let (true, Some(f), Reply::Status(200..=299)) = (first, hook, reply) {
         f(&call);
     }
-    inner.calls.lock().unwrap().push(call);
+    let before = inner.before_answer.lock().unwrap().clone();
+    inner.calls.lock().unwrap().push(call.clone());
     inner.arrived.notify_waiters();
+    if let (true, Some(f)) = (first, before) {
+        f(call, reply).await;
+    }
     match reply {
         Reply::SlowAccept(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            StatusCode::ACCEPTED.into_response()
+            respond(&mut sock, 202, "").await;
         }
-        Reply::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
-        Reply::RetryAfter(s, secs) => (
-            StatusCode::from_u16(s).unwrap(),
-            [("retry-after", secs.to_string())],
-        )
-            .into_response(),
+        Reply::Status(s) => respond(&mut sock, s, "").await,
+        Reply::RetryAfter(s, secs) => {
+            respond(&mut sock, s, &format!("retry-after: {secs}\r\n")).await
+        }
+        Reply::Cut => {
+            let _ = sock.write_all(b"HTTP/1.1 202 Acc").await;
+            let _ = sock.shutdown().await;
+        }
     }
 }
