@@ -16,11 +16,26 @@ FROM rust:1-bookworm AS builder
 WORKDIR /build
 
 # Compile the dependencies alone first, against placeholder sources, so that
-# this (slow) layer is reused until Cargo.toml or Cargo.lock change.
+# this (slow) layer is reused until Cargo.toml or Cargo.lock change. Cargo
+# reads every target the manifest declares ([[bin]], [[bench]], ...) before it
+# builds anything, so each gets a placeholder file at its path (or at the
+# default one). The bench placeholders stay: `cargo build` never compiles
+# benches, but it parses the manifest again below.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
+    && awk -F '"' ' \
+        function emit() { if (kind != "") print (path != "" ? path : dir[kind] "/" name ".rs") } ; \
+        BEGIN { dir["bin"] = "src/bin"; dir["bench"] = "benches"; dir["test"] = "tests"; dir["example"] = "examples" } ; \
+        /^\[/ { emit(); kind = ""; name = ""; path = "" } ; \
+        /^\[\[(bin|bench|test|example)\]\]/ { kind = $0; gsub(/[][ ]/, "", kind) } ; \
+        kind != "" && /^name *=/ { name = $2 } ; \
+        kind != "" && /^path *=/ { path = $2 } ; \
+        END { emit() }' Cargo.toml \
+       | while read -r f; do \
+           [ -e "$f" ] || { mkdir -p "$(dirname "$f")" && echo 'fn main() {}' > "$f"; }; \
+         done \
     && cargo build --release --locked \
     && rm -rf src
 
