@@ -5,6 +5,7 @@
 
 pub mod current;
 mod events_sql;
+mod health;
 mod keys_sql;
 mod postgres;
 mod retention_sql;
@@ -369,7 +370,8 @@ pub trait EventStore: Send + Sync + 'static {
 /// Agents, their states and history.
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Check the database answers and its migrations are applied.
+    /// Check the service can read and write: the migrations are applied
+    /// and a small write commits. `Unavailable` names what is wrong.
     async fn ready(&self) -> StoreResult<()>;
 
     /// Create or update an agent. A new agent's state is `UNKNOWN` on return.

@@ -52,6 +52,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(opts.acquire_timeout)
+            .after_release(super::health::release_check)
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -316,12 +316,15 @@ macro_rules! impl_agent_store {
                 let have: Option<i64> = sqlx::query_scalar($crate::store::sql::LATEST_MIGRATION)
                     .fetch_one(self.reader())
                     .await?;
-                match have {
-                    Some(v) if v >= want => Ok(()),
-                    _ => Err(StoreError::Unavailable(format!(
+                if !matches!(have, Some(v) if v >= want) {
+                    return Err(StoreError::Unavailable(format!(
                         "database schema is not at the latest migration ({want})"
-                    ))),
+                    )));
                 }
+                sqlx::query($crate::store::health::PROBE_WRITE)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
             }
 
             async fn register_agent(

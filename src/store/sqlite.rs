@@ -89,6 +89,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .after_release(super::health::release_check)
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(
                 connect
