@@ -508,3 +508,240 @@ async fn sqlite_files_are_private_whatever_the_directory_mode() {
     assert_eq!(mode(&dir), 0o755, "the operator's directory is left alone");
     s.stop().await;
 }
+
+/// A PostgreSQL login role of its own for one test (not a superuser, so
+/// privileges apply to it), dropped when the guard drops.
+struct PgRole {
+    name: String,
+}
+
+impl PgRole {
+    async fn create() -> Self {
+        let name = format!("opscore_role_{}", uuid::Uuid::new_v4().simple());
+        superuser(
+            &common::pg_admin_url(),
+            &format!("CREATE ROLE {name} LOGIN"),
+        )
+        .await;
+        Self { name }
+    }
+}
+
+impl Drop for PgRole {
+    fn drop(&mut self) {
+        let sql = format!("DROP ROLE IF EXISTS {}", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
+                    .await
+                    .ok()?;
+                sqlx::query(&sql).execute(&mut c).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Run `sql` as the superuser on the database at `url`.
+async fn superuser(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::raw_sql(sql)
+        .execute(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.close().await.expect("close");
+}
+
+/// `/ready` of the server at `base`, polled until it is `want` (or 20 s).
+async fn ready_becomes(client: &reqwest::Client, base: &str, want: StatusCode) -> StatusCode {
+    let started = Instant::now();
+    loop {
+        let r = send(client.get(format!("{base}/ready"))).await;
+        if r.status == want || started.elapsed() > Duration::from_secs(20) {
+            return r.status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A line of the server's log names `cause` (JSON logs escape quotes, so
+/// each word is looked for on its own).
+#[track_caller]
+fn assert_logged(server: &common::ServerProcess, words: &[&str]) {
+    let logs = server.logs.lock().expect("logs");
+    assert!(
+        logs.iter().any(|l| words.iter().all(|w| l.contains(w))),
+        "no log line holds all of {words:?}; the log:\n{}",
+        logs.join("\n")
+    );
+}
+
+/// PostgreSQL refusing the service (a revoked privilege, a role that may no
+/// longer log in, a dropped table) is a storage outage: 503
+/// `storage_unavailable` with Retry-After, the cause in the log, `/ready`
+/// 503 (it checks the service can read and write its tables), and recovery
+/// without a restart once the database takes the service back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refusals_are_storage_outages() {
+    let role = PgRole::create().await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let admin = common::pg_admin_url();
+    let db_name = db.url.rsplit('/').next().expect("name").to_owned();
+    superuser(
+        &admin,
+        &format!("ALTER DATABASE {db_name} OWNER TO {}", role.name),
+    )
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{}@", role.name), 1);
+    assert_ne!(url, db.url, "the test database URL names the postgres user");
+    let server = common::ServerProcess::spawn_with(
+        &url,
+        db.dir.path(),
+        &[
+            ("OPSCORE_DISPATCHER", "false"),
+            ("OPSCORE_DB_ACQUIRE_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let (client, base) = (reqwest::Client::new(), server.base.clone());
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::OK).await,
+        StatusCode::OK
+    );
+    common::register_at(&client, &base, "a1", &["summarise"]).await;
+    let report = || async {
+        send(
+            client
+                .post(format!("{base}/v1/opscore/agent/a1/state"))
+                .bearer_auth(common::KEY)
+                .json(
+                    &json!({"agentId": "a1", "timestamp": chrono::Utc::now().to_rfc3339(),
+                    "state": "idle"}),
+                ),
+        )
+        .await
+    };
+    let read = |path: &str| send(client.get(format!("{base}{path}")).bearer_auth(common::KEY));
+    assert_eq!(report().await.status, StatusCode::ACCEPTED);
+
+    // A revoked privilege.
+    superuser(
+        &db.url,
+        &format!("REVOKE INSERT ON state_history FROM {}", role.name),
+    )
+    .await;
+    assert_refused(&report().await, "a report without the INSERT privilege");
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/ready without the INSERT privilege on state_history"
+    );
+    assert_logged(&server, &["permission denied", "state_history"]);
+    superuser(
+        &db.url,
+        &format!("GRANT INSERT ON state_history TO {}", role.name),
+    )
+    .await;
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(report().await.status, StatusCode::ACCEPTED);
+
+    // The role may no longer log in, and its sessions are ended.
+    superuser(
+        &admin,
+        &format!(
+            "ALTER ROLE {0} NOLOGIN; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{0}'",
+            role.name
+        ),
+    )
+    .await;
+    assert_refused(&report().await, "a report while the role may not log in");
+    assert_refused(
+        &read("/v1/opscore/agents").await,
+        "a listing while the role may not log in",
+    );
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/ready while the role may not log in"
+    );
+    assert_logged(&server, &["not permitted to log in"]);
+    superuser(&admin, &format!("ALTER ROLE {} LOGIN", role.name)).await;
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(report().await.status, StatusCode::ACCEPTED);
+
+    // A table is gone.
+    superuser(&db.url, "DROP TABLE state_history").await;
+    assert_refused(&report().await, "a report with state_history dropped");
+    assert_refused(
+        &read("/v1/opscore/agent/a1/state/history").await,
+        "history with state_history dropped",
+    );
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/ready with state_history dropped"
+    );
+    assert_logged(&server, &["state_history", "does not exist"]);
+    server.kill().await;
+    drop(db);
+    drop(role);
+}
+
+/// A PostgreSQL server that cannot be reached at startup is named (host,
+/// port, database) with the reason, and the password is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_startup_failure_names_where_it_connected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_opscore"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            "postgres://opscore:s3cret-pw@127.0.0.1:1/opscore_prod",
+        )
+        .env("OPSCORE_DATA_DIR", dir.path())
+        .env("OPSCORE_BIND", "127.0.0.1:0")
+        .env("OPSCORE_API_KEY", common::KEY)
+        .env("OPSCORE_DB_ACQUIRE_TIMEOUT_SECS", "2")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("startup gave up within a minute")
+        .expect("run opscore");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "started without a database: {text}");
+    for want in [
+        "host 127.0.0.1",
+        "port 1",
+        "database opscore_prod",
+        "refused",
+    ] {
+        assert!(
+            text.contains(want),
+            "the error does not say {want:?}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("s3cret-pw"),
+        "the error shows the password: {text}"
+    );
+}

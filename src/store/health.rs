@@ -17,6 +17,28 @@ use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnectionMetadata;
 use sqlx::Connection;
 
+/// The tables the service reads and writes. `/ready` checks each is there
+/// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
+/// DELETE on it).
+pub(super) const TABLES: [&str; 10] = [
+    "agents",
+    "agent_capabilities",
+    "state_history",
+    "workflow_definitions",
+    "sessions",
+    "task_runs",
+    "events",
+    "event_retention",
+    "api_keys",
+    "storage_probe",
+];
+
+/// The tables of [`TABLES`] as the JSON array the backends' table checks
+/// bind.
+pub(super) fn tables_json() -> String {
+    serde_json::Value::from(TABLES.to_vec()).to_string()
+}
+
 /// The write `/ready` commits: it changes a row every time, so the database
 /// has something to write and commit (an UPDATE that changes nothing may
 /// write nothing).

@@ -43,6 +43,8 @@ const WAL_AUTOCHECKPOINT_PAGES: &str = "10000";
 
 impl super::sql::Dialect for sqlx::Sqlite {
     const BINDS: super::sql::Binds = super::sql::Binds::Anonymous;
+    const TABLE_PROBLEMS: &'static str = "SELECT t.value || ' is missing' FROM json_each($1) AS t \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m WHERE m.type = 'table' AND m.name = t.value)";
 }
 
 /// The SQLite store.
