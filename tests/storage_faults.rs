@@ -583,7 +583,7 @@ fn assert_logged(server: &common::ServerProcess, words: &[&str]) {
 }
 
 /// PostgreSQL refusing the service (a revoked privilege, a role that may no
-/// longer log in, a dropped table) is a storage outage: 503
+/// longer log in, a read-only database, a dropped table) is a storage outage: 503
 /// `storage_unavailable` with Retry-After, the cause in the log, `/ready`
 /// 503 (it checks the service can read and write its tables), and recovery
 /// without a restart once the database takes the service back.
@@ -654,16 +654,15 @@ async fn postgres_refusals_are_storage_outages() {
     );
     assert_eq!(report().await.status, StatusCode::ACCEPTED);
 
-    // The role may no longer log in, and its sessions are ended.
-    superuser(
-        &admin,
-        &format!(
-            "ALTER ROLE {0} NOLOGIN; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{0}'",
-            role.name
-        ),
-    )
-    .await;
+    // The role may no longer log in, and its sessions are ended (each
+    // statement on its own, so the first is committed before the second
+    // runs, which waits for the sessions to end).
+    let end_sessions = format!(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = '{}'",
+        role.name
+    );
+    superuser(&admin, &format!("ALTER ROLE {} NOLOGIN", role.name)).await;
+    superuser(&admin, &end_sessions).await;
     assert_refused(&report().await, "a report while the role may not log in");
     assert_refused(
         &read("/v1/opscore/agents").await,
@@ -676,6 +675,33 @@ async fn postgres_refusals_are_storage_outages() {
     );
     assert_logged(&server, &["not permitted to log in"]);
     superuser(&admin, &format!("ALTER ROLE {} LOGIN", role.name)).await;
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::OK).await,
+        StatusCode::OK
+    );
+    assert_eq!(report().await.status, StatusCode::ACCEPTED);
+
+    // The database turns read-only (as a demoted primary does), and the
+    // service's sessions are ended so that new ones see it.
+    superuser(
+        &admin,
+        &format!("ALTER DATABASE {db_name} SET default_transaction_read_only = on"),
+    )
+    .await;
+    superuser(&admin, &end_sessions).await;
+    assert_refused(&report().await, "a report to a read-only database");
+    assert_eq!(
+        ready_becomes(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/ready with the database read-only"
+    );
+    assert_logged(&server, &["read-only transaction"]);
+    superuser(
+        &admin,
+        &format!("ALTER DATABASE {db_name} RESET default_transaction_read_only"),
+    )
+    .await;
+    superuser(&admin, &end_sessions).await;
     assert_eq!(
         ready_becomes(&client, &base, StatusCode::OK).await,
         StatusCode::OK
