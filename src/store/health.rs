@@ -20,7 +20,7 @@ use sqlx::Connection;
 /// The tables the service reads and writes. `/ready` checks each is there
 /// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
 /// DELETE on it).
-pub(super) const TABLES: [&str; 10] = [
+pub(super) const TABLES: [&str; 11] = [
     "agents",
     "agent_capabilities",
     "state_history",
@@ -30,6 +30,7 @@ pub(super) const TABLES: [&str; 10] = [
     "events",
     "event_retention",
     "api_keys",
+    "webhook_signatures",
     "storage_probe",
 ];
 
