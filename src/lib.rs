@@ -117,6 +117,7 @@ pub async fn serve(
         wake,
         metrics,
         feed,
+        readiness: Arc::default(),
     };
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::engine::feed::Feed;
 use crate::http::auth::KeyRing;
+use crate::http::ops::Readiness;
 use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
@@ -29,4 +30,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The change feed.
     pub feed: Feed,
+    /// `/ready`'s last check of the database, reused for about a second.
+    pub readiness: Arc<Readiness>,
 }

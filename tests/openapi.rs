@@ -59,6 +59,7 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::new(opscore::metrics::Metrics::new()),
         feed,
+        readiness: Arc::default(),
     };
     let debug = format!("{:?}", opscore::http::router(state));
     stop.cancel();

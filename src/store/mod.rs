@@ -5,6 +5,7 @@
 
 pub mod current;
 mod events_sql;
+mod health;
 mod keys_sql;
 mod postgres;
 mod retention_sql;
@@ -76,24 +77,26 @@ impl From<sqlx::Error> for StoreError {
                 entity: "Row",
                 id: String::new(),
             },
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-                Self::Unavailable(e.to_string())
-            }
+            E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed
+            | E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_) => Self::Unavailable(e.to_string()),
             E::Database(ref db) => {
                 if db.is_unique_violation() {
                     return Self::Conflict(db.message().to_owned());
                 }
-                // SQLite: busy, locked, read-only, disk full, I/O error;
-                // PostgreSQL: connection exceptions (08xxx), admin shutdown
-                // (57P01..57P03), insufficient resources (53xxx).
-                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                let transient = matches!(
-                    code.as_str(),
-                    "5" | "6" | "8" | "10" | "13" | "14" | "261" | "517"
-                ) || code.starts_with("08")
-                    || code.starts_with("53")
-                    || code.starts_with("57P");
-                if transient {
+                let code = db.code().unwrap_or_default();
+                let outage = if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    postgres_outage(&code)
+                } else {
+                    code.parse().is_ok_and(sqlite_outage)
+                };
+                if outage {
                     Self::Unavailable(e.to_string())
                 } else {
                     Self::Internal(e.to_string())
@@ -102,6 +105,39 @@ impl From<sqlx::Error> for StoreError {
             other => Self::Internal(other.to_string()),
         }
     }
+}
+
+/// Whether a SQLite result code means the database cannot take the request
+/// right now (busy, locked, read-only, I/O error, disk full, cannot open,
+/// no permission), rather than a fault in the statement. SQLite reports
+/// extended codes; the primary code is the low byte.
+fn sqlite_outage(code: u32) -> bool {
+    const PERM: u32 = 3;
+    const BUSY: u32 = 5;
+    const LOCKED: u32 = 6;
+    const READONLY: u32 = 8;
+    const IOERR: u32 = 10;
+    const FULL: u32 = 13;
+    const CANTOPEN: u32 = 14;
+    const PROTOCOL: u32 = 15;
+    matches!(
+        code & 0xff,
+        PERM | BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}
+
+/// Whether a PostgreSQL SQLSTATE means the database refuses the service
+/// right now, rather than a fault in the statement: connection exceptions
+/// (08), invalid authorization such as a role that may not log in (28),
+/// insufficient resources such as a full disk (53), operator intervention
+/// such as a shutdown (57P), system errors (58), a missing database
+/// (3D000), a revoked privilege (42501), a missing table (42P01) and a
+/// read-only transaction (25006).
+fn postgres_outage(sqlstate: &str) -> bool {
+    ["08", "28", "53", "57P", "58"]
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
+        || matches!(sqlstate, "3D000" | "42501" | "42P01" | "25006")
 }
 
 /// Result alias for storage calls.
@@ -369,7 +405,9 @@ pub trait EventStore: Send + Sync + 'static {
 /// Agents, their states and history.
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Check the database answers and its migrations are applied.
+    /// Check the service can read and write: the migrations are applied,
+    /// every table it uses is there (and granted to it, on PostgreSQL), and
+    /// a small write commits. `Unavailable` names what is wrong.
     async fn ready(&self) -> StoreResult<()>;
 
     /// Create or update an agent. A new agent's state is `UNKNOWN` on return.
@@ -908,6 +946,31 @@ mod tests {
     use sqlx::Connection;
 
     use super::*;
+
+    /// Outages (503) and statement faults (500), by the codes each
+    /// database reports.
+    #[test]
+    fn database_codes_sort_into_outages_and_faults() {
+        // SQLite: busy, locked, read-only (extended: cannot lock), I/O
+        // (extended: write, fsync), full, cannot open, permission.
+        for code in [5, 261, 517, 6, 8, 520, 10, 778, 1034, 13, 14, 3] {
+            assert!(sqlite_outage(code), "{code}");
+        }
+        // SQLite: generic error, constraint (extended: foreign key),
+        // corrupt, mismatch.
+        for code in [1, 19, 787, 11, 20] {
+            assert!(!sqlite_outage(code), "{code}");
+        }
+        for code in [
+            "08006", "08001", "28000", "28P01", "53100", "53300", "57P01", "58030", "3D000",
+            "42501", "42P01", "25006",
+        ] {
+            assert!(postgres_outage(code), "{code}");
+        }
+        for code in ["23503", "23514", "42601", "22P02", "40001", "P0001"] {
+            assert!(!postgres_outage(code), "{code}");
+        }
+    }
 
     /// `Liveness::expired_sql`, run by SQLite, agrees with `is_stale` on
     /// either side of the limit, with and without the agent's own TTL, with

@@ -1,11 +1,13 @@
 //! PostgreSQL backend: for real deployments and for several Ops-Core
 //! replicas sharing one database.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,13 @@ pub struct PgStore {
 
 impl super::sql::Dialect for sqlx::Postgres {
     const BINDS: super::sql::Binds = super::sql::Binds::Numbered;
+    const TABLE_PROBLEMS: &'static str = "SELECT t.name || CASE WHEN to_regclass(t.name) IS NULL \
+         THEN ' is missing' ELSE ' lacks SELECT, INSERT, UPDATE or DELETE for this role' END \
+         FROM json_array_elements_text(CAST($1 AS JSON)) AS t(name) \
+         WHERE NOT COALESCE(has_table_privilege(to_regclass(t.name), 'SELECT') \
+         AND has_table_privilege(to_regclass(t.name), 'INSERT') \
+         AND has_table_privilege(to_regclass(t.name), 'UPDATE') \
+         AND has_table_privilege(to_regclass(t.name), 'DELETE'), FALSE)";
 }
 
 /// The NOTIFY channel every event-writing commit signals on.
@@ -49,12 +58,23 @@ impl PgStore {
     /// Connect to `url` and migrate the database. Several replicas may start
     /// at once: sqlx serialises migrations with an advisory lock.
     pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Self> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL in DATABASE_URL: {e}"))?;
+        let target = describe(&connect);
+        first_connection(&connect, opts.acquire_timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {target}: {e}"))?;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(opts.acquire_timeout)
-            .connect(url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+            .after_release(super::health::release_check)
+            .connect_with(connect)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {target}: {e}"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL at {target}: {e}"))?;
         Ok(Self {
             pool,
             rules: opts.engine,
@@ -121,6 +141,50 @@ impl PgStore {
                     },
                 }
             }
+        }
+    }
+}
+
+/// Where `connect` leads, for messages: host (or socket), port, database
+/// and user; never the password.
+fn describe(connect: &PgConnectOptions) -> String {
+    let host = match connect.get_socket() {
+        Some(dir) => format!("socket {}", dir.display()),
+        None => format!("host {}", connect.get_host()),
+    };
+    let user = connect.get_username();
+    format!(
+        "{host}, port {}, database {}, user {user}",
+        connect.get_port(),
+        connect.get_database().unwrap_or(user)
+    )
+}
+
+/// Open one connection, retrying for up to `wait` while it is refused (the
+/// database may be starting beside us), and say why it failed: a pool that
+/// cannot connect says only that it timed out.
+async fn first_connection(connect: &PgConnectOptions, wait: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, PgConnection::connect_with(connect)).await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                // Only the answer mattered; the pool opens its own.
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(_) => anyhow::bail!("no answer within {}s", wait.as_secs_f32()),
+            // Refused or reset: perhaps not listening yet.
+            Ok(Err(e @ sqlx::Error::Io(_))) => {
+                let retry_at = tokio::time::Instant::now() + Duration::from_millis(250);
+                if retry_at >= deadline {
+                    return Err(e.into());
+                }
+                tokio::time::sleep_until(retry_at).await;
+            }
+            // Anything else (authentication, no such database) will not
+            // change by waiting.
+            Ok(Err(e)) => return Err(e.into()),
         }
     }
 }

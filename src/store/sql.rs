@@ -80,6 +80,10 @@ pub(super) enum Binds {
 pub(super) trait Dialect {
     /// How the batch statements write their placeholders.
     const BINDS: Binds;
+    /// What is wrong with the tables named by the JSON array bound to `$1`,
+    /// one line per table: missing, or (where the database has privileges)
+    /// not granted to the service. No rows: all is well.
+    const TABLE_PROBLEMS: &'static str;
 }
 
 /// `rows` rows of VALUES placeholders, one per entry of `types`, bound in
@@ -316,12 +320,23 @@ macro_rules! impl_agent_store {
                 let have: Option<i64> = sqlx::query_scalar($crate::store::sql::LATEST_MIGRATION)
                     .fetch_one(self.reader())
                     .await?;
-                match have {
-                    Some(v) if v >= want => Ok(()),
-                    _ => Err(StoreError::Unavailable(format!(
+                if !matches!(have, Some(v) if v >= want) {
+                    return Err(StoreError::Unavailable(format!(
                         "database schema is not at the latest migration ({want})"
-                    ))),
+                    )));
                 }
+                let problems: Vec<String> =
+                    sqlx::query_scalar(<$db as $crate::store::sql::Dialect>::TABLE_PROBLEMS)
+                        .bind($crate::store::health::tables_json())
+                        .fetch_all(self.reader())
+                        .await?;
+                if !problems.is_empty() {
+                    return Err(StoreError::Unavailable(problems.join("; ")));
+                }
+                sqlx::query($crate::store::health::PROBE_WRITE)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
             }
 
             async fn register_agent(

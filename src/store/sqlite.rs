@@ -43,6 +43,8 @@ const WAL_AUTOCHECKPOINT_PAGES: &str = "10000";
 
 impl super::sql::Dialect for sqlx::Sqlite {
     const BINDS: super::sql::Binds = super::sql::Binds::Anonymous;
+    const TABLE_PROBLEMS: &'static str = "SELECT t.value || ' is missing' FROM json_each($1) AS t \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m WHERE m.type = 'table' AND m.name = t.value)";
 }
 
 /// The SQLite store.
@@ -78,6 +80,10 @@ impl SqliteStore {
                     anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
                 })?;
             }
+            let file = connect.get_filename();
+            make_private(file).map_err(|e| {
+                anyhow::anyhow!("cannot make database file {} private: {e}", file.display())
+            })?;
         }
         // No ping before handing out a connection: a local file cannot drop
         // a connection the way a network can, and the ping is a round trip
@@ -85,6 +91,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .after_release(super::health::release_check)
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(
                 connect
@@ -145,6 +152,47 @@ impl SqliteStore {
 
     /// One process per database file: every event is this process's own.
     async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
+}
+
+/// Make the database file and its companions readable by their owner only,
+/// whatever the mode of the directory and the umask. SQLite creates the
+/// database file 0644 less the umask, and its `-wal` and `-shm` files with
+/// the database file's mode: creating the file 0600 first makes all three
+/// private. Files an earlier version left readable by others are made
+/// private again.
+#[cfg(unix)]
+fn make_private(db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::Path::new(&name);
+        let mode = match std::fs::metadata(path) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(file = %path.display(), was = format!("{mode:o}"), "database file was readable by others; made it owner-only");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Every agent's current state and newest feed index, as stored.

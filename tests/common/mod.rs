@@ -568,6 +568,8 @@ pub async fn everything_at(client: &reqwest::Client, base: &str) -> Value {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    /// Every line it printed after its listening address.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -617,17 +619,30 @@ impl ServerProcess {
         .expect("opscore printed its listening address");
         // Keep draining stdout so the child never blocks on a full pipe.
         let echo = std::env::var("OPSCORE_TEST_LOG").is_ok();
+        let logs = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
+        let kept = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if echo {
                     println!("{line}");
                 }
+                kept.lock().expect("logs").push(line);
             }
         });
         Self {
             child,
             base: format!("http://{addr}"),
+            logs,
         }
+    }
+
+    /// Whether a line it printed contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|l| l.contains(text))
     }
 
     /// SIGKILL: no chance to flush or clean up.

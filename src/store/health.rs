@@ -1,0 +1,72 @@
+//! Whether the database can take the service's writes, and keeping a
+//! connection that could not end its transaction out of the pool.
+//!
+//! A failed statement or COMMIT must never leave a connection inside a
+//! transaction: every later "commit" on it would only release a savepoint
+//! of that transaction, acknowledged and never stored. sqlx rolls back a
+//! transaction dropped without a commit when the connection goes back to
+//! its pool, but its count of open transactions can part from the
+//! database's: SQLite rolls the whole transaction back by itself when a
+//! COMMIT fails for a full disk, the ROLLBACK sqlx then sends fails ("no
+//! transaction is active"), the count stays at one, and the next `begin`
+//! opens a savepoint instead of a transaction. [`release_check`] runs as
+//! each connection goes back to its pool and closes any that still counts
+//! an open transaction once the pending rollback has run.
+
+use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::Connection;
+
+/// The tables the service reads and writes. `/ready` checks each is there
+/// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
+/// DELETE on it).
+pub(super) const TABLES: [&str; 11] = [
+    "agents",
+    "agent_capabilities",
+    "state_history",
+    "workflow_definitions",
+    "sessions",
+    "task_runs",
+    "events",
+    "event_retention",
+    "api_keys",
+    "webhook_signatures",
+    "storage_probe",
+];
+
+/// The tables of [`TABLES`] as the JSON array the backends' table checks
+/// bind.
+pub(super) fn tables_json() -> String {
+    serde_json::Value::from(TABLES.to_vec()).to_string()
+}
+
+/// The write `/ready` commits: it changes a row every time, so the database
+/// has something to write and commit (an UPDATE that changes nothing may
+/// write nothing).
+pub(super) const PROBE_WRITE: &str = "INSERT INTO storage_probe (id, probes) VALUES (1, 1) \
+     ON CONFLICT (id) DO UPDATE SET probes = storage_probe.probes + 1";
+
+/// For a pool's `after_release`: keep the connection unless it is still in a
+/// transaction after its pending rollback ran (see the module docs). Such a
+/// connection is closed, which ends its transaction, and the pool opens a
+/// fresh one when it next needs it.
+pub(super) fn release_check<C: Connection>(
+    conn: &mut C,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        // The rollback of a dropped transaction is queued on the connection:
+        // a round trip runs it.
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!(
+                "a database connection is still inside a transaction that failed; closing it"
+            );
+            return Ok(false);
+        }
+        Ok(true)
+    })
+}
