@@ -17,7 +17,7 @@ use super::auth::{
     TIMESTAMP_HEADER,
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
-use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, lease_body, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
@@ -643,7 +643,7 @@ async fn list_agents(
     _: Require<perm::ListAgents>,
     State(state): State<AppState>,
     Query(p): Query<ListAgentsParams>,
-) -> Result<Json<Page<AgentView>>> {
+) -> Result<Json<Page<Box<RawValue>>>> {
     let mut v = Validator::default();
     let limit = v
         .check(parse_limit(p.limit.as_deref()))
@@ -688,15 +688,14 @@ async fn list_agents(
         limit,
     };
     let agents = state.store.list_agents(&q).await?;
-    let next_cursor = next_cursor(&agents, limit, |a| a.agent_id.clone());
     let live = state.config.db.engine.liveness;
-    Ok(Json(Page {
-        items: agents
-            .into_iter()
-            .map(|a| AgentView::new(a, &live, now))
-            .collect(),
-        next_cursor,
-    }))
+    bounded_page(
+        agents,
+        limit,
+        |a| a.agent_id.clone(),
+        |a| AgentView::new(a, &live, now),
+    )
+    .map(Json)
 }
 
 /// Paging of a listing.
@@ -733,7 +732,7 @@ async fn state_history(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<PageParams>,
-) -> Result<Json<Page<StateView>>> {
+) -> Result<Json<Page<Box<RawValue>>>> {
     let agent = path_agent(&agent_id)?;
     let mut v = Validator::default();
     let limit = v
@@ -757,11 +756,11 @@ async fn state_history(
         .store
         .state_history(&agent, &HistoryQuery { before, limit })
         .await?;
-    let next_cursor = next_cursor(&entries, limit, |e| {
-        format!("{}:{}", e.record.timestamp, e.seq)
-    });
-    Ok(Json(Page {
-        items: entries.into_iter().map(|e| e.record.into()).collect(),
-        next_cursor,
-    }))
+    bounded_page(
+        entries,
+        limit,
+        |e| format!("{}:{}", e.record.timestamp, e.seq),
+        |e| StateView::from(e.record),
+    )
+    .map(Json)
 }
