@@ -162,6 +162,24 @@ pub struct RawSettings {
     /// with 503 overloaded (GET /health is exempt).
     #[arg(long, env = "OPSCORE_MAX_CONCURRENT_REQUESTS", default_value = "1024")]
     pub max_concurrent_requests: String,
+    /// Most requests without a valid API key (no key, a wrong one, or a
+    /// webhook not yet verified) handled at once, apart from the above;
+    /// past it they get 503 overloaded.
+    #[arg(
+        long,
+        env = "OPSCORE_MAX_UNAUTHENTICATED_REQUESTS",
+        default_value = "64"
+    )]
+    pub max_unauthenticated_requests: String,
+    /// Longest a client may take to send a request's body, from the end of
+    /// its headers, in seconds; past it the request gets 408 request_timeout.
+    #[arg(long, env = "OPSCORE_BODY_READ_TIMEOUT_SECS", default_value = "10")]
+    pub body_read_timeout_secs: String,
+    /// Failed authentications one client address may make in a burst
+    /// before it is throttled (429 too_many_failures); one more is allowed
+    /// each second.
+    #[arg(long, env = "OPSCORE_AUTH_FAILURE_BURST", default_value = "20")]
+    pub auth_failure_burst: String,
     /// Most database connections (PostgreSQL pool; SQLite readers).
     #[arg(long, env = "OPSCORE_DB_MAX_CONNECTIONS", default_value = "16")]
     pub db_max_connections: String,
@@ -238,6 +256,11 @@ pub struct RawSettings {
     /// 503 overloaded.
     #[arg(long, env = "OPSCORE_MAX_FEED_SUBSCRIBERS", default_value = "1024")]
     pub max_feed_subscribers: String,
+    /// Most event streams and blocking reads one API key may hold open at
+    /// once, unless the key sets its own maxStreams; past it, 429
+    /// too_many_streams.
+    #[arg(long, env = "OPSCORE_MAX_STREAMS_PER_KEY", default_value = "16")]
+    pub max_streams_per_key: String,
 }
 
 /// Validated configuration of a running service.
@@ -279,8 +302,14 @@ pub struct Config {
     /// Deadline for a request's headers (and for an idle kept-alive
     /// connection's next request).
     pub header_read_timeout: Duration,
-    /// Most requests in flight; past it, 503 overloaded.
+    /// Most requests with a valid key in flight; past it, 503 overloaded.
     pub max_concurrent_requests: usize,
+    /// Most requests without one in flight; past it, 503 overloaded.
+    pub max_unauthenticated_requests: usize,
+    /// Deadline for a request's body, from the end of its headers.
+    pub body_read_timeout: Duration,
+    /// Failed authentications per client address before it is throttled.
+    pub auth_failure_burst: u32,
     /// Database pool tuning and the workflow rules applied in storage.
     pub db: StoreOptions,
     /// Directory of workflow definitions loaded at startup; a missing
@@ -294,6 +323,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Most event streams and blocking reads at once.
     pub max_feed_subscribers: usize,
+    /// Most of them per key without its own cap.
+    pub max_streams_per_key: u32,
 }
 
 /// What is kept, and how often old records are pruned.
@@ -410,12 +441,16 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
+            max_unauthenticated_requests: 64,
+            body_read_timeout: Duration::from_secs(10),
+            auth_failure_burst: crate::http::keyring::DEFAULT_FAILURE_BURST,
             db: StoreOptions::default(),
             workflows_dir: PathBuf::from("./workflows"),
             workflows_dir_explicit: false,
             dispatch: DispatchConfig::default(),
             retention: RetentionConfig::default(),
             max_feed_subscribers: 1024,
+            max_streams_per_key: crate::http::keyring::DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -556,6 +591,34 @@ impl RawSettings {
             "OPSCORE_MAX_CONCURRENT_REQUESTS",
             "max-concurrent-requests",
         )? as usize;
+        let max_unauthenticated_requests = parse_num(
+            &self.max_unauthenticated_requests,
+            1,
+            1_000_000,
+            "OPSCORE_MAX_UNAUTHENTICATED_REQUESTS",
+            "max-unauthenticated-requests",
+        )? as usize;
+        let body_read_timeout = Duration::from_secs(parse_num(
+            &self.body_read_timeout_secs,
+            1,
+            3600,
+            "OPSCORE_BODY_READ_TIMEOUT_SECS",
+            "body-read-timeout-secs",
+        )?);
+        let auth_failure_burst = parse_num(
+            &self.auth_failure_burst,
+            1,
+            1_000_000,
+            "OPSCORE_AUTH_FAILURE_BURST",
+            "auth-failure-burst",
+        )? as u32;
+        let max_streams_per_key = parse_num(
+            &self.max_streams_per_key,
+            1,
+            u64::from(crate::domain::apikey::MAX_STREAMS),
+            "OPSCORE_MAX_STREAMS_PER_KEY",
+            "max-streams-per-key",
+        )? as u32;
         let ms = |raw: &str, min, max, env, flag| {
             parse_num(raw, min, max, env, flag).map(Duration::from_millis)
         };
@@ -767,6 +830,9 @@ impl RawSettings {
             request_timeout,
             header_read_timeout,
             max_concurrent_requests,
+            max_unauthenticated_requests,
+            body_read_timeout,
+            auth_failure_burst,
             db,
             workflows_dir: self
                 .workflows_dir
@@ -775,6 +841,7 @@ impl RawSettings {
             dispatch,
             retention,
             max_feed_subscribers,
+            max_streams_per_key,
         };
         Ok((config, source))
     }

@@ -17,7 +17,7 @@ use crate::store::StoreError;
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// An error on its way to becoming an HTTP response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {detail}")]
 pub struct ApiError {
     status: StatusCode,
@@ -189,6 +189,20 @@ impl ApiError {
         }
     }
 
+    /// 408 when a request's body did not arrive within the body deadline:
+    /// the client's slowness, not ours (a slow handler is the 503 above).
+    /// The rest of the body is never read, so the connection closes.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "The request body was not received within {}s",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -250,7 +264,7 @@ impl IntoResponse for ApiError {
             // The rest of an oversized body is never read, so the server
             // closes the connection after this answer; saying so keeps a
             // client from sending its next request down a closing connection.
-            StatusCode::PAYLOAD_TOO_LARGE => {
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -96,11 +96,15 @@ pub async fn serve(
         config.retention.clone(),
         background_stop.clone(),
     ));
-    let keys = Arc::new(KeyRing::new(
-        config.api_key.expose(),
-        store.clone(),
-        config.rate_limit_per_key,
-    ));
+    let keys = Arc::new(
+        KeyRing::new(
+            config.api_key.expose(),
+            store.clone(),
+            config.rate_limit_per_key,
+        )
+        .with_max_streams(config.max_streams_per_key)
+        .with_failure_burst(config.auth_failure_burst),
+    );
     background.spawn(http::keyring::run_usage_flusher(
         keys.clone(),
         background_stop.clone(),

@@ -17,6 +17,7 @@ use common::keys::{key_with_role, make_key, revoke, unknown_key};
 use common::{assert_error, register_body, send, Backend, TestServer, KEY};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -265,7 +266,10 @@ fn expected(r: &Row, who: Who) -> (u16, Option<&'static str>) {
 }
 
 async fn auth_matrix(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    // The matrix checks what each caller is told, not the throttle on
+    // repeated failures (see failed_authentication_is_throttled): every
+    // wrong key here comes from one address.
+    let s = TestServer::start_with(backend, |c| c.auth_failure_burst = 1_000_000).await;
     // The expired key first: it needs a second to expire.
     let expired = make_key(
         &s,
@@ -356,4 +360,128 @@ async fn auth_matrix(backend: Backend) {
     s.stop().await;
 }
 
-backend_tests!(auth_matrix);
+/// A well-formed managed key that was never created, different each call.
+fn guessed_key() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("opk_{}_{}", &id[..16], "ab".repeat(32))
+}
+
+/// Failed authentication from one address is throttled after a burst: 429
+/// `too_many_failures` with `Retry-After`, whatever the wrong key; keys
+/// that are valid still work from that address, and the throttle lifts
+/// once the client waits.
+async fn failed_authentication_is_throttled(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.register("a1").await;
+    let agent = key_with_role(&s, "agent", &["a1"]).await;
+    let operator = key_with_role(&s, "operator", &[]).await;
+    let read = |key: String| {
+        let url = s.url("/v1/opscore/agent/a1/state");
+        let client = s.client.clone();
+        async move { send(client.get(url).bearer_auth(key)).await }
+    };
+    assert_eq!(read(agent.plaintext.clone()).await.status, StatusCode::OK);
+
+    let mut throttled = None;
+    for i in 0..500 {
+        let r = read(guessed_key()).await;
+        match r.status.as_u16() {
+            401 => assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            429 => {
+                throttled = Some((i, r));
+                break;
+            }
+            other => panic!("guess {i}: unexpected {other}: {}", r.body),
+        }
+    }
+    let (failures, r) = throttled.expect("500 wrong keys in a row and none was throttled");
+    assert!(failures >= 10, "throttled after only {failures} failures");
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    let wait: u64 = r.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    // Every wrong key is refused alike while throttled: a guess, garbage,
+    // a real key id with a wrong secret.
+    let wrong_secret = format!(
+        "{}{}",
+        &agent.plaintext[..agent.plaintext.len() - 2],
+        if agent.plaintext.ends_with("00") {
+            "11"
+        } else {
+            "00"
+        }
+    );
+    for bad in [guessed_key(), "garbage-key-0123456789".into(), wrong_secret] {
+        let r = read(bad.clone()).await;
+        assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    }
+    // Valid keys from the same address still work.
+    assert_eq!(read(KEY.into()).await.status, StatusCode::OK);
+    assert_eq!(read(agent.plaintext.clone()).await.status, StatusCode::OK);
+    // Once the client has waited, a key this server never saw works, and a
+    // wrong one is told 401 again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = read(operator.plaintext.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = read(guessed_key()).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    s.stop().await;
+}
+
+/// An unknown key id is looked up in the database once, then remembered
+/// for a while: shown by taking the keys table away behind the server's
+/// back, after which only ids it has not seen yet reach the database.
+async fn unknown_key_ids_are_not_looked_up_again(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let read = |key: String| {
+        let url = s.url("/v1/opscore/agents");
+        let client = s.client.clone();
+        async move { send(client.get(url).bearer_auth(key)).await }
+    };
+    let seen = guessed_key();
+    let r = read(seen.clone()).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_api_key");
+
+    let rename = |from: &'static str, to: &'static str| {
+        let url = s.db.url.clone();
+        async move {
+            let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+            match backend {
+                Backend::Sqlite => {
+                    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                    sqlx::query(&sql).execute(&mut c).await.unwrap();
+                }
+                Backend::Postgres => {
+                    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                    sqlx::query(&sql).execute(&mut c).await.unwrap();
+                }
+            }
+        }
+    };
+    rename("api_keys", "api_keys_away").await;
+    let again = read(seen.clone()).await;
+    let fresh = read(guessed_key()).await;
+    let admin = read(KEY.into()).await;
+    rename("api_keys_away", "api_keys").await;
+
+    assert_error(&again, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    // The table really was gone: an id not seen before could not be read.
+    assert!(
+        fresh.status.is_server_error(),
+        "a new unknown id was answered without the keys table: {} {}",
+        fresh.status,
+        fresh.body
+    );
+    assert_eq!(admin.status, StatusCode::OK, "{}", admin.body);
+    s.stop().await;
+}
+
+backend_tests!(
+    auth_matrix,
+    failed_authentication_is_throttled,
+    unknown_key_ids_are_not_looked_up_again,
+);

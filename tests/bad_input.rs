@@ -31,6 +31,8 @@ struct Case {
     auth: Auth,
     status: u16,
     code: &'static str,
+    /// The field a 422 must name, when the case checks it.
+    field: Option<&'static str>,
 }
 
 fn case(
@@ -50,6 +52,7 @@ fn case(
         auth: Auth::Key,
         status,
         code,
+        field: None,
     }
 }
 
@@ -69,6 +72,10 @@ impl Case {
     }
     fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
+        self
+    }
+    fn naming(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
         self
     }
     fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -259,6 +266,39 @@ fn cases() -> Vec<Case> {
             "validation_failed",
         )
         .json(register_with("metadata", json!({"ttlSeconds": 0}))),
+        case(
+            "webhook: metadata over 16 KiB serialised",
+            "POST",
+            notify,
+            422,
+            "validation_failed",
+        )
+        .json(register_with(
+            "metadata",
+            json!({"team": "blue", "blob": "m".repeat(16 * 1024)}),
+        ))
+        .naming("agent_details.metadata"),
+        case(
+            "webhook: 65 capabilities",
+            "POST",
+            notify,
+            422,
+            "validation_failed",
+        )
+        .json(register_with(
+            "capabilities",
+            json!((0..65).map(|i| format!("cap-{i}")).collect::<Vec<_>>()),
+        ))
+        .naming("agent_details.capabilities"),
+        case(
+            "webhook: a capability of 129 characters",
+            "POST",
+            notify,
+            422,
+            "validation_failed",
+        )
+        .json(register_with("capabilities", json!(["c".repeat(129)])))
+        .naming("agent_details.capabilities"),
         case(
             "webhook: NUL in agentName",
             "POST",
@@ -895,6 +935,13 @@ async fn every_bad_input_is_refused_and_changes_nothing(backend: Backend) {
                 "{}: want {} {}, got {} {}",
                 c.what, c.status, c.code, r.status, r.body
             ));
+        } else if let Some(field) = c.field {
+            let named = r.body["errors"]
+                .as_array()
+                .is_some_and(|es| es.iter().any(|e| e["field"] == field));
+            if !named {
+                failures.push(format!("{}: {field} not named in {}", c.what, r.body));
+            }
         }
     }
     assert!(

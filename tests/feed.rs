@@ -8,8 +8,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::keys::{key_with_role, make_key};
 use common::sse::{Msg, Stream};
-use common::{assert_error, Backend, TestDb, TestServer};
+use common::{assert_error, send, Backend, Resp, TestDb, TestServer};
 use opscore::store::StoreOptions;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -338,6 +339,122 @@ async fn workflow_transitions_are_on_the_feed(backend: Backend) {
     assert_eq!(kinds.len(), 2, "{kinds:?}");
 }
 
+/// One key cannot take every feed slot: an agent key may hold 16 streams
+/// and blocking reads at once (its own `maxStreams`, when set, instead);
+/// past that it gets 429 `too_many_streams` with `Retry-After`, while other
+/// keys, the admin's included, still open streams and blocking reads.
+async fn one_key_cannot_take_every_feed_slot(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.register("h1").await;
+    let agent = key_with_role(&s, "agent", &["h1"]).await;
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let r = reqwest::Client::new()
+            .get(s.url("/v1/opscore/events"))
+            .bearer_auth(&agent.plaintext)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "stream {i} of the agent key");
+        held.push(r);
+    }
+    // The answer to one more: its status, and its body unless it is a
+    // stream (which would never end).
+    let over = |key: String, path: &'static str| {
+        let url = s.url(path);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let streaming = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"));
+            if streaming {
+                Resp {
+                    status: r.status(),
+                    headers: r.headers().clone(),
+                    body: serde_json::Value::String("<an event stream>".into()),
+                }
+            } else {
+                let status = r.status();
+                let headers = r.headers().clone();
+                let text = r.text().await.unwrap();
+                let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+                Resp {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+        }
+    };
+    let r = over(agent.plaintext.clone(), "/v1/opscore/events").await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_streams");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    let r = over(
+        agent.plaintext.clone(),
+        "/v1/opscore/agent/h1/state?index=0&wait=5s",
+    )
+    .await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_streams");
+    // Its plain reads are not streams: still served.
+    let r = over(agent.plaintext.clone(), "/v1/opscore/agent/h1/state").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The admin is not affected.
+    let _admin = Stream::open(&s.base, "", None).await;
+    let head = s.get("/v1/opscore/agent/h1/state").send().await.unwrap();
+    let index = head.headers()["x-opscore-index"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .get(&format!(
+            "/v1/opscore/agent/h1/state?index={index}&wait=200ms"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A slot given back can be taken again.
+    drop(held.pop());
+    let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = reqwest::Client::new()
+                .get(s.url("/v1/opscore/events"))
+                .bearer_auth(&agent.plaintext)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::OK {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a closed stream's slot is given back");
+    held.push(reopened);
+
+    // A key's own maxStreams replaces the default.
+    let narrow = make_key(
+        &s,
+        json!({"name": "narrow", "role": "agent", "agentIds": ["h1"], "maxStreams": 2}),
+    )
+    .await;
+    assert_eq!(narrow.body["maxStreams"], 2, "{}", narrow.body);
+    let _one = Stream::open_as(&s.base, "", &narrow.plaintext).await;
+    let _two = Stream::open_as(&s.base, "", &narrow.plaintext).await;
+    let r = over(narrow.plaintext.clone(), "/v1/opscore/events").await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_streams");
+    let r = send(s.get(&format!("/v1/opscore/keys/{}", narrow.id))).await;
+    assert_eq!(r.body["maxStreams"], 2, "{}", r.body);
+    s.stop().await;
+}
+
 backend_tests!(
     state_change_reaches_a_connected_client_within_a_second,
     resuming_with_last_event_id_misses_and_repeats_nothing,
@@ -345,6 +462,7 @@ backend_tests!(
     resuming_from_a_pruned_index_is_gone,
     blocking_read_returns_on_change_and_after_wait,
     workflow_transitions_are_on_the_feed,
+    one_key_cannot_take_every_feed_slot,
 );
 
 /// Two processes on one PostgreSQL database: a report made through one

@@ -180,6 +180,7 @@ async fn overload_is_shed_with_503_and_health_stays_up(backend: Backend) {
     let s = TestServer::start_with(backend, |c| {
         c.max_concurrent_requests = LIMIT;
         c.request_timeout = Duration::from_secs(300);
+        c.body_read_timeout = Duration::from_secs(300);
     })
     .await;
     s.register("busy-0").await;

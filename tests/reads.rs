@@ -370,6 +370,75 @@ async fn request_id_echoed_or_minted(backend: Backend) {
     s.stop().await;
 }
 
+/// Largest response body one listing page may have, plus one agent.
+const PAGE_BOUND: usize = 1024 * 1024 + 20 * 1024;
+
+/// A page of the agent listing stays within a bounded size whatever the
+/// agents carry (metadata itself is capped at 16 KiB, see the bad-input
+/// table): a page asked for 1000 agents with large metadata is cut short,
+/// with a cursor to the rest, and paging still visits every agent once.
+/// AgentKit's own REGISTER, signed as it signs it, is accepted with and
+/// without `metadata`.
+async fn list_pages_are_bounded_in_size(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let with = common::register_payload("ak-with", "With", &["summarise"], "http://ak.test/task");
+    let mut without = with.clone();
+    without["agent_details"]["agentId"] = json!("ak-without");
+    without["agent_details"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    for payload in [&with, &without] {
+        let signed = common::agentkit_sign(payload, common::SECRET, 0, false).await;
+        let r = s.notify_signed(&signed).await;
+        assert_eq!(r.status, StatusCode::OK, "{payload}: {}", r.body);
+    }
+    let blob = "m".repeat(15 * 1024);
+    for i in 0..120 {
+        let mut body = common::register_payload(
+            &format!("big-{i:03}"),
+            "Big",
+            &["summarise"],
+            "http://big.test/task",
+        );
+        body["agent_details"]["metadata"] = json!({"blob": blob});
+        let r = s.notify_bearer(&body).await;
+        assert_eq!(r.status, StatusCode::OK, "big-{i}: {}", r.body);
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = "/v1/opscore/agents?limit=1000".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let r = s.get(&path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.len() <= PAGE_BOUND,
+            "page {pages} is {} bytes (bound {PAGE_BOUND})",
+            text.len()
+        );
+        let page: Value = serde_json::from_str(&text).unwrap();
+        seen.extend(ids(&page));
+        pages += 1;
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages > 1, "everything came in one page");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "an agent was listed twice");
+    assert_eq!(seen.len(), 122, "{seen:?}");
+    s.stop().await;
+}
+
 backend_tests!(
     get_state_and_agent,
     list_agents_filters,
@@ -378,4 +447,5 @@ backend_tests!(
     history_newest_first_paginated,
     health_ready_and_unknown_routes,
     request_id_echoed_or_minted,
+    list_pages_are_bounded_in_size,
 );

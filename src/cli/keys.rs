@@ -32,6 +32,10 @@ pub enum KeysCmd {
         /// Requests per second the key may make.
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// Event streams and blocking reads the key may hold open at once
+        /// (default: the server's OPSCORE_MAX_STREAMS_PER_KEY).
+        #[arg(long)]
+        max_streams: Option<u32>,
         /// Server, key, output.
         #[command(flatten)]
         opts: ClientOpts,
@@ -93,6 +97,7 @@ pub async fn run(cmd: KeysCmd) -> Result<(), CliError> {
             expires_at,
             ttl,
             rate_limit,
+            max_streams,
             opts,
         } => {
             let mut body = json!({"name": name, "role": role});
@@ -107,6 +112,9 @@ pub async fn run(cmd: KeysCmd) -> Result<(), CliError> {
             }
             if let Some(r) = rate_limit {
                 body["rateLimit"] = json!(r);
+            }
+            if let Some(n) = max_streams {
+                body["maxStreams"] = json!(n);
             }
             let answer = opts.client()?.post_json(PATH, &body).await?;
             (opts, answer, true)

@@ -11,9 +11,13 @@ pub const MAX_AGENT_ID_LEN: usize = 128;
 /// Longest agent name or version accepted.
 const MAX_TEXT_LEN: usize = 256;
 /// Most capabilities one agent may declare.
-const MAX_CAPABILITIES: usize = 256;
+pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability name.
-const MAX_CAPABILITY_LEN: usize = 128;
+pub const MAX_CAPABILITY_LEN: usize = 128;
+/// Largest registration metadata accepted, serialised. Every listing
+/// carries it, so it is kept small (the state report's `details` may be
+/// larger: it is read one agent at a time).
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest contact URL.
 const MAX_URL_LEN: usize = 2048;
 
@@ -222,6 +226,13 @@ impl NotifyBody {
         let capabilities = v.check(validate_capabilities(d.capabilities.unwrap_or_default()));
         let metadata = match d.metadata {
             None | Some(Value::Null) => Some(Map::new()),
+            Some(Value::Object(m)) if serialised_len(&m) > MAX_METADATA_BYTES => {
+                v.push(
+                    "agent_details.metadata",
+                    format!("must be at most {MAX_METADATA_BYTES} bytes serialised"),
+                );
+                None
+            }
             Some(Value::Object(m)) => Some(m),
             Some(_) => {
                 v.push("agent_details.metadata", "must be a JSON object");
@@ -262,6 +273,12 @@ impl NotifyBody {
             _ => Err(NotifyError::Invalid(vec![])),
         }
     }
+}
+
+/// The length of `m` as compact JSON (as it is stored and listed).
+fn serialised_len(m: &Map<String, Value>) -> usize {
+    // A map of JSON values always serialises.
+    serde_json::to_vec(m).map_or(usize::MAX, |v| v.len())
 }
 
 /// PostgreSQL text cannot hold a NUL character (SQLite can): refuse it in
@@ -406,6 +423,47 @@ mod tests {
                 "agent_details.contactEndpoint",
                 "agent_details.metadata"
             ]
+        );
+    }
+
+    #[test]
+    fn metadata_and_capabilities_are_capped() {
+        let register = |caps: Value, metadata: Value| {
+            body(
+                &serde_json::json!({"event_type": "REGISTER", "agent_details": {
+                    "agentId": "a1", "agentName": "S", "version": "1.0",
+                    "contactEndpoint": "http://agent-7:8080/task",
+                    "capabilities": caps, "metadata": metadata}})
+                .to_string(),
+            )
+            .validate()
+        };
+        let field = |r: Result<NotifyEvent, NotifyError>| match r {
+            Err(NotifyError::Invalid(errs)) => errs[0].field.clone(),
+            other => panic!("{other:?}"),
+        };
+        // {"b":"…"} is 8 bytes plus the string.
+        let fits = "m".repeat(MAX_METADATA_BYTES - 8);
+        assert!(register(serde_json::json!([]), serde_json::json!({ "b": fits })).is_ok());
+        let over = "m".repeat(MAX_METADATA_BYTES - 7);
+        assert_eq!(
+            field(register(
+                serde_json::json!([]),
+                serde_json::json!({ "b": over })
+            )),
+            "agent_details.metadata"
+        );
+        let caps: Vec<String> = (0..MAX_CAPABILITIES).map(|i| format!("c{i}")).collect();
+        assert!(register(serde_json::json!(caps), serde_json::json!({})).is_ok());
+        let caps: Vec<String> = (0..=MAX_CAPABILITIES).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            field(register(serde_json::json!(caps), serde_json::json!({}))),
+            "agent_details.capabilities"
+        );
+        let long = "c".repeat(MAX_CAPABILITY_LEN + 1);
+        assert_eq!(
+            field(register(serde_json::json!([long]), serde_json::json!({}))),
+            "agent_details.capabilities"
         );
     }
 

@@ -28,6 +28,8 @@ pub const MAX_SCOPE: usize = 1000;
 pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 /// Highest per-key rate limit, in requests per second.
 pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// Highest per-key cap on open event streams and blocking reads.
+pub const MAX_STREAMS: u32 = 100_000;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,6 +166,9 @@ pub struct ApiKey {
     pub secret_sha256: [u8; 32],
     /// Requests per second it may make, if limited.
     pub rate_limit: Option<u32>,
+    /// Event streams and blocking reads it may hold open at once; `None`:
+    /// the server's default.
+    pub max_streams: Option<u32>,
     /// Created.
     pub created_at: Micros,
     /// Refused from this instant on, if set.
@@ -345,6 +350,7 @@ mod tests {
             agent_ids: vec![],
             secret_sha256: g.secret_sha256,
             rate_limit: None,
+            max_streams: None,
             created_at: 0,
             expires_at: Some(10),
             revoked_at: None,

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::agent::AgentId;
-use super::apikey::{Role, MAX_NAME_LEN, MAX_RATE_LIMIT, MAX_SCOPE, MAX_TTL_SECS};
+use super::apikey::{Role, MAX_NAME_LEN, MAX_RATE_LIMIT, MAX_SCOPE, MAX_STREAMS, MAX_TTL_SECS};
 use super::time::Micros;
 use super::{FieldError, Validator};
 
@@ -25,6 +25,8 @@ pub struct NewKeyBody {
     pub ttl_seconds: Option<u64>,
     /// Requests per second.
     pub rate_limit: Option<u32>,
+    /// Event streams and blocking reads open at once.
+    pub max_streams: Option<u32>,
 }
 
 /// A validated new key's settings.
@@ -40,6 +42,8 @@ pub struct NewKey {
     pub expires_at: Option<Micros>,
     /// Rate limit.
     pub rate_limit: Option<u32>,
+    /// Cap on open streams and blocking reads (`None`: the server's).
+    pub max_streams: Option<u32>,
 }
 
 impl NewKeyBody {
@@ -129,6 +133,14 @@ impl NewKeyBody {
                 );
             }
         }
+        if let Some(n) = self.max_streams {
+            if n == 0 || n > MAX_STREAMS {
+                v.push(
+                    "maxStreams",
+                    format!("must be from 1 to {MAX_STREAMS} streams and blocking reads"),
+                );
+            }
+        }
         v.finish()?;
         match (name, role) {
             (Some(name), Some(role)) => Ok(NewKey {
@@ -137,6 +149,7 @@ impl NewKeyBody {
                 agent_ids,
                 expires_at,
                 rate_limit: self.rate_limit,
+                max_streams: self.max_streams,
             }),
             // Both were checked above; a missing one already recorded an error.
             _ => Err(vec![FieldError::new("body", "invalid key settings")]),
@@ -195,9 +208,10 @@ mod tests {
                 agent_ids: Some(vec!["a".into()]),
                 expires_at: Some("2001-01-01T00:00:00Z".into()),
                 rate_limit: Some(0),
+                max_streams: Some(0),
                 ..Default::default()
             }),
-            ["agentIds", "expiresAt", "rateLimit"]
+            ["agentIds", "expiresAt", "rateLimit", "maxStreams"]
         );
         assert_eq!(
             fields(NewKeyBody {

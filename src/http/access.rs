@@ -94,7 +94,7 @@ impl<P: Perm> FromRequestParts<AppState> for Require<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(&state.keys, &parts.headers)
+        let principal = authenticate(&state.keys, &parts.headers, &parts.extensions)
             .await?
             .ok_or_else(missing_credentials)?;
         let p = P::PERMISSION;

@@ -1,7 +1,8 @@
 //! Agents: the registration webhook, agent reads, and state reports and
 //! reads (contract 1.1-1.3).
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,11 +14,11 @@ use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::auth::{
-    authenticate, verify_signature_any, SignatureError, VerifiedSignature, SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
+    authenticate, check_signature_headers, verify_signature_any, SignatureError, VerifiedSignature,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use super::extract::{parse_json, require_json, JsonBody, Path, Query, RawBody};
-use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::agent::{has_nul, lease_body, AgentId, NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
@@ -54,7 +55,10 @@ pub(super) struct StatusBody {
 /// Authenticated by AgentKit's signature (`X-AgentKit-Timestamp` and
 /// `X-AgentKit-Signature`) or a bearer key; with neither it is refused
 /// unless the server runs with `OPSCORE_ALLOW_UNSIGNED_NOTIFY=true`.
-/// Authentication comes before anything in the body is looked at.
+/// Authentication comes before the body is read: a call without a key or
+/// signature headers, or whose timestamp is outside the window, is refused
+/// without its body being read; the signature itself is checked once the
+/// body is in.
 #[utoipa::path(
     post,
     operation_id = "notifyAgentEvent",
@@ -73,6 +77,7 @@ pub(super) struct StatusBody {
         (status = 400, description = "`invalid_json`, `unknown_event_type`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, \
                                       `missing_signature`, `invalid_signature`, `stale_timestamp`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `OPSCORE_BODY_READ_TIMEOUT_SECS`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`: DEREGISTER of an unknown agent", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
@@ -83,10 +88,14 @@ pub(super) struct StatusBody {
 )]
 async fn notify(
     State(state): State<AppState>,
+    caller: WebhookCaller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<StatusBody>> {
-    let verified = authorize_webhook(&state, &headers, &body).await?;
+    let verified = match caller {
+        WebhookCaller::Signed => Some(verify_webhook(&state, &headers, &body).await?),
+        WebhookCaller::Key | WebhookCaller::Unsigned => None,
+    };
     let result = apply_notify(&state, &headers, &body).await;
     if let (Err(e), Some(v)) = (&result, verified) {
         // Our failure, not the sender's: let its retry of the same
@@ -138,71 +147,103 @@ async fn apply_notify(
     }))
 }
 
-/// A bearer key with the right to register (admin or registrar), or a valid
-/// AgentKit signature seen for the first time, or (only when the operator
-/// allowed it) nothing at all. A wrong key or a bad signature is refused
-/// even when unsigned calls are allowed: it is a client that means to
-/// authenticate and got it wrong. Returns the signature when one was used.
-async fn authorize_webhook(
+/// How a webhook call authenticates, settled from its headers before its
+/// body is read: a bearer key with the right to register (admin or
+/// registrar); AgentKit's signature headers, present, well formed and
+/// within the timestamp window (the signature itself is checked once the
+/// body is in); or (only when the operator allowed it) nothing at all. A
+/// wrong key or bad signature headers are refused even when unsigned calls
+/// are allowed: it is a client that means to authenticate and got it wrong.
+enum WebhookCaller {
+    Key,
+    Signed,
+    Unsigned,
+}
+
+impl FromRequestParts<AppState> for WebhookCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let headers = &parts.headers;
+        if let Some(principal) = authenticate(&state.keys, headers, &parts.extensions).await? {
+            principal.require(Permission::Register)?;
+            return Ok(Self::Key);
+        }
+        let (ts, sig) = signature_headers(headers);
+        if ts.is_some() || sig.is_some() {
+            if state.config.webhook_secrets().is_empty() {
+                return Err(ApiError::unauthorized(
+                    "invalid_signature",
+                    "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
+                ));
+            }
+            let now = chrono::Utc::now().timestamp();
+            check_signature_headers(ts, sig, now, state.config.webhook_tolerance)
+                .map_err(signature_refused)?;
+            return Ok(Self::Signed);
+        }
+        if state.config.allow_unsigned_notify {
+            return Ok(Self::Unsigned);
+        }
+        Err(ApiError::unauthorized(
+            "missing_credentials",
+            "Webhook needs X-AgentKit-Timestamp and X-AgentKit-Signature headers, or a bearer API key",
+        ))
+    }
+}
+
+/// The two signature headers, as text (a header that is not text reads as
+/// empty, and fails the check).
+fn signature_headers(headers: &HeaderMap) -> (Option<&str>, Option<&str>) {
+    let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER))
+}
+
+/// The 401 of a signature refused for `e`.
+fn signature_refused(e: SignatureError) -> ApiError {
+    let code = match e {
+        SignatureError::Stale(..) => "stale_timestamp",
+        SignatureError::MissingHeader(_) => "missing_signature",
+        _ => "invalid_signature",
+    };
+    ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
+}
+
+/// Verify a signed webhook's signature over its body, and that it is seen
+/// for the first time. Returns the signature.
+async fn verify_webhook(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<VerifiedSignature>> {
-    if let Some(principal) = authenticate(&state.keys, headers).await? {
-        principal.require(Permission::Register)?;
-        return Ok(None);
+) -> Result<VerifiedSignature> {
+    let (ts, sig) = signature_headers(headers);
+    let secrets = state.config.webhook_secrets();
+    let now = chrono::Utc::now().timestamp();
+    let tolerance = state.config.webhook_tolerance;
+    let verified =
+        verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(signature_refused)?;
+    // Remembered (in the database: across restarts, by every replica)
+    // until the timestamp leaves the window, after which the timestamp
+    // check refuses it anyway.
+    let expires = verified
+        .timestamp
+        .saturating_add(tolerance.as_secs() as i64)
+        .saturating_mul(1_000_000);
+    let first = state
+        .store
+        .first_sighting(
+            &hex::encode(verified.signature),
+            expires,
+            now.saturating_mul(1_000_000),
+        )
+        .await?;
+    if !first {
+        return Err(ApiError::unauthorized(
+            "webhook_replayed",
+            "Webhook refused: this signature was already used (a replay); sign each delivery anew",
+        ));
     }
-    let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
-    let (ts, sig) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
-    if ts.is_some() || sig.is_some() {
-        let secrets = state.config.webhook_secrets();
-        if secrets.is_empty() {
-            return Err(ApiError::unauthorized(
-                "invalid_signature",
-                "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
-            ));
-        }
-        let now = chrono::Utc::now().timestamp();
-        let tolerance = state.config.webhook_tolerance;
-        let verified =
-            verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(|e| {
-                let code = match e {
-                    SignatureError::Stale(..) => "stale_timestamp",
-                    SignatureError::MissingHeader(_) => "missing_signature",
-                    _ => "invalid_signature",
-                };
-                ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
-            })?;
-        // Remembered (in the database: across restarts, by every replica)
-        // until the timestamp leaves the window, after which the timestamp
-        // check refuses it anyway.
-        let expires = verified
-            .timestamp
-            .saturating_add(tolerance.as_secs() as i64)
-            .saturating_mul(1_000_000);
-        let first = state
-            .store
-            .first_sighting(
-                &hex::encode(verified.signature),
-                expires,
-                now.saturating_mul(1_000_000),
-            )
-            .await?;
-        if !first {
-            return Err(ApiError::unauthorized(
-                "webhook_replayed",
-                "Webhook refused: this signature was already used (a replay); sign each delivery anew",
-            ));
-        }
-        return Ok(Some(verified));
-    }
-    if state.config.allow_unsigned_notify {
-        return Ok(None);
-    }
-    Err(ApiError::unauthorized(
-        "missing_credentials",
-        "Webhook needs X-AgentKit-Timestamp and X-AgentKit-Signature headers, or a bearer API key",
-    ))
+    Ok(verified)
 }
 
 /// A path agent id that is not well formed names no agent: 404.
@@ -393,7 +434,7 @@ struct StateReadParams {
 /// the answer comes once the agent's state has moved past that feed index,
 /// or with the current state when the wait ends. Every answer carries
 /// `X-Opscore-Index`. Blocking reads count against the feed's subscriber
-/// limit, not the request limit and deadline.
+/// limit and their key's stream cap, not the request limit and deadline.
 #[utoipa::path(
     get,
     operation_id = "getAgentState",
@@ -406,6 +447,7 @@ struct StateReadParams {
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired` (a blocking read also answers the last two when its key is revoked or expires while it waits)", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a bad `index` or `wait`; or `invalid_query`", body = ErrorBody),
+        (status = 429, description = "`too_many_streams` (a blocking read): this key holds all the streams and blocking reads it may", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`; for a blocking read, `overloaded` when the feed is at its subscriber limit", body = ErrorBody),
     ),
     security(("bearerAuth" = [])),
@@ -423,6 +465,8 @@ async fn get_state(
     let index = match blocking {
         None => state.feed.head(),
         Some((after, wait)) => {
+            // One key cannot take every feed slot.
+            let _slot = state.keys.open_stream(&caller)?;
             // An unknown agent is refused at once rather than waited on.
             state.store.get_state(&id).await?;
             // The wait outlives the authentication: a key revoked or
@@ -643,7 +687,7 @@ async fn list_agents(
     _: Require<perm::ListAgents>,
     State(state): State<AppState>,
     Query(p): Query<ListAgentsParams>,
-) -> Result<Json<Page<AgentView>>> {
+) -> Result<Json<Page<Box<RawValue>>>> {
     let mut v = Validator::default();
     let limit = v
         .check(parse_limit(p.limit.as_deref()))
@@ -688,15 +732,14 @@ async fn list_agents(
         limit,
     };
     let agents = state.store.list_agents(&q).await?;
-    let next_cursor = next_cursor(&agents, limit, |a| a.agent_id.clone());
     let live = state.config.db.engine.liveness;
-    Ok(Json(Page {
-        items: agents
-            .into_iter()
-            .map(|a| AgentView::new(a, &live, now))
-            .collect(),
-        next_cursor,
-    }))
+    bounded_page(
+        agents,
+        limit,
+        |a| a.agent_id.clone(),
+        |a| AgentView::new(a, &live, now),
+    )
+    .map(Json)
 }
 
 /// Paging of a listing.
@@ -733,7 +776,7 @@ async fn state_history(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<PageParams>,
-) -> Result<Json<Page<StateView>>> {
+) -> Result<Json<Page<Box<RawValue>>>> {
     let agent = path_agent(&agent_id)?;
     let mut v = Validator::default();
     let limit = v
@@ -757,11 +800,11 @@ async fn state_history(
         .store
         .state_history(&agent, &HistoryQuery { before, limit })
         .await?;
-    let next_cursor = next_cursor(&entries, limit, |e| {
-        format!("{}:{}", e.record.timestamp, e.seq)
-    });
-    Ok(Json(Page {
-        items: entries.into_iter().map(|e| e.record.into()).collect(),
-        next_cursor,
-    }))
+    bounded_page(
+        entries,
+        limit,
+        |e| format!("{}:{}", e.record.timestamp, e.seq),
+        |e| StateView::from(e.record),
+    )
+    .map(Json)
 }

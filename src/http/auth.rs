@@ -7,11 +7,12 @@
 //! `timestamp + "." + raw body`. The check is over the raw bytes, in constant
 //! time, and refuses a timestamp too far from now.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, Extensions, HeaderMap};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -46,21 +47,51 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
     }
 }
 
-/// Authenticate the bearer key of a request, and take a token from its
-/// rate limit: `Ok(None)` when no `Authorization` header was sent; 401 when
-/// one was sent and is malformed, unknown, revoked or expired; 429 when the
-/// key is over its rate limit.
-pub async fn authenticate(
+/// Who a request is from, worked out once from its headers before anything
+/// else is done for it (by the request limits, which budget authenticated
+/// and unauthenticated requests apart), and kept in the request's
+/// extensions for the extractors.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Result<Option<Principal>, ApiError>);
+
+/// The address a request came from, when the server knows it.
+pub fn peer(ext: &Extensions) -> Option<IpAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Authenticate the bearer key of a request from `peer`, and take a token
+/// from its rate limit: `Ok(None)` when no `Authorization` header was
+/// sent; 401 when one was sent and is malformed, unknown, revoked or
+/// expired; 429 when the key is over its rate limit, or when `peer` has
+/// failed too often (see [`KeyRing`]).
+pub async fn authenticate_request(
     keys: &KeyRing,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
 ) -> Result<Option<Principal>, ApiError> {
     match bearer(headers) {
         Bearer::Missing => Ok(None),
-        Bearer::Malformed => Err(ApiError::unauthorized(
-            "invalid_authorization",
-            "Authorization header must be 'Bearer <api key>'",
+        Bearer::Malformed => Err(keys.refuse(
+            peer,
+            ApiError::unauthorized(
+                "invalid_authorization",
+                "Authorization header must be 'Bearer <api key>'",
+            ),
         )),
-        Bearer::Key(k) => keys.authenticate(k).await.map(Some),
+        Bearer::Key(k) => keys.authenticate_from(k, peer).await.map(Some),
+    }
+}
+
+/// The caller of a request: what [`Authenticated`] recorded, or (for a
+/// request that did not pass the request limits) authenticated now.
+pub async fn authenticate(
+    keys: &KeyRing,
+    headers: &HeaderMap,
+    ext: &Extensions,
+) -> Result<Option<Principal>, ApiError> {
+    match ext.get::<Authenticated>() {
+        Some(Authenticated(done)) => done.clone(),
+        None => authenticate_request(keys, headers, peer(ext)).await,
     }
 }
 
@@ -78,7 +109,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(&state.keys, &parts.headers)
+        authenticate(&state.keys, &parts.headers, &parts.extensions)
             .await?
             .ok_or_else(missing_credentials)
     }
@@ -154,13 +185,14 @@ pub struct VerifiedSignature {
     pub timestamp: i64,
 }
 
-/// Verify as [`verify_signature`] against several secrets: any one of them
-/// verifies (rotation keeps the old and the new secret at once).
-pub fn verify_signature_any(
-    secrets: &[&[u8]],
+/// Everything about a webhook's signature headers that can be checked
+/// without the body: both present, the timestamp readable and within
+/// `tolerance` of `now`, the signature well formed. Returns them parsed
+/// (not yet verified). The webhook runs this before it reads the body, so
+/// a caller that cannot pass it never gets to send one.
+pub fn check_signature_headers(
     timestamp: Option<&str>,
     signature: Option<&str>,
-    body: &[u8],
     now: i64,
     tolerance: Duration,
 ) -> Result<VerifiedSignature, SignatureError> {
@@ -177,6 +209,27 @@ pub fn verify_signature_any(
         .ok()
         .and_then(|s| s.try_into().ok())
         .ok_or(SignatureError::BadEncoding)?;
+    Ok(VerifiedSignature {
+        signature: sig,
+        timestamp: ts,
+    })
+}
+
+/// Verify as [`verify_signature`] against several secrets: any one of them
+/// verifies (rotation keeps the old and the new secret at once).
+pub fn verify_signature_any(
+    secrets: &[&[u8]],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<VerifiedSignature, SignatureError> {
+    let VerifiedSignature {
+        signature: sig,
+        timestamp: ts,
+    } = check_signature_headers(timestamp, signature, now, tolerance)?;
+    let ts_raw = timestamp.unwrap_or_default();
     // verify_slice compares in constant time.
     if secrets
         .iter()

@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::extract::Query;
+use super::keyring::StreamSlot;
 use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
@@ -136,7 +137,8 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
 /// JSON (`{index, kind, at, agentId, sessionId, data}`); a `: keep-alive`
 /// comment comes every 15 s. Without `Last-Event-ID` or `after` the stream
 /// starts after the current head (nothing old is replayed). Streams count
-/// against the feed's subscriber limit, not the request limit and deadline.
+/// against the feed's subscriber limit and their key's stream cap, not the
+/// request limit and deadline.
 /// A stream ends when its API key is revoked or expires.
 #[utoipa::path(
     get,
@@ -152,6 +154,7 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
         (status = 410, description = "`feed_index_expired`: the resume index is older than what is retained", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a bad `agentId`, `kinds` (names the unknown kind), `after` or `Last-Event-ID`; or `invalid_query`", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`: this key holds all the streams and blocking reads it may (`OPSCORE_MAX_STREAMS_PER_KEY` or its `maxStreams`)", body = ErrorBody),
         (status = 503, description = "`overloaded`: the feed is at its subscriber limit; `storage_unavailable`", body = ErrorBody),
     ),
     security(("bearerAuth" = [])),
@@ -217,6 +220,8 @@ async fn stream(
         }
     };
 
+    // One key cannot take every slot: 429 past its own share.
+    let slot = state.keys.open_stream(&caller)?;
     let feed = state.feed.clone();
     // Every subscriber slot is taken: refused at once (503 overloaded).
     let sub = feed.subscribe().ok_or_else(ApiError::overloaded)?;
@@ -249,6 +254,7 @@ async fn stream(
         filter: Filter { agents, kinds },
         backlog: VecDeque::new(),
         catching_up: resume.is_some(),
+        _slot: slot,
     };
     // A stream outlives the request that authenticated it: it ends when
     // its key is revoked or expires (a reconnect then gets the 401 that
@@ -286,6 +292,8 @@ struct Cursor {
     /// Read from the store rather than the broadcast: on resume, and after
     /// falling behind the broadcast buffer.
     catching_up: bool,
+    /// The key's stream slot, held as long as the stream.
+    _slot: StreamSlot,
 }
 
 impl Cursor {

@@ -11,17 +11,35 @@ use serde::de::DeserializeOwned;
 use crate::domain::FieldError;
 use crate::error::ApiError;
 
-/// The raw request body, within the configured size limit.
+/// When a request's body must have arrived by: set for every request by
+/// the request limits, enforced by [`RawBody`] (which every body extractor
+/// here reads through).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    /// The instant.
+    pub at: tokio::time::Instant,
+    /// The setting it came from, for the error.
+    pub limit: std::time::Duration,
+}
+
+/// The raw request body, within the configured size limit, received
+/// before the request's [`BodyDeadline`] (408 `request_timeout` past it;
+/// what was buffered is dropped with the connection).
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(body_error)
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let bytes = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at, read)
+                .await
+                .map_err(|_| ApiError::body_timeout(d.limit))?,
+            None => read.await,
+        };
+        bytes.map(RawBody).map_err(body_error)
     }
 }
 

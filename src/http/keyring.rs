@@ -12,15 +12,24 @@
 //! - Whether a key is revoked or expired is told only to a caller that
 //!   presented its right secret; any other wrong key gets the same 401 as a
 //!   key that never existed.
+//! - A key id the store does not hold is remembered as missing for
+//!   [`CACHE_TTL`], so guessing ids does not cost a query each.
+//! - Failed authentications are counted per client address: past a burst
+//!   the address is throttled (429 `too_many_failures`). While it is, a
+//!   token is checked only if it is the bootstrap key or names a key this
+//!   process already holds (no query for guesses); valid keys keep working.
+//! - Each key may hold only so many event streams and blocking reads open
+//!   at once ([`KeyRing::open_stream`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{FailureThrottle, RateLimiter};
 use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
 use crate::domain::time::{now_micros, Micros};
 use crate::error::ApiError;
@@ -33,9 +42,19 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 pub const USE_RESOLUTION: Duration = Duration::from_secs(60);
 /// How often pending last-used times are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
-/// Past this many cached keys, stale entries are dropped (and, if that is
-/// not enough, all of them: they are read again on use).
+/// Past this many cached keys (or ids known to be missing), stale entries
+/// are dropped (and, if that is not enough, all of them: they are read
+/// again on use).
 const MAX_CACHED: usize = 10_000;
+/// Event streams and blocking reads one key may hold at once, unless the
+/// key or the server says otherwise.
+pub const DEFAULT_MAX_STREAMS: u32 = 16;
+/// Failed authentications from one address before it is throttled, unless
+/// the server says otherwise.
+pub const DEFAULT_FAILURE_BURST: u32 = 20;
+/// `Retry-After` of a key at its stream cap: a slot comes back only when
+/// one of its streams or blocking reads ends.
+const STREAM_RETRY_SECS: u64 = 5;
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
@@ -138,9 +157,36 @@ pub struct KeyRing {
     cache: Mutex<HashMap<String, Cached>>,
     usage: Mutex<Usage>,
     limiter: RateLimiter,
+    /// Key ids the store did not hold, and when that was learnt.
+    missing: Mutex<HashMap<String, Instant>>,
+    /// Failed authentications per client address.
+    failures: FailureThrottle,
+    /// Open streams and blocking reads per key (the bootstrap key is "").
+    streams: Mutex<HashMap<String, u32>>,
+    /// Cap on those of a key without its own `max_streams`.
+    default_max_streams: u32,
     /// Woken whenever a key is (re)read into the cache, revocations here
     /// included: open streams check their key again at once.
     changed: tokio::sync::Notify,
+}
+
+/// A stream or blocking read counted against its key's cap; the slot is
+/// given back when this is dropped.
+pub struct StreamSlot {
+    ring: Arc<KeyRing>,
+    key: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = lock(&self.ring.streams);
+        if let Some(n) = streams.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                streams.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -155,6 +201,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn invalid_key() -> ApiError {
     ApiError::unauthorized("invalid_api_key", "Invalid API key")
+}
+
+/// The 429 of a client address throttled for failing to authenticate.
+fn too_many_failures(wait: u64) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failures",
+        "Too many failed authentications from this address; retry later",
+    )
+    .with_retry_after(wait)
 }
 
 /// The 401 for a key in `status`; `None` while it is usable.
@@ -187,7 +243,64 @@ impl KeyRing {
             cache: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
             limiter: RateLimiter::new(default_rate_limit),
+            missing: Mutex::new(HashMap::new()),
+            failures: FailureThrottle::new(DEFAULT_FAILURE_BURST),
+            streams: Mutex::new(HashMap::new()),
+            default_max_streams: DEFAULT_MAX_STREAMS,
             changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Cap keys without their own `max_streams` at `n` streams and blocking
+    /// reads each.
+    pub fn with_max_streams(mut self, n: u32) -> Self {
+        self.default_max_streams = n;
+        self
+    }
+
+    /// Throttle a client address after `burst` failed authentications.
+    pub fn with_failure_burst(mut self, burst: u32) -> Self {
+        self.failures = FailureThrottle::new(burst);
+        self
+    }
+
+    /// Take one of `principal`'s stream slots for as long as the returned
+    /// slot lives; 429 `too_many_streams` when its key holds all of them.
+    pub fn open_stream(self: &Arc<Self>, principal: &Principal) -> Result<StreamSlot, ApiError> {
+        let key = principal.key_id().unwrap_or_default().to_owned();
+        let cap = principal
+            .key
+            .as_deref()
+            .and_then(|k| k.max_streams)
+            .unwrap_or(self.default_max_streams);
+        let mut streams = lock(&self.streams);
+        let open = streams.entry(key.clone()).or_default();
+        if *open >= cap {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "This API key already holds {cap} event streams and blocking reads \
+                     (its limit); close one or retry later"
+                ),
+            )
+            .with_retry_after(STREAM_RETRY_SECS));
+        }
+        *open += 1;
+        drop(streams);
+        Ok(StreamSlot {
+            ring: self.clone(),
+            key,
+        })
+    }
+
+    /// Refuse a failed authentication from `peer`: the failure is counted,
+    /// and an address that was already throttled gets 429
+    /// `too_many_failures` instead of `refused`.
+    pub fn refuse(&self, peer: Option<IpAddr>, refused: ApiError) -> ApiError {
+        match peer.and_then(|ip| self.failures.fail(ip, Instant::now())) {
+            Some(wait) => too_many_failures(wait),
+            None => refused,
         }
     }
 
@@ -222,7 +335,31 @@ impl KeyRing {
 
     /// Authenticate a bearer token and take a token from its rate limit.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
-        let principal = self.resolve(token).await?;
+        self.authenticate_from(token, None).await
+    }
+
+    /// As [`authenticate`](Self::authenticate), for a request from `peer`:
+    /// failures are counted against the address, and a throttled address
+    /// has only tokens checked that need no query (see the module notes).
+    pub async fn authenticate_from(
+        &self,
+        token: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        if let Some(ip) = peer {
+            if let Some(wait) = self.failures.throttled(ip, Instant::now()) {
+                if !self.known(token) {
+                    return Err(too_many_failures(wait));
+                }
+            }
+        }
+        let principal = match self.resolve(token).await {
+            Ok(p) => p,
+            Err(e) if e.status() == axum::http::StatusCode::UNAUTHORIZED => {
+                return Err(self.refuse(peer, e))
+            }
+            Err(e) => return Err(e),
+        };
         let bucket = principal.key_id().unwrap_or("");
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
         if let Err(wait) = self.limiter.check(bucket, own, Instant::now()) {
@@ -260,17 +397,39 @@ impl KeyRing {
         })
     }
 
+    /// Whether `token` can be checked without a query: the bootstrap key,
+    /// or a token naming a key this process holds.
+    fn known(&self, token: &str) -> bool {
+        bool::from(digest(token).ct_eq(&self.bootstrap))
+            || parse_token(token).is_some_and(|t| lock(&self.cache).contains_key(t.key_id))
+    }
+
     /// The key `key_id`, from the cache while fresh, else from the store.
+    /// An id the store lacked is not asked for again within [`CACHE_TTL`].
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
         if let Some(c) = lock(&self.cache).get(key_id) {
             if c.fetched.elapsed() < CACHE_TTL {
                 return Ok(Some(c.key.clone()));
             }
         }
+        if lock(&self.missing)
+            .get(key_id)
+            .is_some_and(|at| at.elapsed() < CACHE_TTL)
+        {
+            return Ok(None);
+        }
         match self.store.get_key(key_id).await {
             Ok(key) => Ok(Some(self.remember(key))),
             Err(StoreError::NotFound { .. }) => {
                 lock(&self.cache).remove(key_id);
+                let mut missing = lock(&self.missing);
+                if missing.len() >= MAX_CACHED {
+                    missing.retain(|_, at| at.elapsed() < CACHE_TTL);
+                    if missing.len() >= MAX_CACHED {
+                        missing.clear();
+                    }
+                }
+                missing.insert(key_id.to_owned(), Instant::now());
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -281,6 +440,7 @@ impl KeyRing {
     /// that this process refuses it at once).
     pub fn remember(&self, key: ApiKey) -> Arc<ApiKey> {
         let key = Arc::new(key);
+        lock(&self.missing).remove(&key.key_id);
         let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
@@ -382,6 +542,7 @@ mod tests {
             agent_ids: scope.iter().map(|s| s.to_string()).collect(),
             secret_sha256: g.secret_sha256,
             rate_limit: None,
+            max_streams: None,
             created_at: now_micros(),
             expires_at: None,
             revoked_at: None,

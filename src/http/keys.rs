@@ -47,6 +47,9 @@ pub struct KeyView {
     role: &'static str,
     agent_ids: Vec<String>,
     rate_limit: Option<u32>,
+    /// Its own cap on open event streams and blocking reads (null: the
+    /// server's `OPSCORE_MAX_STREAMS_PER_KEY`).
+    max_streams: Option<u32>,
     status: &'static str,
     created_at: String,
     expires_at: Option<String>,
@@ -67,6 +70,7 @@ impl KeyView {
             role: k.role.as_str(),
             agent_ids: k.agent_ids.clone(),
             rate_limit: k.rate_limit,
+            max_streams: k.max_streams,
             status: k.status(now_micros()).as_str(),
             created_at: format_micros(k.created_at),
             expires_at: k.expires_at.map(format_micros),
@@ -117,6 +121,7 @@ async fn create(
         agent_ids: new.agent_ids,
         secret_sha256: generated.secret_sha256,
         rate_limit: new.rate_limit,
+        max_streams: new.max_streams,
         created_at: now,
         expires_at: new.expires_at,
         revoked_at: None,

@@ -1,6 +1,18 @@
 //! Request limits: a cap on requests in flight, past which new ones are
-//! refused at once (load shedding) instead of queueing without bound, and a
-//! deadline per request.
+//! refused at once (load shedding) instead of queueing without bound, a
+//! deadline per request, and a deadline for its body.
+//!
+//! Who is calling is settled first, from the headers alone (the bearer key
+//! is checked once here and the outcome handed to the extractors; see
+//! [`Authenticated`]). Requests with a valid key draw on the main budget;
+//! every other request (no key, a wrong one, or a webhook whose signature
+//! cannot be checked before its body is in) draws on its own small budget.
+//! So clients that have not proven who they are cannot hold the capacity
+//! that authenticated clients need, however many of them stall.
+//!
+//! Every request's body must arrive within the body deadline
+//! ([`BodyDeadline`], enforced where bodies are read): a slow or stalled
+//! body ends with 408 `request_timeout` and its buffer is dropped.
 //!
 //! A semaphore with `try_acquire` is the whole mechanism: a request that
 //! finds no permit free gets 503 `overloaded` with `Retry-After: 1` before
@@ -8,8 +20,9 @@
 //! `LoadShedLayer` does the same in three layers, with errors to map back
 //! through `HandleErrorLayer`, and cannot exempt one route.)
 //!
-//! Event streams and blocking reads (`http::events`) are exempt from both:
-//! they are meant to wait, and the feed caps its subscribers itself.
+//! Event streams and blocking reads (`http::events`) are exempt from the
+//! request budgets and deadline: they are meant to wait; the feed caps its
+//! subscribers, and each key its own share of them.
 //!
 //! `GET /health` is exempt from the cap: it needs no database and costs
 //! nothing, and an orchestrator must not kill an instance that is busy but
@@ -25,43 +38,84 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
+use super::auth::{authenticate_request, peer, Authenticated, KeyRing};
+use super::extract::BodyDeadline;
 use crate::error::ApiError;
 
 /// The shared limit state, cheap to clone.
 #[derive(Clone)]
 pub struct Limits {
     in_flight: Arc<Semaphore>,
+    unauthenticated: Arc<Semaphore>,
     request_timeout: Duration,
+    body_timeout: Duration,
+    keys: Arc<KeyRing>,
     shed: Arc<ShedLog>,
+    shed_unauthenticated: Arc<ShedLog>,
+}
+
+/// The settings of [`Limits`].
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    /// Requests with a valid key in flight at once.
+    pub max_concurrent: usize,
+    /// Requests without one in flight at once.
+    pub max_unauthenticated: usize,
+    /// Deadline of a whole request.
+    pub request_timeout: Duration,
+    /// Deadline of a request's body, from its arrival.
+    pub body_timeout: Duration,
 }
 
 impl Limits {
-    /// At most `max_concurrent` requests at once, each within `request_timeout`.
-    pub fn new(max_concurrent: usize, request_timeout: Duration) -> Self {
+    /// Limits as `settings` say, authenticating callers with `keys`.
+    pub fn new(settings: LimitSettings, keys: Arc<KeyRing>) -> Self {
         Self {
-            in_flight: Arc::new(Semaphore::new(max_concurrent)),
-            request_timeout,
-            shed: Arc::new(ShedLog::new()),
+            in_flight: Arc::new(Semaphore::new(settings.max_concurrent)),
+            unauthenticated: Arc::new(Semaphore::new(settings.max_unauthenticated)),
+            request_timeout: settings.request_timeout,
+            body_timeout: settings.body_timeout,
+            keys,
+            shed: Arc::new(ShedLog::new("OPSCORE_MAX_CONCURRENT_REQUESTS")),
+            shed_unauthenticated: Arc::new(ShedLog::new("OPSCORE_MAX_UNAUTHENTICATED_REQUESTS")),
         }
     }
 }
 
-/// Middleware: take a permit or refuse, then run the request under its
-/// deadline. The permit is held until the response head is ready (bodies
-/// here are small JSON documents, sent in one piece).
-pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+/// Middleware: set the body deadline, authenticate, take a permit from the
+/// caller's budget or refuse, then run the request under its deadline. The
+/// permit is held until the response head is ready (bodies here are small
+/// JSON documents, sent in one piece).
+pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(BodyDeadline {
+        at: tokio::time::Instant::now() + limits.body_timeout,
+        limit: limits.body_timeout,
+    });
+    let health = req.uri().path() == "/health";
+    let mut authenticated = false;
+    if !health {
+        let who = authenticate_request(&limits.keys, req.headers(), peer(req.extensions())).await;
+        authenticated = matches!(who, Ok(Some(_)));
+        req.extensions_mut().insert(Authenticated(who));
+    }
     // Event streams and blocking reads wait on purpose, holding nothing
-    // but a feed subscriber slot (which the feed caps itself).
+    // but a feed subscriber slot (which the feed and each key's stream cap
+    // limit).
     if super::events::is_long_poll(req.method(), req.uri().path(), req.uri().query()) {
         return next.run(req).await;
     }
-    let _permit = if req.uri().path() == "/health" {
+    let _permit = if health {
         None
     } else {
-        match limits.in_flight.try_acquire() {
+        let (budget, shed) = if authenticated {
+            (&limits.in_flight, &limits.shed)
+        } else {
+            (&limits.unauthenticated, &limits.shed_unauthenticated)
+        };
+        match budget.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                limits.shed.record();
+                shed.record();
                 return ApiError::overloaded().into_response();
             }
         }
@@ -79,6 +133,8 @@ pub async fn limit(State(limits): State<Limits>, req: Request, next: Next) -> Re
 /// the least capacity to spare (each request still gets its own
 /// "request finished" line at info, with status 503).
 struct ShedLog {
+    /// The setting whose limit was reached.
+    setting: &'static str,
     start: Instant,
     /// Milliseconds since `start` of the last summary line.
     last_ms: AtomicU64,
@@ -87,8 +143,9 @@ struct ShedLog {
 }
 
 impl ShedLog {
-    fn new() -> Self {
+    fn new(setting: &'static str) -> Self {
         Self {
+            setting,
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             count: AtomicU64::new(0),
@@ -111,7 +168,8 @@ impl ShedLog {
             let shed = self.count.swap(0, Ordering::Relaxed);
             tracing::warn!(
                 shed,
-                "at the concurrent request limit (OPSCORE_MAX_CONCURRENT_REQUESTS): refusing requests with 503 overloaded"
+                setting = self.setting,
+                "at a concurrent request limit: refusing requests with 503 overloaded"
             );
         }
     }

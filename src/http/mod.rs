@@ -55,12 +55,18 @@ pub fn api() -> OpenApiRouter<AppState> {
 ///
 /// Layers, outermost first: the request log and request metrics (so shed
 /// and timed-out requests are logged and counted with their status and
-/// request id), the concurrency limit and request deadline, the body limit.
+/// request id), authentication with the concurrency limits, request and
+/// body deadlines, the body limit.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let limits = limits::Limits::new(
-        state.config.max_concurrent_requests,
-        state.config.request_timeout,
+        limits::LimitSettings {
+            max_concurrent: state.config.max_concurrent_requests,
+            max_unauthenticated: state.config.max_unauthenticated_requests,
+            request_timeout: state.config.request_timeout,
+            body_timeout: state.config.body_read_timeout,
+        },
+        state.keys.clone(),
     );
     let (routes, _) = api().split_for_parts();
     routes

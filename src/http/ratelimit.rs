@@ -5,8 +5,12 @@
 //! gains `r` a second. A request takes one token; with none left it is
 //! refused with 429 and `Retry-After` (whole seconds until a token is back).
 //! With several replicas each enforces the limit on its own share.
+//!
+//! The same buckets count failed authentications per client address
+//! ([`FailureThrottle`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -57,16 +61,78 @@ impl RateLimiter {
                 last: now,
             }),
         };
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.last = now;
+        bucket.refill(rate, rate, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.tokens) / rate;
-            Err((wait.ceil() as u64).max(1))
+            Err(bucket.wait(rate))
         }
+    }
+}
+
+impl Bucket {
+    /// Add what `rate` tokens a second gave since the last use, up to `cap`.
+    fn refill(&mut self, rate: f64, cap: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(cap);
+        self.last = now;
+    }
+
+    /// Whole seconds (at least 1) until a token is back.
+    fn wait(&self, rate: f64) -> u64 {
+        (((1.0 - self.tokens) / rate).ceil() as u64).max(1)
+    }
+}
+
+/// Failed authentications per client address: a bucket of `burst`
+/// failures per address that refills at [`FAILURE_REFILL_PER_SEC`]. While
+/// an address's bucket is empty it is throttled.
+#[derive(Debug)]
+pub struct FailureThrottle {
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// Failures an address earns back per second.
+pub const FAILURE_REFILL_PER_SEC: f64 = 1.0;
+
+impl FailureThrottle {
+    /// A throttle allowing `burst` failures in a row per address.
+    pub fn new(burst: u32) -> Self {
+        Self {
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(seconds to wait)` while `addr` is throttled.
+    pub fn throttled(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buckets.get_mut(&addr)?;
+        b.refill(FAILURE_REFILL_PER_SEC, self.burst, now);
+        (b.tokens < 1.0).then(|| b.wait(FAILURE_REFILL_PER_SEC))
+    }
+
+    /// Count a failure from `addr`; `Some(seconds to wait)` when the
+    /// address was already throttled before it.
+    pub fn fail(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > PRUNE_ABOVE {
+            // A bucket that has refilled is exactly like a new one.
+            let full = self.burst / FAILURE_REFILL_PER_SEC;
+            buckets.retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < full);
+        }
+        let b = buckets.entry(addr).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        b.refill(FAILURE_REFILL_PER_SEC, self.burst, now);
+        if b.tokens < 1.0 {
+            return Some(b.wait(FAILURE_REFILL_PER_SEC));
+        }
+        b.tokens -= 1.0;
+        None
     }
 }
 
@@ -107,5 +173,25 @@ mod tests {
         // A key's own limit wins over the default.
         assert!(l.check("big", Some(5), t0).is_ok());
         assert!(l.check("big", Some(5), t0).is_ok());
+    }
+
+    #[test]
+    fn failures_are_throttled_after_the_burst_and_refill() {
+        let t = FailureThrottle::new(3);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        assert_eq!(t.throttled(a, t0), None);
+        for _ in 0..3 {
+            assert_eq!(t.fail(a, t0), None);
+        }
+        assert_eq!(t.throttled(a, t0), Some(1));
+        assert_eq!(t.fail(a, t0), Some(1));
+        // Another address is not affected.
+        assert_eq!(t.throttled(b, t0), None);
+        // A second later one failure is allowed again.
+        let t1 = t0 + Duration::from_millis(1001);
+        assert_eq!(t.throttled(a, t1), None);
+        assert_eq!(t.fail(a, t1), None);
+        assert_eq!(t.throttled(a, t1), Some(1));
     }
 }

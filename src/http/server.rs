@@ -18,13 +18,17 @@ use std::io;
 use std::pin::pin;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// Connection-level settings of [`run`].
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +61,10 @@ pub async fn run(
     let force_close = CancellationToken::new();
 
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e, &shutdown).await;
                     continue;
@@ -70,8 +74,13 @@ pub async fn run(
         // Responses are small and written whole: never hold one back for
         // Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // Each request learns the address it came from (failed
+        // authentications are counted per address).
+        let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
         let shutdown = shutdown.clone();
         let force_close = force_close.clone();
         connections.spawn(async move {

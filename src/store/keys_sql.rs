@@ -4,7 +4,7 @@
 
 /// Columns of `api_keys`, in `key_from_row` order.
 pub(super) const KEY_COLUMNS: &str = "key_id, name, role, agent_ids, secret_sha256, rate_limit, \
-     created_at_us, expires_at_us, revoked_at_us, last_used_at_us";
+     created_at_us, expires_at_us, revoked_at_us, last_used_at_us, max_streams";
 
 /// Turn a stored row's text columns into an [`ApiKey`](crate::domain::apikey::ApiKey).
 /// A row this code did not write (an unknown role, a bad digest) is an
@@ -21,6 +21,7 @@ pub(super) fn build_key(
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    max_streams: Option<i64>,
 ) -> super::StoreResult<crate::domain::apikey::ApiKey> {
     use super::StoreError;
     let bad =
@@ -35,6 +36,10 @@ pub(super) fn build_key(
         None => None,
         Some(r) => Some(u32::try_from(r).map_err(|_| bad("rate_limit"))?),
     };
+    let max_streams = match max_streams {
+        None => None,
+        Some(n) => Some(u32::try_from(n).map_err(|_| bad("max_streams"))?),
+    };
     Ok(crate::domain::apikey::ApiKey {
         key_id,
         name,
@@ -42,6 +47,7 @@ pub(super) fn build_key(
         agent_ids,
         secret_sha256: digest,
         rate_limit,
+        max_streams,
         created_at,
         expires_at,
         revoked_at,
@@ -63,8 +69,8 @@ macro_rules! impl_key_store {
                     .map_err(|e| $crate::store::StoreError::Internal(e.to_string()))?;
                 sqlx::query(
                     "INSERT INTO api_keys (key_id, name, role, agent_ids, secret_sha256, rate_limit, \
-                     created_at_us, expires_at_us, revoked_at_us, last_used_at_us) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
+                     created_at_us, expires_at_us, revoked_at_us, last_used_at_us, max_streams) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9)",
                 )
                 .bind(&key.key_id)
                 .bind(&key.name)
@@ -74,6 +80,7 @@ macro_rules! impl_key_store {
                 .bind(key.rate_limit.map(i64::from))
                 .bind(key.created_at)
                 .bind(key.expires_at)
+                .bind(key.max_streams.map(i64::from))
                 .execute(self.writer())
                 .await?;
                 Ok(())
@@ -200,6 +207,7 @@ macro_rules! impl_key_store {
                 row.try_get(7)?,
                 row.try_get(8)?,
                 row.try_get(9)?,
+                row.try_get(10)?,
             )
         }
     };
