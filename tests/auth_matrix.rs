@@ -17,7 +17,6 @@ use common::keys::{key_with_role, make_key, revoke, unknown_key};
 use common::{assert_error, register_body, send, Backend, TestServer, KEY};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -446,27 +445,13 @@ async fn unknown_key_ids_are_not_looked_up_again(backend: Backend) {
     let r = read(seen.clone()).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_api_key");
 
-    let rename = |from: &'static str, to: &'static str| {
-        let url = s.db.url.clone();
-        async move {
-            let sql = format!("ALTER TABLE {from} RENAME TO {to}");
-            match backend {
-                Backend::Sqlite => {
-                    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                    sqlx::query(&sql).execute(&mut c).await.unwrap();
-                }
-                Backend::Postgres => {
-                    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-                    sqlx::query(&sql).execute(&mut c).await.unwrap();
-                }
-            }
-        }
-    };
-    rename("api_keys", "api_keys_away").await;
+    s.db.execute("ALTER TABLE api_keys RENAME TO api_keys_away")
+        .await;
     let again = read(seen.clone()).await;
     let fresh = read(guessed_key()).await;
     let admin = read(KEY.into()).await;
-    rename("api_keys_away", "api_keys").await;
+    s.db.execute("ALTER TABLE api_keys_away RENAME TO api_keys")
+        .await;
 
     assert_error(&again, StatusCode::UNAUTHORIZED, "invalid_api_key");
     // The table really was gone: an id not seen before could not be read.

@@ -17,7 +17,6 @@ use common::{Backend, TestDb, TestServer};
 use opscore::config::{Config, DispatchTarget};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 const QUIET_MICROS: i64 = 10 * 60 * 1_000_000;
 
@@ -55,30 +54,12 @@ async fn quiet_agent(
 
 /// Move an agent's `last_seen_us` back by `micros`, as if it had been silent
 /// that long (the server must be stopped).
-pub async fn backdate_last_seen(db: &TestDb, id: &str, micros: i64) {
-    let sql = "UPDATE agents SET last_seen_us = last_seen_us - $1 WHERE agent_id = $2";
-    let n = match db.backend {
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query(sql)
-                .bind(micros)
-                .bind(id)
-                .execute(&mut c)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query(sql)
-                .bind(micros)
-                .bind(id)
-                .execute(&mut c)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-    };
+async fn backdate_last_seen(db: &TestDb, id: &str, micros: i64) {
+    let n = db
+        .execute(&format!(
+            "UPDATE agents SET last_seen_us = last_seen_us - {micros} WHERE agent_id = '{id}'"
+        ))
+        .await;
     assert_eq!(n, 1, "agent {id} not found to backdate");
 }
 

@@ -124,27 +124,11 @@ async fn a_replay_is_refused_after_a_restart_and_by_another_server(backend: Back
     if backend == Backend::Postgres {
         // A second process on the same database (SQLite takes one).
         let other = common::ServerProcess::spawn(&s.db.url, s.db.dir.path()).await;
-        let r = send(
-            s.client
-                .post(format!("{}{NOTIFY}", other.base))
-                .header("content-type", "application/json")
-                .header("X-AgentKit-Timestamp", &captured.timestamp)
-                .header("X-AgentKit-Signature", &captured.signature)
-                .body(captured.body.clone()),
-        )
-        .await;
+        let r = common::notify_signed_at(&s.client, &other.base, &captured).await;
         assert_error(&r, StatusCode::UNAUTHORIZED, "webhook_replayed");
         // And a fresh delivery sent to that replica is a replay on the first.
         let fresh = agentkit_sign(&reg("a2", "Second"), SECRET, 0, true).await;
-        let r = send(
-            s.client
-                .post(format!("{}{NOTIFY}", other.base))
-                .header("content-type", "application/json")
-                .header("X-AgentKit-Timestamp", &fresh.timestamp)
-                .header("X-AgentKit-Signature", &fresh.signature)
-                .body(fresh.body.clone()),
-        )
-        .await;
+        let r = common::notify_signed_at(&s.client, &other.base, &fresh).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let r = s.notify_signed(&fresh).await;
         assert_error(&r, StatusCode::UNAUTHORIZED, "webhook_replayed");

@@ -83,6 +83,37 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Run one statement on this database behind the server's back (the
+    /// server of a SQLite file must be stopped for a write to be seen);
+    /// returns the rows it changed. Values are written into `sql` by the
+    /// test itself.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("open sqlite");
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .expect(sql)
+                    .rows_affected()
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("open postgres");
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .expect(sql)
+                    .rows_affected()
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(name) = self.pg_name.take() else {
@@ -244,6 +275,19 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// POST a signed webhook delivery to the server at `base`.
+pub async fn notify_signed_at(client: &reqwest::Client, base: &str, s: &Signed) -> Resp {
+    send(
+        client
+            .post(format!("{base}{NOTIFY}"))
+            .header("content-type", "application/json")
+            .header("X-AgentKit-Timestamp", &s.timestamp)
+            .header("X-AgentKit-Signature", &s.signature)
+            .body(s.body.clone()),
+    )
+    .await
 }
 
 /// A registration body as AgentKit sends it (compact JSON).
@@ -456,15 +500,7 @@ pub const NOTIFY: &str = "/v1/opscore/internal/agent/notify";
 impl TestServer {
     /// POST a signed webhook exactly as given.
     pub async fn notify_signed(&self, s: &Signed) -> Resp {
-        send(
-            self.client
-                .post(self.url(NOTIFY))
-                .header("content-type", "application/json")
-                .header("X-AgentKit-Timestamp", &s.timestamp)
-                .header("X-AgentKit-Signature", &s.signature)
-                .body(s.body.clone()),
-        )
-        .await
+        notify_signed_at(&self.client, &self.base, s).await
     }
 
     /// POST a webhook with the bearer key.
