@@ -80,31 +80,6 @@ async fn trigger(s: &TestServer, agent: &str, def: Value) -> String {
     v["sessionId"].as_str().unwrap().to_owned()
 }
 
-async fn session(s: &TestServer, id: &str) -> Value {
-    let r = s
-        .get(&format!("/v1/opscore/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
-/// Poll a session until `pred` holds (panics after 15 s).
-async fn wait_session(s: &TestServer, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..750 {
-        let v = session(s, id).await;
-        if pred(&v) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "session {id} never reached the expected state: {:#}",
-        session(s, id).await
-    );
-}
-
 fn ids(call: &common::agentkit::Call) -> Value {
     json!({"taskId": call.body["opscore_task_id"], "sessionId": call.body["opscore_session_id"]})
 }
@@ -119,11 +94,12 @@ async fn heartbeat_does_not_complete_an_undelivered_task(backend: Backend) {
     s.register("a1").await;
     let sid = trigger(&s, "a1", chain("w_heartbeat", true)).await;
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "dispatched").await;
+    s.wait_session(&sid, |v| v["tasks"][0]["status"] == "dispatched")
+        .await;
     for _ in 0..3 {
         report(&s, "a1", "idle", Value::Null).await;
     }
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][0]["status"], "dispatched", "{v:#}");
     assert!(v["tasks"][0]["startedAt"].is_null(), "{v:#}");
     assert_eq!(v["status"], "running");
@@ -132,12 +108,13 @@ async fn heartbeat_does_not_complete_an_undelivered_task(backend: Backend) {
     report(&s, "a1", "active", Value::Null).await;
     report(&s, "a1", "idle", Value::Null).await;
     kit.wait_calls(2, 10).await;
-    wait_session(&s, &sid, |v| v["tasks"][1]["status"] == "dispatched").await;
+    s.wait_session(&sid, |v| v["tasks"][1]["status"] == "dispatched")
+        .await;
     report(&s, "a1", "idle", Value::Null).await;
-    assert_eq!(session(&s, &sid).await["tasks"][1]["status"], "dispatched");
+    assert_eq!(s.session(&sid).await["tasks"][1]["status"], "dispatched");
     report(&s, "a1", "active", Value::Null).await;
     report(&s, "a1", "idle", json!({"out": 2})).await;
-    let v = wait_session(&s, &sid, |v| v["status"] == "completed").await;
+    let v = s.wait_session(&sid, |v| v["status"] == "completed").await;
     for t in v["tasks"].as_array().unwrap() {
         assert_eq!(t["status"], "completed");
         assert!(t["startedAt"].is_string(), "{v:#}");
@@ -158,16 +135,17 @@ async fn finish_during_backoff_is_honoured(backend: Backend) {
     s.register("a1").await;
     let sid = trigger(&s, "a1", chain("w_cut", false)).await;
     let calls = kit.wait_calls(1, 10).await;
-    let v = wait_session(&s, &sid, |v| {
-        v["tasks"][0]["status"] == "queued" && v["tasks"][0]["lastError"].is_string()
-    })
-    .await;
+    let v = s
+        .wait_session(&sid, |v| {
+            v["tasks"][0]["status"] == "queued" && v["tasks"][0]["lastError"].is_string()
+        })
+        .await;
     assert_eq!(v["tasks"][0]["attempts"], 1);
     report(&s, "a1", "active", ids(&calls[0])).await;
     let mut done = ids(&calls[0]);
     done["summary"] = json!("done");
     report(&s, "a1", "idle", done.clone()).await;
-    let v = wait_session(&s, &sid, |v| v["status"] == "completed").await;
+    let v = s.wait_session(&sid, |v| v["status"] == "completed").await;
     assert_eq!(v["tasks"][0]["status"], "completed");
     assert_eq!(v["tasks"][0]["attempts"], 1);
     assert_eq!(v["tasks"][0]["result"], done);
@@ -186,7 +164,7 @@ async fn retry_is_sent_to_an_agent_left_in_error(backend: Backend) {
     let sid = trigger(&s, "a1", chain("w_error", false)).await;
     for n in 1..=3 {
         let calls = kit.wait_calls(n, 10).await;
-        wait_session(&s, &sid, |v| {
+        s.wait_session(&sid, |v| {
             v["tasks"][0]["status"] == "dispatched" && v["tasks"][0]["attempts"] == n
         })
         .await;
@@ -195,7 +173,7 @@ async fn retry_is_sent_to_an_agent_left_in_error(backend: Backend) {
         d["reason"] = json!(format!("model unavailable {n}"));
         report(&s, "a1", "error", d).await;
     }
-    let v = wait_session(&s, &sid, |v| v["status"] == "failed").await;
+    let v = s.wait_session(&sid, |v| v["status"] == "failed").await;
     let err = v["error"].as_str().unwrap();
     assert!(
         err.contains("task a failed after 3 attempts") && err.contains("model unavailable 3"),
@@ -224,14 +202,16 @@ async fn delivery_failure_after_the_agent_started_is_recorded(backend: Backend) 
     }));
     let sid = trigger(&s, "a1", chain("w_503", false)).await;
     let calls = kit.wait_calls(1, 10).await;
-    let v = wait_session(&s, &sid, |v| v["tasks"][0]["lastError"].is_string()).await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][0]["lastError"].is_string())
+        .await;
     assert!(
         v["tasks"][0]["lastError"].as_str().unwrap().contains("503"),
         "{v:#}"
     );
     assert_eq!(v["tasks"][0]["status"], "running", "{v:#}");
     report(&s, "a1", "idle", ids(&calls[0])).await;
-    let v = wait_session(&s, &sid, |v| v["status"] == "completed").await;
+    let v = s.wait_session(&sid, |v| v["status"] == "completed").await;
     assert_eq!(v["tasks"][0]["attempts"], 1);
     assert_eq!(kit.calls().len(), 1, "nothing re-sent");
     s.stop().await;
@@ -246,19 +226,22 @@ async fn late_active_does_not_start_the_next_task(backend: Backend) {
     s.register("a1").await;
     let sid = trigger(&s, "a1", chain("w_late", true)).await;
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "dispatched").await;
+    s.wait_session(&sid, |v| v["tasks"][0]["status"] == "dispatched")
+        .await;
     report(&s, "a1", "active", Value::Null).await;
     report(&s, "a1", "idle", Value::Null).await;
     kit.wait_calls(2, 10).await;
-    let v = wait_session(&s, &sid, |v| v["tasks"][1]["status"] == "dispatched").await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][1]["status"] == "dispatched")
+        .await;
     let sent = common::parse_time(&v["tasks"][1]["dispatchedAt"]);
     let late = (sent - chrono::Duration::milliseconds(200)).to_rfc3339();
     report_at(&s.base, "a1", "active", Value::Null, late).await;
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][1]["status"], "dispatched", "{v:#}");
     assert!(v["tasks"][1]["startedAt"].is_null(), "{v:#}");
     report(&s, "a1", "idle", Value::Null).await;
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][1]["status"], "dispatched", "{v:#}");
     s.stop().await;
 }

@@ -81,12 +81,6 @@ async fn trigger_one_task(s: &TestServer, id: &str) -> String {
     body["sessionId"].as_str().unwrap().to_owned()
 }
 
-async fn session(s: &TestServer, id: &str) -> Value {
-    let r = s.get_json(&format!("/v1/opscore/sessions/{id}")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r.body
-}
-
 /// Under default settings a report-on-change agent silent for ten minutes
 /// is not stale, is announced as nothing on the feed, and its task goes out
 /// within a second of the trigger.
@@ -164,7 +158,7 @@ async fn lease_set_and_cleared_through_the_api(backend: Backend) {
     let sid = trigger_one_task(&s, "q1").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(kit.calls().is_empty(), "a stale agent was sent a task");
-    assert_eq!(session(&s, &sid).await["tasks"][0]["status"], "queued");
+    assert_eq!(s.session(&sid).await["tasks"][0]["status"], "queued");
 
     let r = put_lease(&s, "q1", json!({"ttlSeconds": null}), common::KEY).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -268,7 +262,7 @@ async fn in_flight_task_fails_when_its_agent_goes_stale(backend: Backend) {
     common::assert_accepted(&r);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
-        let body = session(&s, &sid).await;
+        let body = s.session(&sid).await;
         if body["status"] == "failed" || std::time::Instant::now() > deadline {
             break body;
         }

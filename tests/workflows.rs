@@ -53,31 +53,6 @@ async fn trigger(s: &TestServer, agent: &str, body: Value) -> (StatusCode, Value
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn session(s: &TestServer, id: &str) -> Value {
-    let r = s
-        .get(&format!("/v1/opscore/sessions/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
-/// Poll a session until `pred` holds (panics after 15 s).
-async fn wait_session(s: &TestServer, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..750 {
-        let v = session(s, id).await;
-        if pred(&v) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "session {id} never reached the expected state: {:#}",
-        session(s, id).await
-    );
-}
-
 fn status_is(want: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["status"] == want
 }
@@ -110,10 +85,10 @@ async fn sample_workflow_completes(backend: Backend) {
     let run1 = c.body["opscore_task_id"].as_str().unwrap().to_owned();
     assert_eq!(c.idempotency_key, format!("{run1}:1"));
 
-    let v = wait_session(&s, &sid, status_is("running")).await;
+    let v = s.wait_session(&sid, status_is("running")).await;
     assert_eq!(v["tasks"][0]["status"], "dispatched");
     report(&s, "a1", "active", json!({})).await;
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][0]["status"], "running");
     assert!(v["tasks"][0]["startedAt"].is_string());
     report(&s, "a1", "idle", json!({"summary": "done 1"})).await;
@@ -125,7 +100,7 @@ async fn sample_workflow_completes(backend: Backend) {
     report(&s, "a1", "active", json!({})).await;
     report(&s, "a1", "finished", json!({"final": true})).await;
 
-    let v = wait_session(&s, &sid, status_is("completed")).await;
+    let v = s.wait_session(&sid, status_is("completed")).await;
     assert_eq!(v["result"], json!({"final": true}));
     assert!(v["finishedAt"].is_string());
     let tasks = v["tasks"].as_array().unwrap();
@@ -160,7 +135,9 @@ async fn retry_then_success(backend: Backend) {
     );
     // With no initialPayload the first task gets its own parameters.
     assert_eq!(calls[2].body["payload"], json!({"message": "hi"}));
-    let v = wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "dispatched").await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][0]["status"] == "dispatched")
+        .await;
     assert_eq!(v["tasks"][0]["attempts"], 3);
     assert!(
         v["tasks"][0]["lastError"].as_str().unwrap().contains("500"),
@@ -190,7 +167,7 @@ async fn retries_exhausted_fail_the_session(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let sid = body["sessionId"].as_str().unwrap().to_owned();
-    let v = wait_session(&s, &sid, status_is("failed")).await;
+    let v = s.wait_session(&sid, status_is("failed")).await;
     let err = v["error"].as_str().unwrap();
     assert!(
         err.contains("task only failed after 2 attempts") && err.contains("502"),
@@ -213,7 +190,7 @@ async fn client_errors_are_not_retried(backend: Backend) {
     )
     .await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
-    let v = wait_session(&s, &sid, status_is("failed")).await;
+    let v = s.wait_session(&sid, status_is("failed")).await;
     assert!(
         v["error"].as_str().unwrap().contains("after 1 attempt:"),
         "{v}"
@@ -235,7 +212,9 @@ async fn retry_after_and_429_are_honoured(backend: Backend) {
     .await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
-    let v = wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "queued").await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][0]["status"] == "queued")
+        .await;
     // The retry is due no earlier than Retry-After (1 s) after the refusal,
     // far beyond the 40-200 ms backoff this server is configured with.
     let due =
@@ -260,10 +239,11 @@ async fn timeout_then_retry(backend: Backend) {
     // The reports below name no task: an `active` received after the
     // second attempt was sent starts it, then `idle` finishes it (a plain
     // `idle` alone is a heartbeat and finishes nothing).
-    let v = wait_session(&s, &sid, |v| {
-        v["tasks"][0]["status"] == "dispatched" && v["tasks"][0]["attempts"] == 2
-    })
-    .await;
+    let v = s
+        .wait_session(&sid, |v| {
+            v["tasks"][0]["status"] == "dispatched" && v["tasks"][0]["attempts"] == 2
+        })
+        .await;
     assert!(
         v["tasks"][0]["lastError"]
             .as_str()
@@ -273,7 +253,7 @@ async fn timeout_then_retry(backend: Backend) {
     );
     report(&s, "a1", "active", json!({})).await;
     report(&s, "a1", "idle", json!({"ok": true})).await;
-    let v = wait_session(&s, &sid, status_is("completed")).await;
+    let v = s.wait_session(&sid, status_is("completed")).await;
     assert_eq!(v["tasks"][0]["attempts"], 2);
     s.stop().await;
 }
@@ -285,7 +265,7 @@ async fn delay_seconds_holds_a_task_back(backend: Backend) {
     let def = one_task("w_delay", json!({"delaySeconds": 2}));
     let (_, body) = trigger(&s, "a1", json!({"workflowDefinition": def})).await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][0]["status"], "queued");
     let due =
         chrono::DateTime::parse_from_rfc3339(v["tasks"][0]["dueAt"].as_str().unwrap()).unwrap();
@@ -296,7 +276,9 @@ async fn delay_seconds_holds_a_task_back(backend: Backend) {
     );
     let calls = kit.wait_calls(1, 10).await;
     assert_eq!(calls[0].body["opscore_session_id"], sid.as_str());
-    let v = wait_session(&s, &sid, |v| v["tasks"][0]["dispatchedAt"].is_string()).await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][0]["dispatchedAt"].is_string())
+        .await;
     let sent =
         chrono::DateTime::parse_from_rfc3339(v["tasks"][0]["dispatchedAt"].as_str().unwrap())
             .unwrap();
@@ -316,10 +298,10 @@ async fn agent_error_fails_the_attempt(backend: Backend) {
     .await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, status_is("running")).await;
+    s.wait_session(&sid, status_is("running")).await;
     report(&s, "a1", "active", json!({})).await;
     report(&s, "a1", "error", json!({"reason": "model unavailable"})).await;
-    let v = wait_session(&s, &sid, status_is("failed")).await;
+    let v = s.wait_session(&sid, status_is("failed")).await;
     assert!(
         v["error"].as_str().unwrap().contains("model unavailable"),
         "{v}"
@@ -339,7 +321,7 @@ async fn cancel_mid_flight(backend: Backend) {
     .await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, status_is("running")).await;
+    s.wait_session(&sid, status_is("running")).await;
     report(&s, "a1", "active", json!({})).await;
     for _ in 0..2 {
         let r = s
@@ -364,7 +346,7 @@ async fn cancel_mid_flight(backend: Backend) {
     let calls = kit.wait_calls(2, 10).await;
     assert_eq!(calls[1].body["opscore_session_id"], body["sessionId"]);
     assert_eq!(calls.len(), 2);
-    assert_eq!(session(&s, &sid).await["status"], "cancelled");
+    assert_eq!(s.session(&sid).await["status"], "cancelled");
     let r = s
         .post("/v1/opscore/sessions/nope/cancel")
         .send()
@@ -392,14 +374,16 @@ async fn late_and_duplicate_reports_change_nothing(backend: Backend) {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_session(&s, &sid, status_is("running")).await;
+    s.wait_session(&sid, status_is("running")).await;
     report(&s, "a1", "idle", json!({"taskId": run1, "n": 1})).await;
     kit.wait_calls(2, 10).await;
     // A duplicate completion and an error for the finished attempt.
     report(&s, "a1", "idle", json!({"taskId": run1, "n": 2})).await;
     report(&s, "a1", "error", json!({"taskId": run1})).await;
     // The second task's 202 may still be on its way to being recorded.
-    let v = wait_session(&s, &sid, |v| v["tasks"][1]["status"] == "dispatched").await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][1]["status"] == "dispatched")
+        .await;
     assert_eq!(v["tasks"][0]["status"], "completed");
     assert_eq!(v["tasks"][0]["result"], json!({"taskId": run1, "n": 1}));
     assert_eq!(v["status"], "running");
@@ -419,7 +403,7 @@ async fn idle_heartbeat_from_before_dispatch_is_not_completion(backend: Backend)
     .await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, status_is("running")).await;
+    s.wait_session(&sid, status_is("running")).await;
     let r = s
         .post("/v1/opscore/agent/a1/state")
         .json(&json!({"agentId": "a1", "timestamp": before, "state": "idle"}))
@@ -427,7 +411,7 @@ async fn idle_heartbeat_from_before_dispatch_is_not_completion(backend: Backend)
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_eq!(v["tasks"][0]["status"], "dispatched", "{v}");
     s.stop().await;
 }
@@ -441,7 +425,7 @@ async fn heartbeat_during_a_retry_send_is_not_completion(backend: Backend) {
     let (_, body) = trigger(&s, "a1", json!({"workflowDefinition": def})).await;
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
-    wait_session(&s, &sid, status_is("running")).await;
+    s.wait_session(&sid, status_is("running")).await;
     report(&s, "a1", "active", json!({})).await;
     report(&s, "a1", "error", json!({})).await;
     report(&s, "a1", "idle", json!({})).await;
@@ -449,10 +433,12 @@ async fn heartbeat_during_a_retry_send_is_not_completion(backend: Backend) {
     // heartbeat now is not about it, whatever the first attempt's send time.
     kit.wait_calls(2, 10).await;
     report(&s, "a1", "idle", json!({})).await;
-    let v = session(&s, &sid).await;
+    let v = s.session(&sid).await;
     assert_ne!(v["tasks"][0]["status"], "completed", "{v}");
     assert_eq!(v["tasks"][0]["attempts"], 2);
-    let v = wait_session(&s, &sid, |v| v["tasks"][0]["status"] == "dispatched").await;
+    let v = s
+        .wait_session(&sid, |v| v["tasks"][0]["status"] == "dispatched")
+        .await;
     assert_eq!(v["status"], "running");
     s.stop().await;
 }
@@ -548,7 +534,7 @@ async fn definitions_api(backend: Backend) {
     let r = s.get("/v1/opscore/workflows/w_api").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The cancelled session still shows what it ran.
-    assert_eq!(session(&s, sid).await["workflowId"], "w_api");
+    assert_eq!(s.session(sid).await["workflowId"], "w_api");
     assert!(kit.calls().is_empty(), "a busy agent gets no task");
     s.stop().await;
 }
@@ -649,7 +635,7 @@ async fn invalid_triggers_and_definitions_are_refused(backend: Backend) {
     )
     .await;
     assert_eq!(got, StatusCode::ACCEPTED, "{v}");
-    let ran = session(&s, v["sessionId"].as_str().unwrap()).await;
+    let ran = s.session(v["sessionId"].as_str().unwrap()).await;
     assert_eq!(ran["tasks"][0]["maxRetries"], 9, "{ran}");
     let stored: Value = s
         .get("/v1/opscore/workflows/w_inline")
@@ -669,7 +655,7 @@ async fn invalid_triggers_and_definitions_are_refused(backend: Backend) {
     )
     .await;
     assert_eq!(got, StatusCode::ACCEPTED);
-    let v = session(&s, v["sessionId"].as_str().unwrap()).await;
+    let v = s.session(v["sessionId"].as_str().unwrap()).await;
     assert_eq!(v["status"], "completed");
     s.stop().await;
 }

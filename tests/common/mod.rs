@@ -250,6 +250,32 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// One session with its task runs, as JSON (panics unless 200).
+    pub async fn session(&self, id: &str) -> Value {
+        let r = self
+            .get(&format!("/v1/opscore/sessions/{id}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.expect("session JSON")
+    }
+
+    /// Poll a session until `pred` holds (panics after 15 s).
+    pub async fn wait_session(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..750 {
+            let v = self.session(id).await;
+            if pred(&v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "session {id} never reached the expected state: {:#}",
+            self.session(id).await
+        );
+    }
+
     /// Current state, as JSON.
     pub async fn state(&self, id: &str) -> (StatusCode, Value) {
         let r = self
