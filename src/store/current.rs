@@ -159,12 +159,6 @@ impl CurrentStates {
         });
     }
 
-    /// A committed reset: `r` (an `UNKNOWN`) is the current state whatever
-    /// the timestamp of the one before it.
-    pub fn reset(&self, r: &StateReport, last_seen: Micros) {
-        self.reported(r, true, last_seen);
-    }
-
     /// Committed events about agents: `(agent id, feed index)` pairs.
     pub fn indexed(&self, events: &[(String, i64)]) {
         for (id, idx) in events {

@@ -480,7 +480,8 @@ macro_rules! impl_agent_store {
                 let indexed = flush_events(&mut tx, &events).await?;
                 tx.commit().await?;
                 if let Some(c) = self.current() {
-                    c.reset(&report, last_seen);
+                    // The reset UNKNOWN is current whatever came before it.
+                    c.reported(&report, true, last_seen);
                 }
                 self.events_committed(&events, &indexed);
                 Ok(())
