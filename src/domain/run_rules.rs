@@ -13,7 +13,10 @@
 //! - a run is `completed` only by a finishing report (`idle`, `finished`)
 //!   that names it, or that names no run while the run is `running`;
 //! - a report timestamped before the run was sent never starts or finishes
-//!   it;
+//!   it, nor does one timestamped before the agent's latest report that
+//!   moved the run (a late or replayed report cannot undo what a newer one
+//!   said: an `idle` stamped before the agent's `active` does not finish the
+//!   run, an `active` stamped before its `error` does not restart it);
 //! - a report naming a run is honoured while that run's task is unfinished,
 //!   also while it waits to be retried after a failed delivery.
 
@@ -100,6 +103,9 @@ pub struct RunView {
     pub attempts: i64,
     /// When its latest attempt was claimed for sending, if ever.
     pub dispatched_at: Option<Micros>,
+    /// The agent's own timestamp of its latest report that moved this run
+    /// (started, finished or failed it), if any.
+    pub last_report_at: Option<Micros>,
     /// Its task's timeout, in seconds.
     pub timeout_secs: i64,
 }
@@ -155,7 +161,10 @@ pub fn report_effect(
     let Some(sent) = run.dispatched_at else {
         return ReportEffect::None;
     };
-    if mention == Mention::Other || report.timestamp < sent || run.attempts < 1 {
+    let older = run
+        .last_report_at
+        .is_some_and(|last| report.timestamp < last);
+    if mention == Mention::Other || report.timestamp < sent || older || run.attempts < 1 {
         return ReportEffect::None;
     }
     let named = mention == Mention::This;

@@ -21,7 +21,8 @@ pub(super) const COUNT_QUEUED_RUNS: &str = "SELECT COUNT(*) FROM task_runs WHERE
 
 /// Columns of a run that is being moved along, in `InFlight` order.
 pub(super) const IN_FLIGHT_COLUMNS: &str =
-    "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us";
+    "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us, \
+     last_report_ts_us";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, position, task_id, task_name, agent_id, status, payload, \
      attempts, max_retries, timeout_secs, due_at_us, created_at_us) \
@@ -129,6 +130,7 @@ pub(super) struct InFlight {
     pub max_retries: i64,
     pub timeout_secs: i64,
     pub dispatched_at: Option<i64>,
+    pub last_report_at: Option<i64>,
 }
 
 pub(super) type InFlightRow = (
@@ -141,6 +143,7 @@ pub(super) type InFlightRow = (
     i64,
     i64,
     i64,
+    Option<i64>,
     Option<i64>,
 );
 
@@ -157,6 +160,7 @@ impl InFlight {
             max_retries: r.7,
             timeout_secs: r.8,
             dispatched_at: r.9,
+            last_report_at: r.10,
         }
     }
 
@@ -166,6 +170,7 @@ impl InFlight {
             status: self.status,
             attempts: self.attempts,
             dispatched_at: self.dispatched_at,
+            last_report_at: self.last_report_at,
             timeout_secs: self.timeout_secs,
         }
     }
@@ -289,12 +294,13 @@ macro_rules! impl_workflow_store {
                 ReportEffect::Started { deadline } => {
                     let started = sqlx::query(
                         "UPDATE task_runs SET status = 'running', started_at_us = $2, \
-                         due_at_us = COALESCE($3, due_at_us) \
+                         due_at_us = COALESCE($3, due_at_us), last_report_ts_us = $4 \
                          WHERE run_id = $1 AND status IN ('queued', 'dispatching', 'dispatched')",
                     )
                     .bind(&run.run_id)
                     .bind(r.received_at)
                     .bind(deadline)
+                    .bind(r.timestamp)
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
@@ -312,6 +318,13 @@ macro_rules! impl_workflow_store {
                     complete_run(conn, run, r.details.as_ref().map(|d| d.get()), r.received_at, rules, events).await
                 }
                 ReportEffect::Failed => {
+                    // A late report stamped before this one must not
+                    // restart the run once it waits for its retry.
+                    sqlx::query("UPDATE task_runs SET last_report_ts_us = $2 WHERE run_id = $1")
+                        .bind(&run.run_id)
+                        .bind(r.timestamp)
+                        .execute(&mut *conn)
+                        .await?;
                     let reason = agent_error_reason(r.details.as_deref());
                     let failure = Failure { reason: &reason, guard: IN_FLIGHT, retryable: true, not_before: None };
                     fail_attempt(conn, run, &failure, r.received_at, rules, events).await

@@ -14,7 +14,16 @@ fn run(status: RunStatus, attempts: i64, dispatched_at: Option<Micros>) -> RunVi
         status,
         attempts,
         dispatched_at,
+        last_report_at: None,
         timeout_secs: 4,
+    }
+}
+
+/// `r` after the agent's report stamped `at` moved it.
+fn moved(r: RunView, at: Micros) -> RunView {
+    RunView {
+        last_report_at: Some(at),
+        ..r
     }
 }
 
@@ -310,6 +319,39 @@ fn report_effects() {
             SENT - 1,
             false,
             E::None,
+        ),
+        // A report stamped before the agent's latest report that moved the
+        // run is late news: an idle heartbeat stamped before the agent's
+        // `active` does not finish the run, an `active` stamped before its
+        // `error` does not restart it (both found by the property test).
+        (
+            moved(run(R::Running, 1, Some(SENT)), after + 10),
+            Unnamed,
+            "idle",
+            after + 5,
+            after + 20,
+            false,
+            E::None,
+        ),
+        (
+            moved(run(R::Queued, 1, Some(SENT)), after + 10),
+            This,
+            "active",
+            after + 5,
+            after + 20,
+            false,
+            E::None,
+        ),
+        // Stamped at the same instant as the start (a quick agent's `active`
+        // and `idle` within one clock tick): still the finish.
+        (
+            moved(run(R::Running, 1, Some(SENT)), after + 10),
+            Unnamed,
+            "idle",
+            after + 10,
+            after + 20,
+            false,
+            E::Completed,
         ),
         // About another run: nothing.
         (
@@ -688,7 +730,11 @@ impl Model {
             timestamp: e.timestamp,
             received_at: self.now,
         };
-        match report_effect(&seen[k].0, seen[k].1, &view, false) {
+        let effect = report_effect(&seen[k].0, seen[k].1, &view, false);
+        if effect != ReportEffect::None {
+            self.runs[i].0.last_report_at = Some(e.timestamp);
+        }
+        match effect {
             ReportEffect::None => {}
             ReportEffect::Started { deadline } => {
                 self.runs[i].0.status = RunStatus::Running;
@@ -831,17 +877,13 @@ proptest! {
     /// A run is never completed unless the agent finished it, and once the
     /// agent stops cooperating, the session still ends.
     ///
-    /// Ignored for now: it finds two cases the rules get wrong, both saved
-    /// in proptest-regressions/ and replayed first when it runs
-    /// (`cargo test --lib -- --ignored runs_complete`): a heartbeat naming
-    /// no run, delivered late after the agent started the run and stamped
-    /// after the dispatch, finishes it; and, after the agent reported the
-    /// run failed and a retry was claimed, a later heartbeat naming no run
-    /// finishes it. Both come from the rules keeping only the dispatch time
-    /// of a run, not the agent's own timestamp of its start; fixing that is
-    /// open work on the engine.
+    /// The two cases it found first are saved in proptest-regressions/ and
+    /// replayed before new ones: a heartbeat naming no run, stamped after
+    /// the dispatch but before the agent's `active` and delivered late,
+    /// finished the run; and a late `active` naming the run, stamped before
+    /// the agent's `error`, restarted it. Both are refused now because a
+    /// run keeps the agent's timestamp of the latest report that moved it.
     #[test]
-    #[ignore = "finds two known rule gaps, saved in proptest-regressions/; open work"]
     fn runs_complete_only_when_finished_and_sessions_end(steps in proptest::collection::vec(step(), 0..80)) {
         let mut m = Model::new();
         for s in &steps {
