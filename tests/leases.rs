@@ -1,7 +1,8 @@
 //! The dispatcher's claims at the storage level, on both backends: a claim
 //! whose dispatcher stopped comes back after its lease with the same attempt
 //! number (so the resend repeats its Idempotency-Key), and a dispatcher that
-//! lost its claim cannot record an answer for it.
+//! lost its claim cannot record an answer for it, not even when it is the
+//! one that claimed the run again (each claim is its own fencing token).
 
 mod common;
 
@@ -73,14 +74,15 @@ async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Ba
     let fail = DispatchOutcome::Fail {
         error: "late".into(),
     };
+    let first = &claimed[0];
     store
-        .record_dispatch(&claimed[0].run_id, "A", 1, later, &fail)
+        .record_dispatch(&first.run_id, &first.claim, 1, later, &fail)
         .await
         .unwrap();
     store
         .record_dispatch(
-            &claimed[0].run_id,
-            "A",
+            &first.run_id,
+            &first.claim,
             1,
             later,
             &DispatchOutcome::Accepted,
@@ -89,9 +91,41 @@ async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Ba
         .unwrap();
     let s = store.get_session(&session.session_id).await.unwrap();
     assert_eq!(s.runs[0].status, RunStatus::Dispatching);
-    // B's answer counts.
+
+    // B's claim runs out too, and A claims the run again: same dispatcher,
+    // same attempt number, a new claim. A's answer from its first claim is
+    // still late news.
+    let latest = later + 2_000_000;
+    assert_eq!(store.expire_overdue(latest).await.unwrap(), 1);
+    let third = store
+        .claim_due_runs("A", latest, latest + 1_000_000, 10, true)
+        .await
+        .unwrap();
+    assert_eq!((third.len(), third[0].attempt), (1, 1));
+    assert_ne!(third[0].claim, first.claim, "every claim has its own token");
     store
-        .record_dispatch(&again[0].run_id, "B", 1, later, &DispatchOutcome::Accepted)
+        .record_dispatch(&first.run_id, &first.claim, 1, latest, &fail)
+        .await
+        .unwrap();
+    store
+        .record_dispatch(&again[0].run_id, &again[0].claim, 1, latest, &fail)
+        .await
+        .unwrap();
+    let s = store.get_session(&session.session_id).await.unwrap();
+    assert_eq!(s.runs[0].status, RunStatus::Dispatching);
+    assert_eq!(
+        s.runs[0].last_error.as_deref(),
+        Some("dispatcher stopped before confirming delivery; resending")
+    );
+    // The answer under the current claim counts.
+    store
+        .record_dispatch(
+            &third[0].run_id,
+            &third[0].claim,
+            1,
+            latest,
+            &DispatchOutcome::Accepted,
+        )
         .await
         .unwrap();
     let s = store.get_session(&session.session_id).await.unwrap();

@@ -222,7 +222,7 @@ async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun) {
     for _ in 0..5 {
         match ctx
             .store
-            .record_dispatch(&run.run_id, &ctx.owner, run.attempt, now_micros(), &outcome)
+            .record_dispatch(&run.run_id, &run.claim, run.attempt, now_micros(), &outcome)
             .await
         {
             Ok(()) => return,
@@ -347,6 +347,7 @@ mod tests {
             contact_endpoint: String::new(),
             payload: "{}".into(),
             attempt: 1,
+            claim: "c".into(),
         };
         assert_eq!(
             target_url(&base, &run("a1:x.y")).as_deref(),

@@ -801,6 +801,8 @@ pub struct ClaimedRun {
     pub payload: String,
     /// This attempt's number, from 1.
     pub attempt: i64,
+    /// The claim's own token (fencing): its outcome is recorded with it.
+    pub claim: String,
 }
 
 /// How a dispatch attempt went.
@@ -871,12 +873,14 @@ pub trait WorkflowStore: Send + Sync + 'static {
         allow_unknown: bool,
     ) -> StoreResult<Vec<ClaimedRun>>;
 
-    /// Record how dispatching attempt `attempt` of a run claimed by `owner`
-    /// went. A claim another dispatcher has since taken over is left alone.
+    /// Record how dispatching attempt `attempt` of a run went, under the
+    /// claim it was sent with ([`ClaimedRun::claim`]). A claim that ran out
+    /// and was taken again (by any dispatcher, this one included) is left
+    /// alone.
     async fn record_dispatch(
         &self,
         run_id: &str,
-        owner: &str,
+        claim: &str,
         attempt: i64,
         now: Micros,
         outcome: &DispatchOutcome,

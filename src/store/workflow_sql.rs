@@ -848,9 +848,14 @@ macro_rules! impl_workflow_store {
                     if !agents.insert(c.3.clone()) {
                         continue;
                     }
+                    // Each claim is its own fencing token: a delivery's late
+                    // answer is recorded only against the claim it was sent
+                    // under, never against a newer claim of the same run, even
+                    // by the same dispatcher.
+                    let claim = format!("{owner}/{}", uuid::Uuid::new_v4().simple());
                     let n = sqlx::query(CLAIM_ONE)
                         .bind(&c.0)
-                        .bind(owner)
+                        .bind(&claim)
                         .bind(lease_until)
                         .bind(now)
                         .execute(&mut *tx)
@@ -878,6 +883,7 @@ macro_rules! impl_workflow_store {
                                 contact_endpoint: c.4,
                                 payload: c.5,
                                 attempt: c.6 + 1,
+                                claim,
                             })
                         }
                         Ok(_) => {}
@@ -900,7 +906,7 @@ macro_rules! impl_workflow_store {
             async fn record_dispatch(
                 &self,
                 run_id: &str,
-                owner: &str,
+                claim: &str,
                 attempt: i64,
                 now: i64,
                 outcome: &$crate::store::DispatchOutcome,
@@ -921,7 +927,7 @@ macro_rules! impl_workflow_store {
                 );
                 let row: Option<InFlightRow> = sqlx::query_as(&sql)
                     .bind(run_id)
-                    .bind(owner)
+                    .bind(claim)
                     .bind(attempt)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -989,7 +995,7 @@ macro_rules! impl_workflow_store {
                 }
                 sqlx::query("UPDATE task_runs SET lease_owner = NULL WHERE run_id = $1 AND lease_owner = $2")
                     .bind(run_id)
-                    .bind(owner)
+                    .bind(claim)
                     .execute(&mut *tx)
                     .await?;
                 let indexed = flush_events(&mut tx, &events).await?;
