@@ -1,6 +1,9 @@
 //! Timestamps as they travel: RFC 3339 / ISO 8601 on the wire, whole
 //! microseconds since the Unix epoch in storage.
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 
 /// Microseconds since the Unix epoch, UTC. The storage representation of every
@@ -73,9 +76,24 @@ pub fn format_micros(us: Micros) -> String {
     from_micros(us).to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
-/// The current time in storage form.
+/// The current time in storage form: the wall clock as it read when the
+/// process first asked, advanced since by the monotonic clock. Leases,
+/// deadlines, backoff and staleness are all measured with it, so a step of
+/// the wall clock (an operator, a VM resumed, NTP stepping instead of
+/// slewing) moves none of them; NTP's gradual corrections still apply, as
+/// the monotonic clock follows them. A process keeps the wall time it
+/// started with, so replicas agree as closely as their clocks did when they
+/// started (docs/operations.md, "Clocks").
 pub fn now_micros() -> Micros {
-    Utc::now().timestamp_micros()
+    static ANCHOR: OnceLock<(Micros, Instant)> = OnceLock::new();
+    let (wall, start) = ANCHOR.get_or_init(|| (Utc::now().timestamp_micros(), Instant::now()));
+    let elapsed = i64::try_from(start.elapsed().as_micros()).unwrap_or(i64::MAX / 2);
+    wall.saturating_add(elapsed)
+}
+
+/// The current time as [`now_micros`] reads it.
+pub fn now() -> DateTime<Utc> {
+    from_micros(now_micros())
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
                     "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
                 ));
             }
-            let now = chrono::Utc::now().timestamp();
+            let now = crate::domain::time::now_micros() / 1_000_000;
             check_signature_headers(ts, sig, now, state.config.webhook_tolerance)
                 .map_err(signature_refused)?;
             return Ok(Self::Signed);
@@ -218,7 +218,7 @@ async fn verify_webhook(
 ) -> Result<VerifiedSignature> {
     let (ts, sig) = signature_headers(headers);
     let secrets = state.config.webhook_secrets();
-    let now = chrono::Utc::now().timestamp();
+    let now = crate::domain::time::now_micros() / 1_000_000;
     let tolerance = state.config.webhook_tolerance;
     let verified =
         verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(signature_refused)?;
@@ -288,7 +288,11 @@ async fn report_state(
 ) -> Result<(StatusCode, Json<StatusBody>)> {
     let agent = path_agent(&agent_id)?;
     let report = body
-        .validate(&agent, chrono::Utc::now(), state.config.max_clock_skew)
+        .validate(
+            &agent,
+            crate::domain::time::now(),
+            state.config.max_clock_skew,
+        )
         .map_err(|e| match e {
             ReportError::AgentMismatch { path, body } => ApiError::bad_request(
                 "agent_id_mismatch",
