@@ -334,7 +334,38 @@ async fn unreachable_tasks_and_far_expiries_are_refused(backend: Backend) {
     s.stop().await;
 }
 
+/// An agent that reports without ids the moment its task arrives (before
+/// the dispatcher has even recorded AgentKit's answer) gets each task of a
+/// chain done, session after session: `active` then `idle`, nothing else.
+/// The dashboard's test once saw the second task stay `running` this way
+/// under load.
+async fn bare_reports_on_arrival_finish_every_task(backend: Backend) {
+    let kit = FakeAgentKit::start().await;
+    let s = start(backend, &kit, 200).await;
+    s.register("a1").await;
+    report(&s, "a1", "idle", Value::Null).await;
+    let mut calls = 0;
+    for round in 0..8 {
+        let sid = trigger(&s, "a1", chain(&format!("w_bare_{round}"), true)).await;
+        for _ in 0..2 {
+            calls += 1;
+            kit.wait_calls(calls, 10).await;
+            report(&s, "a1", "active", Value::Null).await;
+            report(&s, "a1", "idle", json!({"round": round})).await;
+        }
+        let v = s
+            .wait_session(&sid, |v| {
+                v["status"] != "running" && v["status"] != "started"
+            })
+            .await;
+        assert_eq!(v["status"], "completed", "round {round}: {v:#}");
+    }
+    assert_eq!(kit.calls().len(), calls, "no task was sent twice");
+    s.stop().await;
+}
+
 backend_tests!(
+    bare_reports_on_arrival_finish_every_task,
     control_characters_are_refused_at_registration,
     unreachable_tasks_and_far_expiries_are_refused,
     heartbeat_does_not_complete_an_undelivered_task,
