@@ -55,11 +55,22 @@ RUN rm -rf target/release/.fingerprint/opscore-* \
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim
 
-# ca-certificates: outbound HTTPS (rustls, to AgentKit). curl: the
-# HEALTHCHECK below. Nothing else: TLS is rustls, so no OpenSSL.
+# ca-certificates: outbound HTTPS (rustls, to AgentKit). Nothing else: TLS
+# is rustls, so no OpenSSL, and the HEALTHCHECK is the binary's own.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+
+# OCI labels (https://github.com/opencontainers/image-spec/blob/main/annotations.md).
+# VERSION and REVISION are build arguments:
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) .
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="Ops-Core" \
+      org.opencontainers.image.description="The control plane for fleets of AI agents" \
+      org.opencontainers.image.version="$VERSION" \
+      org.opencontainers.image.revision="$REVISION" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed, unprivileged uid/gid so volume ownership is predictable.
 # /data holds the SQLite database and the generated API key, owner-only.
@@ -86,10 +97,10 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
 
-# Liveness only (no database access). If you change OPSCORE_BIND's port,
-# override this check too.
+# Liveness only (no database access): `opscore healthcheck` probes /health
+# on the port of OPSCORE_BIND, so it follows a changed port by itself.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD curl -fsS -o /dev/null http://127.0.0.1:8000/health || exit 1
+    CMD ["opscore", "healthcheck"]
 
 # SIGTERM (docker stop) starts a graceful shutdown: see
 # OPSCORE_SHUTDOWN_GRACE_SECS. The binary runs as PID 1 and handles it.

@@ -16,7 +16,8 @@ async fn main() -> ExitCode {
         Command::Migrate { db } => run_migrate(db).await,
         Command::Simulate(args) => run_simulate(*args).await,
         Command::Bench(args) => run_bench(*args).await,
-        // Client commands print their own errors and choose their exit code.
+        // These print their own errors and choose their exit code.
+        Command::Healthcheck(args) => return opscore::cli::healthcheck::run(args).await,
         Command::Client(cmd) => return opscore::cli::run(cmd).await,
     };
     match result {

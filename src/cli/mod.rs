@@ -3,6 +3,7 @@
 //! running server through [`crate::client`].
 
 mod agents;
+pub mod healthcheck;
 mod keys;
 mod output;
 mod sessions;
@@ -42,6 +43,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Probe a server running on this host (`/health` by default): exit 0
+    /// when it answers 200. For container health checks.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Client commands, talking to a running server.
     #[command(flatten)]
     Client(ClientCommand),
