@@ -50,8 +50,9 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
     let sim_args = opscore::sim::SimArgs {
         target: opscore::client::TargetArgs {
             server: opscore::client::ServerArgs {
-                url: base.clone(),
-                api_key: KEY.into(),
+                url: Some(base.clone()),
+                api_key: Some(KEY.into()),
+                ..Default::default()
             },
             webhook_secret: None,
         },

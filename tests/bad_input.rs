@@ -843,7 +843,7 @@ fn cli(s: &TestServer, args: &[&str]) -> (i32, String) {
         .args(args)
         .env_clear()
         .env("OPSCORE_URL", &s.base)
-        .env("OPSCORE_API_KEY", KEY)
+        .env("OPSCORE_CLIENT_KEY", KEY)
         .output()
         .expect("run opscore");
     (

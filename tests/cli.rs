@@ -102,7 +102,7 @@ pub async fn opscore_env(env: &[(&str, &str)], args: &[&str]) -> Run {
 
 /// Run `opscore ARGS` against the server at `base` with the test key.
 pub async fn opscore(base: &str, args: &[&str]) -> Run {
-    opscore_env(&[("OPSCORE_URL", base), ("OPSCORE_API_KEY", KEY)], args).await
+    opscore_env(&[("OPSCORE_URL", base), ("OPSCORE_CLIENT_KEY", KEY)], args).await
 }
 
 /// The typed client, for setting up and checking on the side.
@@ -478,7 +478,7 @@ async fn credentials_and_connection_errors() {
     let run = opscore_env(
         &[
             ("OPSCORE_URL", b),
-            ("OPSCORE_API_KEY", "wrong-key-0123456789"),
+            ("OPSCORE_CLIENT_KEY", "wrong-key-0123456789"),
         ],
         &["agents", "list"],
     )
@@ -500,7 +500,10 @@ async fn credentials_and_connection_errors() {
         ],
     )
     .await;
-    assert_eq!(run.code, 1, "--api-key overrides OPSCORE_API_KEY: {run:?}");
+    assert_eq!(
+        run.code, 1,
+        "--api-key overrides OPSCORE_CLIENT_KEY: {run:?}"
+    );
 
     let run = opscore_env(&[("OPSCORE_URL", b)], &["agents", "list"]).await;
     assert_eq!(run.code, 2, "{run:?}");
@@ -516,6 +519,133 @@ async fn credentials_and_connection_errors() {
     let run = opscore(&format!("http://{closed}"), &["sessions", "get", "x"]).await;
     assert!(
         run.failed(3).contains("request to Ops-Core failed"),
+        "{run:?}"
+    );
+}
+
+/// `-o json` and `--json` print the server's JSON; `-o yaml` the same value
+/// as YAML, for a single answer, a listing and `--all`; anything else is
+/// refused as usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_print_the_same_answer() {
+    let s = start(Backend::Sqlite).await;
+    let b = s.base.as_str();
+    let c = client(&s);
+    c.register(&registration("a1")).await.expect("register");
+    for args in [
+        vec!["agents", "get", "a1"],
+        vec!["agents", "list"],
+        vec!["agents", "list", "--all"],
+    ] {
+        let with = |extra: &[&'static str]| {
+            let mut a = args.clone();
+            a.extend_from_slice(extra);
+            a
+        };
+        let json = opscore(b, &with(&["--json"])).await.json();
+        assert_eq!(opscore(b, &with(&["-o", "json"])).await.json(), json);
+        let yaml = opscore(b, &with(&["-o", "yaml"])).await;
+        let from_yaml: Value = serde_norway::from_str(yaml.ok()).expect("YAML");
+        // The same value, times and all (JSON and YAML differ only in form).
+        assert_eq!(from_yaml, json, "{args:?}");
+    }
+    let run = opscore(b, &["agents", "list", "-o", "xml"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let run = opscore(b, &["agents", "list", "-o", "yaml", "--json"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+/// Contexts: `opscore context add/use/list/remove` keep named servers in
+/// the client's config file (a key file's path or a key command, never a
+/// key), and a command with no `--url` or key talks to the current one;
+/// `--context` picks another, flags and variables win over both. The
+/// server's `OPSCORE_API_KEY` still works as the client's key, with a
+/// notice naming `OPSCORE_CLIENT_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_name_servers_and_their_keys() {
+    let s = start(Backend::Sqlite).await;
+    let b = s.base.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("opscore").join("config.yaml");
+    let cfg = config.to_str().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let with_config = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        opscore_env(&[("OPSCORE_CONFIG", cfg)], &args).await
+    };
+    let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let key_path = key_file.to_str().unwrap();
+    with_config(argv(&[
+        "context",
+        "add",
+        "local",
+        "--url",
+        b,
+        "--key-file",
+        key_path,
+    ]))
+    .await
+    .ok();
+    with_config(argv(&[
+        "context",
+        "add",
+        "gone",
+        "--url",
+        "http://127.0.0.1:1",
+        "--key-command",
+        "echo other-key-0123456789",
+    ]))
+    .await
+    .ok();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains(KEY), "the config holds a key: {text}");
+    let list = with_config(argv(&["context", "list"])).await;
+    let rows: Vec<&str> = list.ok().lines().collect();
+    assert!(rows[0].starts_with("CURRENT"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with('*') && r.contains("local")),
+        "the first added is current: {rows:?}"
+    );
+
+    // No --url, no key: the current context's.
+    with_config(argv(&["agents", "list"])).await.ok();
+    // Another context by name: nothing listens there.
+    let run = with_config(argv(&["--context", "gone", "agents", "list"])).await;
+    assert_eq!(
+        run.code, 2,
+        "--context is a client option, after the command: {run:?}"
+    );
+    let run = with_config(argv(&["agents", "list", "--context", "gone"])).await;
+    assert!(
+        run.failed(3).contains("request to Ops-Core failed"),
+        "{run:?}"
+    );
+    with_config(argv(&["context", "use", "gone"])).await.ok();
+    with_config(argv(&["agents", "list"])).await.failed(3);
+    // Flags win over the context.
+    with_config(argv(&["agents", "list", "--url", b, "--api-key", KEY]))
+        .await
+        .ok();
+    let run = with_config(argv(&["context", "use", "nope"])).await;
+    assert!(run.failed(2).contains("no context named 'nope'"), "{run:?}");
+    with_config(argv(&["context", "remove", "gone"])).await.ok();
+    let list = with_config(argv(&["context", "list"])).await;
+    assert!(!list.ok().contains("gone"), "{list:?}");
+    // With no current context and no key: usage, naming the ways to give one.
+    let run = with_config(argv(&["agents", "list", "--url", b])).await;
+    assert!(run.failed(2).contains("OPSCORE_CLIENT_KEY"), "{run:?}");
+
+    let run = opscore_env(
+        &[("OPSCORE_URL", b), ("OPSCORE_API_KEY", KEY)],
+        &["agents", "list"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("set OPSCORE_CLIENT_KEY instead"),
         "{run:?}"
     );
 }
@@ -563,7 +693,7 @@ async fn a_closed_pipe_ends_output_quietly() {
             .arg("-c")
             .arg(&script)
             .env("OPSCORE_URL", &s.base)
-            .env("OPSCORE_API_KEY", KEY)
+            .env("OPSCORE_CLIENT_KEY", KEY)
             .output()
             .await
             .expect("bash");

@@ -19,7 +19,7 @@ async fn opscore_keys(base: &str, key: &str, args: &[&str]) -> Out {
         .args(args)
         .env_clear()
         .env("OPSCORE_URL", base)
-        .env("OPSCORE_API_KEY", key)
+        .env("OPSCORE_CLIENT_KEY", key)
         .output()
         .await
         .expect("run opscore keys");
@@ -140,7 +140,7 @@ async fn keys_cli_creates_lists_and_revokes() {
     let out = opscore_keys(
         &s.base,
         KEY,
-        &["create", "--name", "x", "--role", "operator", "--ttl", "1w"],
+        &["create", "--name", "x", "--role", "operator", "--ttl", "1x"],
     )
     .await;
     assert!(!out.ok && out.stderr.contains("--ttl"), "{}", out.stderr);

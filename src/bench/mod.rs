@@ -147,23 +147,10 @@ pub struct BenchArgs {
     pub allow_remote: bool,
 }
 
-/// Parse `10s`, `500ms`, `2m`, `1h` or a plain number of seconds.
+/// A duration in the one grammar of the command line
+/// ([`parse_duration`](crate::domain::time::parse_duration)).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unit must be ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a duration"))
+    crate::domain::time::parse_duration(s)
 }
 
 /// Parse `MIN-MAX` (e.g. `5s-10s`) or a single duration.
@@ -329,10 +316,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 /// then ends early, and cleanup still runs).
 pub async fn run_until(args: BenchArgs, stop: CancellationToken) -> anyhow::Result<Report> {
     let plan = plan(&args)?;
-    check_target(&args.target.server.url, args.allow_remote).await?;
+    let target = args.target.server.resolve().map_err(anyhow::Error::msg)?;
+    let api_key = target.api_key.clone().ok_or_else(|| {
+        anyhow::anyhow!("no API key: pass --api-key, set OPSCORE_CLIENT_KEY, or use a context")
+    })?;
+    check_target(&target.url, args.allow_remote).await?;
     let bench = Arc::new(Bench::new(
-        &args.target.server.url,
-        &args.target.server.api_key,
+        &target.url,
+        &api_key,
         args.target.webhook_secret.clone(),
         args.connections.max(args.max_in_flight),
         args.timeout,
@@ -355,6 +346,7 @@ pub async fn run_until(args: BenchArgs, stop: CancellationToken) -> anyhow::Resu
     let mut run = Run {
         bench,
         args,
+        api_key,
         prefix,
         agents: Arc::new(Vec::new()),
         sim: None,
@@ -407,6 +399,8 @@ fn progress(msg: impl std::fmt::Display) {
 struct Run {
     bench: Arc<Bench>,
     args: BenchArgs,
+    /// The key the bench runs with (resolved from flags, variables, context).
+    api_key: String,
     prefix: String,
     /// Registered report agents.
     agents: Arc<Vec<String>>,
@@ -439,7 +433,7 @@ impl Run {
                     ));
                     let sim = SimFleet::start(
                         &self.bench,
-                        &self.args.target.server.api_key,
+                        &self.api_key,
                         self.args.target.webhook_secret.clone(),
                         &self.prefix,
                         self.args.sim_agents,
@@ -918,9 +912,9 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1s 500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-1s").is_err());
         let e = parse_every("5s-10s").unwrap();
         assert_eq!(

@@ -39,8 +39,9 @@ impl SimFleet {
         let args = SimArgs {
             target: crate::client::TargetArgs {
                 server: crate::client::ServerArgs {
-                    url: bench.base.clone(),
-                    api_key: api_key.to_owned(),
+                    url: Some(bench.base.clone()),
+                    api_key: Some(api_key.to_owned()),
+                    ..Default::default()
                 },
                 webhook_secret,
             },

@@ -125,7 +125,7 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
                 stale,
             };
             list(
-                opts.json,
+                opts.machine(),
                 &page,
                 |p| client.list_agents(&filter, p),
                 agents_table,
@@ -133,7 +133,12 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
             .await
         }
         AgentsCmd::Get { agent_id, opts } => {
-            show(opts.json, opts.client()?.get_agent(&agent_id), agent_fields).await
+            show(
+                opts.machine(),
+                opts.client()?.get_agent(&agent_id),
+                agent_fields,
+            )
+            .await
         }
         AgentsCmd::Lease {
             agent_id,
@@ -143,7 +148,12 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
         } => {
             let ttl = ttl.as_deref().map(super::keys::parse_ttl).transpose()?;
             let client = opts.client()?;
-            show(opts.json, client.set_lease(&agent_id, ttl), agent_fields).await
+            show(
+                opts.machine(),
+                client.set_lease(&agent_id, ttl),
+                agent_fields,
+            )
+            .await
         }
         AgentsCmd::History {
             agent_id,
@@ -152,7 +162,7 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
         } => {
             let client = opts.client()?;
             list(
-                opts.json,
+                opts.machine(),
                 &page,
                 |p| client.history(&agent_id, p),
                 history_table,
@@ -166,11 +176,16 @@ pub async fn run_agents(cmd: AgentsCmd) -> Result<(), CliError> {
 pub async fn run_state(cmd: StateCmd) -> Result<(), CliError> {
     match cmd {
         StateCmd::Get { agent_id, opts } => {
-            show(opts.json, opts.client()?.get_state(&agent_id), state_fields).await
+            show(
+                opts.machine(),
+                opts.client()?.get_state(&agent_id),
+                state_fields,
+            )
+            .await
         }
         StateCmd::Reset { agent_id, opts } => {
             show(
-                opts.json,
+                opts.machine(),
                 opts.client()?.reset_state(&agent_id),
                 state_fields,
             )
@@ -191,8 +206,8 @@ pub async fn run_state(cmd: StateCmd) -> Result<(), CliError> {
                 Some(ts) => client.report_state_at(&agent_id, &state, details.as_ref(), ts),
                 None => client.report_state(&agent_id, &state, details.as_ref()),
             };
-            if opts.json {
-                return print_json(&call.json().await?);
+            if let Some(f) = opts.machine() {
+                return print_json(f, &call.json().await?);
             }
             let answer = call.await?;
             out(&format!("{} ({agent_id}: {state})\n", answer.message))

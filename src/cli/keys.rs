@@ -64,26 +64,19 @@ pub enum KeysCmd {
     },
 }
 
-/// Parse a lifetime such as `3600`, `90m`, `12h` or `30d` into seconds.
+/// Parse a lifetime (`--ttl`) in the one duration grammar
+/// ([`parse_duration`](crate::domain::time::parse_duration)) into whole
+/// seconds, at least one.
 pub fn parse_ttl(raw: &str) -> Result<u64, CliError> {
-    let raw = raw.trim();
-    let (digits, unit) = match raw.char_indices().last() {
-        Some((i, 's')) => (&raw[..i], 1),
-        Some((i, 'm')) => (&raw[..i], 60),
-        Some((i, 'h')) => (&raw[..i], 3600),
-        Some((i, 'd')) => (&raw[..i], 86_400),
-        _ => (raw, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "--ttl '{raw}' is not a lifetime such as 3600, 90m, 12h or 30d"
-            ))
-        })
+    let d = crate::domain::time::parse_duration(raw)
+        .map_err(|e| CliError::Usage(format!("--ttl {e}")))?;
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 {
+        return Err(CliError::Usage(format!(
+            "--ttl '{}' must be a whole number of seconds, at least 1s",
+            raw.trim()
+        )));
+    }
+    Ok(d.as_secs())
 }
 
 /// Run `opscore keys …`.
@@ -135,8 +128,8 @@ pub async fn run(cmd: KeysCmd) -> Result<(), CliError> {
             (opts, answer, false)
         }
     };
-    if opts.json {
-        return print_json(&answer);
+    if let Some(f) = opts.machine() {
+        return print_json(f, &answer);
     }
     match answer.get("items").and_then(Value::as_array) {
         Some(items) => out(&table(items)),
@@ -199,7 +192,10 @@ mod tests {
         assert_eq!(parse_ttl("90m").unwrap(), 5400);
         assert_eq!(parse_ttl("12h").unwrap(), 43_200);
         assert_eq!(parse_ttl("30d").unwrap(), 2_592_000);
-        for bad in ["", "0", "d", "1w", "-5", "1.5h"] {
+        // One grammar with every other duration: weeks and combinations too.
+        assert_eq!(parse_ttl("5w").unwrap(), 3_024_000);
+        assert_eq!(parse_ttl("1d12h").unwrap(), 129_600);
+        for bad in ["", "0", "d", "-5", "1.5.2h", "500ms"] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
     }

@@ -3,6 +3,7 @@
 //! running server through [`crate::client`].
 
 mod agents;
+mod context;
 pub mod healthcheck;
 mod keys;
 mod output;
@@ -52,7 +53,7 @@ pub enum Command {
 }
 
 /// The operator's commands: each talks HTTP to a running server
-/// (`--url`/`OPSCORE_URL`, `--api-key`/`OPSCORE_API_KEY`).
+/// (`--url`/`OPSCORE_URL`, `--api-key`/`OPSCORE_CLIENT_KEY`, or a context).
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Registered agents: list, show one, state history.
@@ -72,6 +73,10 @@ pub enum ClientCommand {
     Keys(keys::KeysCmd),
     /// Follow the change feed: one line per event, until interrupted.
     Watch(watch::WatchArgs),
+    /// Named servers (URL, key file or key command, CA) in the client's
+    /// config file: add, use, list, remove.
+    #[command(subcommand)]
+    Context(context::ContextCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -90,6 +95,7 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Sessions(c) => sessions::run(c).await,
         ClientCommand::Keys(c) => keys::run(c).await,
         ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Context(c) => context::run(c),
         ClientCommand::Completions { shell } => {
             // Into memory first: clap_complete panics on a write error, and
             // `opscore completions bash | head` closes the pipe early.

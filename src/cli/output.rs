@@ -1,5 +1,6 @@
 //! What every client command shares: the connection and output options,
-//! how results are printed (a table, or the server's JSON with `--json`),
+//! how results are printed (a table, or the server's JSON or YAML with
+//! `-o json|yaml`),
 //! following cursors, and how a failure becomes a message and an exit code.
 
 use std::io::Write;
@@ -24,25 +25,63 @@ pub struct ClientOpts {
     /// The server and key.
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Print the server's JSON instead of a table.
-    #[arg(long)]
+    /// Output format: a table, the server's JSON as sent, or that JSON as
+    /// YAML.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Shorthand for `-o json`.
+    #[arg(long, conflicts_with = "output")]
     pub json: bool,
 }
 
+/// How a client command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, or `Field: value` lines.
+    Table,
+    /// The server's JSON, pretty-printed.
+    Json,
+    /// The server's JSON as YAML.
+    Yaml,
+}
+
 impl ClientOpts {
+    /// The machine-readable format asked for, if any (`None`: a table).
+    pub fn machine(&self) -> Option<Format> {
+        match (self.json, self.output) {
+            (true, _) => Some(Format::Json),
+            (false, Format::Table) => None,
+            (false, f) => Some(f),
+        }
+    }
+
     /// A client for these options, once the URL is known to be usable.
     pub fn client(&self) -> Result<Client, CliError> {
-        match url::Url::parse(&self.server.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-            _ => {
-                return Err(CliError::Usage(format!(
-                    "--url (OPSCORE_URL) must be an http:// or https:// URL, got '{}'",
-                    self.server.url
-                )))
-            }
-        }
-        Ok(Client::from_args(&self.server))
+        connect(&self.server)
     }
+}
+
+/// A client for `server` (flags, variables, then the context): the URL must
+/// be usable and a key given.
+pub fn connect(server: &ServerArgs) -> Result<Client, CliError> {
+    let target = server.resolve().map_err(CliError::Usage)?;
+    match url::Url::parse(&target.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => {
+            return Err(CliError::Usage(format!(
+                "--url (OPSCORE_URL) must be an http:// or https:// URL, got '{}'",
+                target.url
+            )))
+        }
+    }
+    if target.api_key.is_none() {
+        return Err(CliError::Usage(format!(
+            "no API key: pass --api-key, set {}, or add a context with a key \
+             (opscore context add --help)",
+            crate::client::contexts::CLIENT_KEY_ENV
+        )));
+    }
+    Client::for_target(&target).map_err(CliError::Usage)
 }
 
 /// Paging options of a listing.
@@ -104,23 +143,25 @@ pub fn out(text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Print a JSON value, pretty, on its own lines.
-pub fn print_json(v: &Value) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    out(&format!("{text}\n"))
+/// Print a JSON value as `format` asks: pretty JSON, or YAML.
+pub fn print_json(format: Format, v: &Value) -> Result<(), CliError> {
+    let text = match format {
+        Format::Yaml => serde_norway::to_string(v).unwrap_or_else(|_| v.to_string()),
+        _ => serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()) + "\n",
+    };
+    out(&text)
 }
 
-/// Run `call` and print it: the server's JSON with `json`, else `render`
-/// of the typed answer.
+/// Run `call` and print it: the server's JSON (or YAML) when `machine`
+/// asks for it, else `render` of the typed answer.
 pub async fn show<T: Send + 'static>(
-    json: bool,
+    machine: Option<Format>,
     call: Call<T>,
     render: impl FnOnce(&T) -> String,
 ) -> Result<(), CliError> {
-    if json {
-        print_json(&call.json().await?)
-    } else {
-        out(&render(&call.await?))
+    match machine {
+        Some(f) => print_json(f, &call.json().await?),
+        None => out(&render(&call.await?)),
     }
 }
 
@@ -140,7 +181,7 @@ pub fn json_object_arg(flag: &str, raw: &str) -> Result<Value, CliError> {
 /// one page whose `nextCursor` is null); else the table `render` makes of the items,
 /// and, when there is more, the next cursor on stderr.
 pub async fn list<T: Send + 'static>(
-    json: bool,
+    machine: Option<Format>,
     page: &PageOpts,
     fetch: impl Fn(&PageRequest) -> Call<Page<T>>,
     render: impl FnOnce(&[T]) -> String,
@@ -149,14 +190,14 @@ pub async fn list<T: Send + 'static>(
         limit: page.limit,
         cursor: page.cursor.clone(),
     };
-    if json && !page.all {
-        return print_json(&fetch(&req).json().await?);
+    if let (Some(f), false) = (machine, page.all) {
+        return print_json(f, &fetch(&req).json().await?);
     }
     let mut items = Vec::new();
     let mut raw_items = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let next = loop {
-        let next = if json {
+        let next = if machine.is_some() {
             let mut v = fetch(&req).json().await?;
             let next = v["nextCursor"].as_str().map(str::to_owned);
             if let Some(Value::Array(a)) = v.get_mut("items").map(Value::take) {
@@ -175,8 +216,11 @@ pub async fn list<T: Send + 'static>(
         }
     };
     let next = next.filter(|_| !page.all);
-    if json {
-        return print_json(&serde_json::json!({"items": raw_items, "nextCursor": next}));
+    if let Some(f) = machine {
+        return print_json(
+            f,
+            &serde_json::json!({"items": raw_items, "nextCursor": next}),
+        );
     }
     out(&render(&items))?;
     if let Some(c) = next {

@@ -50,7 +50,7 @@ pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
     match cmd {
         SessionsCmd::Get { session_id, opts } => {
             show(
-                opts.json,
+                opts.machine(),
                 opts.client()?.get_session(&session_id),
                 session_text,
             )
@@ -58,7 +58,7 @@ pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
         }
         SessionsCmd::Cancel { session_id, opts } => {
             show(
-                opts.json,
+                opts.machine(),
                 opts.client()?.cancel_session(&session_id),
                 session_text,
             )
@@ -72,7 +72,7 @@ pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
         } => {
             let client = opts.client()?;
             list(
-                opts.json,
+                opts.machine(),
                 &page,
                 |p| client.list_sessions(&agent, status.as_deref(), p),
                 sessions_table,

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::output::{out, CliError, ClientOpts};
+use super::output::{out, CliError, ClientOpts, Format};
 use super::table::time;
 use crate::client::{EventFilter, FeedEvent};
 
@@ -30,7 +30,7 @@ pub struct WatchArgs {
     /// [default: only events from now on].
     #[arg(long, value_name = "INDEX")]
     since: Option<u64>,
-    /// Server, key, output (--json: each event's JSON on one line).
+    /// Server, key, output (-o json: each event's JSON on one line; -o yaml: a document each).
     #[command(flatten)]
     opts: ClientOpts,
 }
@@ -46,12 +46,17 @@ pub async fn run(args: WatchArgs) -> Result<(), CliError> {
     });
     loop {
         let ev = stream.next().await?;
-        let line = if args.opts.json {
-            ev.raw.clone()
-        } else {
-            event_line(&ev)
+        let text = match args.opts.machine() {
+            // One event per line, as the feed sent it.
+            Some(Format::Json) => format!("{}\n", ev.raw),
+            // One YAML document per event.
+            Some(_) => {
+                let v: serde_json::Value = serde_json::from_str(&ev.raw).unwrap_or_default();
+                format!("---\n{}", serde_norway::to_string(&v).unwrap_or_default())
+            }
+            None => format!("{}\n", event_line(&ev)),
         };
-        out(&format!("{line}\n"))?;
+        out(&text)?;
     }
 }
 

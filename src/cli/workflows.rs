@@ -68,14 +68,14 @@ pub enum WorkflowsCmd {
 pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
     match cmd {
         WorkflowsCmd::List { opts } => {
-            show(opts.json, opts.client()?.list_definitions(), |p| {
+            show(opts.machine(), opts.client()?.list_definitions(), |p| {
                 list_table(p)
             })
             .await
         }
         WorkflowsCmd::Get { workflow_id, opts } => {
             show(
-                opts.json,
+                opts.machine(),
                 opts.client()?.get_definition(&workflow_id),
                 definition_text,
             )
@@ -84,7 +84,7 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
         WorkflowsCmd::Create { file, opts } => {
             let definition = read_definition(&file)?;
             let call = opts.client()?.create_definition(&definition);
-            show(opts.json, call, stored_text).await
+            show(opts.machine(), call, stored_text).await
         }
         WorkflowsCmd::Delete { workflow_id, opts } => {
             let answer = opts
@@ -92,12 +92,15 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
                 .delete_definition(&workflow_id)
                 .json()
                 .await?;
-            if opts.json {
+            if let Some(f) = opts.machine() {
                 // 204 has no body: print something a script can parse.
-                return print_json(&match answer {
-                    Value::Null => serde_json::json!({"deleted": workflow_id}),
-                    other => other,
-                });
+                return print_json(
+                    f,
+                    &match answer {
+                        Value::Null => serde_json::json!({"deleted": workflow_id}),
+                        other => other,
+                    },
+                );
             }
             out(&format!("Workflow {workflow_id} deleted\n"))
         }
@@ -131,7 +134,7 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
                 }
             };
             let call = opts.client()?.trigger(&agent, &source, payload.as_ref());
-            show(opts.json, call, |t| triggered_text(t, &agent)).await
+            show(opts.machine(), call, |t| triggered_text(t, &agent)).await
         }
     }
 }

@@ -6,6 +6,7 @@
 //! A route method returns a [`Call`]: awaiting it gives the typed answer,
 //! [`Call::json`] the server's JSON exactly as sent (what `--json` prints).
 
+pub mod contexts;
 mod events;
 mod routes;
 pub mod types;
@@ -24,15 +25,46 @@ pub use self::types::*;
 use crate::domain::path_segment as seg;
 use crate::http::auth::sign;
 
-/// Which Ops-Core server a client command talks to, and with what key.
-#[derive(Debug, Clone, clap::Args)]
+/// Which Ops-Core server a client command talks to, and with what key:
+/// these flags (or their variables) first, then the context
+/// (`opscore context`), then the defaults; see [`contexts`].
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerArgs {
-    /// Ops-Core base URL.
-    #[arg(long, env = "OPSCORE_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
-    /// API key, sent as `Authorization: Bearer <key>`.
-    #[arg(long, env = "OPSCORE_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    /// Ops-Core base URL [default: the context's, else http://127.0.0.1:8000].
+    #[arg(long, env = "OPSCORE_URL")]
+    pub url: Option<String>,
+    /// API key, sent as `Authorization: Bearer <key>` [default: the
+    /// context's; OPSCORE_API_KEY, the server's variable, is still read
+    /// with a notice].
+    #[arg(long, env = "OPSCORE_CLIENT_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The context to use instead of the current one (`opscore context list`).
+    #[arg(long, env = "OPSCORE_CONTEXT")]
+    pub context: Option<String>,
+    /// A PEM file of CA certificates to trust for https:// URLs.
+    #[arg(long, env = "OPSCORE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    /// The server, key and CA these arguments, the config file's context
+    /// and the defaults give.
+    pub fn resolve(&self) -> Result<contexts::Target, String> {
+        let config = match contexts::config_path() {
+            Some(path) => contexts::ClientConfig::load(&path)?,
+            None => contexts::ClientConfig::default(),
+        };
+        let given = contexts::Given {
+            url: self.url.as_deref(),
+            api_key: self.api_key.as_deref(),
+            context: self.context.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+        };
+        let legacy = std::env::var("OPSCORE_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        contexts::resolve(&given, &config, legacy)
+    }
 }
 
 /// The server and credentials of `opscore simulate` and `opscore bench`:
@@ -145,9 +177,28 @@ impl Client {
         }
     }
 
-    /// A client for `args`.
-    pub fn from_args(args: &ServerArgs) -> Self {
-        Self::new(&args.url, Some(args.api_key.clone()))
+    /// A client for a resolved target, trusting its CA certificates too.
+    pub fn for_target(target: &contexts::Target) -> Result<Self, String> {
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        let mut stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(45));
+        if let Some(pem) = &target.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the CA file holds no PEM certificate: {e}"))?;
+            for cert in certs {
+                http = http.add_root_certificate(cert.clone());
+                stream_http = stream_http.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            base: target.url.trim_end_matches('/').to_owned(),
+            api_key: target.api_key.clone(),
+            http: http.build().map_err(|e| e.to_string())?,
+            stream_http: stream_http.build().map_err(|e| e.to_string())?,
+        })
     }
 
     /// The base URL this client talks to.

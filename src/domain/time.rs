@@ -91,6 +91,19 @@ pub fn now_micros() -> Micros {
     wall.saturating_add(elapsed)
 }
 
+/// One duration grammar for every command line: humantime's (`500ms`,
+/// `90s`, `15m`, `12h`, `30d`, `5w`, `1h30m`, `1h 30m`), or a bare number of
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("'{s}' is not a duration such as 500ms, 90s, 15m, 12h, 30d, 5w or 1h30m ({e})")
+    })
+}
+
 /// The current time as [`now_micros`] reads it.
 pub fn now() -> DateTime<Utc> {
     from_micros(now_micros())
@@ -99,6 +112,28 @@ pub fn now() -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_duration_grammar() {
+        use std::time::Duration as D;
+        for (text, want) in [
+            ("3600", D::from_secs(3600)),
+            ("500ms", D::from_millis(500)),
+            ("90s", D::from_secs(90)),
+            ("15m", D::from_secs(900)),
+            ("12h", D::from_secs(43_200)),
+            ("30d", D::from_secs(2_592_000)),
+            ("5w", D::from_secs(3_024_000)),
+            ("1h30m", D::from_secs(5400)),
+            (" 1h 30m ", D::from_secs(5400)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "x", "5 parsecs", "-1s", "1.5.2s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("is not a duration such as"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn parses_common_shapes() {

@@ -53,7 +53,7 @@ async fn agent_text_is_escaped_in_every_output(backend: Backend) {
         .args(["watch", "--since", "0", "--agent", "evil"])
         .env_clear()
         .env("OPSCORE_URL", &s.base)
-        .env("OPSCORE_API_KEY", KEY)
+        .env("OPSCORE_CLIENT_KEY", KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

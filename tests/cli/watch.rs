@@ -76,7 +76,7 @@ fn spawn_watch(base: &str, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout
         .args(args)
         .env_clear()
         .env("OPSCORE_URL", base)
-        .env("OPSCORE_API_KEY", KEY)
+        .env("OPSCORE_CLIENT_KEY", KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
