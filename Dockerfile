@@ -45,6 +45,10 @@ RUN mkdir -p src \
 # binary for an up-to-date build: COPY keeps the context's older mtimes.
 COPY src ./src
 COPY migrations ./migrations
+COPY build.rs ./
+# The commit opscore_build_info reports (the context has no .git).
+ARG REVISION=unknown
+ENV OPSCORE_COMMIT=$REVISION
 RUN rm -rf target/release/.fingerprint/opscore-* \
         target/release/deps/opscore-* target/release/deps/libopscore-* \
         target/release/opscore target/release/libopscore.* \

@@ -13,7 +13,11 @@
 //! ids are never labels.
 //!
 //! The exposition is OpenMetrics 1.0 text (what Prometheus asks for first
-//! when it scrapes), produced by the `prometheus-client` crate.
+//! when it scrapes), produced by the `prometheus-client` crate, or the same
+//! in Prometheus's text format 0.0.4 for a scraper that does not ask for
+//! OpenMetrics ([`wants_openmetrics`], [`to_prometheus_text`]). Besides
+//! `opscore_*`, it carries `opscore_build_info` and the conventional
+//! `process_*` metrics.
 //!
 //! Adding a metric: a value the code keeps up to date itself gets a handle
 //! from [`Metrics::register_gauge`] (or [`Metrics::register_counter`]) once
@@ -35,8 +39,62 @@ use prometheus_client::registry::Registry;
 
 use crate::store::{Store, StoreResult};
 
-/// Content type of the exposition.
+mod process;
+
+/// Content type of the OpenMetrics exposition (what Prometheus asks for
+/// first).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text exposition (what a scraper that does
+/// not ask for OpenMetrics gets).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which exposition format an `Accept` header asks for: OpenMetrics only
+/// when it names it (with a non-zero quality), else Prometheus text.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut params = part.split(';').map(str::trim);
+            let is_om = params
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
+            let q_zero = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            is_om && !q_zero
+        })
+    })
+}
+
+/// The same exposition in Prometheus's text format 0.0.4: no `# EOF`, no
+/// `# UNIT`, and a counter's `# TYPE`/`# HELP` name its `_total` series.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_owned());
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 /// State names that get their own label value; anything else is `other`.
 /// These are the states with a meaning to the service (contract 1.2).
@@ -96,6 +154,12 @@ struct PoolLabel {
     pool: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a dispatch attempt ended, as a label value.
@@ -141,6 +205,7 @@ pub struct Metrics {
     pool_max: Family<PoolLabel, Gauge>,
     store_errors: Counter,
     log_lines_dropped: Counter,
+    process: process::ProcessMetrics,
     /// Serialises scrapes: a refresh clears and refills gauge families.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -257,6 +322,19 @@ impl Metrics {
             "Log lines dropped because the log writer fell behind (stdout too slow)",
             log_lines_dropped.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        r.register(
+            "opscore_build_info",
+            "Always 1: the version and the commit this binary was built from",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: option_env!("OPSCORE_COMMIT").unwrap_or("unknown"),
+            })
+            .set(1);
+        let process = process::ProcessMetrics::register(&mut r);
         Self {
             registry: Mutex::new(r),
             routes: RwLock::new(HashSet::new()),
@@ -275,6 +353,7 @@ impl Metrics {
             pool_max,
             store_errors,
             log_lines_dropped,
+            process,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -441,6 +520,7 @@ impl Metrics {
 
     /// The exposition text.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.process.refresh();
         // The log writer counts its drops itself; catch up to it.
         let dropped = crate::telemetry::dropped_lines();
         let seen = self.log_lines_dropped.get();

@@ -19,13 +19,22 @@ use serde_json::{json, Value};
 
 type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
+/// What Prometheus 2.x and 3.x send when they scrape.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 /// One parsed scrape.
 struct Scrape(Exposition);
 
 impl Scrape {
     async fn take(s: &TestServer) -> Self {
-        // No key: scrapers usually carry none.
-        let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+        // No key: scrapers usually carry none. Prometheus's own Accept.
+        let r = s
+            .client
+            .get(s.url("/metrics"))
+            .header("accept", PROMETHEUS_ACCEPT)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
         assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
@@ -33,7 +42,10 @@ impl Scrape {
         let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
             .unwrap_or_else(|e| panic!("not OpenMetrics text ({e:?}):\n{text}"));
         for name in parsed.families.keys() {
-            assert!(name.starts_with("opscore_"), "unprefixed family {name}");
+            assert!(
+                name.starts_with("opscore_") || name.starts_with("process_"),
+                "unprefixed family {name}"
+            );
         }
         Self(parsed)
     }
@@ -326,6 +338,93 @@ async fn metrics_are_open_like_health(backend: Backend) {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+/// The format follows `Accept`: OpenMetrics when asked for (Prometheus
+/// does), else Prometheus text 0.0.4 (curl, older scrapers), each parsed by
+/// a real parser. Both carry `opscore_build_info` (this version, the commit
+/// built) and the conventional `process_*` metrics, with live values.
+#[tokio::test]
+async fn formats_follow_accept_and_carry_build_and_process_metrics() {
+    use openmetrics_parser::PrometheusValue;
+    let s = TestServer::start(Backend::Sqlite).await;
+    let scrape = |accept: Option<&'static str>| {
+        let mut rb = s.client.get(s.url("/metrics"));
+        if let Some(a) = accept {
+            rb = rb.header("accept", a);
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (ct, r.text().await.unwrap())
+        }
+    };
+    for accept in [
+        None,
+        Some("text/plain"),
+        Some("*/*"),
+        Some("application/openmetrics-text;q=0, text/plain;version=0.0.4"),
+    ] {
+        let (ct, text) = scrape(accept).await;
+        assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8", "{accept:?}");
+        assert!(!text.contains("# EOF"), "{accept:?}");
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("not Prometheus text ({e:?}):\n{text}"));
+        let value = |family: &str| -> f64 {
+            let f = parsed
+                .families
+                .get(family)
+                .unwrap_or_else(|| panic!("no {family} in\n{text}"));
+            let sample = f.iter_samples().next().expect("a sample");
+            match &sample.value {
+                PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                other => panic!("{family}: {other:?}"),
+            }
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") > 0.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_threads") >= 1.0);
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        let start = value("process_start_time_seconds");
+        let now = chrono::Utc::now().timestamp() as f64;
+        assert!(start > now - 3600.0 && start <= now + 1.0, "{start}");
+        assert_eq!(value("opscore_build_info"), 1.0);
+    }
+    let (ct, text) = scrape(Some(PROMETHEUS_ACCEPT)).await;
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("not OpenMetrics ({e:?}):\n{text}"));
+    let info = parsed
+        .families
+        .get("opscore_build_info")
+        .expect("build info");
+    let labels = info
+        .iter_samples()
+        .next()
+        .expect("sample")
+        .get_labelset()
+        .expect("labels");
+    assert_eq!(
+        labels.get_label_value("version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    let commit = labels.get_label_value("commit").expect("commit").to_owned();
+    // Built from a checkout: the commit is HEAD's, as git says.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        Some(head) => assert_eq!(commit, head),
+        None => assert_eq!(commit, "unknown"),
+    }
     s.stop().await;
 }
 

@@ -85,10 +85,20 @@ pub fn format_micros(us: Micros) -> String {
 /// started with, so replicas agree as closely as their clocks did when they
 /// started (docs/operations.md, "Clocks").
 pub fn now_micros() -> Micros {
-    static ANCHOR: OnceLock<(Micros, Instant)> = OnceLock::new();
-    let (wall, start) = ANCHOR.get_or_init(|| (Utc::now().timestamp_micros(), Instant::now()));
+    let (wall, start) = anchor();
     let elapsed = i64::try_from(start.elapsed().as_micros()).unwrap_or(i64::MAX / 2);
     wall.saturating_add(elapsed)
+}
+
+/// The wall clock and the monotonic clock, read together once.
+fn anchor() -> &'static (Micros, Instant) {
+    static ANCHOR: OnceLock<(Micros, Instant)> = OnceLock::new();
+    ANCHOR.get_or_init(|| (Utc::now().timestamp_micros(), Instant::now()))
+}
+
+/// When the process first read the time (in practice, its start).
+pub fn process_start_micros() -> Micros {
+    anchor().0
 }
 
 /// One duration grammar for every command line: humantime's (`500ms`,

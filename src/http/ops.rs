@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -119,7 +119,8 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
 
 /// Prometheus metrics.
 ///
-/// OpenMetrics 1.0 text (Prometheus' preferred scrape format). The database
+/// OpenMetrics 1.0 text when the `Accept` header asks for it (Prometheus
+/// does), else Prometheus text 0.0.4 (a `curl` or an older scraper). The database
 /// gauges (agents by state, sessions by status, queue depth) are read at
 /// scrape time; if the database cannot be read they keep their last values,
 /// `opscore_metrics_store_errors_total` counts it, and the rest is served.
@@ -128,11 +129,13 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
     operation_id = "getMetrics",
     path = "/metrics",
     tag = "ops",
-    responses((status = 200, description = "The exposition",
-               content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
-               body = String)),
+    responses((status = 200, description = "The exposition: OpenMetrics when the Accept header asks for it, else Prometheus text 0.0.4",
+               content(
+                   (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                   (String = "text/plain; version=0.0.4; charset=utf-8"),
+               ))),
 )]
-async fn metrics(State(state): State<AppState>) -> Result<Response> {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response> {
     state.metrics.set_feed_subscribers(state.feed.subscribers());
     if let Err(e) = state.metrics.refresh_from_store(&*state.store).await {
         tracing::warn!(error = %e, "metrics: could not read the database gauges");
@@ -141,11 +144,17 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
         .metrics
         .encode()
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = if crate::metrics::wants_openmetrics(accept) {
+        (crate::metrics::CONTENT_TYPE, text)
+    } else {
+        (
+            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+            crate::metrics::to_prometheus_text(&text),
+        )
+    };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
         text,
     )
         .into_response())
