@@ -488,3 +488,72 @@ backend_tests!(
     metrics_are_open_like_health,
     stale_agents_and_feed_subscribers
 );
+
+/// The Grafana dashboard in deploy/grafana queries only metrics the
+/// service exposes: every `opscore_*`/`process_*` name in its queries is a
+/// family of a live scrape (a histogram's `_bucket` series included).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/opscore.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    // Traffic first: a family shows only once it has a series.
+    let kit = FakeAgentKit::start().await;
+    let s = start(Backend::Sqlite, &kit).await;
+    s.register("a1").await;
+    let (status, _) = s
+        .report("a1", "idle", &chrono::Utc::now().to_rfc3339())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    trigger(&s, "a1").await;
+    kit.wait_calls(1, 10).await;
+    for _ in 0..100 {
+        let text = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("opscore_dispatch_attempts_total{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let families: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("opscore_") || w.starts_with("process_"));
+            for name in names {
+                let family = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    families.contains(name) || families.contains(family),
+                    "panel '{}' queries {name}, which /metrics does not expose",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked} names checked");
+    s.stop().await;
+}
