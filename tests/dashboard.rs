@@ -512,3 +512,95 @@ async fn dashboard_reconnects_after_the_server_restarts() {
     b.close().await;
     s.stop().await;
 }
+
+/// `/docs` renders the API and its "Try it" console sends real calls with
+/// the key entered on the page: a listing answers 200 with the agent, a
+/// path parameter reaches the server encoded, a wrong key is the server's
+/// 401, and a body that is not JSON is caught before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_page_tries_calls_in_headless_chromium() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    register(&s, "a1", "Summariser", &["summarise"], None).await;
+    let b = Browser::start().await;
+    b.client.goto(&s.url("/docs")).await.expect("open /docs");
+    b.wait_js(
+        "return !!document.getElementById('op-listAgents')",
+        SECOND * 5,
+        "the rendered operations",
+    )
+    .await;
+    let set_key = |key: &str| {
+        format!(
+            "const k = document.getElementById('apikey'); k.value = '{key}';
+             k.dispatchEvent(new Event('input')); return true;"
+        )
+    };
+    b.js(&set_key(KEY)).await;
+    let (status, out) = try_send(&b, "op-listAgents").await;
+    assert_eq!(status, "200", "{out}");
+    let listed: Value = serde_json::from_str(&out).expect("pretty JSON");
+    assert_eq!(listed["items"][0]["agentId"], "a1", "{out}");
+
+    b.js(
+        "const i = document.querySelector('#op-getAgent input[name=\"agentId\"]');
+          i.value = 'a1'; return true;",
+    )
+    .await;
+    let (status, out) = try_send(&b, "op-getAgent").await;
+    assert_eq!(status, "200", "{out}");
+    assert!(out.contains("Summariser"), "{out}");
+
+    b.js(&set_key("wrong-key-0123456789")).await;
+    let (status, out) = try_send(&b, "op-listAgents").await;
+    assert_eq!(status, "401", "{out}");
+
+    // A body that is not JSON never leaves the page.
+    let (said, _) = b
+        .wait_js(
+            "const d = document.getElementById('op-registerAgentNotify')
+                 || [...document.querySelectorAll('details.op')].find(d => d.querySelector('textarea'));
+             d.open = true;
+             d.querySelector('textarea').value = '{not json';
+             d.querySelector('.tryform button').click();
+             const e = d.querySelector('.tryerror');
+             return e ? e.textContent : false;",
+            SECOND * 5,
+            "the refusal of a bad body",
+        )
+        .await;
+    assert!(
+        said.as_str()
+            .unwrap_or_default()
+            .starts_with("The body is not JSON"),
+        "{said}"
+    );
+    b.close().await;
+    s.stop().await;
+}
+
+/// Send an operation's "Try it" form on the /docs page and wait for a new
+/// answer: its status and the body shown.
+async fn try_send(b: &Browser, op: &str) -> (Value, String) {
+    b.js(&format!(
+        "const d = document.getElementById('{op}'); d.open = true;
+         d.querySelector('.tryresult').replaceChildren();
+         d.querySelector('.tryform button').click(); return true;"
+    ))
+    .await;
+    let (status, _) = b
+        .wait_js(
+            &format!(
+                "const s = document.querySelector('#{op} .trystatus');
+                 return s ? s.dataset.status : false;"
+            ),
+            SECOND * 5,
+            &format!("the answer to {op}"),
+        )
+        .await;
+    let out = b
+        .js(&format!(
+            "return document.querySelector('#{op} .tryout').textContent"
+        ))
+        .await;
+    (status, out.as_str().unwrap_or_default().to_owned())
+}

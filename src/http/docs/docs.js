@@ -1,7 +1,8 @@
 // The /docs page: fetch openapi.json (same origin) and render its operations
-// grouped by tag. No framework and nothing from other hosts: the page must
+// grouped by tag, each with a "Try it" console that sends the request to
+// this server. No framework and nothing from other hosts: the page must
 // work where the service has no internet access. Every text from the
-// document goes in with textContent, never as HTML.
+// document or an answer goes in with textContent, never as HTML.
 "use strict";
 
 (function () {
@@ -185,8 +186,111 @@
     }
     table.append(rows);
     body.append(table);
+    body.append(tryIt(path, method, op));
     details.append(body);
     return { details, id };
+  }
+
+  // The key the console sends, kept for this tab only (like the dashboard's).
+  const KEY_STORE = "opscore.apiKey";
+
+  function exampleBody(op) {
+    const media = op.requestBody && op.requestBody.content && op.requestBody.content["application/json"];
+    if (!media) return null;
+    if (media.example !== undefined) return media.example;
+    const target = resolve(media.schema);
+    if (target.example !== undefined) return target.example;
+    if (media.schema && media.schema.example !== undefined) return media.schema.example;
+    return {};
+  }
+
+  function streams(op) {
+    return Object.values(op.responses || {}).some((r) => r.content && r.content["text/event-stream"]);
+  }
+
+  // "Try it": fill the parameters (and the JSON body), send the request to
+  // this server with the key above, and show the answer. Same origin only.
+  function tryIt(path, method, op) {
+    const box = el("div", { class: "try" });
+    box.append(el("h3", {}, "Try it"));
+    if (streams(op)) {
+      box.append(el("p", { class: "desc" }, "An event stream: follow it with `opscore watch` or the dashboard."));
+      return box;
+    }
+    const form = el("form", { class: "tryform" });
+    const inputs = [];
+    for (const p of op.parameters || []) {
+      if (!["path", "query", "header"].includes(p.in)) continue;
+      const input = el("input", { name: p.name, "data-in": p.in, placeholder: typeText(p.schema) });
+      if (p.required) input.required = true;
+      inputs.push([p, input]);
+      form.append(el("label", {}, el("span", { class: "prop" }, p.name + " (" + p.in + ")"), input));
+    }
+    let bodyArea = null;
+    const example = exampleBody(op);
+    if (example !== null) {
+      bodyArea = el("textarea", { name: "body", rows: "8", spellcheck: "false" });
+      bodyArea.value = JSON.stringify(example, null, 2);
+      form.append(el("label", {}, el("span", { class: "prop" }, "body (JSON)"), bodyArea));
+    }
+    const send = el("button", { type: "submit" }, "Send");
+    form.append(send);
+    const result = el("div", { class: "tryresult", "aria-live": "polite" });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      let url = path;
+      const query = new URLSearchParams();
+      const headers = { Accept: "application/json" };
+      for (const [p, input] of inputs) {
+        const v = input.value;
+        if (v === "") continue;
+        if (p.in === "path") url = url.replace("{" + p.name + "}", encodeURIComponent(v));
+        else if (p.in === "query") query.append(p.name, v);
+        else headers[p.name] = v;
+      }
+      const qs = query.toString();
+      if (qs) url += "?" + qs;
+      const key = document.getElementById("apikey").value.trim();
+      if (key) headers.Authorization = "Bearer " + key;
+      const init = { method: method.toUpperCase(), headers };
+      if (bodyArea) {
+        try { JSON.parse(bodyArea.value); } catch (e) {
+          result.replaceChildren(el("p", { class: "tryerror" }, "The body is not JSON: " + e.message));
+          return;
+        }
+        headers["Content-Type"] = "application/json";
+        init.body = bodyArea.value;
+      }
+      // Relative to this page (/docs), so a server behind a path prefix works.
+      const target = url.replace(/^\//, "");
+      send.disabled = true;
+      result.replaceChildren(el("p", {}, "Sending " + init.method + " " + url + " …"));
+      try {
+        const r = await fetch(target, init);
+        const text = await r.text();
+        let shown = text;
+        try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (_) { /* not JSON */ }
+        result.replaceChildren(
+          el("div", { class: "trystatus status s" + String(r.status)[0], "data-status": String(r.status) },
+            r.status + " " + r.statusText),
+          el("div", { class: "hdrs" }, "content-type: " + (r.headers.get("content-type") || "-")),
+          el("pre", { class: "example tryout" }, shown));
+      } catch (e) {
+        result.replaceChildren(el("p", { class: "tryerror" }, "Request failed: " + e.message));
+      } finally {
+        send.disabled = false;
+      }
+    });
+    box.append(form, result);
+    return box;
+  }
+
+  function keyBar() {
+    const input = el("input", { id: "apikey", type: "password", autocomplete: "off",
+      placeholder: "API key for “Try it” (kept in this tab only)" });
+    input.value = sessionStorage.getItem(KEY_STORE) || "";
+    input.addEventListener("input", () => sessionStorage.setItem(KEY_STORE, input.value.trim()));
+    return el("div", { class: "keybar" }, el("label", { for: "apikey" }, "API key"), input);
   }
 
   function render() {
@@ -199,6 +303,7 @@
     const nav = document.getElementById("nav");
     main.replaceChildren();
     if (info.description) main.append(richText("p", "intro", info.description));
+    main.append(keyBar());
 
     // Tags in the document's order, then any not declared there.
     const groups = new Map((spec.tags || []).map((t) => [t.name, { tag: t, ops: [] }]));
