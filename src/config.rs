@@ -713,6 +713,7 @@ impl RawSettings {
         };
         let engine = EngineRules {
             backoff,
+            jitter: crate::store::Jitter::default(),
             default_timeout_secs: parse_num(
                 &self.task_timeout_secs,
                 1,

@@ -5,7 +5,9 @@
 
 pub mod agent;
 pub mod apikey;
+pub mod engine_rules;
 pub mod event;
+pub mod liveness;
 pub mod newkey;
 pub mod run_rules;
 pub mod state;

@@ -1,7 +1,8 @@
 //! The workflow engine: triggering sessions, loading definitions at startup,
 //! and the dispatcher that sends due tasks to agents. How a task moves on
-//! after a state report is decided by `domain::workflow` and applied by the
-//! store inside the report's own transaction.
+//! after a state report is decided by `domain::run_rules` and applied by the
+//! store inside the report's own transaction, with the `EngineRules`
+//! (backoff, jitter source, timeouts, leases) the engine hands it.
 
 pub mod dispatcher;
 pub mod feed;
@@ -12,9 +13,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::domain::agent::AgentId;
+use crate::domain::engine_rules::{EngineRules, NewRun};
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{parse_definition_file, WorkflowDefinition};
-use crate::store::{EngineRules, NewRun, NewSession, PutOutcome, Store, StoreResult};
+use crate::store::{NewSession, PutOutcome, Store, StoreResult};
 
 /// Which definition a trigger runs.
 #[derive(Debug, Clone)]

@@ -22,10 +22,10 @@ use serde_json::{Map, Value};
 use crate::domain::agent::{AgentId, Registration};
 use crate::domain::state::{StateRecord, StateReport};
 use crate::domain::time::Micros;
-use crate::domain::workflow::{
-    Backoff, RunStatus, SessionStatus, TaskDefinition, WorkflowDefinition,
-};
+use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 
+pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
+pub use crate::domain::liveness::Liveness;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -525,119 +525,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Workflow rules applied when a task moves on inside a storage transaction
-/// (a report fails an attempt, a deadline passes, the next task is queued).
-#[derive(Debug, Clone, Copy)]
-pub struct EngineRules {
-    /// Delay between attempts.
-    pub backoff: Backoff,
-    /// Deadline of an attempt whose task sets no `timeoutSeconds`.
-    pub default_timeout_secs: u64,
-    /// When an agent counts as stale.
-    pub liveness: Liveness,
-}
-
-impl Default for EngineRules {
-    fn default() -> Self {
-        Self {
-            backoff: Backoff::default(),
-            default_timeout_secs: 300,
-            liveness: Liveness::default(),
-        }
-    }
-}
-
-/// Agent leases, which are opt-in: an agent that holds a lease (its own
-/// TTL, or the server-wide one) and is not heard from (by the server's
-/// clock) for that TTL plus the grace margin is stale, and is sent no task.
-/// An agent with no lease is never stale, however long it is silent: agents
-/// that report only when their state changes (as AgentKit's do) keep their
-/// tasks coming (docs/agents.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Liveness {
-    /// TTL of agents that set none of their own, in seconds; `None` (the
-    /// default): such agents hold no lease.
-    pub ttl_secs: Option<i64>,
-    /// Extra margin before an agent counts as stale, in seconds.
-    pub grace_secs: i64,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self {
-            ttl_secs: None,
-            grace_secs: 5,
-        }
-    }
-}
-
-impl Liveness {
-    /// The lease an agent with its own TTL `ttl_secs` (if any) holds: its
-    /// own, else the server-wide one, else none.
-    pub fn lease_secs(&self, ttl_secs: Option<i64>) -> Option<i64> {
-        ttl_secs.or(self.ttl_secs)
-    }
-
-    /// Whether an agent last seen at `last_seen` with its own TTL
-    /// `ttl_secs` (if any) is stale at `now`: it holds a lease, and that
-    /// lease plus the grace has run out.
-    pub fn is_stale(&self, last_seen: Micros, ttl_secs: Option<i64>, now: Micros) -> bool {
-        let Some(ttl) = self.lease_secs(ttl_secs) else {
-            return false;
-        };
-        let limit = ttl
-            .saturating_add(self.grace_secs)
-            .saturating_mul(1_000_000);
-        now.saturating_sub(last_seen) > limit
-    }
-
-    /// Whether an agent holds a lease that has run out at `now`: registered
-    /// (a deregistered agent holds no lease, so it is never stale) and
-    /// [`is_stale`](Self::is_stale).
-    pub fn holds_stale(
-        &self,
-        deregistered_at: Option<Micros>,
-        last_seen: Micros,
-        ttl_secs: Option<i64>,
-        now: Micros,
-    ) -> bool {
-        deregistered_at.is_none() && self.is_stale(last_seen, ttl_secs, now)
-    }
-
-    /// The rule of [`is_stale`](Self::is_stale) as a SQL condition, true for
-    /// an `agents` row whose lease has run out. Every query that judges
-    /// leases takes it from here, so the rule is written once in SQL (the
-    /// test at the end of this file checks it agrees with `is_stale`).
-    ///
-    /// `cols` prefixes the column names (`""`, or `"a."` for an aliased
-    /// table); `ttl` (the default TTL, seconds, or NULL for none), `grace`
-    /// (seconds) and `now` (microseconds) are placeholders such as `$2`, or
-    /// values the server itself chose ([`ttl_sql`](Self::ttl_sql)), never
-    /// text from a request. An agent with no lease has a NULL limit, and
-    /// the condition is false for it, never NULL, so `NOT (…)` holds.
-    pub(crate) fn expired_sql(cols: &str, ttl: &str, grace: &str, now: &str) -> String {
-        Self::lease_over_sql(
-            &format!("{cols}last_seen_us"),
-            &format!("COALESCE({cols}ttl_secs, {ttl})"),
-            grace,
-            now,
-        )
-    }
-
-    /// [`expired_sql`](Self::expired_sql) for any expression of the last
-    /// sighting and of the lease in seconds (NULL: none).
-    pub(crate) fn lease_over_sql(last_seen: &str, lease: &str, grace: &str, now: &str) -> String {
-        format!("COALESCE({last_seen} + ({lease} + {grace}) * 1000000 < {now}, FALSE)")
-    }
-
-    /// The default TTL as an SQL literal, for [`expired_sql`](Self::expired_sql)
-    /// when it is written into a statement rather than bound.
-    pub(crate) fn ttl_sql(&self) -> String {
-        self.ttl_secs
-            .map_or_else(|| "NULL".to_owned(), |t| t.to_string())
-    }
-}
-
 /// Whether storing a definition created it, found it unchanged, or replaced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -647,55 +534,6 @@ pub enum PutOutcome {
     Unchanged,
     /// A different definition under the same id was replaced (startup files only).
     Replaced,
-}
-
-/// A task run to insert.
-#[derive(Debug, Clone)]
-pub struct NewRun {
-    /// Run id (UUIDv7).
-    pub run_id: String,
-    /// Position in the session (0 for the first task).
-    pub position: i64,
-    /// The definition's task id.
-    pub task_id: String,
-    /// The task's name.
-    pub task_name: String,
-    /// JSON payload sent to the agent.
-    pub payload: String,
-    /// Retries after the first attempt.
-    pub max_retries: i64,
-    /// Attempt deadline in seconds.
-    pub timeout_secs: i64,
-    /// When it becomes due.
-    pub due_at: Micros,
-}
-
-impl NewRun {
-    /// The run for `task` at `position`, due after its delay.
-    pub fn for_task(
-        task: &TaskDefinition,
-        position: i64,
-        payload: &serde_json::Value,
-        now: Micros,
-        rules: &EngineRules,
-    ) -> Self {
-        let delay_us =
-            i64::try_from(task.delay_seconds).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-        Self {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            position,
-            task_id: task.task_id.clone(),
-            task_name: if task.name.is_empty() {
-                task.task_id.clone()
-            } else {
-                task.name.clone()
-            },
-            payload: payload.to_string(),
-            max_retries: i64::from(task.max_retries),
-            timeout_secs: task.timeout_seconds.unwrap_or(rules.default_timeout_secs) as i64,
-            due_at: now.saturating_add(delay_us),
-        }
-    }
 }
 
 /// A session to create, with its first task run (none for an empty workflow).

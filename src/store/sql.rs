@@ -5,6 +5,42 @@
 
 use std::sync::LazyLock;
 
+/// The lease rule ([`Liveness::is_stale`]) rendered as SQL.
+impl super::Liveness {
+    /// The rule of [`is_stale`](Self::is_stale) as a SQL condition, true for
+    /// an `agents` row whose lease has run out. Every query that judges
+    /// leases takes it from here, so the rule is written once in SQL (the
+    /// test at the end of this file checks it agrees with `is_stale`).
+    ///
+    /// `cols` prefixes the column names (`""`, or `"a."` for an aliased
+    /// table); `ttl` (the default TTL, seconds, or NULL for none), `grace`
+    /// (seconds) and `now` (microseconds) are placeholders such as `$2`, or
+    /// values the server itself chose ([`ttl_sql`](Self::ttl_sql)), never
+    /// text from a request. An agent with no lease has a NULL limit, and
+    /// the condition is false for it, never NULL, so `NOT (…)` holds.
+    pub(crate) fn expired_sql(cols: &str, ttl: &str, grace: &str, now: &str) -> String {
+        Self::lease_over_sql(
+            &format!("{cols}last_seen_us"),
+            &format!("COALESCE({cols}ttl_secs, {ttl})"),
+            grace,
+            now,
+        )
+    }
+
+    /// [`expired_sql`](Self::expired_sql) for any expression of the last
+    /// sighting and of the lease in seconds (NULL: none).
+    pub(crate) fn lease_over_sql(last_seen: &str, lease: &str, grace: &str, now: &str) -> String {
+        format!("COALESCE({last_seen} + ({lease} + {grace}) * 1000000 < {now}, FALSE)")
+    }
+
+    /// The default TTL as an SQL literal, for [`expired_sql`](Self::expired_sql)
+    /// when it is written into a statement rather than bound.
+    pub(crate) fn ttl_sql(&self) -> String {
+        self.ttl_secs
+            .map_or_else(|| "NULL".to_owned(), |t| t.to_string())
+    }
+}
+
 /// Columns of `agents` in the order `agent_from_row` reads them.
 pub(super) const AGENT_COLUMNS: &str =
     "agent_id, name, version, contact_endpoint, capabilities, metadata, \

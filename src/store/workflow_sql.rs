@@ -379,7 +379,7 @@ macro_rules! impl_workflow_store {
             use $crate::domain::run_rules::{after_completion, AfterCompletion};
             match after_completion(&def, &run.task_id) {
                 AfterCompletion::Next(task) => {
-                    let new = $crate::store::NewRun::for_task(task, run.position + 1, &task.parameters, now, rules);
+                    let new = $crate::store::NewRun::next(task, run.position, now, rules);
                     insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
                 }
                 AfterCompletion::SessionCompleted => {
@@ -436,9 +436,10 @@ macro_rules! impl_workflow_store {
                 reason,
                 not_before,
             };
-            // The jitter is drawn here, the rule is pure. The claim
-            // (`lease_owner`) stays, as in `complete_run`.
-            let why = match after_failure(&attempt, &rules.backoff, now, rand::random::<f64>()) {
+            // The rule is pure; its jitter comes from the source the engine
+            // handed over. The claim (`lease_owner`) stays, as in
+            // `complete_run`.
+            let why = match after_failure(&attempt, &rules.backoff, now, rules.jitter.draw()) {
                 AfterFailure::Retry { due } => {
                     let queued = sqlx::query(&format!(
                         "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3 \
