@@ -66,7 +66,7 @@ macro_rules! impl_event_store {
                     "{} RETURNING agent_id, idx",
                     $crate::store::events_sql::insert_events_sql(
                         chunk.len(),
-                        <$db as $crate::store::sql::Dialect>::BINDS
+                        <$db as $crate::store::sql::Backend>::BINDS
                     )
                 );
                 let mut q = sqlx::query_as::<_, (Option<String>, i64)>(&sql);
@@ -260,7 +260,7 @@ macro_rules! impl_event_store {
             }
 
             fn feed_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-                self.feed.clone()
+                self.feed().clone()
             }
 
             async fn follow_remote_events(
@@ -285,7 +285,7 @@ macro_rules! impl_event_store {
                     c.indexed(indexed);
                 }
                 if !events.is_empty() {
-                    self.feed.notify_one();
+                    self.feed().notify_one();
                 }
             }
         }

@@ -8,7 +8,6 @@ mod events_sql;
 mod health;
 mod keys_sql;
 mod postgres;
-mod retention_sql;
 mod sql;
 mod sqlite;
 mod workflow_sql;

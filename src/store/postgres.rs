@@ -11,25 +11,20 @@ use sqlx::Connection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::future::BoxFuture;
+use sqlx::Postgres;
+
 use super::events_sql::impl_event_store;
 use super::keys_sql::impl_key_store;
-use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
+use super::sql::{Backend, Binds, SqlStore};
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, PoolStats, StoreOptions};
+use super::StoreOptions;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// The PostgreSQL store.
-#[derive(Debug, Clone)]
-pub struct PgStore {
-    pool: PgPool,
-    rules: EngineRules,
-    feed: Arc<Notify>,
-}
-
-impl super::sql::Dialect for sqlx::Postgres {
-    const BINDS: super::sql::Binds = super::sql::Binds::Numbered;
+impl Backend for Postgres {
+    const BINDS: Binds = Binds::Numbered;
     const TABLE_PROBLEMS: &'static str = "SELECT t.name || CASE WHEN to_regclass(t.name) IS NULL \
          THEN ' is missing' ELSE ' lacks SELECT, INSERT, UPDATE or DELETE for this role' END \
          FROM json_array_elements_text(CAST($1 AS JSON)) AS t(name) \
@@ -37,7 +32,26 @@ impl super::sql::Dialect for sqlx::Postgres {
          AND has_table_privilege(to_regclass(t.name), 'INSERT') \
          AND has_table_privilege(to_regclass(t.name), 'UPDATE') \
          AND has_table_privilege(to_regclass(t.name), 'DELETE'), FALSE)";
+    const LOCK_AGENTS_IN_ORDER: &'static str = LOCK_AGENTS_IN_ORDER;
+    // Replicas claim due runs concurrently: each skips rows another holds.
+    const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
+    const EVENT_LOCK: &'static str = EVENT_LOCK;
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn follow_remote(
+        pool: &PgPool,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(follow_remote(pool, wake, stop))
+    }
 }
+
+/// The PostgreSQL store.
+pub type PgStore = SqlStore<Postgres>;
 
 /// The NOTIFY channel every event-writing commit signals on.
 const EVENTS_CHANNEL: &str = "opscore_events";
@@ -54,7 +68,7 @@ const LOCK_AGENTS_IN_ORDER: &str = r#"ORDER BY agent_id COLLATE "C" FOR NO KEY U
 /// `events_sql`), and the notification other replicas' feeds wake on.
 const EVENT_LOCK: &str = "SELECT pg_advisory_xact_lock(7212026), pg_notify('opscore_events', '')";
 
-impl PgStore {
+impl SqlStore<Postgres> {
     /// Connect to `url` and migrate the database. Several replicas may start
     /// at once: sqlx serialises migrations with an advisory lock.
     pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Self> {
@@ -75,71 +89,46 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL at {target}: {e}"))?;
-        Ok(Self {
-            pool,
-            rules: opts.engine,
-            feed: Arc::new(Notify::new()),
-        })
+        Ok(Self::new(("main", pool), None, opts.engine, None))
     }
+}
 
-    fn writer(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn reader(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn rules(&self) -> &EngineRules {
-        &self.rules
-    }
-
-    /// No in-memory state index: other replicas write the same database.
-    fn current(&self) -> Option<&super::current::CurrentStates> {
-        None
-    }
-
-    fn pools(&self) -> Vec<PoolStats> {
-        vec![PoolStats::of("main", &self.pool)]
-    }
-
-    /// LISTEN for other replicas' events. While the connection is down the
-    /// feed still polls (it also wakes on a timer), and after reconnecting
-    /// it is woken once, since notifications sent meanwhile are lost.
-    async fn follow_remote(&self, wake: Arc<Notify>, stop: CancellationToken) {
+/// LISTEN for other replicas' events. While the connection is down the
+/// feed still polls (it also wakes on a timer), and after reconnecting
+/// it is woken once, since notifications sent meanwhile are lost.
+async fn follow_remote(pool: &PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(pool).await?;
+            l.listen(EVENTS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = listener => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for other replicas' events; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        wake.notify_one();
         loop {
-            let listener = async {
-                let mut l = PgListener::connect_with(&self.pool).await?;
-                l.listen(EVENTS_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(l)
-            };
-            let mut listener = tokio::select! {
+            tokio::select! {
                 _ = stop.cancelled() => return,
-                l = listener => match l {
-                    Ok(l) => l,
+                n = listener.try_recv() => match n {
+                    Ok(Some(_)) => wake.notify_one(),
+                    // The connection dropped; reconnect.
+                    Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot LISTEN for other replicas' events; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
+                        tracing::warn!(error = %e, "lost the LISTEN connection for other replicas' events");
+                        break;
                     }
                 },
-            };
-            wake.notify_one();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    n = listener.try_recv() => match n {
-                        Ok(Some(_)) => wake.notify_one(),
-                        // The connection dropped; reconnect.
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "lost the LISTEN connection for other replicas' events");
-                            break;
-                        }
-                    },
-                }
             }
         }
     }
@@ -190,8 +179,6 @@ async fn first_connection(connect: &PgConnectOptions, wait: Duration) -> anyhow:
 }
 
 impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR, LOCK_AGENTS_IN_ORDER);
-// Replicas claim due runs concurrently: each skips rows another holds.
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
 impl_key_store!(PgStore, sqlx::Postgres);
-impl_retention_store!(PgStore, sqlx::Postgres);

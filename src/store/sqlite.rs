@@ -19,14 +19,16 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::future::BoxFuture;
+use sqlx::Sqlite;
+
 use super::current::CurrentStates;
 use super::events_sql::impl_event_store;
 use super::keys_sql::impl_key_store;
-use super::retention_sql::impl_retention_store;
 use super::sql::impl_agent_store;
-use super::sql::STATE_COLUMNS;
+use super::sql::{Backend, Binds, SqlStore, STATE_COLUMNS};
 use super::workflow_sql::impl_workflow_store;
-use super::{EngineRules, PoolStats, StoreOptions};
+use super::StoreOptions;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -41,24 +43,35 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// WAL does not slow them down.
 const WAL_AUTOCHECKPOINT_PAGES: &str = "10000";
 
-impl super::sql::Dialect for sqlx::Sqlite {
-    const BINDS: super::sql::Binds = super::sql::Binds::Anonymous;
+impl Backend for Sqlite {
+    const BINDS: Binds = Binds::Anonymous;
     const TABLE_PROBLEMS: &'static str = "SELECT t.value || ' is missing' FROM json_each($1) AS t \
          WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m WHERE m.type = 'table' AND m.name = t.value)";
+    // One writer connection: its transactions never wait on each other's rows.
+    const LOCK_AGENTS_IN_ORDER: &'static str = "";
+    // One dispatcher per SQLite database: its single writer serialises claims.
+    const CLAIM_LOCK: &'static str = "";
+    // One writer: events are numbered in commit order by themselves.
+    const EVENT_LOCK: &'static str = "";
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    /// One process per database file: every event is this process's own.
+    fn follow_remote(
+        _pool: &SqlitePool,
+        _wake: Arc<Notify>,
+        _stop: CancellationToken,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The SQLite store.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
-    rules: EngineRules,
-    in_memory: bool,
-    feed: Arc<Notify>,
-    current: Arc<CurrentStates>,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Open (creating if needed) the database at `url` and migrate it.
     pub async fn open(url: &str, opts: &StoreOptions) -> anyhow::Result<Self> {
         let connect = SqliteConnectOptions::from_str(url)?
@@ -113,45 +126,15 @@ impl SqliteStore {
                 .await?
         };
         let current = Arc::new(load_current_states(&read).await?);
-        Ok(Self {
-            write,
-            read,
-            rules: opts.engine,
-            in_memory,
-            feed: Arc::new(Notify::new()),
-            current,
-        })
-    }
-
-    /// This process is the database's only writer (see the module docs), so
-    /// it keeps every agent's current state in memory.
-    fn current(&self) -> Option<&CurrentStates> {
-        Some(&self.current)
-    }
-
-    fn writer(&self) -> &SqlitePool {
-        &self.write
-    }
-
-    fn reader(&self) -> &SqlitePool {
-        &self.read
-    }
-
-    fn rules(&self) -> &EngineRules {
-        &self.rules
-    }
-
-    fn pools(&self) -> Vec<PoolStats> {
-        let mut pools = vec![PoolStats::of("writer", &self.write)];
         // An in-memory database reads through the writer's pool.
-        if !self.in_memory {
-            pools.push(PoolStats::of("reader", &self.read));
-        }
-        pools
+        let read = (!in_memory).then_some(("reader", read));
+        Ok(Self::new(
+            ("writer", write),
+            read,
+            opts.engine,
+            Some(current),
+        ))
     }
-
-    /// One process per database file: every event is this process's own.
-    async fn follow_remote(&self, _wake: Arc<Notify>, _stop: CancellationToken) {}
 }
 
 /// Make the database file and its companions readable by their owner only,
@@ -213,13 +196,10 @@ async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates>
     Ok(current)
 }
 
-// One writer connection: its transactions never wait on each other's rows.
 impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR, "");
-// One dispatcher per SQLite database: its single writer serialises claims.
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
 impl_event_store!(SqliteStore, sqlx::Sqlite, "");
 impl_key_store!(SqliteStore, sqlx::Sqlite);
-impl_retention_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {

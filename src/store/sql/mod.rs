@@ -1,9 +1,127 @@
-//! The SQL both backends share, and the one `Store` implementation written
-//! over it. SQLite accepts PostgreSQL's `$N` placeholders, and every statement
-//! here sticks to what both dialects mean the same way, so the storage
-//! behaviour is written once; each backend only says how it connects.
+//! The one `Store` implementation, [`SqlStore`], generic over the
+//! [`Backend`] (SQLite or PostgreSQL), and the SQL both backends share.
+//! SQLite accepts PostgreSQL's `$N` placeholders, and every statement here
+//! sticks to what both dialects mean the same way, so the storage behaviour
+//! is written once; each backend says how it connects and where its dialect
+//! differs.
 
-use std::sync::LazyLock;
+mod backend;
+pub(super) mod retention;
+
+use std::sync::{Arc, LazyLock};
+
+use sqlx::Pool;
+use tokio::sync::Notify;
+
+pub use backend::{Backend, Binds};
+
+use super::current::CurrentStates;
+use super::{EngineRules, PoolStats};
+
+/// The store over a [`Backend`]'s database: a pool that writes and one that
+/// reads (the same pool where the backend has one), the rules the engine
+/// handed it, this process's feed signal, and (SQLite) the in-memory index
+/// of current states.
+pub struct SqlStore<B: Backend> {
+    write: Pool<B>,
+    read: Pool<B>,
+    /// Names of the pools for metrics: the writer's, and the reader's when
+    /// it is a pool of its own.
+    pool_names: (&'static str, Option<&'static str>),
+    rules: EngineRules,
+    feed: Arc<Notify>,
+    current: Option<Arc<CurrentStates>>,
+}
+
+impl<B: Backend> std::fmt::Debug for SqlStore<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &std::any::type_name::<B>())
+            .field("pools", &self.pools())
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Clone for SqlStore<B> {
+    fn clone(&self) -> Self {
+        Self {
+            write: self.write.clone(),
+            read: self.read.clone(),
+            pool_names: self.pool_names,
+            rules: self.rules,
+            feed: self.feed.clone(),
+            current: self.current.clone(),
+        }
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// A store over open, migrated pools. `read` is `None` where reads go
+    /// through the writer's pool; `current` is the state index of a
+    /// backend whose process is the database's only writer.
+    pub(super) fn new(
+        (write_name, write): (&'static str, Pool<B>),
+        read: Option<(&'static str, Pool<B>)>,
+        rules: EngineRules,
+        current: Option<Arc<CurrentStates>>,
+    ) -> Self {
+        let (read_name, read) = match read {
+            Some((name, pool)) => (Some(name), pool),
+            None => (None, write.clone()),
+        };
+        Self {
+            write,
+            read,
+            pool_names: (write_name, read_name),
+            rules,
+            feed: Arc::new(Notify::new()),
+            current,
+        }
+    }
+
+    /// The pool every write goes through.
+    pub(super) fn writer(&self) -> &Pool<B> {
+        &self.write
+    }
+
+    /// The pool reads go through.
+    pub(super) fn reader(&self) -> &Pool<B> {
+        &self.read
+    }
+
+    /// The engine's rules, applied inside the store's transactions.
+    pub(super) fn rules(&self) -> &EngineRules {
+        &self.rules
+    }
+
+    /// The in-memory index of current states, where this process is the
+    /// database's only writer (SQLite).
+    pub(super) fn current(&self) -> Option<&CurrentStates> {
+        self.current.as_deref()
+    }
+
+    /// This process's feed signal.
+    pub(super) fn feed(&self) -> &Arc<Notify> {
+        &self.feed
+    }
+
+    pub(super) fn pools(&self) -> Vec<PoolStats> {
+        let mut pools = vec![PoolStats::of(self.pool_names.0, &self.write)];
+        if let Some(name) = self.pool_names.1 {
+            pools.push(PoolStats::of(name, &self.read));
+        }
+        pools
+    }
+
+    pub(super) async fn follow_remote(
+        &self,
+        wake: Arc<Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        B::follow_remote(&self.write, wake, stop).await
+    }
+}
 
 /// The lease rule ([`Liveness::is_stale`]) rendered as SQL.
 impl super::Liveness {
@@ -96,31 +214,6 @@ pub(super) const INSERT_HISTORY: &str =
 pub(super) const DEREGISTER: &str =
     "UPDATE agents SET deregistered_at_us = COALESCE(deregistered_at_us, $2) WHERE agent_id = $1 \
      RETURNING CASE WHEN deregistered_at_us = $2 THEN 1 ELSE 0 END";
-
-/// How a backend writes the placeholders of the batch statements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Binds {
-    /// `$1`, `$2`, …: PostgreSQL's only form.
-    Numbered,
-    /// A bare `?` each, bound in order of appearance. sqlx asks SQLite for
-    /// the name of every parameter it binds, and SQLite finds a named
-    /// parameter's name (`$n` is a name to it) by a linear scan: binding a
-    /// 1,000-parameter batch cost half a million steps, 6-8% of the store
-    /// bench's CPU at batch 64. Bare `?`s have no name to look up, and the
-    /// store bench measured 6-11% more reports per second at batch 64 and
-    /// 23-40% at batch 200.
-    Anonymous,
-}
-
-/// What a backend's SQL dialect needs from the shared statements.
-pub(super) trait Dialect {
-    /// How the batch statements write their placeholders.
-    const BINDS: Binds;
-    /// What is wrong with the tables named by the JSON array bound to `$1`,
-    /// one line per table: missing, or (where the database has privileges)
-    /// not granted to the service. No rows: all is well.
-    const TABLE_PROBLEMS: &'static str;
-}
 
 /// `rows` rows of VALUES placeholders, one per entry of `types`, bound in
 /// order (numbered on from `$1` where `binds` numbers them): as they are
@@ -362,7 +455,7 @@ macro_rules! impl_agent_store {
                     )));
                 }
                 let problems: Vec<String> =
-                    sqlx::query_scalar(<$db as $crate::store::sql::Dialect>::TABLE_PROBLEMS)
+                    sqlx::query_scalar(<$db as $crate::store::sql::Backend>::TABLE_PROBLEMS)
                         .bind($crate::store::health::tables_json())
                         .fetch_all(self.reader())
                         .await?;
@@ -599,7 +692,7 @@ macro_rules! impl_agent_store {
                 let mut dispatchable = false;
                 for round in report_rounds(&ids) {
                     for chunk in round.chunks(REPORT_CHUNK) {
-                        let sql = apply_reports_sql(chunk.len(), <$db as Dialect>::BINDS);
+                        let sql = apply_reports_sql(chunk.len(), <$db as Backend>::BINDS);
                         let mut q =
                             sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64, i64)>(&sql);
                         for &i in chunk {
@@ -677,7 +770,7 @@ macro_rules! impl_agent_store {
                     }
                 }
                 for chunk in applied_reports.chunks(REPORT_CHUNK) {
-                    let sql = insert_history_sql(chunk.len(), <$db as Dialect>::BINDS);
+                    let sql = insert_history_sql(chunk.len(), <$db as Backend>::BINDS);
                     let mut q = sqlx::query(&sql);
                     for (r, _, _) in chunk {
                         q = q
