@@ -6,7 +6,6 @@
 pub mod current;
 mod events_sql;
 mod health;
-mod keys_sql;
 mod postgres;
 mod sql;
 mod sqlite;

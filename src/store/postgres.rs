@@ -15,7 +15,6 @@ use futures_util::future::BoxFuture;
 use sqlx::Postgres;
 
 use super::events_sql::impl_event_store;
-use super::keys_sql::impl_key_store;
 use super::sql::impl_agent_store;
 use super::sql::{Backend, Binds, SqlStore};
 use super::workflow_sql::impl_workflow_store;
@@ -181,4 +180,3 @@ async fn first_connection(connect: &PgConnectOptions, wait: Duration) -> anyhow:
 impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR, LOCK_AGENTS_IN_ORDER);
 impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
 impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);
-impl_key_store!(PgStore, sqlx::Postgres);

@@ -24,7 +24,6 @@ use sqlx::Sqlite;
 
 use super::current::CurrentStates;
 use super::events_sql::impl_event_store;
-use super::keys_sql::impl_key_store;
 use super::sql::impl_agent_store;
 use super::sql::{Backend, Binds, SqlStore, STATE_COLUMNS};
 use super::workflow_sql::impl_workflow_store;
@@ -199,7 +198,6 @@ async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates>
 impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR, "");
 impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
 impl_event_store!(SqliteStore, sqlx::Sqlite, "");
-impl_key_store!(SqliteStore, sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {

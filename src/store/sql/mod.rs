@@ -6,6 +6,7 @@
 //! differs.
 
 mod backend;
+pub(super) mod keys;
 pub(super) mod retention;
 
 use std::sync::{Arc, LazyLock};
