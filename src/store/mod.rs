@@ -4,12 +4,10 @@
 //! Handlers never see SQL errors: each backend maps them to [`StoreError`].
 
 pub mod current;
-mod events_sql;
 mod health;
 mod postgres;
 mod sql;
 mod sqlite;
-mod workflow_sql;
 pub mod writer;
 
 use std::sync::Arc;

@@ -14,10 +14,7 @@ use tokio_util::sync::CancellationToken;
 use futures_util::future::BoxFuture;
 use sqlx::Postgres;
 
-use super::events_sql::impl_event_store;
-use super::sql::impl_agent_store;
 use super::sql::{Backend, Binds, SqlStore};
-use super::workflow_sql::impl_workflow_store;
 use super::StoreOptions;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -176,7 +173,3 @@ async fn first_connection(connect: &PgConnectOptions, wait: Duration) -> anyhow:
         }
     }
 }
-
-impl_agent_store!(PgStore, sqlx::Postgres, MIGRATOR, LOCK_AGENTS_IN_ORDER);
-impl_workflow_store!(PgStore, sqlx::Postgres, " FOR UPDATE OF r SKIP LOCKED");
-impl_event_store!(PgStore, sqlx::Postgres, EVENT_LOCK);

@@ -23,10 +23,8 @@ use futures_util::future::BoxFuture;
 use sqlx::Sqlite;
 
 use super::current::CurrentStates;
-use super::events_sql::impl_event_store;
-use super::sql::impl_agent_store;
-use super::sql::{Backend, Binds, SqlStore, STATE_COLUMNS};
-use super::workflow_sql::impl_workflow_store;
+use super::sql::agents::STATE_COLUMNS;
+use super::sql::{Backend, Binds, SqlStore};
 use super::StoreOptions;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -184,7 +182,7 @@ async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates>
     let sql = format!("SELECT {STATE_COLUMNS} FROM agents");
     let mut rows = sqlx::query(&sql).fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        current.load(state_from_row(&row)?);
+        current.load(SqlStore::<Sqlite>::state_from_row(&row)?);
     }
     let newest: Vec<(String, i64)> = sqlx::query_as(
         "SELECT agent_id, MAX(idx) FROM events WHERE agent_id IS NOT NULL GROUP BY agent_id",
@@ -194,10 +192,6 @@ async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates>
     current.indexed(&newest);
     Ok(current)
 }
-
-impl_agent_store!(SqliteStore, sqlx::Sqlite, MIGRATOR, "");
-impl_workflow_store!(SqliteStore, sqlx::Sqlite, "");
-impl_event_store!(SqliteStore, sqlx::Sqlite, "");
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,325 @@
+//! The change feed's storage, written once for both backends like `sql.rs`:
+//! events are collected while a transaction runs and written at its end by
+//! `flush_events`, then read back in index order by the feed.
+//!
+//! Ordering: a reader that has seen index N must already see every event
+//! below N, or a client resuming after N would miss one for good. SQLite has
+//! one writer, so that holds by itself. On PostgreSQL identity values are
+//! handed out in call order, not commit order, so `flush_events` first takes
+//! a transaction-scoped advisory lock (the backend's `$event_lock`
+//! statement) and holds it to commit: event-writing transactions commit one
+//! at a time, in index order. Taking it last keeps the serialised part
+//! short (the inserts and the commit). The same statement sends a NOTIFY,
+//! delivered at commit, that wakes the feed of every other replica.
+
+use std::sync::LazyLock;
+
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::backend::RowsAffected;
+use super::{Backend, SqlStore};
+
+/// Columns of an event, in `event_from_row` order.
+pub(in crate::store) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, data";
+
+/// Most rows per INSERT (5 binds each; far below SQLite's bind limit).
+pub(in crate::store) const INSERT_CHUNK: usize = 200;
+
+/// The multi-row INSERT for `rows` events.
+pub(in crate::store) fn insert_events_sql(rows: usize, binds: super::Binds) -> String {
+    format!(
+        "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES {}",
+        super::value_rows(rows, &[""; 5], binds)
+    )
+}
+
+/// Agents whose lease ran out and that have not been announced stale yet:
+/// last heard from longer ago than their TTL (or `$2`, the default) plus the
+/// grace `$3`, both in seconds, as of `$1`.
+pub(in crate::store) static LEASE_EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "deregistered_at_us IS NULL \
+         AND (stale_since_us IS NULL OR stale_since_us = 0) \
+         AND {}",
+        crate::store::Liveness::expired_sql("", "$2", "$3", "$1")
+    )
+});
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    /// Write the events collected by a transaction, in order, as its last
+    /// step before commit (see the module docs for why last). Returns
+    /// the feed index given to each event about an agent.
+    pub(in crate::store) async fn flush_events(
+        conn: &mut B::Connection,
+        events: &[crate::domain::event::NewEvent],
+    ) -> crate::store::StoreResult<Vec<(String, i64)>> {
+        let mut indexed = Vec::new();
+        if events.is_empty() {
+            return Ok(indexed);
+        }
+        let lock: &str = B::EVENT_LOCK;
+        if !lock.is_empty() {
+            sqlx::query(lock).execute(&mut *conn).await?;
+        }
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "{} RETURNING agent_id, idx",
+                insert_events_sql(chunk.len(), B::BINDS)
+            );
+            let mut q = sqlx::query_as::<_, (Option<String>, i64)>(&sql);
+            for e in chunk {
+                q = q
+                    .bind(e.kind.as_str())
+                    .bind(e.agent_id.as_deref())
+                    .bind(e.session_id.as_deref())
+                    .bind(e.at)
+                    .bind(&e.data);
+            }
+            let rows = q.fetch_all(&mut *conn).await?;
+            indexed.extend(rows.into_iter().filter_map(|(a, i)| Some((a?, i))));
+        }
+        Ok(indexed)
+    }
+
+    pub(in crate::store) fn event_from_row(
+        row: &B::Row,
+    ) -> crate::store::StoreResult<crate::domain::event::Event> {
+        use crate::store::StoreError;
+        use sqlx::Row;
+        let kind: String = row.try_get(1)?;
+        let data: String = row.try_get(5)?;
+        Ok(crate::domain::event::Event {
+            index: row.try_get(0)?,
+            kind: crate::domain::event::EventKind::parse(&kind)
+                .ok_or_else(|| StoreError::Internal(format!("unknown event kind {kind}")))?,
+            agent_id: row.try_get(2)?,
+            session_id: row.try_get(3)?,
+            at: row.try_get(4)?,
+            data: serde_json::value::RawValue::from_string(data)
+                .map_err(|e| StoreError::Internal(format!("stored event data: {e}")))?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<B> crate::store::EventStore for SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    async fn read_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> crate::store::StoreResult<Vec<crate::domain::event::Event>> {
+        let sql = format!(
+            "SELECT {} FROM events WHERE idx > $1 ORDER BY idx LIMIT $2",
+            EVENT_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(Self::event_from_row).collect()
+    }
+
+    async fn event_bounds(&self) -> crate::store::StoreResult<crate::store::EventBounds> {
+        let (pruned_through, head): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT pruned_through, (SELECT MAX(idx) FROM events) FROM event_retention WHERE id = 1",
+        )
+        .fetch_one(self.reader())
+        .await?;
+        Ok(crate::store::EventBounds {
+            pruned_through,
+            head: head.unwrap_or(pruned_through),
+        })
+    }
+
+    async fn agent_changed_since(
+        &self,
+        agent: &crate::domain::agent::AgentId,
+        after: i64,
+    ) -> crate::store::StoreResult<bool> {
+        let kinds = crate::domain::event::EventKind::ALL
+            .into_iter()
+            .filter(|k| k.touches_agent_state())
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT 1 FROM events WHERE agent_id = $1 AND idx > $2 AND kind IN ({kinds}) LIMIT 1"
+        );
+        let found: Option<i32> = sqlx::query_scalar(&sql)
+            .bind(agent.as_str())
+            .bind(after)
+            .fetch_optional(self.reader())
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn mark_stale_agents(&self, now: i64, limit: u32) -> crate::store::StoreResult<u64> {
+        let expired = LEASE_EXPIRED.as_str();
+        let live = self.rules().liveness;
+        let ttl = live.ttl_secs;
+        let grace = live.grace_secs;
+        // Find candidates on a reader, so the scan never holds up
+        // writes; each is re-checked under its row lock below.
+        let mut ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT agent_id FROM agents WHERE {expired} LIMIT $4"
+        ))
+        .bind(now)
+        .bind(ttl)
+        .bind(grace)
+        .bind(i64::from(limit))
+        .fetch_all(self.reader())
+        .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // Row locks in the order report batches take them (agent id
+        // byte order), so a sweep and a batch cannot deadlock.
+        ids.sort_unstable();
+        let mark = format!(
+            "UPDATE agents SET stale_since_us = $1 WHERE agent_id = $4 AND {expired} \
+             RETURNING last_seen_us, COALESCE(ttl_secs, $2)"
+        );
+        let mut events = Vec::new();
+        let mut stale = Vec::new();
+        let mut tx = self.writer().begin().await?;
+        for id in &ids {
+            let row: Option<(i64, i64)> = sqlx::query_as(&mark)
+                .bind(now)
+                .bind(ttl)
+                .bind(grace)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((last_seen, ttl_secs)) = row {
+                events.push(crate::domain::event::NewEvent::stale(
+                    id, last_seen, ttl_secs, now,
+                ));
+                stale.push(id);
+            }
+        }
+        // A stale agent is not going to finish what it holds: its
+        // runs in flight fail for good now, with the reason, rather
+        // than wait out their task timeout (docs/agents.md).
+        for id in stale {
+            use super::workflows::{Failure, InFlight, InFlightRow, IN_FLIGHT, IN_FLIGHT_COLUMNS};
+            let held: Vec<InFlightRow> = sqlx::query_as(&format!(
+                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in held {
+                let run = InFlight::from_row(row);
+                let failure = Failure {
+                    reason: crate::domain::workflow::AGENT_STALE,
+                    guard: IN_FLIGHT,
+                    retryable: false,
+                    not_before: None,
+                };
+                Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+            }
+        }
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(events.len() as u64)
+    }
+
+    async fn prune_events(&self, before: i64, limit: u32) -> crate::store::StoreResult<u64> {
+        let newest: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(idx) FROM (SELECT idx FROM events WHERE at_us < $1 ORDER BY idx LIMIT $2) old",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_one(self.reader())
+        .await?;
+        let Some(through) = newest else {
+            return Ok(0);
+        };
+        let mut tx = self.writer().begin().await?;
+        let deleted = sqlx::query("DELETE FROM events WHERE idx <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE event_retention SET pruned_through = $1 WHERE id = 1 AND pruned_through < $1",
+        )
+        .bind(through)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    fn feed_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.feed().clone()
+    }
+
+    async fn follow_remote_events(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        self.follow_remote(wake, stop).await
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// After a commit that wrote `events`: note the feed index of
+    /// each event about an agent (`indexed`, from `flush_events`) in
+    /// the state index, then wake this process's feed.
+    pub(in crate::store) fn events_committed(
+        &self,
+        events: &[crate::domain::event::NewEvent],
+        indexed: &[(String, i64)],
+    ) {
+        if let Some(c) = self.current() {
+            c.indexed(indexed);
+        }
+        if !events.is_empty() {
+            self.feed().notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_numbers_binds_per_row() {
+        assert_eq!(
+            insert_events_sql(2, crate::store::sql::Binds::Numbered),
+            "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES \
+             ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
+        );
+    }
+}
