@@ -318,6 +318,15 @@ pub enum SessionStatus {
 }
 
 impl SessionStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 5] = [
+        Self::Started,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     /// Stored/wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -368,6 +377,17 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 7] = [
+        Self::Queued,
+        Self::Dispatching,
+        Self::Dispatched,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
     /// Stored/wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -436,6 +456,22 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use super::{RunStatus, SessionStatus};
+
+    /// `ALL` holds each status once, and each round-trips through its
+    /// stored name.
+    #[test]
+    fn every_status_is_listed_once() {
+        for s in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+            assert_eq!(RunStatus::ALL.iter().filter(|&&o| o == s).count(), 1);
+        }
+        for s in SessionStatus::ALL {
+            assert_eq!(SessionStatus::parse(s.as_str()), Some(s));
+            assert_eq!(SessionStatus::ALL.iter().filter(|&&o| o == s).count(), 1);
+        }
+    }
+
     #[test]
     fn file_errors_give_the_position_never_the_content() {
         for (text, yaml, at) in [

@@ -189,8 +189,8 @@ pub(in crate::store) const HISTORY_NEXT_PAGE: &str =
 /// TTL, `$2` the grace, both in seconds, `$3` now.
 pub(in crate::store) static COUNT_STALE_AGENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COUNT(*) FROM agents WHERE deregistered_at_us IS NULL AND {}",
-        crate::store::Liveness::expired_sql("", "$1", "$2", "$3")
+        "SELECT COUNT(*) FROM agents WHERE {}",
+        crate::store::Liveness::holds_stale_sql("", "$1", "$2", "$3")
     )
 });
 
@@ -220,14 +220,12 @@ pub(in crate::store) fn list_agents_sql(
     }
     if let Some(stale) = q.stale {
         // Numbers from the server itself, not from the request.
-        let expired = crate::store::Liveness::expired_sql(
+        let stale_sql = crate::store::Liveness::holds_stale_sql(
             "",
             &live.ttl_sql(),
             &live.grace_secs.to_string(),
             &q.now.to_string(),
         );
-        // As `Liveness::holds_stale`: a deregistered agent is never stale.
-        let stale_sql = format!("deregistered_at_us IS NULL AND {expired}");
         if stale {
             sql.push_str(&format!(" AND {stale_sql}"));
         } else {

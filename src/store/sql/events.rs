@@ -230,7 +230,8 @@ where
         for id in stale {
             use super::workflows::{Failure, InFlight, InFlightRow, IN_FLIGHT, IN_FLIGHT_COLUMNS};
             let held: Vec<InFlightRow> = sqlx::query_as(&format!(
-                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {IN_FLIGHT}"
+                "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {in_flight}",
+                in_flight = IN_FLIGHT.as_str()
             ))
             .bind(id)
             .fetch_all(&mut *tx)
@@ -239,7 +240,7 @@ where
                 let run = InFlight::from_row(row);
                 let failure = Failure {
                     reason: crate::domain::workflow::AGENT_STALE,
-                    guard: IN_FLIGHT,
+                    guard: IN_FLIGHT.as_str(),
                     retryable: false,
                     not_before: None,
                 };

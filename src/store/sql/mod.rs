@@ -149,6 +149,16 @@ impl crate::store::Liveness {
         )
     }
 
+    /// The rule of [`holds_stale`](Self::holds_stale) as a SQL condition:
+    /// registered and [`expired_sql`](Self::expired_sql) (arguments as
+    /// there).
+    pub(crate) fn holds_stale_sql(cols: &str, ttl: &str, grace: &str, now: &str) -> String {
+        format!(
+            "{cols}deregistered_at_us IS NULL AND {}",
+            Self::expired_sql(cols, ttl, grace, now)
+        )
+    }
+
     /// [`expired_sql`](Self::expired_sql) for any expression of the last
     /// sighting and of the lease in seconds (NULL: none).
     pub(crate) fn lease_over_sql(last_seen: &str, lease: &str, grace: &str, now: &str) -> String {

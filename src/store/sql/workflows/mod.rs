@@ -10,7 +10,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
 
-use crate::domain::workflow::RunStatus;
+use crate::domain::workflow::{RunStatus, SessionStatus};
 
 pub(in crate::store) const SESSION_COLUMNS: &str =
     "session_id, workflow_id, agent_id, status, result, error, created_at_us, updated_at_us, finished_at_us";
@@ -45,17 +45,21 @@ pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|
            AND {} \
            AND NOT ({}) \
            AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
-                           AND f.status IN ('dispatching', 'dispatched', 'running')) \
+                           AND f.status IN {}) \
          ORDER BY r.due_at_us LIMIT $3",
         crate::domain::run_rules::may_send_sql("a.state", "r.attempts", "$2"),
-        crate::store::Liveness::expired_sql("a.", "$4", "$5", "$1")
+        crate::store::Liveness::expired_sql("a.", "$4", "$5", "$1"),
+        IN_FLIGHT.as_str()
     )
 });
 
 /// The current states in which `CLAIM_CANDIDATES` sends an agent a new task
 /// (`UNKNOWN` only when sending to agents never heard from is allowed); see
 /// [`may_send`](crate::domain::run_rules::may_send).
-pub(in crate::store) const CLAIMABLE_STATES: [&str; 2] = ["idle", crate::domain::state::UNKNOWN];
+pub(in crate::store) const CLAIMABLE_STATES: [&str; 2] = [
+    crate::domain::run_rules::FREE_STATE,
+    crate::domain::state::UNKNOWN,
+];
 
 /// Claims one run. The attempt counts as sent from now (`$4`): reports
 /// stamped before it are not about it; whether the agent started it is
@@ -74,11 +78,39 @@ pub(in crate::store) const RECOVER_LEASES: &str =
      WHERE status = 'dispatching' AND due_at_us <= $1 \
      RETURNING run_id, task_id, session_id, agent_id, attempts, last_error";
 
-/// Statuses of a run the agent may be working on. Guards on updates name
-/// the whole set, not the status last read: on PostgreSQL another
-/// transaction (the dispatcher recording its answer) may move the run from
-/// one to another in between, and the update must still apply.
-pub(in crate::store) const IN_FLIGHT: &str = "('dispatching', 'dispatched', 'running')";
+/// Statuses of a run the agent may be working on
+/// ([`RunStatus::in_flight`]), as an SQL list. Guards on updates name the
+/// whole set, not the status last read: on PostgreSQL another transaction
+/// (the dispatcher recording its answer) may move the run from one to
+/// another in between, and the update must still apply.
+pub(in crate::store) static IN_FLIGHT: LazyLock<String> =
+    LazyLock::new(|| sql_list(RunStatus::ALL, RunStatus::in_flight, RunStatus::as_str));
+
+/// Statuses of an unfinished run (not [`RunStatus::is_final`]), as an SQL
+/// list.
+pub(in crate::store) static UNFINISHED_RUNS: LazyLock<String> =
+    LazyLock::new(|| sql_list(RunStatus::ALL, |s| !s.is_final(), RunStatus::as_str));
+
+/// Statuses of an unfinished session (not [`SessionStatus::is_final`]), as
+/// an SQL list.
+pub(in crate::store) static UNFINISHED_SESSIONS: LazyLock<String> =
+    LazyLock::new(|| sql_list(SessionStatus::ALL, |s| !s.is_final(), SessionStatus::as_str));
+
+/// `('a', 'b', …)`: the stored names of the statuses of `all` for which
+/// `keep` holds, as an SQL list, so that each rule about statuses is
+/// written once, in Rust.
+fn sql_list<S: Copy>(
+    all: impl IntoIterator<Item = S>,
+    keep: impl Fn(S) -> bool,
+    name: impl Fn(S) -> &'static str,
+) -> String {
+    let names: Vec<String> = all
+        .into_iter()
+        .filter(|&s| keep(s))
+        .map(|s| format!("'{}'", name(s)))
+        .collect();
+    format!("({})", names.join(", "))
+}
 /// Most agent ids bound in one [`agents_with_runs_sql`] or
 /// [`lock_agents_sql`](super::agents::lock_agents_sql).
 pub(in crate::store) const AGENT_CHUNK: usize = 500;
@@ -88,9 +120,10 @@ pub(in crate::store) const AGENT_CHUNK: usize = 500;
 pub(in crate::store) fn agents_with_runs_sql(rows: usize) -> String {
     let binds = super::in_list(rows);
     format!(
-        "SELECT agent_id, 1 FROM task_runs WHERE status IN {IN_FLIGHT} AND agent_id IN ({binds}) \
+        "SELECT agent_id, 1 FROM task_runs WHERE status IN {in_flight} AND agent_id IN ({binds}) \
          UNION ALL \
-         SELECT DISTINCT agent_id, 0 FROM task_runs WHERE status = 'queued' AND agent_id IN ({binds})"
+         SELECT DISTINCT agent_id, 0 FROM task_runs WHERE status = 'queued' AND agent_id IN ({binds})",
+        in_flight = IN_FLIGHT.as_str()
     )
 }
 
@@ -284,7 +317,8 @@ where
         use crate::domain::workflow::RunStatus;
         let sql = format!(
             "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 \
-             AND (status IN {IN_FLIGHT} OR (status = 'queued' AND attempts > 0))"
+             AND (status IN {in_flight} OR (status = 'queued' AND attempts > 0))",
+            in_flight = IN_FLIGHT.as_str()
         );
         let rows: Vec<InFlightRow> = sqlx::query_as(&sql)
             .bind(r.agent_id.as_str())
@@ -363,7 +397,7 @@ where
                 let reason = agent_error_reason(r.details.as_deref());
                 let failure = Failure {
                     reason: &reason,
-                    guard: IN_FLIGHT,
+                    guard: IN_FLIGHT.as_str(),
                     retryable: true,
                     not_before: None,
                 };
@@ -387,10 +421,11 @@ where
         use crate::store::StoreError;
         // The claim (`lease_owner`) stays: a delivery still on its way
         // records its outcome on this attempt when it returns.
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3 \
-             WHERE run_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running')",
-        )
+             WHERE run_id = $1 AND status IN {unfinished}",
+            unfinished = UNFINISHED_RUNS.as_str()
+        ))
         .bind(&run.run_id)
         .bind(details)
         .bind(now)
@@ -408,10 +443,11 @@ where
         ));
         // Locks the session row and re-checks it is still unfinished, so
         // a concurrent cancel cannot be followed by a new task.
-        let definition: Option<String> = sqlx::query_scalar(
+        let definition: Option<String> = sqlx::query_scalar(&format!(
             "UPDATE sessions SET updated_at_us = $2 \
-             WHERE session_id = $1 AND status IN ('started', 'running') RETURNING definition",
-        )
+             WHERE session_id = $1 AND status IN {unfinished} RETURNING definition",
+            unfinished = UNFINISHED_SESSIONS.as_str()
+        ))
         .bind(&run.session_id)
         .bind(now)
         .fetch_optional(&mut *conn)
@@ -433,10 +469,11 @@ where
                 Self::insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
             }
             AfterCompletion::SessionCompleted => {
-                let completed = sqlx::query(
-                    "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
-                     WHERE session_id = $1 AND status IN ('started', 'running')",
-                )
+                let completed = sqlx::query(&format!(
+"UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
+                     WHERE session_id = $1 AND status IN {unfinished}",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
                 .bind(&run.session_id)
                 .bind(details)
                 .bind(now)
@@ -530,10 +567,11 @@ where
                 Some(reason),
                 now,
             ));
-            let workflow: Option<String> = sqlx::query_scalar(
-                "UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
-                 WHERE session_id = $1 AND status IN ('started', 'running') RETURNING workflow_id",
-            )
+            let workflow: Option<String> = sqlx::query_scalar(&format!(
+"UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
+                 WHERE session_id = $1 AND status IN {unfinished} RETURNING workflow_id",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
             .bind(&run.session_id)
             .bind(&why)
             .bind(now)
@@ -723,9 +761,10 @@ where
     async fn delete_definition(&self, id: &str) -> crate::store::StoreResult<()> {
         use crate::store::StoreError;
         let mut tx = self.writer().begin().await?;
-        let busy: Option<String> = sqlx::query_scalar(
-            "SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN ('started', 'running') LIMIT 1",
-        )
+        let busy: Option<String> = sqlx::query_scalar(&format!(
+"SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN {unfinished} LIMIT 1",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -876,11 +915,12 @@ where
         use crate::domain::workflow::SessionStatus;
         use crate::store::StoreError;
         let mut tx = self.writer().begin().await?;
-        let cancelled: Option<(String, String)> = sqlx::query_as(
+        let cancelled: Option<(String, String)> = sqlx::query_as(&format!(
             "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
-             error = 'cancelled by operator' WHERE session_id = $1 AND status IN ('started', 'running') \
+             error = 'cancelled by operator' WHERE session_id = $1 AND status IN {unfinished} \
              RETURNING agent_id, workflow_id",
-        )
+            unfinished = UNFINISHED_SESSIONS.as_str()
+        ))
         .bind(id)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -900,11 +940,12 @@ where
                 ))),
             };
         };
-        let runs: Vec<(String, String, i64)> = sqlx::query_as(
+        let runs: Vec<(String, String, i64)> = sqlx::query_as(&format!(
             "UPDATE task_runs SET status = 'cancelled', finished_at_us = $2, lease_owner = NULL \
-             WHERE session_id = $1 AND status IN ('queued', 'dispatching', 'dispatched', 'running') \
+             WHERE session_id = $1 AND status IN {unfinished} \
              RETURNING run_id, task_id, attempts",
-        )
+            unfinished = UNFINISHED_RUNS.as_str()
+        ))
         .bind(id)
         .bind(now)
         .fetch_all(&mut *tx)
@@ -1216,5 +1257,29 @@ where
         Ok(sqlx::query_scalar(COUNT_QUEUED_RUNS)
             .fetch_one(self.reader())
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status lists rendered from the rules in `domain` are the ones
+    /// the statements (and the migrations' partial index of runs in
+    /// flight, which SQL files cannot render) were written with.
+    #[test]
+    fn status_lists_follow_the_domain_rules() {
+        assert_eq!(*IN_FLIGHT, "('dispatching', 'dispatched', 'running')");
+        assert_eq!(
+            *UNFINISHED_RUNS,
+            "('queued', 'dispatching', 'dispatched', 'running')"
+        );
+        assert_eq!(*UNFINISHED_SESSIONS, "('started', 'running')");
+        for migration in [
+            include_str!("../../../../migrations/sqlite/0002_workflows.sql"),
+            include_str!("../../../../migrations/postgres/0002_workflows.sql"),
+        ] {
+            assert!(migration.contains(&format!("WHERE status IN {};", *IN_FLIGHT)));
+        }
     }
 }
