@@ -3,7 +3,7 @@
 //! process's subscribers (SSE streams, blocking reads, the dashboard).
 //!
 //! Events are written by the transactions that make the changes (see
-//! `store::events_sql`), so every process, whichever replica made the
+//! `store::sql::events`), so every process, whichever replica made the
 //! change, serves the same numbered feed. The tailer wakes when this process
 //! commits events, when another replica does (PostgreSQL NOTIFY), and at
 //! least once a second in case a notification was lost.

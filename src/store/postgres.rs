@@ -61,7 +61,7 @@ const LOCK_AGENTS_IN_ORDER: &str = r#"ORDER BY agent_id COLLATE "C" FOR NO KEY U
 
 /// Run by every event-writing transaction just before its events are
 /// inserted: the lock that makes index order commit order (see
-/// `events_sql`), and the notification other replicas' feeds wake on.
+/// `sql/events.rs`), and the notification other replicas' feeds wake on.
 const EVENT_LOCK: &str = "SELECT pg_advisory_xact_lock(7212026), pg_notify('opscore_events', '')";
 
 impl SqlStore<Postgres> {

@@ -1,12 +1,12 @@
-//! The change feed's storage, written once for both backends like `sql.rs`:
-//! events are collected while a transaction runs and written at its end by
-//! `flush_events`, then read back in index order by the feed.
+//! The change feed's storage: events are collected while a transaction
+//! runs and written at its end by `flush_events`, then read back in index
+//! order by the feed.
 //!
 //! Ordering: a reader that has seen index N must already see every event
 //! below N, or a client resuming after N would miss one for good. SQLite has
 //! one writer, so that holds by itself. On PostgreSQL identity values are
 //! handed out in call order, not commit order, so `flush_events` first takes
-//! a transaction-scoped advisory lock (the backend's `$event_lock`
+//! a transaction-scoped advisory lock (the backend's `EVENT_LOCK`
 //! statement) and holds it to commit: event-writing transactions commit one
 //! at a time, in index order. Taking it last keeps the serialised part
 //! short (the inserts and the commit). The same statement sends a NOTIFY,

@@ -1,0 +1,148 @@
+//! What went wrong in storage, in terms a handler can act on: each
+//! backend's errors are mapped here, so handlers never see SQL errors.
+
+use crate::domain::agent::AgentId;
+
+/// What went wrong in storage, in terms a handler can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The addressed row does not exist.
+    #[error("{entity} not found: {id}")]
+    NotFound {
+        /// Kind of thing, e.g. "Agent".
+        entity: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The write conflicts with what is stored.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or is not accepting writes right now.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or corruption. Logged, never shown to clients.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Shorthand for a missing agent.
+    pub fn agent_not_found(id: &AgentId) -> Self {
+        Self::NotFound {
+            entity: "Agent",
+            id: id.to_string(),
+        }
+    }
+
+    /// Shorthand for a missing thing of another kind.
+    pub fn not_found(entity: &'static str, id: &str) -> Self {
+        Self::NotFound {
+            entity,
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match e {
+            E::RowNotFound => Self::NotFound {
+                entity: "Row",
+                id: String::new(),
+            },
+            E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed
+            | E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_) => Self::Unavailable(e.to_string()),
+            E::Database(ref db) => {
+                if db.is_unique_violation() {
+                    return Self::Conflict(db.message().to_owned());
+                }
+                let code = db.code().unwrap_or_default();
+                let outage = if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    postgres_outage(&code)
+                } else {
+                    code.parse().is_ok_and(sqlite_outage)
+                };
+                if outage {
+                    Self::Unavailable(e.to_string())
+                } else {
+                    Self::Internal(e.to_string())
+                }
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Whether a SQLite result code means the database cannot take the request
+/// right now (busy, locked, read-only, I/O error, disk full, cannot open,
+/// no permission), rather than a fault in the statement. SQLite reports
+/// extended codes; the primary code is the low byte.
+fn sqlite_outage(code: u32) -> bool {
+    const PERM: u32 = 3;
+    const BUSY: u32 = 5;
+    const LOCKED: u32 = 6;
+    const READONLY: u32 = 8;
+    const IOERR: u32 = 10;
+    const FULL: u32 = 13;
+    const CANTOPEN: u32 = 14;
+    const PROTOCOL: u32 = 15;
+    matches!(
+        code & 0xff,
+        PERM | BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}
+
+/// Whether a PostgreSQL SQLSTATE means the database refuses the service
+/// right now, rather than a fault in the statement: connection exceptions
+/// (08), invalid authorization such as a role that may not log in (28),
+/// insufficient resources such as a full disk (53), operator intervention
+/// such as a shutdown (57P), system errors (58), a missing database
+/// (3D000), a revoked privilege (42501), a missing table (42P01) and a
+/// read-only transaction (25006).
+fn postgres_outage(sqlstate: &str) -> bool {
+    ["08", "28", "53", "57P", "58"]
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
+        || matches!(sqlstate, "3D000" | "42501" | "42P01" | "25006")
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outages (503) and statement faults (500), by the codes each
+    /// database reports.
+    #[test]
+    fn database_codes_sort_into_outages_and_faults() {
+        // SQLite: busy, locked, read-only (extended: cannot lock), I/O
+        // (extended: write, fsync), full, cannot open, permission.
+        for code in [5, 261, 517, 6, 8, 520, 10, 778, 1034, 13, 14, 3] {
+            assert!(sqlite_outage(code), "{code}");
+        }
+        // SQLite: generic error, constraint (extended: foreign key),
+        // corrupt, mismatch.
+        for code in [1, 19, 787, 11, 20] {
+            assert!(!sqlite_outage(code), "{code}");
+        }
+        for code in [
+            "08006", "08001", "28000", "28P01", "53100", "53300", "57P01", "58030", "3D000",
+            "42501", "42P01", "25006",
+        ] {
+            assert!(postgres_outage(code), "{code}");
+        }
+        for code in ["23503", "23514", "42601", "22P02", "40001", "P0001"] {
+            assert!(!postgres_outage(code), "{code}");
+        }
+    }
+}

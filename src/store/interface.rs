@@ -1,0 +1,271 @@
+//! The storage interface the service runs on, in parts: agents and their
+//! states, workflows, the change feed, retention and API keys. Both
+//! backends implement every part and run the same test suite.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::domain::agent::{AgentId, Registration};
+use crate::domain::state::StateReport;
+use crate::domain::time::Micros;
+use crate::domain::workflow::{SessionStatus, WorkflowDefinition};
+
+/// The storage interface the service runs on: agents and their states, and
+/// workflows. Both backends implement it and both run the same test suite.
+pub trait Store: AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore {}
+
+impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore> Store for T {}
+
+/// Retention: deleting old state history and finished sessions in small
+/// batches. The current state (in the agent's row) and unfinished sessions
+/// are never deleted.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Delete up to `limit` of the oldest history entries received before
+    /// `before`.
+    async fn prune_history_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest sessions (with their task runs)
+    /// that finished before `before`.
+    async fn prune_sessions_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// For up to `agents` agents after `after` in id order, keep only each
+    /// one's newest history entries and finished sessions as `keep` says.
+    async fn prune_per_agent(
+        &self,
+        after: Option<&str>,
+        agents: u32,
+        keep: &KeepPerAgent,
+    ) -> StoreResult<PerAgentPass>;
+}
+
+/// Managed API keys (never their plaintext). Reads go through the cache in
+/// `http::keyring`; nothing here is on the per-request path.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Store a new key. A key id that exists already is a `Conflict`.
+    async fn create_key(&self, key: &crate::domain::apikey::ApiKey) -> StoreResult<()>;
+
+    /// One key by id; `NotFound` (entity "Key") when there is none.
+    async fn get_key(&self, key_id: &str) -> StoreResult<crate::domain::apikey::ApiKey>;
+
+    /// Every key, oldest first, revoked and expired ones included.
+    async fn list_keys(&self) -> StoreResult<Vec<crate::domain::apikey::ApiKey>>;
+
+    /// Revoke a key (idempotent: a second call keeps the first time) and
+    /// return it; `NotFound` when there is none.
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        now: Micros,
+    ) -> StoreResult<crate::domain::apikey::ApiKey>;
+
+    /// Record when keys were last used, in one transaction; a time older
+    /// than the stored one changes nothing.
+    async fn record_key_use(&self, uses: &[(String, Micros)]) -> StoreResult<()>;
+
+    /// Remember an accepted webhook signature until `expires` (replay
+    /// protection, shared by every replica and kept across restarts);
+    /// `false` when it was remembered already: a replay. Signatures past
+    /// their expiry at `now` are forgotten on the way.
+    async fn first_sighting(
+        &self,
+        signature: &str,
+        expires: Micros,
+        now: Micros,
+    ) -> StoreResult<bool>;
+
+    /// Forget a signature whose delivery failed on our side, so that the
+    /// sender's retry of it is let through.
+    async fn forget_signature(&self, signature: &str) -> StoreResult<()>;
+}
+
+/// The change feed's events, and the lease sweep that writes some of them.
+/// Every other event is written by the transaction that makes the change.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Up to `limit` events after index `after`, in index order.
+    async fn read_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::event::Event>>;
+
+    /// The retained range.
+    async fn event_bounds(&self) -> StoreResult<EventBounds>;
+
+    /// Whether something that changes `agent`'s state reads happened after
+    /// index `after` (a blocking read's first check).
+    async fn agent_changed_since(&self, agent: &AgentId, after: i64) -> StoreResult<bool>;
+
+    /// Mark up to `limit` agents whose lease ran out as stale, announcing
+    /// each on the feed; returns how many. Safe to run in every replica.
+    async fn mark_stale_agents(&self, now: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Delete up to `limit` of the oldest events written before `before`.
+    async fn prune_events(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+
+    /// Notified after every commit of this process that wrote events.
+    fn feed_signal(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Until `stop`, notify `wake` whenever another process commits events
+    /// (PostgreSQL LISTEN/NOTIFY; SQLite has one process per database and
+    /// returns at once).
+    async fn follow_remote_events(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    );
+}
+
+/// Agents, their states and history.
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
+    /// Check the service can read and write: the migrations are applied,
+    /// every table it uses is there (and granted to it, on PostgreSQL), and
+    /// a small write commits. `Unavailable` names what is wrong.
+    async fn ready(&self) -> StoreResult<()>;
+
+    /// Create or update an agent. A new agent's state is `UNKNOWN` on return.
+    async fn register_agent(&self, reg: &Registration, now: Micros)
+        -> StoreResult<RegisterOutcome>;
+
+    /// Mark an agent deregistered. Unknown agent: `NotFound`.
+    async fn deregister_agent(&self, id: &AgentId, now: Micros) -> StoreResult<()>;
+
+    /// Put a registered agent's current state back to `UNKNOWN` at `now`,
+    /// as at registration (the next report becomes current whatever its
+    /// timestamp), recorded in its history with `details`. For an operator
+    /// to clear a state pinned by a skewed clock. Unknown or deregistered
+    /// agent: `NotFound`.
+    async fn reset_state(
+        &self,
+        id: &AgentId,
+        details: Option<String>,
+        now: Micros,
+    ) -> StoreResult<()>;
+
+    /// Set (or, with `None`, clear) a registered agent's own lease TTL, and
+    /// return the agent. An agent announced stale whose lease no longer
+    /// runs out is announced fresh; one whose new lease has run out is left
+    /// to the lease sweep. Unknown or deregistered agent: `NotFound`.
+    async fn set_agent_lease(
+        &self,
+        id: &AgentId,
+        ttl_secs: Option<i64>,
+        now: Micros,
+    ) -> StoreResult<Agent>;
+
+    /// Store a batch of state reports in one transaction, and in the same
+    /// transaction move on any task a report completes, starts or fails
+    /// (contract 1.7). The outer error means nothing was stored; otherwise
+    /// there is one result per report, in order (`NotFound` for an unknown or
+    /// deregistered agent).
+    async fn apply_state_reports(&self, reports: &[StateReport]) -> StoreResult<AppliedReports>;
+
+    /// One agent with its current state.
+    async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent>;
+
+    /// One agent's current state and lease (a deregistered agent's too).
+    /// `event_index` is never older than `current`: a blocking read waiting
+    /// past it misses nothing and is not woken by what it already returned.
+    /// SQLite answers from memory ([`current`]); PostgreSQL asks the
+    /// database.
+    async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState>;
+
+    /// A page of agents ordered by id.
+    async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>>;
+
+    /// A page of an agent's state history, newest first. Unknown agent:
+    /// `NotFound`.
+    async fn state_history(&self, id: &AgentId, q: &HistoryQuery)
+        -> StoreResult<Vec<HistoryEntry>>;
+
+    /// Release connections; called once at shutdown.
+    async fn close(&self);
+
+    /// How many registered agents are in each current state (for metrics).
+    async fn count_agents_by_state(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many registered agents' leases have run out at `now`, by the
+    /// same rule as the agent's `stale` flag (for metrics).
+    async fn count_stale_agents(&self, now: Micros) -> StoreResult<i64>;
+
+    /// Use of each connection pool (for metrics). No I/O.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+}
+
+/// Workflows: definitions, sessions, and the durable queue of task runs.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Store a definition. With `replace` false a different definition under
+    /// the same id is a `Conflict`; with true (startup files) it is replaced.
+    async fn put_definition(
+        &self,
+        def: &WorkflowDefinition,
+        replace: bool,
+        now: Micros,
+    ) -> StoreResult<PutOutcome>;
+
+    /// One definition.
+    async fn get_definition(&self, id: &str) -> StoreResult<WorkflowDefinition>;
+
+    /// Every definition, by id.
+    async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>>;
+
+    /// Delete a definition; `Conflict` while an unfinished session uses it.
+    async fn delete_definition(&self, id: &str) -> StoreResult<()>;
+
+    /// Create a session and queue its first task (and store an inline
+    /// definition), in one transaction. `NotFound` when the agent is unknown
+    /// or deregistered.
+    async fn create_session(&self, s: &NewSession, now: Micros) -> StoreResult<()>;
+
+    /// One session with its task runs.
+    async fn get_session(&self, id: &str) -> StoreResult<SessionRecord>;
+
+    /// A page of an agent's sessions, newest first (without runs).
+    async fn list_sessions(&self, q: &SessionQuery) -> StoreResult<Vec<SessionRecord>>;
+
+    /// Cancel a session and its unfinished runs; idempotent. `Conflict` when
+    /// it already completed or failed. Returns the status it now has.
+    async fn cancel_session(&self, id: &str, now: Micros) -> StoreResult<SessionStatus>;
+
+    /// Claim up to `limit` due runs whose agent is free (idle, or UNKNOWN
+    /// when allowed, with no other run in flight), leasing them to `owner`
+    /// until `lease_until`. Expired leases and passed deadlines are dealt
+    /// with first.
+    async fn claim_due_runs(
+        &self,
+        owner: &str,
+        now: Micros,
+        lease_until: Micros,
+        limit: u32,
+        allow_unknown: bool,
+    ) -> StoreResult<Vec<ClaimedRun>>;
+
+    /// Record how dispatching attempt `attempt` of a run went, under the
+    /// claim it was sent with ([`ClaimedRun::claim`]). A claim that ran out
+    /// and was taken again (by any dispatcher, this one included) is left
+    /// alone.
+    async fn record_dispatch(
+        &self,
+        run_id: &str,
+        claim: &str,
+        attempt: i64,
+        now: Micros,
+        outcome: &DispatchOutcome,
+    ) -> StoreResult<()>;
+
+    /// Give back leases of dispatchers that stopped, and fail (or retry)
+    /// attempts whose deadline passed. Returns how many runs were touched.
+    async fn expire_overdue(&self, now: Micros) -> StoreResult<u64>;
+
+    /// How many sessions are in each status (for metrics).
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// How many task runs are queued (for metrics).
+    async fn count_queued_runs(&self) -> StoreResult<i64>;
+}

@@ -1,0 +1,293 @@
+//! The durable queue's side of dispatching: claiming due runs under a
+//! lease, recording how a delivery went, and expiring claims and deadlines.
+
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::*;
+use crate::store::sql::backend::RowsAffected;
+use crate::store::sql::{Backend, SqlStore};
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    pub(super) async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        allow_unknown: bool,
+    ) -> crate::store::StoreResult<Vec<crate::store::ClaimedRun>> {
+        type Candidate = (String, String, String, String, String, String, i64, String);
+        let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), B::CLAIM_LOCK);
+        let live = self.rules().liveness;
+        let mut tx = self.writer().begin().await?;
+        let candidates: Vec<Candidate> = sqlx::query_as(&sql)
+            .bind(now)
+            .bind(allow_unknown)
+            .bind(i64::from(limit))
+            .bind(live.ttl_secs)
+            .bind(live.grace_secs)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::new();
+        let mut events = Vec::new();
+        let mut agents = std::collections::HashSet::new();
+        for c in candidates {
+            // One run per agent: the first due wins this round.
+            if !agents.insert(c.3.clone()) {
+                continue;
+            }
+            // Each claim is its own fencing token: a delivery's late
+            // answer is recorded only against the claim it was sent
+            // under, never against a newer claim of the same run, even
+            // by the same dispatcher.
+            let claim = format!("{owner}/{}", uuid::Uuid::new_v4().simple());
+            let n = sqlx::query(CLAIM_ONE)
+                .bind(&c.0)
+                .bind(&claim)
+                .bind(lease_until)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+            match n {
+                Ok(r) if r.rows_affected() == 1 => {
+                    let task = crate::domain::event::TaskRef {
+                        run_id: &c.0,
+                        task_id: &c.7,
+                        session_id: &c.1,
+                        agent_id: &c.3,
+                        attempt: c.6 + 1,
+                    };
+                    events.push(crate::domain::event::NewEvent::task(
+                        task,
+                        crate::domain::workflow::RunStatus::Dispatching,
+                        None,
+                        now,
+                    ));
+                    claimed.push(crate::store::ClaimedRun {
+                        run_id: c.0,
+                        session_id: c.1,
+                        task_name: c.2,
+                        agent_id: c.3,
+                        contact_endpoint: c.4,
+                        payload: c.5,
+                        attempt: c.6 + 1,
+                        claim,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return match crate::store::StoreError::from(e) {
+                        // Another replica put a run of this agent in
+                        // flight first; nothing is claimed this round.
+                        crate::store::StoreError::Conflict(_) => Ok(Vec::new()),
+                        other => Err(other),
+                    };
+                }
+            }
+        }
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(claimed)
+    }
+
+    pub(super) async fn record(
+        &self,
+        run_id: &str,
+        claim: &str,
+        attempt: i64,
+        now: i64,
+        outcome: &crate::store::DispatchOutcome,
+    ) -> crate::store::StoreResult<()> {
+        use crate::domain::event::NewEvent;
+        use crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
+        use crate::domain::workflow::{RunStatus, SessionStatus};
+        use crate::store::DispatchOutcome;
+        let mut events = Vec::new();
+        let mut tx = self.writer().begin().await?;
+        // The attempt this dispatcher claimed, whatever the agent's
+        // reports did to it since. A claim that ran out and was taken
+        // over by another dispatcher is found no more.
+        let sql = format!(
+            "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs \
+             WHERE run_id = $1 AND lease_owner = $2 AND attempts = $3"
+        );
+        let row: Option<InFlightRow> = sqlx::query_as(&sql)
+            .bind(run_id)
+            .bind(claim)
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(run) = row.map(InFlight::from_row) else {
+            return Ok(());
+        };
+        let (delivery, error, retryable, not_before) = match outcome {
+            DispatchOutcome::Accepted => (Delivery::Accepted, None, true, None),
+            DispatchOutcome::Retry { error, not_before } => {
+                (Delivery::Failed, Some(error.as_str()), true, *not_before)
+            }
+            DispatchOutcome::Fail { error } => {
+                (Delivery::Failed, Some(error.as_str()), false, None)
+            }
+        };
+        let mut session_running = false;
+        match delivery_decision(&run.view(), delivery, now) {
+            DeliveryDecision::Sent { deadline } | DeliveryDecision::StillRunning { deadline } => {
+                let sent = sqlx::query(
+                    "UPDATE task_runs SET \
+                     status = CASE WHEN status = 'dispatching' THEN 'dispatched' ELSE status END, \
+                     due_at_us = $2, lease_owner = NULL \
+                     WHERE run_id = $1 AND status IN ('dispatching', 'running')",
+                )
+                .bind(run_id)
+                .bind(deadline)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if sent == 1 && run.status == RunStatus::Dispatching {
+                    events.push(NewEvent::task(
+                        run.task_ref(),
+                        RunStatus::Dispatched,
+                        None,
+                        now,
+                    ));
+                }
+                session_running = sent == 1;
+            }
+            DeliveryDecision::NoteError => {
+                sqlx::query(
+                    "UPDATE task_runs SET last_error = $2, lease_owner = NULL WHERE run_id = $1",
+                )
+                .bind(run_id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+                // Watchers see the failed delivery on the run's
+                // unchanged status.
+                events.push(NewEvent::task(run.task_ref(), run.status, error, now));
+                session_running = run.status == RunStatus::Running;
+            }
+            DeliveryDecision::FailAttempt => {
+                let failure = Failure {
+                    reason: error.unwrap_or_default(),
+                    guard: CLAIMED,
+                    retryable,
+                    not_before,
+                };
+                Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+            }
+            DeliveryDecision::Nothing => {}
+        }
+        if session_running {
+            let workflow: Option<String> = sqlx::query_scalar(
+                "UPDATE sessions SET status = 'running', updated_at_us = $2 \
+                 WHERE session_id = $1 AND status = 'started' RETURNING workflow_id",
+            )
+            .bind(&run.session_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(workflow) = workflow {
+                events.push(NewEvent::session(
+                    &run.agent_id,
+                    &run.session_id,
+                    &workflow,
+                    SessionStatus::Running,
+                    None,
+                    now,
+                ));
+            }
+        }
+        sqlx::query(
+            "UPDATE task_runs SET lease_owner = NULL WHERE run_id = $1 AND lease_owner = $2",
+        )
+        .bind(run_id)
+        .bind(claim)
+        .execute(&mut *tx)
+        .await?;
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(())
+    }
+
+    pub(super) async fn expire(&self, now: i64) -> crate::store::StoreResult<u64> {
+        use crate::domain::event::{NewEvent, TaskRef};
+        use crate::domain::workflow::RunStatus;
+        let mut tx = self.writer().begin().await?;
+        let recovered: Vec<(String, String, String, String, i64, Option<String>)> =
+            sqlx::query_as(RECOVER_LEASES)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut touched = recovered.len() as u64;
+        let mut events: Vec<NewEvent> = recovered
+            .iter()
+            .map(|(run_id, task_id, session_id, agent_id, attempt, error)| {
+                let task = TaskRef {
+                    run_id,
+                    task_id,
+                    session_id,
+                    agent_id,
+                    attempt: *attempt,
+                };
+                NewEvent::task(task, RunStatus::Queued, error.as_deref(), now)
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs r \
+             WHERE status IN ('dispatched', 'running') AND due_at_us <= $1 LIMIT 256{}",
+            B::CLAIM_LOCK
+        );
+        let overdue: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+        for row in overdue {
+            let run = InFlight::from_row(row);
+            let reason = crate::domain::run_rules::timeout_reason(&run.view());
+            let failure = Failure {
+                reason: &reason,
+                guard: SENT,
+                retryable: true,
+                not_before: None,
+            };
+            Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+            touched += 1;
+        }
+        // A retry its agent was never free to take ends the session
+        // rather than waiting for ever.
+        let sql = format!(
+            "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs r WHERE {} LIMIT 256{}",
+            crate::domain::run_rules::retry_wait_over_sql("$1"),
+            B::CLAIM_LOCK
+        );
+        let unsent: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+        for row in unsent {
+            let run = InFlight::from_row(row);
+            let reason = crate::domain::run_rules::unsent_retry_reason(&run.view());
+            let failure = Failure {
+                reason: &reason,
+                guard: QUEUED,
+                retryable: false,
+                not_before: None,
+            };
+            Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+            touched += 1;
+        }
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(touched)
+    }
+}

@@ -1,0 +1,377 @@
+//! How a task run moves on inside the transaction of what moved it: a
+//! state report (`advance_on_report`), a finished run (`complete_run`: the
+//! next task or the session's end), a failed attempt (`fail_attempt`: a
+//! retry after backoff, or the run and its session fail). The rules are
+//! `domain::run_rules`; these load what a rule needs and apply its decision.
+
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::*;
+use crate::store::sql::backend::RowsAffected;
+use crate::store::sql::{Backend, SqlStore};
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    pub(in crate::store) async fn insert_run(
+        conn: &mut B::Connection,
+        session_id: &str,
+        agent_id: &str,
+        run: &crate::store::NewRun,
+        now: i64,
+        events: &mut Vec<crate::domain::event::NewEvent>,
+    ) -> crate::store::StoreResult<()> {
+        let task = crate::domain::event::TaskRef {
+            run_id: &run.run_id,
+            task_id: &run.task_id,
+            session_id,
+            agent_id,
+            attempt: 0,
+        };
+        events.push(crate::domain::event::NewEvent::task(
+            task,
+            crate::domain::workflow::RunStatus::Queued,
+            None,
+            now,
+        ));
+        sqlx::query(INSERT_RUN)
+            .bind(&run.run_id)
+            .bind(session_id)
+            .bind(run.position)
+            .bind(&run.task_id)
+            .bind(&run.task_name)
+            .bind(agent_id)
+            .bind(&run.payload)
+            .bind(run.max_retries)
+            .bind(run.timeout_secs)
+            .bind(run.due_at)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Apply a state report's meaning to the agent's run in flight.
+    /// Which of `agents` have a task in flight, and which have one
+    /// queued.
+    pub(in crate::store) async fn agents_with_runs(
+        conn: &mut B::Connection,
+        agents: &[&str],
+    ) -> crate::store::StoreResult<AgentRuns> {
+        let mut runs = AgentRuns::default();
+        for chunk in agents.chunks(AGENT_CHUNK) {
+            let sql = agents_with_runs_sql(chunk.len());
+            let mut q = sqlx::query_as::<_, (String, i32)>(&sql);
+            for a in chunk {
+                q = q.bind(*a);
+            }
+            for (agent, in_flight) in q.fetch_all(&mut *conn).await? {
+                if in_flight == 1 {
+                    runs.in_flight.insert(agent);
+                } else {
+                    runs.queued.insert(agent);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Apply a state report to the agent's run it concerns: the engine
+    /// decides (`run_rules::report_effect`), this applies.
+    pub(in crate::store) async fn advance_on_report(
+        conn: &mut B::Connection,
+        r: &crate::domain::state::StateReport,
+        rules: &crate::store::EngineRules,
+        events: &mut Vec<crate::domain::event::NewEvent>,
+    ) -> crate::store::StoreResult<()> {
+        use crate::domain::run_rules::{
+            agent_error_reason, concerned_run, mention, report_effect, ReportEffect, ReportView,
+        };
+        use crate::domain::workflow::RunStatus;
+        let sql = format!(
+            "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 \
+             AND (status IN {in_flight} OR (status = 'queued' AND attempts > 0))",
+            in_flight = IN_FLIGHT.as_str()
+        );
+        let rows: Vec<InFlightRow> = sqlx::query_as(&sql)
+            .bind(r.agent_id.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+        let runs: Vec<InFlight> = rows.into_iter().map(InFlight::from_row).collect();
+        let seen: Vec<_> = runs
+            .iter()
+            .map(|run| {
+                let m = mention(
+                    r.details.as_deref(),
+                    &run.run_id,
+                    &run.task_id,
+                    &run.session_id,
+                );
+                (run.view(), m)
+            })
+            .collect();
+        let Some(i) = concerned_run(&seen) else {
+            return Ok(());
+        };
+        let run = &runs[i];
+        let other_in_flight = runs
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && o.status.in_flight());
+        let report = ReportView {
+            state: &r.state,
+            timestamp: r.timestamp,
+            received_at: r.received_at,
+        };
+        match report_effect(&seen[i].0, seen[i].1, &report, other_in_flight) {
+            ReportEffect::None => Ok(()),
+            ReportEffect::Started { deadline } => {
+                let started = sqlx::query(
+                    "UPDATE task_runs SET status = 'running', started_at_us = $2, \
+                     due_at_us = COALESCE($3, due_at_us), last_report_ts_us = $4 \
+                     WHERE run_id = $1 AND status IN ('queued', 'dispatching', 'dispatched')",
+                )
+                .bind(&run.run_id)
+                .bind(r.received_at)
+                .bind(deadline)
+                .bind(r.timestamp)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if started == 1 {
+                    events.push(crate::domain::event::NewEvent::task(
+                        run.task_ref(),
+                        RunStatus::Running,
+                        None,
+                        r.received_at,
+                    ));
+                }
+                Ok(())
+            }
+            ReportEffect::Completed => {
+                Self::complete_run(
+                    conn,
+                    run,
+                    r.details.as_ref().map(|d| d.get()),
+                    r.received_at,
+                    rules,
+                    events,
+                )
+                .await
+            }
+            ReportEffect::Failed => {
+                // A late report stamped before this one must not
+                // restart the run once it waits for its retry.
+                sqlx::query("UPDATE task_runs SET last_report_ts_us = $2 WHERE run_id = $1")
+                    .bind(&run.run_id)
+                    .bind(r.timestamp)
+                    .execute(&mut *conn)
+                    .await?;
+                let reason = agent_error_reason(r.details.as_deref());
+                let failure = Failure {
+                    reason: &reason,
+                    guard: IN_FLIGHT.as_str(),
+                    retryable: true,
+                    not_before: None,
+                };
+                Self::fail_attempt(conn, run, &failure, r.received_at, rules, events).await
+            }
+        }
+    }
+
+    /// The run is done: store its result, then queue the next task or
+    /// complete the session.
+    pub(in crate::store) async fn complete_run(
+        conn: &mut B::Connection,
+        run: &InFlight,
+        details: Option<&str>,
+        now: i64,
+        rules: &crate::store::EngineRules,
+        events: &mut Vec<crate::domain::event::NewEvent>,
+    ) -> crate::store::StoreResult<()> {
+        use crate::domain::event::NewEvent;
+        use crate::domain::workflow::{RunStatus, SessionStatus};
+        use crate::store::StoreError;
+        // The claim (`lease_owner`) stays: a delivery still on its way
+        // records its outcome on this attempt when it returns.
+        let done = sqlx::query(&format!(
+            "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3 \
+             WHERE run_id = $1 AND status IN {unfinished}",
+            unfinished = UNFINISHED_RUNS.as_str()
+        ))
+        .bind(&run.run_id)
+        .bind(details)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(());
+        }
+        events.push(NewEvent::task(
+            run.task_ref(),
+            RunStatus::Completed,
+            None,
+            now,
+        ));
+        // Locks the session row and re-checks it is still unfinished, so
+        // a concurrent cancel cannot be followed by a new task.
+        let definition: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE sessions SET updated_at_us = $2 \
+             WHERE session_id = $1 AND status IN {unfinished} RETURNING definition",
+            unfinished = UNFINISHED_SESSIONS.as_str()
+        ))
+        .bind(&run.session_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(definition) = definition else {
+            return Ok(());
+        };
+        let def: crate::domain::workflow::WorkflowDefinition = serde_json::from_str(&definition)
+            .map_err(|e| {
+                StoreError::Internal(format!(
+                    "stored definition of session {}: {e}",
+                    run.session_id
+                ))
+            })?;
+        use crate::domain::run_rules::{after_completion, AfterCompletion};
+        match after_completion(&def, &run.task_id) {
+            AfterCompletion::Next(task) => {
+                let new = crate::store::NewRun::next(task, run.position, now, rules);
+                Self::insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
+            }
+            AfterCompletion::SessionCompleted => {
+                let completed = sqlx::query(&format!(
+"UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
+                     WHERE session_id = $1 AND status IN {unfinished}",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
+                .bind(&run.session_id)
+                .bind(details)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if completed == 1 {
+                    events.push(NewEvent::session(
+                        &run.agent_id,
+                        &run.session_id,
+                        &def.id,
+                        SessionStatus::Completed,
+                        None,
+                        now,
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// An attempt failed: queue a retry after backoff (or not before
+    /// `not_before`), or fail the run and its session when retries are
+    /// spent or the failure is not retryable.
+    pub(in crate::store) async fn fail_attempt(
+        conn: &mut B::Connection,
+        run: &InFlight,
+        failure: &Failure<'_>,
+        now: i64,
+        rules: &crate::store::EngineRules,
+        events: &mut Vec<crate::domain::event::NewEvent>,
+    ) -> crate::store::StoreResult<()> {
+        use crate::domain::event::NewEvent;
+        use crate::domain::run_rules::{after_failure, AfterFailure, FailedAttempt};
+        use crate::domain::workflow::{RunStatus, SessionStatus};
+        let Failure {
+            reason,
+            guard,
+            retryable,
+            not_before,
+        } = *failure;
+        let attempt = FailedAttempt {
+            task_id: &run.task_id,
+            attempts: run.attempts,
+            max_retries: run.max_retries,
+            retryable,
+            reason,
+            not_before,
+        };
+        // The rule is pure; its jitter comes from the source the engine
+        // handed over. The claim (`lease_owner`) stays, as in
+        // `complete_run`.
+        let why = match after_failure(&attempt, &rules.backoff, now, rules.jitter.draw()) {
+            AfterFailure::Retry { due } => {
+                let queued = sqlx::query(&format!(
+                    "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3 \
+                     WHERE run_id = $1 AND status IN {guard}"
+                ))
+                .bind(&run.run_id)
+                .bind(due)
+                .bind(reason)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if queued == 1 {
+                    events.push(NewEvent::task(
+                        run.task_ref(),
+                        RunStatus::Queued,
+                        Some(reason),
+                        now,
+                    ));
+                }
+                return Ok(());
+            }
+            AfterFailure::Fail { session_error } => session_error,
+        };
+        let failed = sqlx::query(&format!(
+            "UPDATE task_runs SET status = 'failed', finished_at_us = $2, last_error = $3 \
+             WHERE run_id = $1 AND status IN {guard}"
+        ))
+        .bind(&run.run_id)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if failed == 1 {
+            events.push(NewEvent::task(
+                run.task_ref(),
+                RunStatus::Failed,
+                Some(reason),
+                now,
+            ));
+            let workflow: Option<String> = sqlx::query_scalar(&format!(
+"UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
+                 WHERE session_id = $1 AND status IN {unfinished} RETURNING workflow_id",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
+            .bind(&run.session_id)
+            .bind(&why)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(workflow) = workflow {
+                events.push(NewEvent::session(
+                    &run.agent_id,
+                    &run.session_id,
+                    &workflow,
+                    SessionStatus::Failed,
+                    Some(&why),
+                    now,
+                ));
+            }
+        }
+        Ok(())
+    }
+}

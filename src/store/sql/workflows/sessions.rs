@@ -1,0 +1,451 @@
+//! Definitions and sessions: storing and reading them, starting a session
+//! with its first run, cancelling one; and the [`WorkflowStore`] impl,
+//! whose dispatch methods are in `dispatch.rs`.
+//!
+//! [`WorkflowStore`]: crate::store::WorkflowStore
+
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::*;
+use crate::store::sql::backend::RowsAffected;
+use crate::store::sql::{Backend, SqlStore};
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    /// Store a definition whose id is not stored yet; `false` (and
+    /// nothing changed) when one is.
+    pub(in crate::store) async fn insert_definition(
+        conn: &mut B::Connection,
+        def: &crate::domain::workflow::WorkflowDefinition,
+        now: i64,
+    ) -> crate::store::StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
+        )
+        .bind(&def.id)
+        .bind(&def.name)
+        .bind(def.canonical_json())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Store a definition inside the caller's transaction (see
+    /// `WorkflowStore::put_definition`).
+    pub(in crate::store) async fn put_definition_in(
+        conn: &mut B::Connection,
+        def: &crate::domain::workflow::WorkflowDefinition,
+        replace: bool,
+        now: i64,
+    ) -> crate::store::StoreResult<crate::store::PutOutcome> {
+        use crate::store::{PutOutcome, StoreError};
+        let canonical = def.canonical_json();
+        let outcome = if Self::insert_definition(conn, def, now).await? {
+            PutOutcome::Created
+        } else {
+            let stored: String = sqlx::query_scalar(
+                "SELECT definition FROM workflow_definitions WHERE workflow_id = $1",
+            )
+            .bind(&def.id)
+            .fetch_one(&mut *conn)
+            .await?;
+            if stored == canonical {
+                PutOutcome::Unchanged
+            } else if replace {
+                sqlx::query(
+                    "UPDATE workflow_definitions SET name = $2, definition = $3, updated_at_us = $4 \
+                     WHERE workflow_id = $1",
+                )
+                .bind(&def.id)
+                .bind(&def.name)
+                .bind(&canonical)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                PutOutcome::Replaced
+            } else {
+                return Err(StoreError::Conflict(format!(
+                    "a different workflow definition with id '{}' already exists",
+                    def.id
+                )));
+            }
+        };
+        Ok(outcome)
+    }
+
+    pub(in crate::store) fn session_from_row(
+        row: &B::Row,
+    ) -> crate::store::StoreResult<crate::store::SessionRecord> {
+        use sqlx::Row;
+        let status: String = row.try_get(3)?;
+        Ok(crate::store::SessionRecord {
+            session_id: row.try_get(0)?,
+            workflow_id: row.try_get(1)?,
+            agent_id: row.try_get(2)?,
+            status: crate::domain::workflow::SessionStatus::parse(&status).ok_or_else(|| {
+                crate::store::StoreError::Internal(format!("unknown session status {status}"))
+            })?,
+            result: crate::store::decode_details(row.try_get(4)?),
+            error: row.try_get(5)?,
+            created_at: row.try_get(6)?,
+            updated_at: row.try_get(7)?,
+            finished_at: row.try_get(8)?,
+            runs: Vec::new(),
+        })
+    }
+
+    pub(in crate::store) fn run_from_row(
+        row: &B::Row,
+    ) -> crate::store::StoreResult<crate::store::RunRecord> {
+        use sqlx::Row;
+        let status: String = row.try_get(3)?;
+        Ok(crate::store::RunRecord {
+            run_id: row.try_get(0)?,
+            task_id: row.try_get(1)?,
+            task_name: row.try_get(2)?,
+            status: crate::domain::workflow::RunStatus::parse(&status).ok_or_else(|| {
+                crate::store::StoreError::Internal(format!("unknown run status {status}"))
+            })?,
+            attempts: row.try_get(4)?,
+            max_retries: row.try_get(5)?,
+            payload: crate::store::decode_details(row.try_get(6)?),
+            due_at: row.try_get(7)?,
+            dispatched_at: row.try_get(8)?,
+            started_at: row.try_get(9)?,
+            finished_at: row.try_get(10)?,
+            last_error: row.try_get(11)?,
+            result: crate::store::decode_details(row.try_get(12)?),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<B> crate::store::WorkflowStore for SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    async fn put_definition(
+        &self,
+        def: &crate::domain::workflow::WorkflowDefinition,
+        replace: bool,
+        now: i64,
+    ) -> crate::store::StoreResult<crate::store::PutOutcome> {
+        let mut tx = self.writer().begin().await?;
+        let outcome = Self::put_definition_in(&mut tx, def, replace, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn get_definition(
+        &self,
+        id: &str,
+    ) -> crate::store::StoreResult<crate::domain::workflow::WorkflowDefinition> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT definition FROM workflow_definitions WHERE workflow_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.reader())
+        .await?;
+        let text =
+            text.ok_or_else(|| crate::store::StoreError::not_found("Workflow definition", id))?;
+        serde_json::from_str(&text).map_err(|e| crate::store::StoreError::Internal(e.to_string()))
+    }
+
+    async fn list_definitions(
+        &self,
+    ) -> crate::store::StoreResult<Vec<crate::domain::workflow::WorkflowDefinition>> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT definition FROM workflow_definitions ORDER BY workflow_id")
+                .fetch_all(self.reader())
+                .await?;
+        rows.iter()
+            .map(|t| {
+                serde_json::from_str(t)
+                    .map_err(|e| crate::store::StoreError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn delete_definition(&self, id: &str) -> crate::store::StoreResult<()> {
+        use crate::store::StoreError;
+        let mut tx = self.writer().begin().await?;
+        let busy: Option<String> = sqlx::query_scalar(&format!(
+"SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN {unfinished} LIMIT 1",
+unfinished = UNFINISHED_SESSIONS.as_str()
+))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(session) = busy {
+            return Err(StoreError::Conflict(format!(
+                "workflow definition '{id}' is in use by unfinished session {session}"
+            )));
+        }
+        let deleted = sqlx::query("DELETE FROM workflow_definitions WHERE workflow_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::not_found("Workflow definition", id));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        s: &crate::store::NewSession,
+        now: i64,
+    ) -> crate::store::StoreResult<()> {
+        let mut tx = self.writer().begin().await?;
+        let exists: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL",
+        )
+        .bind(s.agent_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if exists.is_none() {
+            return Err(crate::store::StoreError::agent_not_found(&s.agent_id));
+        }
+        if s.store_definition {
+            // Contract 1.4: an inline definition is stored when its
+            // id is new; one that differs from the stored one runs
+            // as sent (the session keeps it), the stored one left
+            // as it is. The old service's load scripts send theirs
+            // on every trigger.
+            Self::insert_definition(&mut tx, &s.definition, now).await?;
+        }
+        let (status, finished) = match s.first_run {
+            Some(_) => (crate::domain::workflow::SessionStatus::Started, None),
+            None => (crate::domain::workflow::SessionStatus::Completed, Some(now)),
+        };
+        let mut events = vec![crate::domain::event::NewEvent::session(
+            s.agent_id.as_str(),
+            &s.session_id,
+            &s.definition.id,
+            status,
+            None,
+            now,
+        )];
+        sqlx::query(
+            "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
+             created_at_us, updated_at_us, finished_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        )
+        .bind(&s.session_id)
+        .bind(&s.definition.id)
+        .bind(s.agent_id.as_str())
+        .bind(s.definition.canonical_json())
+        .bind(status.as_str())
+        .bind(now)
+        .bind(finished)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(run) = &s.first_run {
+            Self::insert_run(
+                &mut tx,
+                &s.session_id,
+                s.agent_id.as_str(),
+                run,
+                now,
+                &mut events,
+            )
+            .await?;
+        }
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        id: &str,
+    ) -> crate::store::StoreResult<crate::store::SessionRecord> {
+        let mut conn = self.reader().acquire().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| crate::store::StoreError::not_found("Session", id))?;
+        let mut session = Self::session_from_row(&row)?;
+        let runs = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM task_runs WHERE session_id = $1 ORDER BY position, created_at_us"
+        ))
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        session.runs = runs
+            .iter()
+            .map(Self::run_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(session)
+    }
+
+    async fn list_sessions(
+        &self,
+        q: &crate::store::SessionQuery,
+    ) -> crate::store::StoreResult<Vec<crate::store::SessionRecord>> {
+        let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE agent_id = $1");
+        let mut binds: Vec<&str> = vec![q.agent_id.as_str()];
+        if let Some(status) = q.status {
+            binds.push(status.as_str());
+            sql.push_str(&format!(" AND status = ${}", binds.len()));
+        }
+        if let Some(before) = &q.before {
+            binds.push(before);
+            sql.push_str(&format!(" AND session_id < ${}", binds.len()));
+        }
+        sql.push_str(&format!(
+            " ORDER BY session_id DESC LIMIT ${}",
+            binds.len() + 1
+        ));
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query
+            .bind(i64::from(q.limit))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(Self::session_from_row).collect()
+    }
+
+    async fn cancel_session(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> crate::store::StoreResult<crate::domain::workflow::SessionStatus> {
+        use crate::domain::event::{NewEvent, TaskRef};
+        use crate::domain::workflow::RunStatus;
+        use crate::domain::workflow::SessionStatus;
+        use crate::store::StoreError;
+        let mut tx = self.writer().begin().await?;
+        let cancelled: Option<(String, String)> = sqlx::query_as(&format!(
+            "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
+             error = 'cancelled by operator' WHERE session_id = $1 AND status IN {unfinished} \
+             RETURNING agent_id, workflow_id",
+            unfinished = UNFINISHED_SESSIONS.as_str()
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((agent, workflow)) = cancelled else {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return match status.as_deref().and_then(SessionStatus::parse) {
+                None => Err(StoreError::not_found("Session", id)),
+                Some(SessionStatus::Cancelled) => Ok(SessionStatus::Cancelled),
+                Some(other) => Err(StoreError::Conflict(format!(
+                    "session {id} already {} and cannot be cancelled",
+                    other.as_str()
+                ))),
+            };
+        };
+        let runs: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+            "UPDATE task_runs SET status = 'cancelled', finished_at_us = $2, lease_owner = NULL \
+             WHERE session_id = $1 AND status IN {unfinished} \
+             RETURNING run_id, task_id, attempts",
+            unfinished = UNFINISHED_RUNS.as_str()
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events: Vec<NewEvent> = runs
+            .iter()
+            .map(|(run_id, task_id, attempt)| {
+                let task = TaskRef {
+                    run_id,
+                    task_id,
+                    session_id: id,
+                    agent_id: &agent,
+                    attempt: *attempt,
+                };
+                NewEvent::task(task, RunStatus::Cancelled, None, now)
+            })
+            .collect();
+        events.push(NewEvent::session(
+            &agent,
+            id,
+            &workflow,
+            SessionStatus::Cancelled,
+            Some("cancelled by operator"),
+            now,
+        ));
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Ok(SessionStatus::Cancelled)
+    }
+
+    async fn claim_due_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        allow_unknown: bool,
+    ) -> crate::store::StoreResult<Vec<crate::store::ClaimedRun>> {
+        self.claim(owner, now, lease_until, limit, allow_unknown)
+            .await
+    }
+
+    async fn record_dispatch(
+        &self,
+        run_id: &str,
+        claim: &str,
+        attempt: i64,
+        now: i64,
+        outcome: &crate::store::DispatchOutcome,
+    ) -> crate::store::StoreResult<()> {
+        self.record(run_id, claim, attempt, now, outcome).await
+    }
+
+    async fn expire_overdue(&self, now: i64) -> crate::store::StoreResult<u64> {
+        self.expire(now).await
+    }
+
+    async fn count_sessions_by_status(&self) -> crate::store::StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(COUNT_SESSIONS_BY_STATUS)
+            .fetch_all(self.reader())
+            .await?)
+    }
+
+    async fn count_queued_runs(&self) -> crate::store::StoreResult<i64> {
+        Ok(sqlx::query_scalar(COUNT_QUEUED_RUNS)
+            .fetch_one(self.reader())
+            .await?)
+    }
+}
