@@ -18,6 +18,10 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
+use crate::domain::agent::AgentId;
+use crate::domain::event::{Event, EventKind, NewEvent};
+use crate::domain::workflow::AGENT_STALE;
+use crate::store::{EventBounds, EventStore, Liveness, StoreError, StoreResult};
 
 /// Columns of an event, in `event_from_row` order.
 pub(in crate::store) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, data";
@@ -41,7 +45,7 @@ pub(in crate::store) static LEASE_EXPIRED: LazyLock<String> = LazyLock::new(|| {
         "deregistered_at_us IS NULL \
          AND (stale_since_us IS NULL OR stale_since_us = 0) \
          AND {}",
-        crate::store::Liveness::expired_sql("", "$2", "$3", "$1")
+        Liveness::expired_sql("", "$2", "$3", "$1")
     )
 });
 
@@ -64,8 +68,8 @@ where
     /// the feed index given to each event about an agent.
     pub(in crate::store) async fn flush_events(
         conn: &mut B::Connection,
-        events: &[crate::domain::event::NewEvent],
-    ) -> crate::store::StoreResult<Vec<(String, i64)>> {
+        events: &[NewEvent],
+    ) -> StoreResult<Vec<(String, i64)>> {
         let mut indexed = Vec::new();
         if events.is_empty() {
             return Ok(indexed);
@@ -94,16 +98,13 @@ where
         Ok(indexed)
     }
 
-    pub(in crate::store) fn event_from_row(
-        row: &B::Row,
-    ) -> crate::store::StoreResult<crate::domain::event::Event> {
-        use crate::store::StoreError;
+    pub(in crate::store) fn event_from_row(row: &B::Row) -> StoreResult<Event> {
         use sqlx::Row;
         let kind: String = row.try_get(1)?;
         let data: String = row.try_get(5)?;
-        Ok(crate::domain::event::Event {
+        Ok(Event {
             index: row.try_get(0)?,
-            kind: crate::domain::event::EventKind::parse(&kind)
+            kind: EventKind::parse(&kind)
                 .ok_or_else(|| StoreError::Internal(format!("unknown event kind {kind}")))?,
             agent_id: row.try_get(2)?,
             session_id: row.try_get(3)?,
@@ -115,7 +116,7 @@ where
 }
 
 #[async_trait::async_trait]
-impl<B> crate::store::EventStore for SqlStore<B>
+impl<B> EventStore for SqlStore<B>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
@@ -129,11 +130,7 @@ where
     for<'q> i32: Decode<'q, B> + Type<B>,
     for<'q> bool: Encode<'q, B> + Type<B>,
 {
-    async fn read_events(
-        &self,
-        after: i64,
-        limit: u32,
-    ) -> crate::store::StoreResult<Vec<crate::domain::event::Event>> {
+    async fn read_events(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
         let sql = format!(
             "SELECT {} FROM events WHERE idx > $1 ORDER BY idx LIMIT $2",
             EVENT_COLUMNS
@@ -146,24 +143,20 @@ where
         rows.iter().map(Self::event_from_row).collect()
     }
 
-    async fn event_bounds(&self) -> crate::store::StoreResult<crate::store::EventBounds> {
+    async fn event_bounds(&self) -> StoreResult<EventBounds> {
         let (pruned_through, head): (i64, Option<i64>) = sqlx::query_as(
             "SELECT pruned_through, (SELECT MAX(idx) FROM events) FROM event_retention WHERE id = 1",
         )
         .fetch_one(self.reader())
         .await?;
-        Ok(crate::store::EventBounds {
+        Ok(EventBounds {
             pruned_through,
             head: head.unwrap_or(pruned_through),
         })
     }
 
-    async fn agent_changed_since(
-        &self,
-        agent: &crate::domain::agent::AgentId,
-        after: i64,
-    ) -> crate::store::StoreResult<bool> {
-        let kinds = crate::domain::event::EventKind::ALL
+    async fn agent_changed_since(&self, agent: &AgentId, after: i64) -> StoreResult<bool> {
+        let kinds = EventKind::ALL
             .into_iter()
             .filter(|k| k.touches_agent_state())
             .map(|k| format!("'{}'", k.as_str()))
@@ -180,7 +173,7 @@ where
         Ok(found.is_some())
     }
 
-    async fn mark_stale_agents(&self, now: i64, limit: u32) -> crate::store::StoreResult<u64> {
+    async fn mark_stale_agents(&self, now: i64, limit: u32) -> StoreResult<u64> {
         let expired = LEASE_EXPIRED.as_str();
         let live = self.rules().liveness;
         let ttl = live.ttl_secs;
@@ -218,9 +211,7 @@ where
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some((last_seen, ttl_secs)) = row {
-                events.push(crate::domain::event::NewEvent::stale(
-                    id, last_seen, ttl_secs, now,
-                ));
+                events.push(NewEvent::stale(id, last_seen, ttl_secs, now));
                 stale.push(id);
             }
         }
@@ -239,7 +230,7 @@ where
             for row in held {
                 let run = InFlight::from_row(row);
                 let failure = Failure {
-                    reason: crate::domain::workflow::AGENT_STALE,
+                    reason: AGENT_STALE,
                     guard: IN_FLIGHT.as_str(),
                     retryable: false,
                     not_before: None,
@@ -253,7 +244,7 @@ where
         Ok(events.len() as u64)
     }
 
-    async fn prune_events(&self, before: i64, limit: u32) -> crate::store::StoreResult<u64> {
+    async fn prune_events(&self, before: i64, limit: u32) -> StoreResult<u64> {
         let newest: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(idx) FROM (SELECT idx FROM events WHERE at_us < $1 ORDER BY idx LIMIT $2) old",
         )
@@ -299,7 +290,7 @@ impl<B: Backend> SqlStore<B> {
     /// the state index, then wake this process's feed.
     pub(in crate::store) fn events_committed(
         &self,
-        events: &[crate::domain::event::NewEvent],
+        events: &[NewEvent],
         indexed: &[(String, i64)],
     ) {
         if let Some(c) = self.current() {
@@ -318,7 +309,7 @@ mod tests {
     #[test]
     fn insert_numbers_binds_per_row() {
         assert_eq!(
-            insert_events_sql(2, crate::store::sql::Binds::Numbered),
+            insert_events_sql(2, super::super::Binds::Numbered),
             "INSERT INTO events (kind, agent_id, session_id, at_us, data) VALUES \
              ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"
         );

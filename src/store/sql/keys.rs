@@ -6,7 +6,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
-use crate::domain::apikey::ApiKey;
+use crate::domain::apikey::{ApiKey, Role};
 use crate::store::{KeyStore, StoreError, StoreResult};
 
 /// Columns of `api_keys`, in `key_from_row` order.
@@ -32,7 +32,7 @@ fn build_key(
 ) -> StoreResult<ApiKey> {
     let bad =
         |what: &str| StoreError::Internal(format!("api key {key_id}: stored {what} is invalid"));
-    let role = crate::domain::apikey::Role::parse(role).ok_or_else(|| bad("role"))?;
+    let role = Role::parse(role).ok_or_else(|| bad("role"))?;
     let agent_ids: Vec<String> = serde_json::from_str(agent_ids).map_err(|_| bad("agent_ids"))?;
     let digest: [u8; 32] = hex::decode(secret_sha256)
         .ok()

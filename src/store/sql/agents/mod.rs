@@ -9,6 +9,14 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::backend::RowsAffected;
 use super::{in_list, Backend, SqlStore};
+use crate::domain::agent::{AgentId, Registration};
+use crate::domain::event::NewEvent;
+use crate::domain::state::{StateRecord, StateReport, UNKNOWN};
+use crate::store::health::PROBE_WRITE;
+use crate::store::{
+    Agent, AgentQuery, AgentState, AgentStore, AppliedReports, HistoryEntry, HistoryQuery,
+    Liveness, PoolStats, RegisterOutcome, StoreError, StoreResult,
+};
 
 /// Columns of `agents` in the order `agent_from_row` reads them.
 pub(in crate::store) const AGENT_COLUMNS: &str =
@@ -48,7 +56,7 @@ pub(in crate::store) static SET_LEASE: LazyLock<String> = LazyLock::new(|| {
         "UPDATE agents SET ttl_secs = $2, \
          stale_since_us = CASE WHEN stale_since_us > 0 AND NOT {} THEN 0 ELSE stale_since_us END \
          WHERE agent_id = $1 AND deregistered_at_us IS NULL RETURNING stale_since_us",
-        crate::store::Liveness::lease_over_sql("last_seen_us", "COALESCE($2, $3)", "$4", "$5")
+        Liveness::lease_over_sql("last_seen_us", "COALESCE($2, $3)", "$4", "$5")
     )
 });
 
@@ -90,7 +98,7 @@ pub(in crate::store) const HISTORY_NEXT_PAGE: &str =
 pub(in crate::store) static COUNT_STALE_AGENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT COUNT(*) FROM agents WHERE {}",
-        crate::store::Liveness::holds_stale_sql("", "$1", "$2", "$3")
+        Liveness::holds_stale_sql("", "$1", "$2", "$3")
     )
 });
 
@@ -102,10 +110,7 @@ pub(in crate::store) const LATEST_MIGRATION: &str =
 
 /// Build the listing query for `q`, returning SQL and its text binds in
 /// order (`$1`, `$2`, …) plus the limit as the last bind.
-pub(in crate::store) fn list_agents_sql(
-    q: &crate::store::AgentQuery,
-    live: &crate::store::Liveness,
-) -> (String, Vec<String>) {
+pub(in crate::store) fn list_agents_sql(q: &AgentQuery, live: &Liveness) -> (String, Vec<String>) {
     let mut sql = format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE 1 = 1");
     let mut binds = Vec::new();
     let next = |sql: &mut String, clause: &str, value: &str, binds: &mut Vec<String>| {
@@ -120,7 +125,7 @@ pub(in crate::store) fn list_agents_sql(
     }
     if let Some(stale) = q.stale {
         // Numbers from the server itself, not from the request.
-        let stale_sql = crate::store::Liveness::holds_stale_sql(
+        let stale_sql = Liveness::holds_stale_sql(
             "",
             &live.ttl_sql(),
             &live.grace_secs.to_string(),
@@ -163,13 +168,11 @@ where
 {
     /// An [`AgentState`](crate::store::AgentState) from `STATE_COLUMNS`
     /// (without its event index, which is not one of them).
-    pub(in crate::store) fn state_from_row(
-        row: &B::Row,
-    ) -> crate::store::StoreResult<crate::store::AgentState> {
+    pub(in crate::store) fn state_from_row(row: &B::Row) -> StoreResult<AgentState> {
         use sqlx::Row;
-        Ok(crate::store::AgentState {
+        Ok(AgentState {
             agent_id: row.try_get(0)?,
-            current: crate::domain::state::StateRecord {
+            current: StateRecord {
                 state: row.try_get(1)?,
                 details: crate::store::decode_details(row.try_get(2)?),
                 timestamp: row.try_get(3)?,
@@ -182,13 +185,11 @@ where
         })
     }
 
-    pub(in crate::store) fn agent_from_row(
-        row: &B::Row,
-    ) -> crate::store::StoreResult<crate::store::Agent> {
+    pub(in crate::store) fn agent_from_row(row: &B::Row) -> StoreResult<Agent> {
         use sqlx::Row;
         let caps: String = row.try_get(4)?;
         let meta: String = row.try_get(5)?;
-        Ok(crate::store::Agent {
+        Ok(Agent {
             agent_id: row.try_get(0)?,
             name: row.try_get(1)?,
             version: row.try_get(2)?,
@@ -200,7 +201,7 @@ where
             deregistered_at: row.try_get(8)?,
             last_seen: row.try_get(9)?,
             ttl_secs: row.try_get(14)?,
-            current: crate::domain::state::StateRecord {
+            current: StateRecord {
                 state: row.try_get(10)?,
                 details: crate::store::decode_details(row.try_get(11)?),
                 timestamp: row.try_get(12)?,
@@ -211,7 +212,7 @@ where
 }
 
 #[async_trait::async_trait]
-impl<B> crate::store::AgentStore for SqlStore<B>
+impl<B> AgentStore for SqlStore<B>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
@@ -225,8 +226,7 @@ where
     for<'q> i32: Decode<'q, B> + Type<B>,
     for<'q> bool: Encode<'q, B> + Type<B>,
 {
-    async fn ready(&self) -> crate::store::StoreResult<()> {
-        use crate::store::StoreError;
+    async fn ready(&self) -> StoreResult<()> {
         let want = B::migrator().iter().map(|m| m.version).max().unwrap_or(0);
         let have: Option<i64> = sqlx::query_scalar(LATEST_MIGRATION)
             .fetch_one(self.reader())
@@ -243,23 +243,17 @@ where
         if !problems.is_empty() {
             return Err(StoreError::Unavailable(problems.join("; ")));
         }
-        sqlx::query(crate::store::health::PROBE_WRITE)
-            .execute(self.writer())
-            .await?;
+        sqlx::query(PROBE_WRITE).execute(self.writer()).await?;
         Ok(())
     }
 
-    async fn register_agent(
-        &self,
-        reg: &crate::domain::agent::Registration,
-        now: i64,
-    ) -> crate::store::StoreResult<crate::store::RegisterOutcome> {
+    async fn register_agent(&self, reg: &Registration, now: i64) -> StoreResult<RegisterOutcome> {
         let caps = serde_json::to_string(&reg.capabilities)
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))?;
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let meta = serde_json::to_string(&reg.metadata)
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))?;
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let id = reg.agent_id.as_str();
-        let mut events = vec![crate::domain::event::NewEvent::registered(reg, now)];
+        let mut events = vec![NewEvent::registered(reg, now)];
         let mut tx = self.writer().begin().await?;
         let inserted = sqlx::query(INSERT_AGENT)
             .bind(id)
@@ -277,13 +271,13 @@ where
         let outcome = if inserted {
             sqlx::query(INSERT_HISTORY)
                 .bind(id)
-                .bind(crate::domain::state::UNKNOWN)
+                .bind(UNKNOWN)
                 .bind(None::<&str>)
                 .bind(now)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            crate::store::RegisterOutcome::Created
+            RegisterOutcome::Created
         } else {
             let stale_since: Option<i64> = sqlx::query_scalar(UPDATE_AGENT)
                 .bind(id)
@@ -297,13 +291,13 @@ where
                 .fetch_one(&mut *tx)
                 .await?;
             if stale_since == Some(0) {
-                events.push(crate::domain::event::NewEvent::fresh(id, now));
+                events.push(NewEvent::fresh(id, now));
             }
             sqlx::query(DELETE_CAPABILITIES)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            crate::store::RegisterOutcome::Updated
+            RegisterOutcome::Updated
         };
         for cap in &reg.capabilities {
             sqlx::query(INSERT_CAPABILITY)
@@ -321,11 +315,7 @@ where
         Ok(outcome)
     }
 
-    async fn deregister_agent(
-        &self,
-        id: &crate::domain::agent::AgentId,
-        now: i64,
-    ) -> crate::store::StoreResult<()> {
+    async fn deregister_agent(&self, id: &AgentId, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let changed: Option<i32> = sqlx::query_scalar(DEREGISTER)
             .bind(id.as_str())
@@ -333,11 +323,8 @@ where
             .fetch_optional(&mut *tx)
             .await?;
         let events = match changed {
-            None => return Err(crate::store::StoreError::agent_not_found(id)),
-            Some(1) => vec![crate::domain::event::NewEvent::deregistered(
-                id.as_str(),
-                now,
-            )],
+            None => return Err(StoreError::agent_not_found(id)),
+            Some(1) => vec![NewEvent::deregistered(id.as_str(), now)],
             Some(_) => Vec::new(),
         };
         let indexed = Self::flush_events(&mut tx, &events).await?;
@@ -351,10 +338,10 @@ where
 
     async fn reset_state(
         &self,
-        id: &crate::domain::agent::AgentId,
+        id: &AgentId,
         details: Option<String>,
         now: i64,
-    ) -> crate::store::StoreResult<()> {
+    ) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let last_seen: Option<i64> = sqlx::query_scalar(RESET_STATE)
             .bind(id.as_str())
@@ -363,15 +350,15 @@ where
             .fetch_optional(&mut *tx)
             .await?;
         let Some(last_seen) = last_seen else {
-            return Err(crate::store::StoreError::agent_not_found(id));
+            return Err(StoreError::agent_not_found(id));
         };
         let details = details
             .map(serde_json::value::RawValue::from_string)
             .transpose()
-            .map_err(|e| crate::store::StoreError::Internal(e.to_string()))?;
-        let report = crate::domain::state::StateReport {
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let report = StateReport {
             agent_id: id.clone(),
-            state: crate::domain::state::UNKNOWN.to_owned(),
+            state: UNKNOWN.to_owned(),
             details,
             timestamp: now,
             received_at: now,
@@ -384,7 +371,7 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let events = vec![crate::domain::event::NewEvent::state(&report)];
+        let events = vec![NewEvent::state(&report)];
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         if let Some(c) = self.current() {
@@ -397,10 +384,10 @@ where
 
     async fn set_agent_lease(
         &self,
-        id: &crate::domain::agent::AgentId,
+        id: &AgentId,
         ttl_secs: Option<i64>,
         now: i64,
-    ) -> crate::store::StoreResult<crate::store::Agent> {
+    ) -> StoreResult<Agent> {
         let live = self.rules().liveness;
         let mut tx = self.writer().begin().await?;
         let stale_since: Option<Option<i64>> = sqlx::query_scalar(SET_LEASE.as_str())
@@ -412,11 +399,11 @@ where
             .fetch_optional(&mut *tx)
             .await?;
         let Some(stale_since) = stale_since else {
-            return Err(crate::store::StoreError::agent_not_found(id));
+            return Err(StoreError::agent_not_found(id));
         };
         let mut events = Vec::new();
         if stale_since == Some(0) {
-            events.push(crate::domain::event::NewEvent::fresh(id.as_str(), now));
+            events.push(NewEvent::fresh(id.as_str(), now));
         }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
@@ -427,34 +414,25 @@ where
         self.get_agent(id).await
     }
 
-    async fn apply_state_reports(
-        &self,
-        reports: &[crate::domain::state::StateReport],
-    ) -> crate::store::StoreResult<crate::store::AppliedReports> {
+    async fn apply_state_reports(&self, reports: &[StateReport]) -> StoreResult<AppliedReports> {
         self.apply_reports(reports).await
     }
 
-    async fn get_agent(
-        &self,
-        id: &crate::domain::agent::AgentId,
-    ) -> crate::store::StoreResult<crate::store::Agent> {
+    async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent> {
         let sql = format!("SELECT {} FROM agents WHERE agent_id = $1", AGENT_COLUMNS);
         let row = sqlx::query(&sql)
             .bind(id.as_str())
             .fetch_optional(self.reader())
             .await?
-            .ok_or_else(|| crate::store::StoreError::agent_not_found(id))?;
+            .ok_or_else(|| StoreError::agent_not_found(id))?;
         Self::agent_from_row(&row)
     }
 
-    async fn get_state(
-        &self,
-        id: &crate::domain::agent::AgentId,
-    ) -> crate::store::StoreResult<crate::store::AgentState> {
+    async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState> {
         if let Some(c) = self.current() {
             return c
                 .get(id.as_str())
-                .ok_or_else(|| crate::store::StoreError::agent_not_found(id));
+                .ok_or_else(|| StoreError::agent_not_found(id));
         }
         // The newest feed index about it comes from the same
         // snapshot as its state: a blocking read waiting past it
@@ -468,16 +446,13 @@ where
             .bind(id.as_str())
             .fetch_optional(self.reader())
             .await?
-            .ok_or_else(|| crate::store::StoreError::agent_not_found(id))?;
+            .ok_or_else(|| StoreError::agent_not_found(id))?;
         let mut state = Self::state_from_row(&row)?;
         state.event_index = sqlx::Row::try_get(&row, 8)?;
         Ok(state)
     }
 
-    async fn list_agents(
-        &self,
-        q: &crate::store::AgentQuery,
-    ) -> crate::store::StoreResult<Vec<crate::store::Agent>> {
+    async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>> {
         let (sql, binds) = list_agents_sql(q, &self.rules().liveness);
         let mut query = sqlx::query(&sql);
         for b in &binds {
@@ -492,9 +467,9 @@ where
 
     async fn state_history(
         &self,
-        id: &crate::domain::agent::AgentId,
-        q: &crate::store::HistoryQuery,
-    ) -> crate::store::StoreResult<Vec<crate::store::HistoryEntry>> {
+        id: &AgentId,
+        q: &HistoryQuery,
+    ) -> StoreResult<Vec<HistoryEntry>> {
         use sqlx::Row;
         let mut conn = self.reader().acquire().await?;
         let rows = match q.before {
@@ -522,13 +497,13 @@ where
                 .await?
                 .is_none()
         {
-            return Err(crate::store::StoreError::agent_not_found(id));
+            return Err(StoreError::agent_not_found(id));
         }
         rows.iter()
             .map(|row| {
-                Ok(crate::store::HistoryEntry {
+                Ok(HistoryEntry {
                     seq: row.try_get(0)?,
-                    record: crate::domain::state::StateRecord {
+                    record: StateRecord {
                         state: row.try_get(1)?,
                         details: crate::store::decode_details(row.try_get(2)?),
                         timestamp: row.try_get(3)?,
@@ -544,13 +519,13 @@ where
         self.reader().close().await;
     }
 
-    async fn count_agents_by_state(&self) -> crate::store::StoreResult<Vec<(String, i64)>> {
+    async fn count_agents_by_state(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(sqlx::query_as(COUNT_AGENTS_BY_STATE)
             .fetch_all(self.reader())
             .await?)
     }
 
-    async fn count_stale_agents(&self, now: i64) -> crate::store::StoreResult<i64> {
+    async fn count_stale_agents(&self, now: i64) -> StoreResult<i64> {
         let live = self.rules().liveness;
         Ok(sqlx::query_scalar(COUNT_STALE_AGENTS.as_str())
             .bind(live.ttl_secs)
@@ -560,7 +535,7 @@ where
             .await?)
     }
 
-    fn pool_stats(&self) -> Vec<crate::store::PoolStats> {
+    fn pool_stats(&self) -> Vec<PoolStats> {
         self.pools()
     }
 }
@@ -568,7 +543,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::AgentQuery;
 
     #[test]
     fn listing_numbers_its_binds_in_order() {

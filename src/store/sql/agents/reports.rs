@@ -4,7 +4,12 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
+use crate::domain::event::NewEvent;
+use crate::domain::state::StateReport;
+use crate::domain::workflow::MEANINGFUL_STATES;
+use crate::store::sql::workflows::{AGENT_CHUNK, CLAIMABLE_STATES};
 use crate::store::sql::{value_rows, Backend, Binds, SqlStore};
+use crate::store::{AppliedReports, StoreError, StoreResult};
 
 /// Most reports in one `UPDATE` of [`apply_reports_sql`] or rows in one
 /// history `INSERT` (5 binds each: far below either backend's bind limit).
@@ -124,14 +129,12 @@ where
 {
     pub(super) async fn apply_reports(
         &self,
-        reports: &[crate::domain::state::StateReport],
-    ) -> crate::store::StoreResult<crate::store::AppliedReports> {
-        use crate::domain::workflow::MEANINGFUL_STATES;
+        reports: &[StateReport],
+    ) -> StoreResult<AppliedReports> {
         // A handful of statements per batch, not per report: each
         // statement is a round trip to the database (for SQLite, to
         // its connection's thread), and those dominated the cost.
-        let mut results: Vec<crate::store::StoreResult<()>> =
-            (0..reports.len()).map(|_| Ok(())).collect();
+        let mut results: Vec<StoreResult<()>> = (0..reports.len()).map(|_| Ok(())).collect();
         let mut events = Vec::new();
         // (report, became current, last seen) in the order applied:
         // for the history and the state index.
@@ -148,7 +151,7 @@ where
         // sharing agents then deadlocked.
         let lock: &str = B::LOCK_AGENTS_IN_ORDER;
         if !lock.is_empty() {
-            for chunk in agents.chunks(crate::store::sql::workflows::AGENT_CHUNK) {
+            for chunk in agents.chunks(AGENT_CHUNK) {
                 let sql = lock_agents_sql(chunk.len(), lock);
                 let mut q = sqlx::query(&sql);
                 for &a in chunk {
@@ -188,7 +191,7 @@ where
                     let Some(&(ts, received, stale_since, last_seen, reported)) =
                         rows.get(r.agent_id.as_str())
                     else {
-                        results[i] = Err(crate::store::StoreError::agent_not_found(&r.agent_id));
+                        results[i] = Err(StoreError::agent_not_found(&r.agent_id));
                         continue;
                     };
                     if reported == SUPERSEDED_LATER {
@@ -200,19 +203,14 @@ where
                     }
                     let fresh = stale_since == Some(0);
                     if fresh {
-                        events.push(crate::domain::event::NewEvent::fresh(
-                            r.agent_id.as_str(),
-                            last_seen,
-                        ));
+                        events.push(NewEvent::fresh(r.agent_id.as_str(), last_seen));
                     }
                     let current = (ts, received) == (r.timestamp, r.received_at);
                     if current {
-                        events.push(crate::domain::event::NewEvent::state(r));
+                        events.push(NewEvent::state(r));
                     }
-                    let claimable = fresh
-                        || (current
-                            && crate::store::sql::workflows::CLAIMABLE_STATES
-                                .contains(&r.state.as_str()));
+                    let claimable =
+                        fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
                     dispatchable |= claimable && runs.queued.contains(r.agent_id.as_str());
                     applied_reports.push((r, current, last_seen));
                 }
@@ -257,7 +255,7 @@ where
             }
         }
         self.events_committed(&events, &indexed);
-        Ok(crate::store::AppliedReports {
+        Ok(AppliedReports {
             results,
             dispatchable,
         })

@@ -4,8 +4,12 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
+use crate::domain::event::{NewEvent, TaskRef};
+use crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
+use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
+use crate::store::{ClaimedRun, DispatchOutcome, StoreError, StoreResult};
 
 impl<B> SqlStore<B>
 where
@@ -28,7 +32,7 @@ where
         lease_until: i64,
         limit: u32,
         allow_unknown: bool,
-    ) -> crate::store::StoreResult<Vec<crate::store::ClaimedRun>> {
+    ) -> StoreResult<Vec<ClaimedRun>> {
         type Candidate = (String, String, String, String, String, String, i64, String);
         let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), B::CLAIM_LOCK);
         let live = self.rules().liveness;
@@ -63,20 +67,15 @@ where
                 .await;
             match n {
                 Ok(r) if r.rows_affected() == 1 => {
-                    let task = crate::domain::event::TaskRef {
+                    let task = TaskRef {
                         run_id: &c.0,
                         task_id: &c.7,
                         session_id: &c.1,
                         agent_id: &c.3,
                         attempt: c.6 + 1,
                     };
-                    events.push(crate::domain::event::NewEvent::task(
-                        task,
-                        crate::domain::workflow::RunStatus::Dispatching,
-                        None,
-                        now,
-                    ));
-                    claimed.push(crate::store::ClaimedRun {
+                    events.push(NewEvent::task(task, RunStatus::Dispatching, None, now));
+                    claimed.push(ClaimedRun {
                         run_id: c.0,
                         session_id: c.1,
                         task_name: c.2,
@@ -89,10 +88,10 @@ where
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    return match crate::store::StoreError::from(e) {
+                    return match StoreError::from(e) {
                         // Another replica put a run of this agent in
                         // flight first; nothing is claimed this round.
-                        crate::store::StoreError::Conflict(_) => Ok(Vec::new()),
+                        StoreError::Conflict(_) => Ok(Vec::new()),
                         other => Err(other),
                     };
                 }
@@ -110,12 +109,8 @@ where
         claim: &str,
         attempt: i64,
         now: i64,
-        outcome: &crate::store::DispatchOutcome,
-    ) -> crate::store::StoreResult<()> {
-        use crate::domain::event::NewEvent;
-        use crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
-        use crate::domain::workflow::{RunStatus, SessionStatus};
-        use crate::store::DispatchOutcome;
+        outcome: &DispatchOutcome,
+    ) -> StoreResult<()> {
         let mut events = Vec::new();
         let mut tx = self.writer().begin().await?;
         // The attempt this dispatcher claimed, whatever the agent's
@@ -224,9 +219,7 @@ where
         Ok(())
     }
 
-    pub(super) async fn expire(&self, now: i64) -> crate::store::StoreResult<u64> {
-        use crate::domain::event::{NewEvent, TaskRef};
-        use crate::domain::workflow::RunStatus;
+    pub(super) async fn expire(&self, now: i64) -> StoreResult<u64> {
         let mut tx = self.writer().begin().await?;
         let recovered: Vec<(String, String, String, String, i64, Option<String>)> =
             sqlx::query_as(RECOVER_LEASES)

@@ -7,8 +7,16 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
+use crate::domain::event::{NewEvent, TaskRef};
+use crate::domain::run_rules::{
+    after_completion, after_failure, agent_error_reason, concerned_run, mention, report_effect,
+    AfterCompletion, AfterFailure, FailedAttempt, ReportEffect, ReportView,
+};
+use crate::domain::state::StateReport;
+use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
+use crate::store::{EngineRules, NewRun, StoreError, StoreResult};
 
 impl<B> SqlStore<B>
 where
@@ -28,23 +36,18 @@ where
         conn: &mut B::Connection,
         session_id: &str,
         agent_id: &str,
-        run: &crate::store::NewRun,
+        run: &NewRun,
         now: i64,
-        events: &mut Vec<crate::domain::event::NewEvent>,
-    ) -> crate::store::StoreResult<()> {
-        let task = crate::domain::event::TaskRef {
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<()> {
+        let task = TaskRef {
             run_id: &run.run_id,
             task_id: &run.task_id,
             session_id,
             agent_id,
             attempt: 0,
         };
-        events.push(crate::domain::event::NewEvent::task(
-            task,
-            crate::domain::workflow::RunStatus::Queued,
-            None,
-            now,
-        ));
+        events.push(NewEvent::task(task, RunStatus::Queued, None, now));
         sqlx::query(INSERT_RUN)
             .bind(&run.run_id)
             .bind(session_id)
@@ -68,7 +71,7 @@ where
     pub(in crate::store) async fn agents_with_runs(
         conn: &mut B::Connection,
         agents: &[&str],
-    ) -> crate::store::StoreResult<AgentRuns> {
+    ) -> StoreResult<AgentRuns> {
         let mut runs = AgentRuns::default();
         for chunk in agents.chunks(AGENT_CHUNK) {
             let sql = agents_with_runs_sql(chunk.len());
@@ -91,14 +94,10 @@ where
     /// decides (`run_rules::report_effect`), this applies.
     pub(in crate::store) async fn advance_on_report(
         conn: &mut B::Connection,
-        r: &crate::domain::state::StateReport,
-        rules: &crate::store::EngineRules,
-        events: &mut Vec<crate::domain::event::NewEvent>,
-    ) -> crate::store::StoreResult<()> {
-        use crate::domain::run_rules::{
-            agent_error_reason, concerned_run, mention, report_effect, ReportEffect, ReportView,
-        };
-        use crate::domain::workflow::RunStatus;
+        r: &StateReport,
+        rules: &EngineRules,
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<()> {
         let sql = format!(
             "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 \
              AND (status IN {in_flight} OR (status = 'queued' AND attempts > 0))",
@@ -150,7 +149,7 @@ where
                 .await?
                 .rows_affected();
                 if started == 1 {
-                    events.push(crate::domain::event::NewEvent::task(
+                    events.push(NewEvent::task(
                         run.task_ref(),
                         RunStatus::Running,
                         None,
@@ -197,12 +196,9 @@ where
         run: &InFlight,
         details: Option<&str>,
         now: i64,
-        rules: &crate::store::EngineRules,
-        events: &mut Vec<crate::domain::event::NewEvent>,
-    ) -> crate::store::StoreResult<()> {
-        use crate::domain::event::NewEvent;
-        use crate::domain::workflow::{RunStatus, SessionStatus};
-        use crate::store::StoreError;
+        rules: &EngineRules,
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<()> {
         // The claim (`lease_owner`) stays: a delivery still on its way
         // records its outcome on this attempt when it returns.
         let done = sqlx::query(&format!(
@@ -239,17 +235,15 @@ where
         let Some(definition) = definition else {
             return Ok(());
         };
-        let def: crate::domain::workflow::WorkflowDefinition = serde_json::from_str(&definition)
-            .map_err(|e| {
-                StoreError::Internal(format!(
-                    "stored definition of session {}: {e}",
-                    run.session_id
-                ))
-            })?;
-        use crate::domain::run_rules::{after_completion, AfterCompletion};
+        let def: WorkflowDefinition = serde_json::from_str(&definition).map_err(|e| {
+            StoreError::Internal(format!(
+                "stored definition of session {}: {e}",
+                run.session_id
+            ))
+        })?;
         match after_completion(&def, &run.task_id) {
             AfterCompletion::Next(task) => {
-                let new = crate::store::NewRun::next(task, run.position, now, rules);
+                let new = NewRun::next(task, run.position, now, rules);
                 Self::insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
             }
             AfterCompletion::SessionCompleted => {
@@ -287,12 +281,9 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         run: &InFlight,
         failure: &Failure<'_>,
         now: i64,
-        rules: &crate::store::EngineRules,
-        events: &mut Vec<crate::domain::event::NewEvent>,
-    ) -> crate::store::StoreResult<()> {
-        use crate::domain::event::NewEvent;
-        use crate::domain::run_rules::{after_failure, AfterFailure, FailedAttempt};
-        use crate::domain::workflow::{RunStatus, SessionStatus};
+        rules: &EngineRules,
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<()> {
         let Failure {
             reason,
             guard,

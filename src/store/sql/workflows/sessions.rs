@@ -7,8 +7,14 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
+use crate::domain::event::{NewEvent, TaskRef};
+use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
+use crate::store::{
+    ClaimedRun, DispatchOutcome, NewSession, PutOutcome, RunRecord, SessionQuery, SessionRecord,
+    StoreError, StoreResult, WorkflowStore,
+};
 
 impl<B> SqlStore<B>
 where
@@ -28,9 +34,9 @@ where
     /// nothing changed) when one is.
     pub(in crate::store) async fn insert_definition(
         conn: &mut B::Connection,
-        def: &crate::domain::workflow::WorkflowDefinition,
+        def: &WorkflowDefinition,
         now: i64,
-    ) -> crate::store::StoreResult<bool> {
+    ) -> StoreResult<bool> {
         let inserted = sqlx::query(
             "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
              VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
@@ -49,11 +55,10 @@ where
     /// `WorkflowStore::put_definition`).
     pub(in crate::store) async fn put_definition_in(
         conn: &mut B::Connection,
-        def: &crate::domain::workflow::WorkflowDefinition,
+        def: &WorkflowDefinition,
         replace: bool,
         now: i64,
-    ) -> crate::store::StoreResult<crate::store::PutOutcome> {
-        use crate::store::{PutOutcome, StoreError};
+    ) -> StoreResult<PutOutcome> {
         let canonical = def.canonical_json();
         let outcome = if Self::insert_definition(conn, def, now).await? {
             PutOutcome::Created
@@ -88,18 +93,15 @@ where
         Ok(outcome)
     }
 
-    pub(in crate::store) fn session_from_row(
-        row: &B::Row,
-    ) -> crate::store::StoreResult<crate::store::SessionRecord> {
+    pub(in crate::store) fn session_from_row(row: &B::Row) -> StoreResult<SessionRecord> {
         use sqlx::Row;
         let status: String = row.try_get(3)?;
-        Ok(crate::store::SessionRecord {
+        Ok(SessionRecord {
             session_id: row.try_get(0)?,
             workflow_id: row.try_get(1)?,
             agent_id: row.try_get(2)?,
-            status: crate::domain::workflow::SessionStatus::parse(&status).ok_or_else(|| {
-                crate::store::StoreError::Internal(format!("unknown session status {status}"))
-            })?,
+            status: SessionStatus::parse(&status)
+                .ok_or_else(|| StoreError::Internal(format!("unknown session status {status}")))?,
             result: crate::store::decode_details(row.try_get(4)?),
             error: row.try_get(5)?,
             created_at: row.try_get(6)?,
@@ -109,18 +111,15 @@ where
         })
     }
 
-    pub(in crate::store) fn run_from_row(
-        row: &B::Row,
-    ) -> crate::store::StoreResult<crate::store::RunRecord> {
+    pub(in crate::store) fn run_from_row(row: &B::Row) -> StoreResult<RunRecord> {
         use sqlx::Row;
         let status: String = row.try_get(3)?;
-        Ok(crate::store::RunRecord {
+        Ok(RunRecord {
             run_id: row.try_get(0)?,
             task_id: row.try_get(1)?,
             task_name: row.try_get(2)?,
-            status: crate::domain::workflow::RunStatus::parse(&status).ok_or_else(|| {
-                crate::store::StoreError::Internal(format!("unknown run status {status}"))
-            })?,
+            status: RunStatus::parse(&status)
+                .ok_or_else(|| StoreError::Internal(format!("unknown run status {status}")))?,
             attempts: row.try_get(4)?,
             max_retries: row.try_get(5)?,
             payload: crate::store::decode_details(row.try_get(6)?),
@@ -135,7 +134,7 @@ where
 }
 
 #[async_trait::async_trait]
-impl<B> crate::store::WorkflowStore for SqlStore<B>
+impl<B> WorkflowStore for SqlStore<B>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
@@ -151,48 +150,38 @@ where
 {
     async fn put_definition(
         &self,
-        def: &crate::domain::workflow::WorkflowDefinition,
+        def: &WorkflowDefinition,
         replace: bool,
         now: i64,
-    ) -> crate::store::StoreResult<crate::store::PutOutcome> {
+    ) -> StoreResult<PutOutcome> {
         let mut tx = self.writer().begin().await?;
         let outcome = Self::put_definition_in(&mut tx, def, replace, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
-    async fn get_definition(
-        &self,
-        id: &str,
-    ) -> crate::store::StoreResult<crate::domain::workflow::WorkflowDefinition> {
+    async fn get_definition(&self, id: &str) -> StoreResult<WorkflowDefinition> {
         let text: Option<String> = sqlx::query_scalar(
             "SELECT definition FROM workflow_definitions WHERE workflow_id = $1",
         )
         .bind(id)
         .fetch_optional(self.reader())
         .await?;
-        let text =
-            text.ok_or_else(|| crate::store::StoreError::not_found("Workflow definition", id))?;
-        serde_json::from_str(&text).map_err(|e| crate::store::StoreError::Internal(e.to_string()))
+        let text = text.ok_or_else(|| StoreError::not_found("Workflow definition", id))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
-    async fn list_definitions(
-        &self,
-    ) -> crate::store::StoreResult<Vec<crate::domain::workflow::WorkflowDefinition>> {
+    async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT definition FROM workflow_definitions ORDER BY workflow_id")
                 .fetch_all(self.reader())
                 .await?;
         rows.iter()
-            .map(|t| {
-                serde_json::from_str(t)
-                    .map_err(|e| crate::store::StoreError::Internal(e.to_string()))
-            })
+            .map(|t| serde_json::from_str(t).map_err(|e| StoreError::Internal(e.to_string())))
             .collect()
     }
 
-    async fn delete_definition(&self, id: &str) -> crate::store::StoreResult<()> {
-        use crate::store::StoreError;
+    async fn delete_definition(&self, id: &str) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let busy: Option<String> = sqlx::query_scalar(&format!(
 "SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN {unfinished} LIMIT 1",
@@ -218,11 +207,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         Ok(())
     }
 
-    async fn create_session(
-        &self,
-        s: &crate::store::NewSession,
-        now: i64,
-    ) -> crate::store::StoreResult<()> {
+    async fn create_session(&self, s: &NewSession, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let exists: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL",
@@ -231,7 +216,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .fetch_optional(&mut *tx)
         .await?;
         if exists.is_none() {
-            return Err(crate::store::StoreError::agent_not_found(&s.agent_id));
+            return Err(StoreError::agent_not_found(&s.agent_id));
         }
         if s.store_definition {
             // Contract 1.4: an inline definition is stored when its
@@ -242,10 +227,10 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             Self::insert_definition(&mut tx, &s.definition, now).await?;
         }
         let (status, finished) = match s.first_run {
-            Some(_) => (crate::domain::workflow::SessionStatus::Started, None),
-            None => (crate::domain::workflow::SessionStatus::Completed, Some(now)),
+            Some(_) => (SessionStatus::Started, None),
+            None => (SessionStatus::Completed, Some(now)),
         };
-        let mut events = vec![crate::domain::event::NewEvent::session(
+        let mut events = vec![NewEvent::session(
             s.agent_id.as_str(),
             &s.session_id,
             &s.definition.id,
@@ -283,10 +268,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         Ok(())
     }
 
-    async fn get_session(
-        &self,
-        id: &str,
-    ) -> crate::store::StoreResult<crate::store::SessionRecord> {
+    async fn get_session(&self, id: &str) -> StoreResult<SessionRecord> {
         let mut conn = self.reader().acquire().await?;
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
@@ -294,7 +276,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| crate::store::StoreError::not_found("Session", id))?;
+        .ok_or_else(|| StoreError::not_found("Session", id))?;
         let mut session = Self::session_from_row(&row)?;
         let runs = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM task_runs WHERE session_id = $1 ORDER BY position, created_at_us"
@@ -309,10 +291,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         Ok(session)
     }
 
-    async fn list_sessions(
-        &self,
-        q: &crate::store::SessionQuery,
-    ) -> crate::store::StoreResult<Vec<crate::store::SessionRecord>> {
+    async fn list_sessions(&self, q: &SessionQuery) -> StoreResult<Vec<SessionRecord>> {
         let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE agent_id = $1");
         let mut binds: Vec<&str> = vec![q.agent_id.as_str()];
         if let Some(status) = q.status {
@@ -338,15 +317,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         rows.iter().map(Self::session_from_row).collect()
     }
 
-    async fn cancel_session(
-        &self,
-        id: &str,
-        now: i64,
-    ) -> crate::store::StoreResult<crate::domain::workflow::SessionStatus> {
-        use crate::domain::event::{NewEvent, TaskRef};
-        use crate::domain::workflow::RunStatus;
-        use crate::domain::workflow::SessionStatus;
-        use crate::store::StoreError;
+    async fn cancel_session(&self, id: &str, now: i64) -> StoreResult<SessionStatus> {
         let mut tx = self.writer().begin().await?;
         let cancelled: Option<(String, String)> = sqlx::query_as(&format!(
             "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
@@ -417,7 +388,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         lease_until: i64,
         limit: u32,
         allow_unknown: bool,
-    ) -> crate::store::StoreResult<Vec<crate::store::ClaimedRun>> {
+    ) -> StoreResult<Vec<ClaimedRun>> {
         self.claim(owner, now, lease_until, limit, allow_unknown)
             .await
     }
@@ -428,22 +399,22 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         claim: &str,
         attempt: i64,
         now: i64,
-        outcome: &crate::store::DispatchOutcome,
-    ) -> crate::store::StoreResult<()> {
+        outcome: &DispatchOutcome,
+    ) -> StoreResult<()> {
         self.record(run_id, claim, attempt, now, outcome).await
     }
 
-    async fn expire_overdue(&self, now: i64) -> crate::store::StoreResult<u64> {
+    async fn expire_overdue(&self, now: i64) -> StoreResult<u64> {
         self.expire(now).await
     }
 
-    async fn count_sessions_by_status(&self) -> crate::store::StoreResult<Vec<(String, i64)>> {
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(sqlx::query_as(COUNT_SESSIONS_BY_STATUS)
             .fetch_all(self.reader())
             .await?)
     }
 
-    async fn count_queued_runs(&self) -> crate::store::StoreResult<i64> {
+    async fn count_queued_runs(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(COUNT_QUEUED_RUNS)
             .fetch_one(self.reader())
             .await?)
