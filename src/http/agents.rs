@@ -24,7 +24,7 @@ use crate::domain::apikey::Permission;
 use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
-use crate::error::{ApiError, ErrorBody, Result};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
@@ -122,8 +122,8 @@ async fn apply_notify(
     let event = parse_json::<NotifyBody>(body)?
         .validate()
         .map_err(|e| match e {
-            NotifyError::UnknownEventType(t) => ApiError::bad_request(
-                "unknown_event_type",
+            NotifyError::UnknownEventType(t) => ApiError::new(
+                ErrorCode::UnknownEventType,
                 format!("Unknown event_type '{t}' (expected REGISTER or DEREGISTER)"),
             ),
             NotifyError::Invalid(errors) => ApiError::validation(errors),
@@ -172,8 +172,8 @@ impl FromRequestParts<AppState> for WebhookCaller {
         let (ts, sig) = signature_headers(headers);
         if ts.is_some() || sig.is_some() {
             if state.config.webhook_secrets().is_empty() {
-                return Err(ApiError::unauthorized(
-                    "invalid_signature",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidSignature,
                     "Webhook is signed but this server has no OPSCORE_WEBHOOK_SECRET to verify it",
                 ));
             }
@@ -185,8 +185,8 @@ impl FromRequestParts<AppState> for WebhookCaller {
         if state.config.allow_unsigned_notify {
             return Ok(Self::Unsigned);
         }
-        Err(ApiError::unauthorized(
-            "missing_credentials",
+        Err(ApiError::new(
+            ErrorCode::MissingCredentials,
             "Webhook needs X-AgentKit-Timestamp and X-AgentKit-Signature headers, or a bearer API key",
         ))
     }
@@ -202,11 +202,11 @@ fn signature_headers(headers: &HeaderMap) -> (Option<&str>, Option<&str>) {
 /// The 401 of a signature refused for `e`.
 fn signature_refused(e: SignatureError) -> ApiError {
     let code = match e {
-        SignatureError::Stale(..) => "stale_timestamp",
-        SignatureError::MissingHeader(_) => "missing_signature",
-        _ => "invalid_signature",
+        SignatureError::Stale(..) => ErrorCode::StaleTimestamp,
+        SignatureError::MissingHeader(_) => ErrorCode::MissingSignature,
+        _ => ErrorCode::InvalidSignature,
     };
-    ApiError::unauthorized(code, format!("Webhook signature refused: {e}"))
+    ApiError::new(code, format!("Webhook signature refused: {e}"))
 }
 
 /// Verify a signed webhook's signature over its body, and that it is seen
@@ -238,8 +238,8 @@ async fn verify_webhook(
         )
         .await?;
     if !first {
-        return Err(ApiError::unauthorized(
-            "webhook_replayed",
+        return Err(ApiError::new(
+            ErrorCode::WebhookReplayed,
             "Webhook refused: this signature was already used (a replay); sign each delivery anew",
         ));
     }
@@ -249,7 +249,10 @@ async fn verify_webhook(
 /// A path agent id that is not well formed names no agent: 404.
 pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
     AgentId::parse(raw).map_err(|why| {
-        ApiError::not_found("agent_not_found", format!("Agent not found: {raw} ({why})"))
+        ApiError::new(
+            ErrorCode::AgentNotFound,
+            format!("Agent not found: {raw} ({why})"),
+        )
     })
 }
 
@@ -294,8 +297,8 @@ async fn report_state(
             state.config.max_clock_skew,
         )
         .map_err(|e| match e {
-            ReportError::AgentMismatch { path, body } => ApiError::bad_request(
-                "agent_id_mismatch",
+            ReportError::AgentMismatch { path, body } => ApiError::new(
+                ErrorCode::AgentIdMismatch,
                 format!("agentId in the body ({body}) does not match the path ({path})"),
             ),
             ReportError::Invalid(errors) => ApiError::validation(errors),
@@ -307,7 +310,8 @@ async fn report_state(
                     "is {ahead_secs} s ahead of the server's clock (at most {max_skew_secs} s \
                      allowed, OPSCORE_MAX_CLOCK_SKEW_SECS); check the agent's clock"
                 );
-                ApiError::invalid_field("timestamp", message).with_code("timestamp_in_future")
+                ApiError::invalid_field("timestamp", message)
+                    .with_code(ErrorCode::TimestampInFuture)
             }
         })?;
     let reported = crate::metrics::state_label(&report.state);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
 use crate::engine::feed::{Feed, Subscription};
-use crate::error::{ApiError, ErrorBody, Result};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 
 /// The feed's route.
@@ -209,8 +209,7 @@ async fn stream(
         (Some(scope), Some(asked)) => {
             if let Some(outside) = asked.iter().find(|a| !scope.contains(a)) {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     format!(
                         "This API key may not read events of agent {outside} (outside its scope)"
                     ),
@@ -232,8 +231,7 @@ async fn stream(
         Some(n) => {
             if n < bounds.pruned_through {
                 return Err(ApiError::new(
-                    StatusCode::GONE,
-                    "feed_index_expired",
+                    ErrorCode::FeedIndexExpired,
                     format!(
                         "Events up to index {} are no longer retained; resume from {} or later, \
                          or reconnect without Last-Event-ID",
@@ -264,7 +262,7 @@ async fn stream(
         let refused = keys.key_withdrawn(&principal).await;
         tracing::info!(
             key_id = principal.key_id().unwrap_or_default(),
-            reason = refused.code(),
+            reason = refused.code().as_str(),
             "event stream closed: its API key is no longer accepted"
         );
     };

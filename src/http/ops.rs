@@ -9,14 +9,14 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, ErrorBody, Result};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::Store;
 
@@ -110,8 +110,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
     match state.readiness.check(&*state.store).await {
         Ok(()) => Ok(Json(StatusOnly { status: "ready" })),
         Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "The database cannot be read or written, or is not migrated",
         )),
     }

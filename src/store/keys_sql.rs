@@ -98,7 +98,7 @@ macro_rules! impl_key_store {
                     .bind(key_id)
                     .fetch_optional(self.reader())
                     .await?
-                    .ok_or_else(|| $crate::store::StoreError::not_found("Key", key_id))?;
+                    .ok_or_else(|| $crate::store::StoreError::not_found($crate::store::Entity::Key, key_id))?;
                 key_from_row(&row)
             }
 
@@ -129,7 +129,7 @@ macro_rules! impl_key_store {
                     .bind(now)
                     .fetch_optional(self.writer())
                     .await?
-                    .ok_or_else(|| $crate::store::StoreError::not_found("Key", key_id))?;
+                    .ok_or_else(|| $crate::store::StoreError::not_found($crate::store::Entity::Key, key_id))?;
                 key_from_row(&row)
             }
 

@@ -619,7 +619,7 @@ macro_rules! impl_workflow_store {
                         .bind(id)
                         .fetch_optional(self.reader())
                         .await?;
-                let text = text.ok_or_else(|| $crate::store::StoreError::not_found("Workflow definition", id))?;
+                let text = text.ok_or_else(|| $crate::store::StoreError::not_found($crate::store::Entity::WorkflowDefinition, id))?;
                 serde_json::from_str(&text).map_err(|e| $crate::store::StoreError::Internal(e.to_string()))
             }
 
@@ -655,7 +655,7 @@ macro_rules! impl_workflow_store {
                     .await?
                     .rows_affected();
                 if deleted == 0 {
-                    return Err(StoreError::not_found("Workflow definition", id));
+                    return Err(StoreError::not_found($crate::store::Entity::WorkflowDefinition, id));
                 }
                 tx.commit().await?;
                 Ok(())
@@ -720,7 +720,7 @@ macro_rules! impl_workflow_store {
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await?
-                    .ok_or_else(|| $crate::store::StoreError::not_found("Session", id))?;
+                    .ok_or_else(|| $crate::store::StoreError::not_found($crate::store::Entity::Session, id))?;
                 let mut session = session_from_row(&row)?;
                 let runs = sqlx::query(&format!(
                     "SELECT {RUN_COLUMNS} FROM task_runs WHERE session_id = $1 ORDER BY position, created_at_us"
@@ -781,7 +781,7 @@ macro_rules! impl_workflow_store {
                         .fetch_optional(&mut *tx)
                         .await?;
                     return match status.as_deref().and_then(SessionStatus::parse) {
-                        None => Err(StoreError::not_found("Session", id)),
+                        None => Err(StoreError::not_found($crate::store::Entity::Session, id)),
                         Some(SessionStatus::Cancelled) => Ok(SessionStatus::Cancelled),
                         Some(other) => Err(StoreError::Conflict(format!(
                             "session {id} already {} and cannot be cancelled",
