@@ -28,6 +28,9 @@ use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
+/// The state route's template: `GET` with `index` is a blocking read.
+pub const STATE_PATH: &str = "/v1/opscore/agent/{agentId}/state";
+
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
+use super::agents::STATE_PATH;
 use super::extract::Query;
 use super::keyring::StreamSlot;
 use crate::domain::agent::AgentId;
@@ -44,12 +45,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Whether a request waits on the feed (an event stream or a blocking
-/// read): such requests are exempt from the request deadline and the
-/// concurrency limit, and are capped by the feed's subscriber limit instead.
-pub fn is_long_poll(method: &axum::http::Method, path: &str, query: Option<&str>) -> bool {
+/// read), from its method, matched route template and query: such
+/// requests are exempt from the request deadline and the concurrency
+/// limit, and are capped by the feed's subscriber limit instead.
+pub fn is_long_poll(method: &axum::http::Method, route: Option<&str>, query: Option<&str>) -> bool {
     method == axum::http::Method::GET
-        && (path == EVENTS_PATH
-            || (path.ends_with("/state")
+        && (route == Some(EVENTS_PATH)
+            || (route == Some(STATE_PATH)
                 && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))))
 }
 
@@ -371,26 +373,15 @@ mod tests {
     #[test]
     fn long_polls_are_recognised() {
         use axum::http::Method;
-        assert!(is_long_poll(&Method::GET, EVENTS_PATH, None));
-        assert!(is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            Some("wait=1s&index=4")
-        ));
-        assert!(!is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            None
-        ));
-        assert!(!is_long_poll(
-            &Method::POST,
-            "/v1/opscore/agent/a/state",
-            Some("index=4")
-        ));
-        assert!(!is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            Some("reindex=4")
-        ));
+        let state = Some(STATE_PATH);
+        assert!(is_long_poll(&Method::GET, Some(EVENTS_PATH), None));
+        assert!(is_long_poll(&Method::GET, state, Some("wait=1s&index=4")));
+        assert!(!is_long_poll(&Method::GET, state, None));
+        assert!(!is_long_poll(&Method::POST, state, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, state, Some("reindex=4")));
+        // Routes are told apart by template, not by how the path ends.
+        let history = Some("/v1/opscore/agent/{agentId}/state/history");
+        assert!(!is_long_poll(&Method::GET, history, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, None, Some("index=4")));
     }
 }

@@ -16,9 +16,13 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::trace::quiet_log;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::Store;
+
+/// The liveness route, exempt from the request limits.
+pub const HEALTH_PATH: &str = "/health";
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -26,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(metrics))
+        // Probes and scrapes log their request line at debug.
+        .route_layer(axum::middleware::map_response(quiet_log))
         .routes(routes!(openapi_json))
         .routes(routes!(docs_page))
         .routes(routes!(docs_script))
