@@ -17,9 +17,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
-use super::agents::STATE_PATH;
 use super::extract::Query;
 use super::keyring::StreamSlot;
+use super::states::STATE_PATH;
 use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};

@@ -18,7 +18,9 @@ pub mod paging;
 pub mod ratelimit;
 pub mod server;
 pub mod sessions;
+pub mod states;
 pub mod trace;
+pub mod webhook;
 pub mod workflows;
 
 use axum::extract::DefaultBodyLimit;
@@ -35,7 +37,9 @@ use crate::state::AppState;
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(ops::router())
+        .merge(webhook::router())
         .merge(agents::router())
+        .merge(states::router())
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
@@ -91,4 +95,22 @@ async fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "Method not allowed on this route",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The route templates the shared middleware compares `MatchedPath`
+    /// with are routes the service serves, spelled as the router spells
+    /// them.
+    #[test]
+    fn route_constants_are_routes() {
+        let (_, doc) = super::api().split_for_parts();
+        for route in [
+            super::ops::HEALTH_PATH,
+            super::events::EVENTS_PATH,
+            super::states::STATE_PATH,
+        ] {
+            assert!(doc.paths.paths.contains_key(route), "{route}");
+        }
+    }
 }
