@@ -1,9 +1,10 @@
 //! The one error type handlers return, and how it becomes a response.
 //!
 //! Every error body is `{"detail": "...", "code": "..."}` (plus `errors` for
-//! validation failures), per contract 1.8. A 5xx never carries internal text:
-//! that is logged once, inside the request's span, and the client gets a
-//! generic detail.
+//! validation failures), per contract 1.8. The codes are [`ErrorCode`], each
+//! with its one HTTP status. A 5xx never carries internal text: that is
+//! logged once, inside the request's span, and the client gets a generic
+//! detail.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,17 +12,223 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::domain::FieldError;
-use crate::store::StoreError;
+use crate::store::{Entity, StoreError};
 
 /// Result alias for handlers.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// Every machine-readable error code, each with the one HTTP status it is
+/// sent with ([`ErrorCode::status`]). The snake_case names are the wire
+/// contract (docs/api.md lists them; a test below keeps that list true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 400: a YAML definition body is not UTF-8.
+    InvalidYaml,
+    /// 400: the path and body `agentId` differ.
+    AgentIdMismatch,
+    /// 400: a webhook `event_type` other than REGISTER or DEREGISTER.
+    UnknownEventType,
+    /// 400: the body could not be read.
+    InvalidBody,
+    /// 400: a path parameter could not be parsed.
+    InvalidPath,
+    /// 401: no key (or webhook signature) given.
+    MissingCredentials,
+    /// 401: an `Authorization` header that is not `Bearer <key>`.
+    InvalidAuthorization,
+    /// 401: an unknown key or a wrong secret.
+    InvalidApiKey,
+    /// 401: a revoked key.
+    KeyRevoked,
+    /// 401: an expired key.
+    KeyExpired,
+    /// 401: a webhook signature header is missing.
+    MissingSignature,
+    /// 401: a webhook signature that does not verify.
+    InvalidSignature,
+    /// 401: a webhook timestamp outside the tolerance window.
+    StaleTimestamp,
+    /// 401: a webhook signature already used.
+    WebhookReplayed,
+    /// 403: a valid key whose role, or agent scope, lacks the right.
+    Forbidden,
+    /// 404: an unknown agent (or, for reports and triggers, deregistered).
+    AgentNotFound,
+    /// 404: an unknown workflow definition (the generic code).
+    NotFound,
+    /// 404: an unknown session.
+    SessionNotFound,
+    /// 404: an unknown API key.
+    KeyNotFound,
+    /// 404: no route has this path.
+    RouteNotFound,
+    /// 404: no dashboard file has this name.
+    FileNotFound,
+    /// 405: the route does not serve this method.
+    MethodNotAllowed,
+    /// 408 `request_timeout`: the body did not arrive within the body
+    /// deadline (the client's slowness; compare [`Self::RequestTimeout`]).
+    BodyTimeout,
+    /// 409: the write conflicts with what is stored.
+    Conflict,
+    /// 410: resuming the change feed below what is retained.
+    FeedIndexExpired,
+    /// 413: the body is over the size limit.
+    PayloadTooLarge,
+    /// 415: the body is not of a type the route reads.
+    UnsupportedMediaType,
+    /// 422: fields that fail validation (with `errors`).
+    ValidationFailed,
+    /// 422: a state report stamped too far ahead of the server's clock.
+    TimestampInFuture,
+    /// 422: a query string that does not parse.
+    InvalidQuery,
+    /// 429: the key's rate limit.
+    RateLimited,
+    /// 429: too many failed authentications from this address.
+    TooManyFailures,
+    /// 429: the key holds all the streams and blocking reads it may.
+    TooManyStreams,
+    /// 500: a failure of ours.
+    InternalError,
+    /// 503: the database cannot take the request right now.
+    StorageUnavailable,
+    /// 503: at a concurrent request (or feed subscriber) limit.
+    Overloaded,
+    /// 503 `request_timeout`: the request was not completed within the
+    /// request deadline (our slowness; compare [`Self::BodyTimeout`]).
+    RequestTimeout,
+    /// 503: `/ready` says the database cannot be read or written.
+    NotReady,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 39] = {
+        use ErrorCode::*;
+        [
+            InvalidJson,
+            InvalidYaml,
+            AgentIdMismatch,
+            UnknownEventType,
+            InvalidBody,
+            InvalidPath,
+            MissingCredentials,
+            InvalidAuthorization,
+            InvalidApiKey,
+            KeyRevoked,
+            KeyExpired,
+            MissingSignature,
+            InvalidSignature,
+            StaleTimestamp,
+            WebhookReplayed,
+            Forbidden,
+            AgentNotFound,
+            NotFound,
+            SessionNotFound,
+            KeyNotFound,
+            RouteNotFound,
+            FileNotFound,
+            MethodNotAllowed,
+            BodyTimeout,
+            Conflict,
+            FeedIndexExpired,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            ValidationFailed,
+            TimestampInFuture,
+            InvalidQuery,
+            RateLimited,
+            TooManyFailures,
+            TooManyStreams,
+            InternalError,
+            StorageUnavailable,
+            Overloaded,
+            RequestTimeout,
+            NotReady,
+        ]
+    };
+
+    /// The status and wire name of each code: the one place they are set.
+    const fn parts(self) -> (StatusCode, &'static str) {
+        use ErrorCode::*;
+        match self {
+            InvalidJson => (StatusCode::BAD_REQUEST, "invalid_json"),
+            InvalidYaml => (StatusCode::BAD_REQUEST, "invalid_yaml"),
+            AgentIdMismatch => (StatusCode::BAD_REQUEST, "agent_id_mismatch"),
+            UnknownEventType => (StatusCode::BAD_REQUEST, "unknown_event_type"),
+            InvalidBody => (StatusCode::BAD_REQUEST, "invalid_body"),
+            InvalidPath => (StatusCode::BAD_REQUEST, "invalid_path"),
+            MissingCredentials => (StatusCode::UNAUTHORIZED, "missing_credentials"),
+            InvalidAuthorization => (StatusCode::UNAUTHORIZED, "invalid_authorization"),
+            InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            KeyRevoked => (StatusCode::UNAUTHORIZED, "key_revoked"),
+            KeyExpired => (StatusCode::UNAUTHORIZED, "key_expired"),
+            MissingSignature => (StatusCode::UNAUTHORIZED, "missing_signature"),
+            InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            StaleTimestamp => (StatusCode::UNAUTHORIZED, "stale_timestamp"),
+            WebhookReplayed => (StatusCode::UNAUTHORIZED, "webhook_replayed"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            AgentNotFound => (StatusCode::NOT_FOUND, "agent_not_found"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
+            KeyNotFound => (StatusCode::NOT_FOUND, "key_not_found"),
+            RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            FileNotFound => (StatusCode::NOT_FOUND, "file_not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Conflict => (StatusCode::CONFLICT, "conflict"),
+            FeedIndexExpired => (StatusCode::GONE, "feed_index_expired"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            TimestampInFuture => (StatusCode::UNPROCESSABLE_ENTITY, "timestamp_in_future"),
+            InvalidQuery => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_query"),
+            RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "too_many_failures"),
+            TooManyStreams => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
+            InternalError => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
+            NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        }
+    }
+
+    /// The HTTP status this code is sent with.
+    pub const fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The code as it appears in error bodies.
+    pub const fn as_str(self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The code a missing `entity` is reported with.
+    pub const fn not_found(entity: Entity) -> Self {
+        match entity {
+            Entity::Agent => Self::AgentNotFound,
+            Entity::Session => Self::SessionNotFound,
+            Entity::Key => Self::KeyNotFound,
+            Entity::WorkflowDefinition | Entity::Row => Self::NotFound,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error on its way to becoming an HTTP response.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{status} {code}: {detail}")]
+#[error("{} {code}: {detail}", .code.status())]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     detail: String,
     errors: Vec<FieldError>,
     /// For 5xx only: what to log, never sent.
@@ -67,10 +274,10 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    /// An error with a status, a stable code and a human-readable detail.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    /// An error with a stable code (which sets the status) and a
+    /// human-readable detail.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             detail: detail.into(),
             errors: Vec::new(),
@@ -87,22 +294,7 @@ impl ApiError {
         self
     }
 
-    /// 400.
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
-    }
-
-    /// 401.
-    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, detail)
-    }
-
-    /// 404.
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, detail)
-    }
-
-    /// 422 with one entry per offending field.
+    /// 422 `validation_failed` with one entry per offending field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         let detail = if errors.is_empty() {
             "Validation failed".to_owned()
@@ -115,11 +307,7 @@ impl ApiError {
         };
         Self {
             errors,
-            ..Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                detail,
-            )
+            ..Self::new(ErrorCode::ValidationFailed, detail)
         }
     }
 
@@ -129,8 +317,9 @@ impl ApiError {
     }
 
     /// The same error under a more specific code (e.g. a validation failure
-    /// that clients tell apart, `timestamp_in_future`).
-    pub fn with_code(mut self, code: &'static str) -> Self {
+    /// that clients tell apart, `timestamp_in_future`); the status is the
+    /// new code's.
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
         self.code = code;
         self
     }
@@ -139,11 +328,7 @@ impl ApiError {
     pub fn internal(reason: impl Into<String>) -> Self {
         Self {
             internal: Some(reason.into()),
-            ..Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "Internal server error",
-            )
+            ..Self::new(ErrorCode::InternalError, "Internal server error")
         }
     }
 
@@ -152,8 +337,7 @@ impl ApiError {
         Self {
             internal: Some(reason.into()),
             ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ErrorCode::StorageUnavailable,
                 "Storage is unavailable; retry shortly",
             )
         }
@@ -165,8 +349,7 @@ impl ApiError {
         Self {
             log: LogAs::Summary,
             ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                ErrorCode::Overloaded,
                 "The service is at capacity; retry shortly",
             )
         }
@@ -179,8 +362,7 @@ impl ApiError {
         Self {
             log: LogAs::Warn,
             ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "The request was not completed within {}s; retry shortly",
                     limit.as_secs()
@@ -194,8 +376,7 @@ impl ApiError {
     /// The rest of the body is never read, so the connection closes.
     pub fn body_timeout(limit: std::time::Duration) -> Self {
         Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::BodyTimeout,
             format!(
                 "The request body was not received within {}s",
                 limit.as_secs()
@@ -205,11 +386,11 @@ impl ApiError {
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.code.status()
     }
 
     /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 }
@@ -217,14 +398,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound { entity, id } => {
-                let code = match entity {
-                    "Agent" => "agent_not_found",
-                    _ => "not_found",
-                };
-                Self::not_found(code, format!("{entity} not found: {id}"))
-            }
-            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound { entity, id } => Self::new(
+                ErrorCode::not_found(entity),
+                format!("{entity} not found: {id}"),
+            ),
+            StoreError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             StoreError::Unavailable(m) => Self::unavailable(m),
             StoreError::Internal(m) => Self::internal(m),
         }
@@ -233,28 +411,30 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        let status = self.code.status();
+        let code = self.code.as_str();
+        if status.is_server_error() {
             // Logged here, inside the request span, once per failed request.
-            let status = self.status.as_u16();
+            let status = status.as_u16();
             let reason = self.internal.as_deref().unwrap_or(&self.detail);
             match self.log {
                 LogAs::Error => {
-                    tracing::error!(status, code = self.code, reason, "request failed")
+                    tracing::error!(status, code, reason, "request failed")
                 }
                 LogAs::Warn => {
-                    tracing::warn!(status, code = self.code, reason, "request failed")
+                    tracing::warn!(status, code, reason, "request failed")
                 }
                 LogAs::Summary => {}
             }
         }
         let body = Body {
             detail: &self.detail,
-            code: self.code,
+            code,
             errors: &self.errors,
         };
-        let mut resp = (self.status, Json(body)).into_response();
+        let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
-        match self.status {
+        match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -273,5 +453,113 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    #[test]
+    fn all_lists_every_code_once_in_order() {
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} out of place in ErrorCode::ALL");
+        }
+        // Only the two request timeouts share a name (408 and 503).
+        let mut names: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
+        for c in ErrorCode::ALL {
+            let name = c.as_str();
+            assert!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(
+                c.status().is_client_error() || c.status().is_server_error(),
+                "{c:?}"
+            );
+            names.entry(name).or_default().insert(c.status().as_u16());
+        }
+        assert_eq!(names.len(), ErrorCode::ALL.len() - 1);
+        assert_eq!(names["request_timeout"], BTreeSet::from([408, 503]));
+    }
+
+    /// docs/api.md's table of codes by status says what the code sends:
+    /// every code is listed under its status, and every code listed exists
+    /// with that status.
+    #[test]
+    fn api_docs_list_every_code_under_its_status() {
+        let docs = include_str!("../docs/api.md");
+        let mut documented: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+        for line in docs.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let Some(status) = cells.get(1).and_then(|c| c.parse::<u16>().ok()) else {
+                continue;
+            };
+            let Some(codes) = cells.get(2) else { continue };
+            // Backticked words in the cell; `errors` and `timestamp` name
+            // parts of the body, not codes.
+            let words = codes.split('`').skip(1).step_by(2);
+            documented
+                .entry(status)
+                .or_default()
+                .extend(words.filter(|w| {
+                    w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        && !matches!(*w, "errors" | "timestamp")
+                }));
+        }
+        assert!(
+            documented.len() >= 10,
+            "no status table found: {documented:?}"
+        );
+        let mut known: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+        for c in ErrorCode::ALL {
+            known
+                .entry(c.status().as_u16())
+                .or_default()
+                .insert(c.as_str());
+        }
+        assert_eq!(documented, known, "docs/api.md (left) vs ErrorCode (right)");
+    }
+
+    #[test]
+    fn the_body_sent_is_the_body_documented() {
+        for errors in [vec![], vec![FieldError::new("f", "m")]] {
+            let sent = Body {
+                detail: "d",
+                code: "c",
+                errors: &errors,
+            };
+            let documented = ErrorBody {
+                detail: "d".into(),
+                code: "c".into(),
+                errors: (!errors.is_empty()).then(|| errors.clone()),
+            };
+            assert_eq!(
+                serde_json::to_value(sent).unwrap(),
+                serde_json::to_value(documented).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn store_not_found_is_coded_by_entity() {
+        let cases = [
+            (Entity::Agent, "agent_not_found", "Agent not found: x"),
+            (Entity::Session, "session_not_found", "Session not found: x"),
+            (Entity::Key, "key_not_found", "API key not found: x"),
+            (
+                Entity::WorkflowDefinition,
+                "not_found",
+                "Workflow definition not found: x",
+            ),
+        ];
+        for (entity, code, detail) in cases {
+            let e = ApiError::from(StoreError::not_found(entity, "x"));
+            assert_eq!(e.status(), StatusCode::NOT_FOUND);
+            assert_eq!(e.code().as_str(), code);
+            assert_eq!(e.detail, detail);
+        }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     assert_accepted, assert_error, assert_invalid_field, future_base, parse_time, report, send,
-    ts_at, Backend, Resp, TestServer, KEY,
+    ts_at, Backend, Resp, ServerProcess, TestDb, TestServer, KEY,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -370,6 +370,64 @@ async fn request_id_echoed_or_minted(backend: Backend) {
     s.stop().await;
 }
 
+/// Each request logs one JSON line when it ends, inside a span naming its
+/// method, matched route template (never the raw path) and request id;
+/// probes log theirs at debug, so not at the default level.
+async fn request_log_lines_name_the_route_template(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let p = ServerProcess::spawn(&db.url, db.dir.path()).await;
+    let client = reqwest::Client::new();
+    common::register_at(&client, &p.base, "log-agent-1", &[]).await;
+    let get = |path: &str, id: &str| {
+        client
+            .get(format!("{}{path}", p.base))
+            .bearer_auth(KEY)
+            .header("x-request-id", id)
+    };
+    assert_eq!(
+        send(get("/health", "log-probe")).await.status,
+        StatusCode::OK
+    );
+    let r = send(get("/v1/opscore/agent/log-agent-1/state", "log-state")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(get("/v1/opscore/agent/nobody-here/state", "log-missing")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(get("/no/such/route", "log-unrouted")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The line of request `id`, once the writer thread has written it.
+    let line_of = |id: &str| {
+        let logs = p.logs.lock().expect("logs");
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "request finished" && v["span"]["request_id"] == id)
+    };
+    let mut waited = 0;
+    while line_of("log-unrouted").is_none() {
+        assert!(waited < 100, "no request line for log-unrouted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let state_route = "/v1/opscore/agent/{agentId}/state";
+    for (id, route, status) in [
+        ("log-state", state_route, 200),
+        ("log-missing", state_route, 404),
+        ("log-unrouted", "unmatched", 404),
+    ] {
+        let v = line_of(id).unwrap_or_else(|| panic!("no request line for {id}"));
+        assert_eq!(v["level"], "INFO", "{v}");
+        assert_eq!(v["status"], status, "{v}");
+        assert!(v["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{v}");
+        assert_eq!(v["span"]["method"], "GET", "{v}");
+        assert_eq!(v["span"]["route"], route, "{v}");
+    }
+    // The probe logged at debug, and no line carries a raw agent path.
+    assert!(line_of("log-probe").is_none());
+    assert!(!p.logged("log-agent-1/state"));
+    assert!(!p.logged("nobody-here/state"));
+    p.kill().await;
+}
+
 /// Largest response body one listing page may have, plus one agent.
 const PAGE_BOUND: usize = 1024 * 1024 + 20 * 1024;
 
@@ -447,5 +505,6 @@ backend_tests!(
     history_newest_first_paginated,
     health_ready_and_unknown_routes,
     request_id_echoed_or_minted,
+    request_log_lines_name_the_route_template,
     list_pages_are_bounded_in_size,
 );

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub use super::keyring::{KeyRing, Principal};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Header carrying the signing time.
@@ -73,8 +73,8 @@ pub async fn authenticate_request(
         Bearer::Missing => Ok(None),
         Bearer::Malformed => Err(keys.refuse(
             peer,
-            ApiError::unauthorized(
-                "invalid_authorization",
+            ApiError::new(
+                ErrorCode::InvalidAuthorization,
                 "Authorization header must be 'Bearer <api key>'",
             ),
         )),
@@ -97,8 +97,8 @@ pub async fn authenticate(
 
 /// The 401 of a request that sent no credentials.
 pub fn missing_credentials() -> ApiError {
-    ApiError::unauthorized(
-        "missing_credentials",
+    ApiError::new(
+        ErrorCode::MissingCredentials,
         "Missing Authorization header (expected 'Bearer <api key>')",
     )
 }

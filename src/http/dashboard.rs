@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::Path;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 
 /// The policy every dashboard response carries. `connect-src 'self'` is what
@@ -129,7 +129,10 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response,
         .find(|(name, _)| *name == file)
         .map(|(_, a)| a)
         .ok_or_else(|| {
-            ApiError::not_found("file_not_found", format!("No such dashboard file: {file}"))
+            ApiError::new(
+                ErrorCode::FileNotFound,
+                format!("No such dashboard file: {file}"),
+            )
         })?;
     Ok(serve(asset, Some(&headers), "no-cache"))
 }

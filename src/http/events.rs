@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -19,11 +19,12 @@ use utoipa_axum::routes;
 use super::access::{perm, Require};
 use super::extract::Query;
 use super::keyring::StreamSlot;
+use super::states::STATE_PATH;
 use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
 use crate::engine::feed::{Feed, Subscription};
-use crate::error::{ApiError, ErrorBody, Result};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 
 /// The feed's route.
@@ -44,12 +45,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Whether a request waits on the feed (an event stream or a blocking
-/// read): such requests are exempt from the request deadline and the
-/// concurrency limit, and are capped by the feed's subscriber limit instead.
-pub fn is_long_poll(method: &axum::http::Method, path: &str, query: Option<&str>) -> bool {
+/// read), from its method, matched route template and query: such
+/// requests are exempt from the request deadline and the concurrency
+/// limit, and are capped by the feed's subscriber limit instead.
+pub fn is_long_poll(method: &axum::http::Method, route: Option<&str>, query: Option<&str>) -> bool {
     method == axum::http::Method::GET
-        && (path == EVENTS_PATH
-            || (path.ends_with("/state")
+        && (route == Some(EVENTS_PATH)
+            || (route == Some(STATE_PATH)
                 && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))))
 }
 
@@ -209,8 +211,7 @@ async fn stream(
         (Some(scope), Some(asked)) => {
             if let Some(outside) = asked.iter().find(|a| !scope.contains(a)) {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     format!(
                         "This API key may not read events of agent {outside} (outside its scope)"
                     ),
@@ -232,8 +233,7 @@ async fn stream(
         Some(n) => {
             if n < bounds.pruned_through {
                 return Err(ApiError::new(
-                    StatusCode::GONE,
-                    "feed_index_expired",
+                    ErrorCode::FeedIndexExpired,
                     format!(
                         "Events up to index {} are no longer retained; resume from {} or later, \
                          or reconnect without Last-Event-ID",
@@ -264,7 +264,7 @@ async fn stream(
         let refused = keys.key_withdrawn(&principal).await;
         tracing::info!(
             key_id = principal.key_id().unwrap_or_default(),
-            reason = refused.code(),
+            reason = refused.code().as_str(),
             "event stream closed: its API key is no longer accepted"
         );
     };
@@ -373,26 +373,15 @@ mod tests {
     #[test]
     fn long_polls_are_recognised() {
         use axum::http::Method;
-        assert!(is_long_poll(&Method::GET, EVENTS_PATH, None));
-        assert!(is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            Some("wait=1s&index=4")
-        ));
-        assert!(!is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            None
-        ));
-        assert!(!is_long_poll(
-            &Method::POST,
-            "/v1/opscore/agent/a/state",
-            Some("index=4")
-        ));
-        assert!(!is_long_poll(
-            &Method::GET,
-            "/v1/opscore/agent/a/state",
-            Some("reindex=4")
-        ));
+        let state = Some(STATE_PATH);
+        assert!(is_long_poll(&Method::GET, Some(EVENTS_PATH), None));
+        assert!(is_long_poll(&Method::GET, state, Some("wait=1s&index=4")));
+        assert!(!is_long_poll(&Method::GET, state, None));
+        assert!(!is_long_poll(&Method::POST, state, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, state, Some("reindex=4")));
+        // Routes are told apart by template, not by how the path ends.
+        let history = Some("/v1/opscore/agent/{agentId}/state/history");
+        assert!(!is_long_poll(&Method::GET, history, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, None, Some("index=4")));
     }
 }

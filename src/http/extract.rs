@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::domain::FieldError;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// When a request's body must have arrived by: set for every request by
 /// the request limits, enforced by [`RawBody`] (which every body extractor
@@ -46,13 +46,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             "Request body exceeds the size limit",
         )
     } else {
-        ApiError::bad_request(
-            "invalid_body",
+        ApiError::new(
+            ErrorCode::InvalidBody,
             format!("Could not read the request body: {e}"),
         )
     }
@@ -93,8 +92,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             format!("'{ct}'")
         };
         Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("Content-Type must be application/json (got {shown})"),
         ))
     }
@@ -128,8 +126,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn invalid_json(e: &serde_json::Error) -> ApiError {
-    ApiError::bad_request(
-        "invalid_json",
+    ApiError::new(
+        ErrorCode::InvalidJson,
         format!("Request body is not valid JSON: {e}"),
     )
 }
@@ -146,15 +144,17 @@ fn strip_position(e: &serde_json::Error) -> String {
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
-        ApiError::bad_request("invalid_path", format!("Invalid path parameter: {e}"))
+        ApiError::new(
+            ErrorCode::InvalidPath,
+            format!("Invalid path parameter: {e}"),
+        )
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
         ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("Invalid query string: {}", e.body_text()),
         )
     }
@@ -206,7 +206,7 @@ mod tests {
         ] {
             let e = parse_json::<T>(raw).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-            assert_eq!(e.code(), "invalid_json");
+            assert_eq!(e.code(), ErrorCode::InvalidJson);
         }
         let ok = parse_json::<T>(b" {\"a\":\"x\"} \n\t").unwrap();
         assert_eq!(ok.a.as_deref(), Some("x"));

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::ratelimit::{FailureThrottle, RateLimiter};
 use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
 use crate::domain::time::{now_micros, Micros};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError};
 
 /// How long a managed key read from the store is trusted before it is read
@@ -112,8 +112,7 @@ impl Principal {
             Access::All => Ok(()),
             Access::Scoped if self.covers_agent(agent) => Ok(()),
             Access::Scoped => Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!(
                     "This API key may not {} (agent outside its scope)",
                     p.describe()
@@ -127,8 +126,7 @@ impl Principal {
 /// The 403 of a role that lacks a right.
 pub fn forbidden(role: Role, p: Permission) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::FORBIDDEN,
-        "forbidden",
+        ErrorCode::Forbidden,
         format!(
             "A key with role '{}' may not {}",
             role.as_str(),
@@ -200,14 +198,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn invalid_key() -> ApiError {
-    ApiError::unauthorized("invalid_api_key", "Invalid API key")
+    ApiError::new(ErrorCode::InvalidApiKey, "Invalid API key")
 }
 
 /// The 429 of a client address throttled for failing to authenticate.
 fn too_many_failures(wait: u64) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
-        "too_many_failures",
+        ErrorCode::TooManyFailures,
         "Too many failed authentications from this address; retry later",
     )
     .with_retry_after(wait)
@@ -217,12 +214,12 @@ fn too_many_failures(wait: u64) -> ApiError {
 fn refusal(status: KeyStatus) -> Option<ApiError> {
     match status {
         KeyStatus::Active => None,
-        KeyStatus::Revoked => Some(ApiError::unauthorized(
-            "key_revoked",
+        KeyStatus::Revoked => Some(ApiError::new(
+            ErrorCode::KeyRevoked,
             "This API key has been revoked",
         )),
-        KeyStatus::Expired => Some(ApiError::unauthorized(
-            "key_expired",
+        KeyStatus::Expired => Some(ApiError::new(
+            ErrorCode::KeyExpired,
             "This API key has expired",
         )),
     }
@@ -277,8 +274,7 @@ impl KeyRing {
         let open = streams.entry(key.clone()).or_default();
         if *open >= cap {
             return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
+                ErrorCode::TooManyStreams,
                 format!(
                     "This API key already holds {cap} event streams and blocking reads \
                      (its limit); close one or retry later"
@@ -364,8 +360,7 @@ impl KeyRing {
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
         if let Err(wait) = self.limiter.check(bucket, own, Instant::now()) {
             return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "This API key is over its rate limit; retry later",
             )
             .with_retry_after(wait));
@@ -568,19 +563,19 @@ mod tests {
         let (_, unknown) = key(Role::Admin, &[]);
         for bad in [wrong.as_str(), unknown.as_str(), "nonsense-key-0123456789"] {
             let e = ring.authenticate(bad).await.unwrap_err();
-            assert_eq!(e.code(), "invalid_api_key", "{bad}");
+            assert_eq!(e.code(), ErrorCode::InvalidApiKey, "{bad}");
         }
         // Revoked: refused at once in this process once it knows.
         let revoked = store.revoke_key(&k.key_id, now_micros()).await.unwrap();
         ring.remember(revoked);
         assert_eq!(
             ring.authenticate(&plain).await.unwrap_err().code(),
-            "key_revoked"
+            ErrorCode::KeyRevoked
         );
         // Unknown-key errors still do not say "revoked" for a wrong secret.
         assert_eq!(
             ring.authenticate(&wrong).await.unwrap_err().code(),
-            "invalid_api_key"
+            ErrorCode::InvalidApiKey
         );
     }
 

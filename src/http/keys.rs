@@ -19,7 +19,7 @@ use crate::domain::newkey::NewKeyBody;
 use crate::domain::time::{format_micros, now_micros};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{Entity, StoreError, StoreResult};
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -170,14 +170,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = StoreResult<ApiKey>>,
 {
-    let not_found = || ApiError::not_found("key_not_found", format!("API key not found: {id}"));
     if !is_key_id(id) {
-        return Err(not_found());
+        return Err(StoreError::not_found(Entity::Key, id).into());
     }
-    op().await.map_err(|e| match e {
-        StoreError::NotFound { .. } => not_found(),
-        e => e.into(),
-    })
+    Ok(op().await?)
 }
 
 /// One key, without its secret.

@@ -33,13 +33,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use super::auth::{authenticate_request, peer, Authenticated, KeyRing};
+use super::events::is_long_poll;
 use super::extract::BodyDeadline;
+use super::ops::HEALTH_PATH;
 use crate::error::ApiError;
 
 /// The shared limit state, cheap to clone.
@@ -91,7 +93,9 @@ pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -
         at: tokio::time::Instant::now() + limits.body_timeout,
         limit: limits.body_timeout,
     });
-    let health = req.uri().path() == "/health";
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    let health = route == Some(HEALTH_PATH);
     let mut authenticated = false;
     if !health {
         let who = authenticate_request(&limits.keys, req.headers(), peer(req.extensions())).await;
@@ -101,7 +105,7 @@ pub async fn limit(State(limits): State<Limits>, mut req: Request, next: Next) -
     // Event streams and blocking reads wait on purpose, holding nothing
     // but a feed subscriber slot (which the feed and each key's stream cap
     // limit).
-    if super::events::is_long_poll(req.method(), req.uri().path(), req.uri().query()) {
+    if is_long_poll(req.method(), route, req.uri().query()) {
         return next.run(req).await;
     }
     let _permit = if health {

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, extraction, authentication, the middleware every
-//! request passes through (request id, one log line, concurrency limit and
-//! deadline, body limit), and the accept loop that serves it all.
+//! request passes through (request id, span and log line, metrics, panics,
+//! concurrency limit and deadlines, body limit), and the accept loop that
+//! serves it all.
 
 pub mod access;
 pub mod agents;
@@ -17,25 +18,18 @@ pub mod paging;
 pub mod ratelimit;
 pub mod server;
 pub mod sessions;
+pub mod states;
+pub mod trace;
+pub mod webhook;
 pub mod workflows;
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::Router;
-use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-
-/// Header that carries the request id both ways.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route of the service, each with its OpenAPI operation: the one
 /// place both the router and `/openapi.json` come from (see [`openapi`] for
@@ -43,7 +37,9 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(ops::router())
+        .merge(webhook::router())
         .merge(agents::router())
+        .merge(states::router())
         .merge(workflows::router())
         .merge(sessions::router())
         .merge(events::router())
@@ -53,10 +49,22 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 /// The whole application: every resource's routes plus the shared layers.
 ///
-/// Layers, outermost first: the request log and request metrics (so shed
-/// and timed-out requests are logged and counted with their status and
-/// request id), authentication with the concurrency limits, request and
-/// body deadlines, the body limit.
+/// Every layer is applied after routing (`Router::layer` wraps each route),
+/// so each knows the matched route template ([`axum::extract::MatchedPath`])
+/// and never looks at the path text. Outermost first: request id, span and
+/// log line, metrics and panics ([`trace`]; so shed and timed-out requests
+/// are logged and counted with their status and request id), then
+/// authentication with the concurrency limits and the request and body
+/// deadlines ([`limits`]), then the body limit.
+///
+/// The deadlines and the body limit are ours rather than tower-http's
+/// `TimeoutLayer` and `RequestBodyLimitLayer`: those answer with their own
+/// bodies (a bare 408; a text/plain 413), where the contract answers JSON
+/// errors (`503 request_timeout` with `Retry-After`, `413
+/// payload_too_large` with `Connection: close`), exempts event streams and
+/// blocking reads from the request deadline, and bounds a body's whole
+/// arrival (tower-http's body timeout is per frame, which a slow drip
+/// resets).
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let limits = limits::Limits::new(
@@ -69,79 +77,40 @@ pub fn router(state: AppState) -> Router {
         state.keys.clone(),
     );
     let (routes, _) = api().split_for_parts();
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // axum's own limit: the body extractors turn it into the JSON 413.
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(limits, limits::limit))
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            request_log,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(limits, limits::limit));
+    trace::layer(routes, state.metrics.clone()).with_state(state)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("route_not_found", "No such route")
+    ApiError::new(ErrorCode::RouteNotFound, "No such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "Method not allowed on this route",
     )
 }
 
-/// Reuse the caller's `x-request-id` when it is a sane token, else mint one.
-fn request_id(req: &Request) -> HeaderValue {
-    req.headers()
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or(HeaderValue::from_static("invalid"))
-        })
-}
-
-/// One span per request (method, matched route, request id), one log line
-/// when it ends (status, latency), and the request metrics (by matched route
-/// template, never the raw path). Health probes and scrapes log at debug so
-/// they do not drown the rest. Bodies, keys and signatures are never
-/// recorded.
-async fn request_log(
-    State(metrics): State<Arc<Metrics>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let id = request_id(&req);
-    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    // Cloning MatchedPath clones an Arc, not the string.
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
-    let method = req.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        route = %route,
-        request_id = %id.to_str().unwrap_or("invalid"),
-    );
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    metrics.observe_request(&method, route, status, elapsed);
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    let _enter = span.enter();
-    if matches!(route, "/health" | "/ready" | "/metrics") {
-        tracing::debug!(status, latency_ms, "request finished");
-    } else {
-        tracing::info!(status, latency_ms, "request finished");
+#[cfg(test)]
+mod tests {
+    /// The route templates the shared middleware compares `MatchedPath`
+    /// with are routes the service serves, spelled as the router spells
+    /// them.
+    #[test]
+    fn route_constants_are_routes() {
+        let (_, doc) = super::api().split_for_parts();
+        for route in [
+            super::ops::HEALTH_PATH,
+            super::events::EVENTS_PATH,
+            super::states::STATE_PATH,
+        ] {
+            assert!(doc.paths.paths.contains_key(route), "{route}");
+        }
     }
-    resp.headers_mut().insert(REQUEST_ID.clone(), id);
-    resp
 }

@@ -9,16 +9,20 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, ErrorBody, Result};
+use super::trace::quiet_log;
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::Store;
+
+/// The liveness route, exempt from the request limits.
+pub const HEALTH_PATH: &str = "/health";
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -26,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(metrics))
+        // Probes and scrapes log their request line at debug.
+        .route_layer(axum::middleware::map_response(quiet_log))
         .routes(routes!(openapi_json))
         .routes(routes!(docs_page))
         .routes(routes!(docs_script))
@@ -110,8 +116,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
     match state.readiness.check(&*state.store).await {
         Ok(()) => Ok(Json(StatusOnly { status: "ready" })),
         Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "The database cannot be read or written, or is not migrated",
         )),
     }

@@ -17,7 +17,7 @@ use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::state::AppState;
-use crate::store::{RunRecord, SessionQuery, SessionRecord, StoreError};
+use crate::store::{RunRecord, SessionQuery, SessionRecord};
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -140,17 +140,8 @@ async fn fetch(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>> {
-    let s = state.store.get_session(&id).await.map_err(session_error)?;
+    let s = state.store.get_session(&id).await?;
     Ok(Json(view(s, true)))
-}
-
-fn session_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound { id, .. } => {
-            ApiError::not_found("session_not_found", format!("Session not found: {id}"))
-        }
-        other => other.into(),
-    }
 }
 
 /// Cancel a session and its unfinished tasks.
@@ -176,13 +167,9 @@ async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>> {
-    state
-        .store
-        .cancel_session(&id, now_micros())
-        .await
-        .map_err(session_error)?;
+    state.store.cancel_session(&id, now_micros()).await?;
     tracing::info!(session_id = %id, "session cancelled");
-    let s = state.store.get_session(&id).await.map_err(session_error)?;
+    let s = state.store.get_session(&id).await?;
     Ok(Json(view(s, true)))
 }
 

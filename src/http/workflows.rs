@@ -18,7 +18,7 @@ use crate::domain::time::now_micros;
 use crate::domain::workflow::{WorkflowDefinition, MAX_DEFINITION_BYTES};
 use crate::domain::FieldError;
 use crate::engine::{self, DefinitionSource};
-use crate::error::{ApiError, ErrorBody, Result};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::state::AppState;
 use crate::store::PutOutcome;
 
@@ -64,8 +64,7 @@ impl FromRequest<AppState> for DefinitionBody {
         if !yaml {
             require_json(req.headers()).map_err(|_| {
                 ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "Content-Type must be application/json or application/yaml",
                 )
             })?;
@@ -73,7 +72,7 @@ impl FromRequest<AppState> for DefinitionBody {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         let def = if yaml {
             let text = std::str::from_utf8(&bytes).map_err(|_| {
-                ApiError::bad_request("invalid_yaml", "Request body is not UTF-8 text")
+                ApiError::new(ErrorCode::InvalidYaml, "Request body is not UTF-8 text")
             })?;
             serde_norway::from_str(text).map_err(|e| {
                 // Distinguishing YAML syntax from shape errors is not

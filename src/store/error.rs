@@ -9,8 +9,8 @@ pub enum StoreError {
     /// The addressed row does not exist.
     #[error("{entity} not found: {id}")]
     NotFound {
-        /// Kind of thing, e.g. "Agent".
-        entity: &'static str,
+        /// Kind of thing.
+        entity: Entity,
         /// Its id.
         id: String,
     },
@@ -25,17 +25,44 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// The kinds of thing a [`StoreError::NotFound`] can be about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// An agent.
+    Agent,
+    /// A workflow session.
+    Session,
+    /// An API key.
+    Key,
+    /// A stored workflow definition.
+    WorkflowDefinition,
+    /// A row a query expected (sqlx's `RowNotFound`).
+    Row,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Agent => "Agent",
+            Self::Session => "Session",
+            Self::Key => "API key",
+            Self::WorkflowDefinition => "Workflow definition",
+            Self::Row => "Row",
+        })
+    }
+}
+
 impl StoreError {
     /// Shorthand for a missing agent.
     pub fn agent_not_found(id: &AgentId) -> Self {
         Self::NotFound {
-            entity: "Agent",
+            entity: Entity::Agent,
             id: id.to_string(),
         }
     }
 
     /// Shorthand for a missing thing of another kind.
-    pub fn not_found(entity: &'static str, id: &str) -> Self {
+    pub fn not_found(entity: Entity, id: &str) -> Self {
         Self::NotFound {
             entity,
             id: id.to_owned(),
@@ -48,7 +75,7 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::Error as E;
         match e {
             E::RowNotFound => Self::NotFound {
-                entity: "Row",
+                entity: Entity::Row,
                 id: String::new(),
             },
             E::PoolTimedOut

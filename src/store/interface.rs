@@ -48,7 +48,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Store a new key. A key id that exists already is a `Conflict`.
     async fn create_key(&self, key: &crate::domain::apikey::ApiKey) -> StoreResult<()>;
 
-    /// One key by id; `NotFound` (entity "Key") when there is none.
+    /// One key by id; `NotFound` (`Entity::Key`) when there is none.
     async fn get_key(&self, key_id: &str) -> StoreResult<crate::domain::apikey::ApiKey>;
 
     /// Every key, oldest first, revoked and expired ones included.

@@ -23,7 +23,7 @@ use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 
 pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
 pub use crate::domain::liveness::Liveness;
-pub use error::{StoreError, StoreResult};
+pub use error::{Entity, StoreError, StoreResult};
 pub use interface::{AgentStore, EventStore, KeyStore, RetentionStore, Store, WorkflowStore};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

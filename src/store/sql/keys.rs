@@ -7,7 +7,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
 use crate::domain::apikey::{ApiKey, Role};
-use crate::store::{KeyStore, StoreError, StoreResult};
+use crate::store::{Entity, KeyStore, StoreError, StoreResult};
 
 /// Columns of `api_keys`, in `key_from_row` order.
 const KEY_COLUMNS: &str = "key_id, name, role, agent_ids, secret_sha256, rate_limit, \
@@ -101,7 +101,7 @@ where
             .bind(key_id)
             .fetch_optional(self.reader())
             .await?
-            .ok_or_else(|| StoreError::not_found("Key", key_id))?;
+            .ok_or_else(|| StoreError::not_found(Entity::Key, key_id))?;
         key_from_row::<B>(&row)
     }
 
@@ -126,7 +126,7 @@ where
             .bind(now)
             .fetch_optional(self.writer())
             .await?
-            .ok_or_else(|| StoreError::not_found("Key", key_id))?;
+            .ok_or_else(|| StoreError::not_found(Entity::Key, key_id))?;
         key_from_row::<B>(&row)
     }
 

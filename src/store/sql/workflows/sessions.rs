@@ -12,8 +12,8 @@ use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::{
-    ClaimedRun, DispatchOutcome, NewSession, PutOutcome, RunRecord, SessionQuery, SessionRecord,
-    StoreError, StoreResult, WorkflowStore,
+    ClaimedRun, DispatchOutcome, Entity, NewSession, PutOutcome, RunRecord, SessionQuery,
+    SessionRecord, StoreError, StoreResult, WorkflowStore,
 };
 
 impl<B> SqlStore<B>
@@ -167,7 +167,7 @@ where
         .bind(id)
         .fetch_optional(self.reader())
         .await?;
-        let text = text.ok_or_else(|| StoreError::not_found("Workflow definition", id))?;
+        let text = text.ok_or_else(|| StoreError::not_found(Entity::WorkflowDefinition, id))?;
         serde_json::from_str(&text).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
@@ -201,7 +201,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             .await?
             .rows_affected();
         if deleted == 0 {
-            return Err(StoreError::not_found("Workflow definition", id));
+            return Err(StoreError::not_found(Entity::WorkflowDefinition, id));
         }
         tx.commit().await?;
         Ok(())
@@ -276,7 +276,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| StoreError::not_found("Session", id))?;
+        .ok_or_else(|| StoreError::not_found(Entity::Session, id))?;
         let mut session = Self::session_from_row(&row)?;
         let runs = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM task_runs WHERE session_id = $1 ORDER BY position, created_at_us"
@@ -336,7 +336,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                     .fetch_optional(&mut *tx)
                     .await?;
             return match status.as_deref().and_then(SessionStatus::parse) {
-                None => Err(StoreError::not_found("Session", id)),
+                None => Err(StoreError::not_found(Entity::Session, id)),
                 Some(SessionStatus::Cancelled) => Ok(SessionStatus::Cancelled),
                 Some(other) => Err(StoreError::Conflict(format!(
                     "session {id} already {} and cannot be cancelled",
