@@ -110,6 +110,7 @@ pub async fn serve(
         background_stop.clone(),
     ));
     let server_options = http::server::ServerOptions {
+        tls: None,
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod paging;
 pub mod ratelimit;
 pub mod server;
+pub mod tls;
 pub mod sessions;
 pub mod states;
 pub mod trace;

@@ -31,8 +31,11 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Connection-level settings of [`run`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ServerOptions {
+    /// Serve TLS with this (and only TLS: a plain HTTP request on the port
+    /// fails its handshake), or plain HTTP when `None`.
+    pub tls: Option<std::sync::Arc<super::tls::Tls>>,
     /// How long a client may take to send a request's headers. hyper also
     /// applies it to the wait for the next request on a kept-alive
     /// connection, so it bounds idle connections too.
@@ -80,32 +83,37 @@ pub async fn run(
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-        let shutdown = shutdown.clone();
-        let force_close = force_close.clone();
-        connections.spawn(async move {
-            let mut conn = pin!(conn);
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        // Header timeouts, idle keep-alive expiry and clients
-                        // that hang up are routine: not worth more than debug.
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection closed with an error");
-                        }
-                        break;
-                    }
-                    // Finish the request in progress, then close (an idle
-                    // connection closes at once).
-                    () = shutdown.cancelled(), if !draining => {
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                    () = force_close.cancelled() => break,
-                }
+        let service = TowerToHyperService::new(app);
+        let (http, shutdown, force_close) = (http.clone(), shutdown.clone(), force_close.clone());
+        match &options.tls {
+            None => {
+                connections.spawn(serve(TokioIo::new(stream), http, service, shutdown, force_close));
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                // The handshake gets the header read timeout too: a client
+                // that connects and stalls is closed either way.
+                let handshake_timeout = options.header_read_timeout;
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        () = force_close.cancelled() => return,
+                    };
+                    serve(TokioIo::new(stream), http, service, shutdown, force_close).await;
+                });
+            }
+        }
     }
 
     // Refuse new connections from here on.
@@ -122,6 +130,45 @@ pub async fn run(
         );
         force_close.cancel();
         connections.wait().await;
+    }
+}
+
+/// Serve one connection until it ends: on shutdown it finishes the request
+/// in progress and closes (an idle connection closes at once); past the
+/// grace period it is dropped.
+async fn serve<I, S>(
+    io: I,
+    http: http1::Builder,
+    service: S,
+    shutdown: CancellationToken,
+    force_close: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http.serve_connection(io, service);
+    let mut conn = pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                // Header timeouts, idle keep-alive expiry and clients that
+                // hang up are routine: not worth more than debug.
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection closed with an error");
+                }
+                break;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = force_close.cancelled() => break,
+        }
     }
 }
 
