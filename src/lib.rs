@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod private_files;
 pub mod sim;
 pub mod state;
 pub mod store;
