@@ -25,7 +25,7 @@ use crate::domain::state::{validate_state_name, ReportError, StateRecord, StateR
 use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::{Agent, AgentQuery, HistoryQuery, Liveness, RegisterOutcome};
 
 /// Routes of this resource (see `http::openapi` for how to add one).

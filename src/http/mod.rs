@@ -15,8 +15,10 @@ pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod ratelimit;
+pub mod readiness;
 pub mod server;
 pub mod sessions;
+pub mod state;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -31,8 +33,8 @@ use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
+use crate::http::state::AppState;
 use crate::metrics::Metrics;
-use crate::state::AppState;
 
 /// Header that carries the request id both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
