@@ -21,6 +21,9 @@ use crate::domain::agent::MAX_TTL_SECS;
 use crate::domain::apikey::{MAX_RATE_LIMIT, MAX_STREAMS};
 use crate::domain::workflow::MAX_SECONDS;
 
+/// The default of `OPSCORE_BIND`, which `opscore healthcheck` reads too.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+
 /// Most of anything counted per process (requests, failures).
 const A_MILLION: u32 = 1_000_000;
 /// A day, in seconds.
@@ -69,7 +72,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Address to listen on.
-    #[arg(long, env = "OPSCORE_BIND", default_value = "127.0.0.1:8000", value_parser = socket_addr())]
+    #[arg(long, env = "OPSCORE_BIND", default_value = DEFAULT_BIND, value_parser = socket_addr())]
     pub bind: SocketAddr,
     /// Bootstrap admin API key. Unset: one is generated once and kept in
     /// <data-dir>/api_key (mode 0600).

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use self::args::{DbArgs, DispatchMode, ServeArgs};
+pub use self::args::{DbArgs, DispatchMode, ServeArgs, DEFAULT_BIND};
 pub use self::keyfile::{generate_key, load_or_create_key, KeySource};
 pub use self::parse::{invalid_setting, ConfigError, OrUnset, SecretList, SettingParser};
 use crate::store::{KeepPerAgent, StoreOptions};
