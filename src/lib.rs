@@ -14,8 +14,8 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod private_files;
 pub mod sim;
-pub mod state;
 pub mod store;
 pub mod telemetry;
 
@@ -27,8 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::auth::KeyRing;
-use crate::state::AppState;
+use crate::http::keyring::KeyRing;
+use crate::http::state::AppState;
 use crate::store::writer::{StateWriter, WriterOptions};
 
 /// Run the service on `listener` until `shutdown` is cancelled.

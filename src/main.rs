@@ -45,7 +45,18 @@ fn give_back_freed_memory() {
 #[tokio::main]
 async fn main() -> ExitCode {
     give_back_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A refused setting reads like any other startup failure; usage
+        // mistakes (and --help) are clap's to report.
+        Err(e) => match opscore::config::invalid_setting(&e) {
+            Some(message) => {
+                eprintln!("opscore: {message}");
+                return ExitCode::FAILURE;
+            }
+            None => e.exit(),
+        },
+    };
     let result = match cli.command {
         Command::Serve(raw) => run_serve(*raw).await,
         Command::Migrate { db } => run_migrate(db).await,
@@ -65,7 +76,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run_serve(raw: opscore::config::RawSettings) -> anyhow::Result<()> {
+async fn run_serve(raw: opscore::config::ServeArgs) -> anyhow::Result<()> {
     let (config, key_source) = raw.resolve()?;
     // Held to the end, so the last lines (shutdown) are written out.
     let _log = opscore::telemetry::init(&config.log_level, config.log_format);
@@ -124,7 +135,7 @@ async fn run_bench(args: opscore::bench::BenchArgs) -> anyhow::Result<()> {
 
 async fn run_migrate(db: opscore::config::DbArgs) -> anyhow::Result<()> {
     let _log = opscore::telemetry::init("info", LogFormat::Text);
-    opscore::store::migrate(&db.url()?).await?;
+    opscore::store::migrate(&db.url()).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

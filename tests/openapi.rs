@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use common::{send, test_config, Backend, TestDb, TestServer};
 use opscore::http::auth::KeyRing;
-use opscore::state::AppState;
+use opscore::http::state::AppState;
 use opscore::store::writer::{StateWriter, WriterOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -12,7 +12,7 @@ use clap::Args;
 pub struct HealthcheckArgs {
     /// The server's listening address, as it was given to `serve`; an
     /// unspecified host (0.0.0.0, [::]) is probed on loopback.
-    #[arg(long, env = "OPSCORE_BIND", default_value = "127.0.0.1:8000")]
+    #[arg(long, env = "OPSCORE_BIND", default_value = crate::config::DEFAULT_BIND)]
     pub bind: String,
     /// The path probed: `/health` (the process answers) or `/ready` (it can
     /// also read and write its database).

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub use self::output::{EXIT_API, EXIT_CONNECTION, EXIT_USAGE};
-use crate::config::{DbArgs, RawSettings};
+use crate::config::{DbArgs, ServeArgs};
 
 /// Ops-Core: the control plane for fleets of AI agents.
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.
-    Serve(Box<RawSettings>),
+    Serve(Box<ServeArgs>),
     /// Run a fleet of simulated agents (and a simulated AgentKit) against a server.
     Simulate(Box<crate::sim::SimArgs>),
     /// Load-test a running server (loopback only) and print a table of

@@ -10,6 +10,7 @@ use super::workflow::{Backoff, TaskDefinition};
 /// The workflow rules the engine hands the store, applied inside its
 /// transactions when a task moves on (a report fails an attempt, a deadline
 /// passes, the next task is queued).
+/// Its `Default` is that of the settings (`OPSCORE_*`), written in `config`.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineRules {
     /// Delay between attempts.
@@ -20,17 +21,6 @@ pub struct EngineRules {
     pub default_timeout_secs: u64,
     /// When an agent counts as stale.
     pub liveness: Liveness,
-}
-
-impl Default for EngineRules {
-    fn default() -> Self {
-        Self {
-            backoff: Backoff::default(),
-            jitter: Jitter::default(),
-            default_timeout_secs: 300,
-            liveness: Liveness::default(),
-        }
-    }
 }
 
 /// The source of a backoff's jitter: a number in [0, 1) each time it is

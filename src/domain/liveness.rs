@@ -10,6 +10,7 @@ use super::time::Micros;
 /// An agent with no lease is never stale, however long it is silent: agents
 /// that report only when their state changes (as AgentKit's do) keep their
 /// tasks coming (docs/agents.md).
+/// Its `Default` is that of the settings (`OPSCORE_*`), written in `config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Liveness {
     /// TTL of agents that set none of their own, in seconds; `None` (the
@@ -17,15 +18,6 @@ pub struct Liveness {
     pub ttl_secs: Option<i64>,
     /// Extra margin before an agent counts as stale, in seconds.
     pub grace_secs: i64,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self {
-            ttl_secs: None,
-            grace_secs: 5,
-        }
-    }
 }
 
 impl Liveness {

@@ -421,6 +421,7 @@ impl RunStatus {
 pub const MEANINGFUL_STATES: [&str; 4] = ["active", "idle", "finished", "error"];
 
 /// Exponential backoff settings.
+/// Its `Default` is that of the settings (`OPSCORE_*`), written in `config`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first retry, in milliseconds.
@@ -429,16 +430,6 @@ pub struct Backoff {
     pub factor: f64,
     /// Longest delay, in milliseconds.
     pub cap_ms: u64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base_ms: 1000,
-            factor: 2.0,
-            cap_ms: 60_000,
-        }
-    }
 }
 
 impl Backoff {

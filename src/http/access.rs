@@ -20,7 +20,7 @@ use super::auth::{authenticate, missing_credentials};
 use super::keyring::{forbidden, Principal};
 use crate::domain::apikey::{Access, Permission};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// A permission as a type, for [`Require`].
 pub trait Perm: Send + Sync + 'static {

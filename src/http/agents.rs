@@ -19,7 +19,7 @@ use crate::domain::state::validate_state_name;
 use crate::domain::time::{format_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::{Agent, AgentQuery, Liveness};
 
 /// Routes of this resource (see `http::openapi` for how to add one).

@@ -18,7 +18,7 @@ use sha2::Sha256;
 
 pub use super::keyring::{KeyRing, Principal};
 use crate::error::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Header carrying the signing time.
 pub const TIMESTAMP_HEADER: &str = "x-agentkit-timestamp";

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::extract::Path;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// The policy every dashboard response carries. `connect-src 'self'` is what
 /// lets the page call the API (and read the event stream) on its own origin

@@ -25,7 +25,7 @@ use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
 use crate::engine::feed::{Feed, Subscription};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// The feed's route.
 pub const EVENTS_PATH: &str = "/v1/opscore/events";

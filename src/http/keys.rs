@@ -18,7 +18,7 @@ use crate::domain::apikey::{generate, is_key_id, ApiKey};
 use crate::domain::newkey::NewKeyBody;
 use crate::domain::time::{format_micros, now_micros};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::{Entity, StoreError, StoreResult};
 
 /// Routes of this resource.

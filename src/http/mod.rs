@@ -16,9 +16,11 @@ pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod ratelimit;
+pub mod readiness;
 pub mod server;
 pub mod tls;
 pub mod sessions;
+pub mod state;
 pub mod states;
 pub mod trace;
 pub mod webhook;
@@ -30,7 +32,7 @@ use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Every route of the service, each with its OpenAPI operation: the one
 /// place both the router and `/openapi.json` come from (see [`openapi`] for

@@ -6,8 +6,6 @@
 //! templates, state names, statuses). The README says how to keep them off a
 //! public network.
 
-use std::time::{Duration, Instant};
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -18,8 +16,7 @@ use utoipa_axum::routes;
 
 use super::trace::quiet_log;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
-use crate::store::Store;
+use crate::http::state::AppState;
 
 /// The liveness route, exempt from the request limits.
 pub const HEALTH_PATH: &str = "/health";
@@ -59,37 +56,6 @@ pub struct StatusOnly {
 )]
 async fn health() -> Json<StatusOnly> {
     Json(StatusOnly { status: "ok" })
-}
-
-/// How long `/ready` reuses its last check of the database.
-const READY_CHECK_REUSE: Duration = Duration::from_secs(1);
-
-/// `/ready`'s last check of the database, reused for
-/// [`READY_CHECK_REUSE`]: however many load balancers and orchestrators
-/// probe, the database sees one check (with its one small write) a second.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-}
-
-impl Readiness {
-    /// The last result if recent enough, else a new check. Probes that
-    /// arrive during a check wait for its result.
-    async fn check(&self, store: &dyn Store) -> Result<(), String> {
-        let mut last = self.last.lock().await;
-        if let Some((at, result)) = &*last {
-            if at.elapsed() < READY_CHECK_REUSE {
-                return result.clone();
-            }
-        }
-        let result = store.ready().await.map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            // Once per check, not once per probe.
-            tracing::warn!(error = %e, "not ready");
-        }
-        *last = Some((Instant::now(), result.clone()));
-        result
-    }
 }
 
 /// Readiness: the service can read and write its database.

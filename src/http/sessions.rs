@@ -16,7 +16,7 @@ use crate::domain::time::{format_micros, now_micros};
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::{RunRecord, SessionQuery, SessionRecord};
 
 /// Routes of this resource (see `http::openapi` for how to add one).

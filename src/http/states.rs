@@ -18,7 +18,7 @@ use crate::domain::state::{ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::Validator;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::{HistoryQuery, Liveness};
 
 /// The state route's template: `GET` with `index` is a blocking read.

@@ -18,7 +18,7 @@ use crate::domain::agent::{NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
 use crate::domain::time::now_micros;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::RegisterOutcome;
 
 /// Routes of this resource (see `http::openapi` for how to add one).

@@ -19,7 +19,7 @@ use crate::domain::workflow::{WorkflowDefinition, MAX_DEFINITION_BYTES};
 use crate::domain::FieldError;
 use crate::engine::{self, DefinitionSource};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
-use crate::state::AppState;
+use crate::http::state::AppState;
 use crate::store::PutOutcome;
 
 /// Routes of this resource (see `http::openapi` for how to add one).

@@ -205,6 +205,7 @@ impl PoolStats {
 }
 
 /// Tuning for opening a store.
+/// Its `Default` is that of the settings (`OPSCORE_*`), written in `config`.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Most connections in the pool (PostgreSQL), or readers (SQLite).
@@ -213,16 +214,6 @@ pub struct StoreOptions {
     pub acquire_timeout: std::time::Duration,
     /// The workflow rules the store applies inside its transactions.
     pub engine: EngineRules,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: std::time::Duration::from_secs(5),
-            engine: EngineRules::default(),
-        }
-    }
 }
 
 /// Whether storing a definition created it, found it unchanged, or replaced it.

@@ -86,7 +86,7 @@ impl SqlStore<Sqlite> {
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
             {
-                crate::config::create_private_dir(dir).map_err(|e| {
+                crate::private_files::create_private_dir(dir).map_err(|e| {
                     anyhow::anyhow!("cannot create database directory {}: {e}", dir.display())
                 })?;
             }

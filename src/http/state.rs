@@ -1,4 +1,6 @@
-//! Shared application state handed to every handler.
+//! Shared application state handed to every handler. It belongs to the
+//! HTTP layer: it holds the HTTP layer's own parts (the key cache, the
+//! readiness check), and only `lib.rs` (which builds it) and `http/` use it.
 
 use std::sync::Arc;
 
@@ -6,8 +8,8 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::engine::feed::Feed;
-use crate::http::auth::KeyRing;
-use crate::http::ops::Readiness;
+use crate::http::keyring::KeyRing;
+use crate::http::readiness::Readiness;
 use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
