@@ -109,8 +109,17 @@ pub async fn serve(
         keys.clone(),
         background_stop.clone(),
     ));
+    // TLS files that cannot be loaded stop the start, naming the file.
+    let tls = match config.tls.clone() {
+        Some(files) => {
+            let tls = http::tls::Tls::new(files).map_err(anyhow::Error::msg)?;
+            tls.watch(background_stop.clone());
+            Some(tls)
+        }
+        None => None,
+    };
     let server_options = http::server::ServerOptions {
-        tls: None,
+        tls,
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };

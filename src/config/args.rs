@@ -220,4 +220,16 @@ pub struct ServeArgs {
     /// too_many_streams.
     #[arg(long, env = "OPSCORE_MAX_STREAMS_PER_KEY", default_value = "16", value_parser = whole_u32(1, MAX_STREAMS))]
     pub max_streams_per_key: u32,
+    /// PEM certificate chain (leaf first) to serve HTTPS with, together with
+    /// OPSCORE_TLS_KEY_FILE; unset: plain HTTP. Reloaded on SIGHUP or when
+    /// the file changes.
+    #[arg(long, env = "OPSCORE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of OPSCORE_TLS_CERT_FILE.
+    #[arg(long, env = "OPSCORE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: with TLS on, every client must present a
+    /// certificate signed by one of them (mutual TLS).
+    #[arg(long, env = "OPSCORE_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }

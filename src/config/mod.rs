@@ -112,6 +112,20 @@ pub struct Config {
     pub max_feed_subscribers: usize,
     /// Most of them per key without its own cap.
     pub max_streams_per_key: u32,
+    /// Serve HTTPS from these files; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files TLS is served from (see `http::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// What is kept, and how often old records are pruned. Its `Default` is

@@ -11,7 +11,7 @@ use clap::{Args, Command, FromArgMatches};
 use super::keyfile::{load_or_create_key, KeySource};
 use super::{
     Config, ConfigError, DispatchConfig, DispatchMode, DispatchTarget, RetentionConfig, Secret,
-    ServeArgs,
+    ServeArgs, TlsFiles,
 };
 use crate::domain::workflow::Backoff;
 use crate::store::{EngineRules, Jitter, KeepPerAgent, Liveness, StoreOptions};
@@ -71,8 +71,37 @@ impl ServeArgs {
         }
     }
 
+    /// The TLS files, when TLS is asked for: a certificate needs its key
+    /// and the other way round; a client CA needs both.
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            })),
+            (Some(_), None) => Err(ConfigError::new(
+                "OPSCORE_TLS_KEY_FILE",
+                "tls-key-file",
+                "must be set with OPSCORE_TLS_CERT_FILE",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "OPSCORE_TLS_CERT_FILE",
+                "tls-cert-file",
+                "must be set with OPSCORE_TLS_KEY_FILE",
+            )),
+            (None, None) if self.tls_client_ca_file.is_some() => Err(ConfigError::new(
+                "OPSCORE_TLS_CLIENT_CA_FILE",
+                "tls-client-ca-file",
+                "needs OPSCORE_TLS_CERT_FILE and OPSCORE_TLS_KEY_FILE (client certificates are checked only over TLS)",
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The configuration these settings make, with `api_key`.
     pub(super) fn config(self, api_key: Secret) -> Result<Config, ConfigError> {
+        let tls = self.tls()?;
         let dispatch = DispatchConfig {
             enabled: self.dispatcher,
             target: self.dispatch_target()?,
@@ -143,6 +172,7 @@ impl ServeArgs {
             retention,
             max_feed_subscribers: self.max_feed_subscribers,
             max_streams_per_key: self.max_streams_per_key,
+            tls,
         })
     }
 }

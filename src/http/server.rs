@@ -87,7 +87,13 @@ pub async fn run(
         let (http, shutdown, force_close) = (http.clone(), shutdown.clone(), force_close.clone());
         match &options.tls {
             None => {
-                connections.spawn(serve(TokioIo::new(stream), http, service, shutdown, force_close));
+                connections.spawn(serve(
+                    TokioIo::new(stream),
+                    http,
+                    service,
+                    shutdown,
+                    force_close,
+                ));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
@@ -95,7 +101,8 @@ pub async fn run(
                 // that connects and stalls is closed either way.
                 let handshake_timeout = options.header_read_timeout;
                 connections.spawn(async move {
-                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     let stream = tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(s)) => s,

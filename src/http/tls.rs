@@ -6,7 +6,7 @@
 //! previous certificate and says why in the log. Connections already open
 //! keep the certificate they were made with; new ones get the new one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -16,17 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-/// The files TLS is served from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// PEM CA certificates; when set, clients must present a certificate
-    /// signed by one of them.
-    pub client_ca: Option<PathBuf>,
-}
+pub use crate::config::TlsFiles;
 
 /// How often the files are checked for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -61,16 +51,19 @@ impl TlsFiles {
                 for cert in CertificateDer::pem_file_iter(ca)
                     .map_err(|e| read_err("cannot read the client CA file", ca, e))?
                 {
-                    let cert =
-                        cert.map_err(|e| read_err("the client CA file holds a bad PEM block:", ca, e))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| read_err("the client CA file holds a bad certificate:", ca, e))?;
+                    let cert = cert.map_err(|e| {
+                        read_err("the client CA file holds a bad PEM block:", ca, e)
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        read_err("the client CA file holds a bad certificate:", ca, e)
+                    })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
-                        .map_err(|e| read_err("the client CA file cannot verify clients:", ca, e))?;
+                        .map_err(|e| {
+                            read_err("the client CA file cannot verify clients:", ca, e)
+                        })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
