@@ -638,6 +638,22 @@ async fn contexts_name_servers_and_their_keys() {
     let run = with_config(argv(&["agents", "list", "--url", b])).await;
     assert!(run.failed(2).contains("OPSCORE_CLIENT_KEY"), "{run:?}");
 
+    // Given a URL and a key, the config file is not read at all (the
+    // simulator in a container runs with an unreadable HOME); a command
+    // that needs it says which file is wrong.
+    std::fs::write(&config, "contexts: [not, a, map]").unwrap();
+    let given = [
+        ("OPSCORE_CONFIG", cfg),
+        ("OPSCORE_URL", b),
+        ("OPSCORE_CLIENT_KEY", KEY),
+    ];
+    opscore_env(&given, &["agents", "list"]).await.ok();
+    let run = opscore_env(&given[..2], &["agents", "list"]).await;
+    assert!(
+        run.failed(2).contains("not a valid opscore config"),
+        "{run:?}"
+    );
+
     let run = opscore_env(
         &[("OPSCORE_URL", b), ("OPSCORE_API_KEY", KEY)],
         &["agents", "list"],

@@ -50,7 +50,12 @@ impl ServerArgs {
     /// The server, key and CA these arguments, the config file's context
     /// and the defaults give.
     pub fn resolve(&self) -> Result<contexts::Target, String> {
-        let config = match contexts::config_path() {
+        // The config file is read only when a context can matter: given a
+        // URL and a key (as the simulator in a container is) and no context
+        // named, a missing or unreadable home directory is none of our
+        // business.
+        let needs_context = self.context.is_some() || self.url.is_none() || self.api_key.is_none();
+        let config = match contexts::config_path().filter(|_| needs_context) {
             Some(path) => contexts::ClientConfig::load(&path)?,
             None => contexts::ClientConfig::default(),
         };
