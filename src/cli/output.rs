@@ -61,26 +61,9 @@ impl ClientOpts {
     }
 }
 
-/// A client for `server` (flags, variables, then the context): the URL must
-/// be usable and a key given.
+/// A client for `server` (flags, variables, then the context).
 pub fn connect(server: &ServerArgs) -> Result<Client, CliError> {
     let target = server.resolve().map_err(CliError::Usage)?;
-    match url::Url::parse(&target.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-        _ => {
-            return Err(CliError::Usage(format!(
-                "--url (OPSCORE_URL) must be an http:// or https:// URL, got '{}'",
-                target.url
-            )))
-        }
-    }
-    if target.api_key.is_none() {
-        return Err(CliError::Usage(format!(
-            "no API key: pass --api-key, set {}, or add a context with a key \
-             (opscore context add --help)",
-            crate::client::contexts::CLIENT_KEY_ENV
-        )));
-    }
     Client::for_target(&target).map_err(CliError::Usage)
 }
 

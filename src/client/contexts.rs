@@ -116,13 +116,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-/// What a client command resolved to.
+/// What a client command resolved to: a usable URL and a key.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
-    /// Base URL.
+    /// Base URL (http or https, with a host).
     pub url: String,
-    /// The key, if any.
-    pub api_key: Option<String>,
+    /// The key.
+    pub api_key: String,
     /// Extra CA certificates (PEM) to trust.
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -172,6 +172,14 @@ pub fn resolve(
         .map(str::to_owned)
         .or_else(|| context.map(|c| c.url.clone()))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => {
+            return Err(format!(
+                "--url (OPSCORE_URL) must be an http:// or https:// URL, got '{url}'"
+            ))
+        }
+    }
     let api_key = match (given.api_key, context) {
         (Some(k), _) => Some(k.to_owned()),
         (None, Some(c)) if c.key_file.is_some() || c.key_command.is_some() => {
@@ -184,6 +192,12 @@ pub fn resolve(
             );
         }),
     };
+    let api_key = api_key.ok_or_else(|| {
+        format!(
+            "no API key: pass --api-key, set {CLIENT_KEY_ENV}, or add a context with a key \
+             (opscore context add --help)"
+        )
+    })?;
     let ca_file = given
         .ca_file
         .map(Path::to_path_buf)
@@ -278,7 +292,7 @@ mod tests {
         let c = config(dir.path());
         let t = resolve(&Given::default(), &c, None).unwrap();
         assert_eq!(
-            (t.url.as_str(), t.api_key.as_deref()),
+            (t.url.as_str(), Some(t.api_key.as_str())),
             ("http://lab:8000", Some("cmd-key-0123456789"))
         );
         let named = Given {
@@ -287,7 +301,7 @@ mod tests {
         };
         let t = resolve(&named, &c, None).unwrap();
         assert_eq!(
-            (t.url.as_str(), t.api_key.as_deref()),
+            (t.url.as_str(), Some(t.api_key.as_str())),
             ("https://prod.example", Some("file-key-0123456789"))
         );
         let flags = Given {
@@ -297,7 +311,7 @@ mod tests {
         };
         let t = resolve(&flags, &c, Some("legacy".into())).unwrap();
         assert_eq!(
-            (t.url.as_str(), t.api_key.as_deref()),
+            (t.url.as_str(), Some(t.api_key.as_str())),
             ("http://x:1", Some("flag-key"))
         );
         let t = resolve(
@@ -307,7 +321,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (t.url.as_str(), t.api_key.as_deref()),
+            (t.url.as_str(), Some(t.api_key.as_str())),
             (DEFAULT_URL, Some("legacy"))
         );
         let err = resolve(

@@ -84,6 +84,30 @@ pub struct TargetArgs {
     pub webhook_secret: Option<String>,
 }
 
+/// The HTTP clients of a [`Client`]: one for calls (30 s per request), one
+/// for event streams (no total deadline, 45 s between reads), both trusting
+/// `ca_pem`'s certificates besides the system's.
+fn http_clients(ca_pem: Option<&[u8]>) -> Result<(reqwest::Client, reqwest::Client), String> {
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let mut stream_http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(45));
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("the CA file holds no PEM certificate: {e}"))?;
+        for cert in certs {
+            http = http.add_root_certificate(cert.clone());
+            stream_http = stream_http.add_root_certificate(cert);
+        }
+    }
+    Ok((
+        http.build().map_err(|e| e.to_string())?,
+        stream_http.build().map_err(|e| e.to_string())?,
+    ))
+}
+
 /// What went wrong talking to Ops-Core.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -164,16 +188,7 @@ pub struct Client {
 impl Client {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:8000`).
     pub fn new(base: &str, api_key: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(45))
-            .build()
-            .unwrap_or_default();
+        let (http, stream_http) = http_clients(None).unwrap_or_default();
         Self {
             base: base.trim_end_matches('/').to_owned(),
             api_key,
@@ -184,25 +199,12 @@ impl Client {
 
     /// A client for a resolved target, trusting its CA certificates too.
     pub fn for_target(target: &contexts::Target) -> Result<Self, String> {
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
-        let mut stream_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(45));
-        if let Some(pem) = &target.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("the CA file holds no PEM certificate: {e}"))?;
-            for cert in certs {
-                http = http.add_root_certificate(cert.clone());
-                stream_http = stream_http.add_root_certificate(cert);
-            }
-        }
+        let (http, stream_http) = http_clients(target.ca_pem.as_deref())?;
         Ok(Self {
             base: target.url.trim_end_matches('/').to_owned(),
-            api_key: target.api_key.clone(),
-            http: http.build().map_err(|e| e.to_string())?,
-            stream_http: stream_http.build().map_err(|e| e.to_string())?,
+            api_key: Some(target.api_key.clone()),
+            http,
+            stream_http,
         })
     }
 
