@@ -2,7 +2,7 @@
 //! each is one field with its variable, its flag, its parser (which checks
 //! it, see [`super::parse`]) and its default, written here once.
 //! `.env.example` and docs/configuration.md describe the same settings; a
-//! test (tests/config_reference.rs) fails when they disagree with these fields.
+//! test (tests/it/config_reference.rs) fails when they disagree with these fields.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

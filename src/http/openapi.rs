@@ -5,7 +5,7 @@
 //! with), and each resource's `router()` adds it with
 //! `.routes(utoipa_axum::routes!(handler))`. That one call registers the
 //! handler in the axum router *and* its operation in this document, so the
-//! two cannot drift apart. `tests/openapi.rs` checks it anyway: every
+//! two cannot drift apart. `tests/it/openapi.rs` checks it anyway: every
 //! (method, path) the real router answers must be in the document and every
 //! documented operation must be answered.
 //!
@@ -22,7 +22,7 @@
 //!    `.routes(routes!(handler))` (handlers that share a path go in one
 //!    `routes!`), and merge that router in `http::api()`.
 //! 3. Never call `.route(...)` with a plain axum `MethodRouter`: the route
-//!    would be served but undocumented, and `tests/openapi.rs` fails.
+//!    would be served but undocumented, and `tests/it/openapi.rs` fails.
 //!
 //! What is the same for every operation is added here, after the fact, by
 //! [`spec`]: the `X-Request-Id` header on every response, `Retry-After` on

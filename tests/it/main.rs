@@ -1,0 +1,39 @@
+//! The integration tests, one binary: each module talks to a real Ops-Core
+//! listening on a real port (see `common`). One binary links the harness
+//! once instead of once per file (CONTRIBUTING.md, "Tests").
+
+mod common;
+
+mod agents;
+mod auth_matrix;
+mod bad_input;
+mod bench_tool;
+mod cli;
+mod clock_steps;
+mod config_reference;
+mod dashboard;
+mod deploy;
+mod durability;
+mod engine_truth;
+mod feed;
+mod keys;
+mod keys_cli;
+mod leases;
+mod legacy_clients;
+mod limits;
+mod metrics;
+mod openapi;
+mod outage;
+mod properties;
+mod quiet_agents;
+mod reads;
+mod replicas;
+mod retention;
+mod slow_bodies;
+mod staleness;
+mod state_index;
+mod storage_faults;
+mod tls;
+mod webhook;
+mod webhook_secrets;
+mod workflows;
