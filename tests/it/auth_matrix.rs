@@ -8,8 +8,6 @@
 //! operator, a registrar, an agent key for the agent in the path, and an
 //! agent key for another agent.
 
-use crate::common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

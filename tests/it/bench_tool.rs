@@ -8,8 +8,8 @@ use crate::common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use crate::common::{Backend, TestServer, KEY, SECRET};
+use clap::Parser;
 use opscore::bench::{BenchArgs, Report, ScenarioReport};
 use opscore::cli::{Cli, Command};
 use serde_json::Value;

@@ -13,9 +13,9 @@ mod restartable;
 
 use std::time::{Duration, Instant};
 
-use browser::{target_dir, Browser};
 use crate::common::agentkit::FakeAgentKit;
 use crate::common::{register_payload, send, Backend, TestServer, KEY};
+use browser::{target_dir, Browser};
 use opscore::config::DispatchTarget;
 use reqwest::StatusCode;
 use restartable::Restartable;

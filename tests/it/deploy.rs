@@ -4,8 +4,6 @@
 //! names line up between the Deployment, Service, PodDisruptionBudget and
 //! HorizontalPodAutoscaler.
 
-use crate::common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 

@@ -1,8 +1,6 @@
 //! `opscore keys create|list|show|revoke`, run as the real binary against a
 //! real server.
 
-use crate::common;
-
 use crate::common::{send, Backend, TestServer, KEY};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

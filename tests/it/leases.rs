@@ -6,8 +6,6 @@
 //! and a failed delivery waits out the backoff with the jitter the engine
 //! hands the store.
 
-use crate::common;
-
 use crate::common::{Backend, TestDb};
 use opscore::domain::agent::{AgentId, Registration};
 use opscore::domain::time::now_micros;

@@ -2,6 +2,7 @@
 //! listening on a real port (see `common`). One binary links the harness
 //! once instead of once per file (CONTRIBUTING.md, "Tests").
 
+#[macro_use]
 mod common;
 
 mod agents;

@@ -9,8 +9,6 @@
 //! the server does not answer all fail the test; so does a change in axum's
 //! `Debug` output that hides the path table (no paths found).
 
-use crate::common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 

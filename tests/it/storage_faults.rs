@@ -11,7 +11,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_error, register_body, send, test_config, Backend, Resp, TestDb, TestServer};
+use crate::common::{
+    assert_error, register_body, send, test_config, Backend, Resp, TestDb, TestServer,
+};
 use opscore::config::{Config, Secret};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

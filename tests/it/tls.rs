@@ -5,8 +5,6 @@
 //! it. The CLI trusts a private CA with `--ca-file`. Test certificates come
 //! from rcgen.
 
-use crate::common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
