@@ -51,7 +51,12 @@ pub async fn serve(
     } else {
         Vec::new()
     };
-    let store = store::connect(&url, &config.db).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store_options = store::StoreOptions {
+        on_session_end: metrics.on_session_end(),
+        ..config.db.clone()
+    };
+    let store = store::connect(&url, &store_options).await?;
     engine::load_definitions(&*store, &definitions).await?;
     let sqlite = url.starts_with("sqlite:");
     let writer_opts = WriterOptions {
@@ -61,7 +66,6 @@ pub async fn serve(
         queue: 16_384,
     };
     let wake = Arc::new(Notify::new());
-    let metrics = Arc::new(metrics::Metrics::new());
     let writer_stop = CancellationToken::new();
     let (writer, mut writers) = StateWriter::spawn(
         store.clone(),

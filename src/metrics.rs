@@ -3,14 +3,17 @@
 //! One [`Metrics`] per process (tests run several servers in one process, so
 //! nothing here is global), held in `AppState` and handed to the dispatcher.
 //! Counters and histograms move on the hot path (the request middleware, the
-//! state report handler, each dispatch attempt); gauges that describe the
-//! database (agents by state, sessions by status, queue depth, pool use) are
-//! read from the store when `/metrics` is scraped, see
+//! state report handler, each dispatch attempt, and each session's end, which
+//! the store tells right after the commit that ended it, see
+//! [`Metrics::on_session_end`]); gauges that describe the database (agents by
+//! state, sessions by status, queue depth, the oldest due run, the feed's
+//! lag, pool use) are read from the store when `/metrics` is scraped, see
 //! [`Metrics::refresh_from_store`].
 //!
 //! Label values are always bounded: routes are matched route templates
-//! (never raw paths), states outside the known set are `other`, and agent
-//! ids are never labels.
+//! (never raw paths), states outside the known set are `other`, workflow ids
+//! past the first [`MAX_WORKFLOW_LABELS`] are `_other`, and agent ids are
+//! never labels.
 //!
 //! The exposition is OpenMetrics 1.0 text (what Prometheus asks for first
 //! when it scrapes), produced by the `prometheus-client` crate, or the same
@@ -27,6 +30,7 @@
 //! read from the feed by the `/metrics` handler.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -37,7 +41,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::store::{Store, StoreResult};
+use crate::domain::event::SessionEnd;
+use crate::store::{OnSessionEnd, Store, StoreResult};
 
 mod exposition;
 mod process;
@@ -65,6 +70,23 @@ const SESSION_STATUSES: [&str; 5] = ["started", "running", "completed", "failed"
 const HTTP_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Session duration buckets, in seconds: from a workflow that ends at once
+/// (100 ms) to one that runs for most of a day.
+const SESSION_BUCKETS: [f64; 17] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    21600.0, 86400.0,
+];
+
+/// Most distinct `workflow` label values per process; sessions of any
+/// workflow seen after that many are counted under [`OTHER_WORKFLOW`].
+/// Workflow ids are chosen by whoever writes definitions, so their number
+/// is not the service's to bound.
+pub const MAX_WORKFLOW_LABELS: usize = 100;
+
+/// The `workflow` label value shared by the workflows past
+/// [`MAX_WORKFLOW_LABELS`].
+pub const OTHER_WORKFLOW: &str = "_other";
 
 /// Dispatch latency buckets, in seconds (bounded by the dispatch timeout).
 const DISPATCH_BUCKETS: [f64; 12] = [
@@ -96,6 +118,12 @@ struct StatusLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    workflow: Arc<str>,
     outcome: &'static str,
 }
 
@@ -145,6 +173,14 @@ pub struct Metrics {
     state_reports: Family<StateLabel, Counter>,
     dispatch_attempts: Family<OutcomeLabel, Counter>,
     dispatch_seconds: HistogramFamily<OutcomeLabel>,
+    /// Workflow ids that have a label value of their own (at most
+    /// [`MAX_WORKFLOW_LABELS`]).
+    workflows: RwLock<HashSet<Arc<str>>>,
+    other_workflow: Arc<str>,
+    sessions_finished: Family<SessionLabels, Counter>,
+    session_seconds: HistogramFamily<SessionLabels>,
+    oldest_due_run_age: Gauge<f64, AtomicU64>,
+    feed_lag: Gauge<f64, AtomicU64>,
     agents: Family<StateLabel, Gauge>,
     sessions: Family<StatusLabel, Gauge>,
     queue_depth: Gauge,
@@ -166,6 +202,10 @@ fn http_histogram() -> Histogram {
 
 fn dispatch_histogram() -> Histogram {
     Histogram::new(DISPATCH_BUCKETS)
+}
+
+fn session_histogram() -> Histogram {
+    Histogram::new(SESSION_BUCKETS)
 }
 
 impl Default for Metrics {
@@ -211,6 +251,38 @@ impl Metrics {
             "opscore_dispatch_duration_seconds",
             "Time a dispatch request took, by outcome",
             dispatch_seconds.clone(),
+        );
+        let sessions_finished = Family::<SessionLabels, Counter>::default();
+        r.register(
+            "opscore_sessions_finished",
+            format!(
+                "Sessions this process ended (counted on its commit of the final status), by \
+                 workflow (at most {MAX_WORKFLOW_LABELS} values, then {OTHER_WORKFLOW}) and outcome \
+                 (completed, failed, cancelled)"
+            ),
+            sessions_finished.clone(),
+        );
+        let session_seconds =
+            HistogramFamily::<SessionLabels>::new_with_constructor(session_histogram as fn() -> _);
+        r.register(
+            "opscore_session_duration_seconds",
+            "Time from a session's creation to its end, by workflow and outcome, for the sessions \
+             this process ended",
+            session_seconds.clone(),
+        );
+        let oldest_due_run_age = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "opscore_oldest_queued_run_age_seconds",
+            "How long the queued task run that has been due longest has waited to be sent (0 when \
+             none is due; read from the database at scrape time)",
+            oldest_due_run_age.clone(),
+        );
+        let feed_lag = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "opscore_feed_lag_seconds",
+            "How long the oldest committed event this process's change feed has not served yet \
+             has existed (0 when it has served every committed event)",
+            feed_lag.clone(),
         );
         let agents = Family::<StateLabel, Gauge>::default();
         r.register(
@@ -293,6 +365,12 @@ impl Metrics {
             state_reports,
             dispatch_attempts,
             dispatch_seconds,
+            workflows: RwLock::new(HashSet::new()),
+            other_workflow: Arc::from(OTHER_WORKFLOW),
+            sessions_finished,
+            session_seconds,
+            oldest_due_run_age,
+            feed_lag,
             agents,
             sessions,
             queue_depth,
@@ -360,21 +438,8 @@ impl Metrics {
     }
 
     fn intern(&self, route: &str) -> Arc<str> {
-        if let Some(r) = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(route)
-        {
-            return r.clone();
-        }
-        let mut set = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = set.get(route) {
-            return r.clone();
-        }
-        let r: Arc<str> = Arc::from(route);
-        set.insert(r.clone());
-        r
+        // The router's routes bound the set.
+        intern_at_most(&self.routes, route, usize::MAX).unwrap_or_else(|| Arc::from(route))
     }
 
     /// Set the number of feed subscribers (read from the feed at scrape time).
@@ -403,20 +468,49 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Record one session's end, once, where it was committed (see
+    /// [`OnSessionEnd`]).
+    pub fn observe_session_end(&self, end: &SessionEnd) {
+        let labels = SessionLabels {
+            workflow: self.workflow_label(&end.workflow_id),
+            outcome: end.outcome.as_str(),
+        };
+        self.sessions_finished.get_or_create(&labels).inc();
+        self.session_seconds
+            .get_or_create(&labels)
+            .observe(end.duration_secs());
+    }
+
+    /// What the store is to call for each session a commit of this process
+    /// ends.
+    pub fn on_session_end(self: &Arc<Self>) -> OnSessionEnd {
+        let me = self.clone();
+        OnSessionEnd::new(move |end| me.observe_session_end(end))
+    }
+
+    /// The label value of a workflow: its id while fewer than
+    /// [`MAX_WORKFLOW_LABELS`] ids have one, else [`OTHER_WORKFLOW`].
+    fn workflow_label(&self, id: &str) -> Arc<str> {
+        intern_at_most(&self.workflows, id, MAX_WORKFLOW_LABELS)
+            .unwrap_or_else(|| self.other_workflow.clone())
+    }
+
     /// Read the database gauges from `store`: agents by state, sessions by
-    /// status, queue depth, pool use. Called by the `/metrics` handler
-    /// before [`Metrics::encode`].
+    /// status, queue depth, the oldest due run, the feed's lag behind the
+    /// events committed after `feed_head` (the last index this process's
+    /// feed has served), pool use. Called by the `/metrics` handler before
+    /// [`Metrics::encode`].
     /// A failure is counted in `opscore_metrics_store_errors_total`.
-    pub async fn refresh_from_store(&self, store: &dyn Store) -> StoreResult<()> {
+    pub async fn refresh_from_store(&self, store: &dyn Store, feed_head: i64) -> StoreResult<()> {
         let _one_at_a_time = self.scrape.lock().await;
-        let result = self.refresh(store).await;
+        let result = self.refresh(store, feed_head).await;
         if result.is_err() {
             self.store_errors.inc();
         }
         result
     }
 
-    async fn refresh(&self, store: &dyn Store) -> StoreResult<()> {
+    async fn refresh(&self, store: &dyn Store, feed_head: i64) -> StoreResult<()> {
         // Pool use needs no query: it is current even when queries fail.
         for p in store.pool_stats() {
             let label = PoolLabel { pool: p.name };
@@ -431,9 +525,15 @@ impl Metrics {
         let agents = store.count_agents_by_state().await?;
         let sessions = store.count_sessions_by_status().await?;
         let queued = store.count_queued_runs().await?;
-        let stale = store
-            .count_stale_agents(crate::domain::time::now_micros())
-            .await?;
+        let now = crate::domain::time::now_micros();
+        let stale = store.count_stale_agents(now).await?;
+        let oldest_due = store.oldest_due_run(now).await?;
+        let unserved = store.first_event_after(feed_head).await?;
+        // Read after the queries: an event committed while they ran is not
+        // older than this.
+        let now = crate::domain::time::now_micros();
+        self.oldest_due_run_age.set(age_secs(oldest_due, now));
+        self.feed_lag.set(age_secs(unserved, now));
         self.agents_stale.set(stale);
         // Every known value is always present (at 0), so a series does not
         // vanish when its count drops to nothing.
@@ -484,6 +584,31 @@ impl Metrics {
     }
 }
 
+/// `value` as kept in `set`, added if the set holds fewer than `max`
+/// values; `None` when it is not there and the set is full.
+fn intern_at_most(set: &RwLock<HashSet<Arc<str>>>, value: &str, max: usize) -> Option<Arc<str>> {
+    // A panic while holding the lock cannot leave the set half written.
+    if let Some(v) = set.read().unwrap_or_else(|e| e.into_inner()).get(value) {
+        return Some(v.clone());
+    }
+    let mut set = set.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = set.get(value) {
+        return Some(v.clone());
+    }
+    if set.len() >= max {
+        return None;
+    }
+    let v: Arc<str> = Arc::from(value);
+    set.insert(v.clone());
+    Some(v)
+}
+
+/// Seconds from `since` to `now`; 0 when there is no `since` (or it is
+/// in the future: another replica's clock may be ahead).
+fn age_secs(since: Option<i64>, now: i64) -> f64 {
+    since.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6)
+}
+
 /// A bounded label for an HTTP method.
 fn method_label(m: &axum::http::Method) -> &'static str {
     use axum::http::Method;
@@ -519,6 +644,54 @@ mod tests {
         assert_eq!(state_label("Idle"), "other");
         assert_eq!(state_label("agent-7-custom"), "other");
         assert_eq!(method_label(&axum::http::Method::CONNECT), "other");
+    }
+
+    #[test]
+    fn workflow_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_WORKFLOW_LABELS {
+            assert_eq!(&*m.workflow_label(&format!("w{i}")), format!("w{i}"));
+        }
+        assert_eq!(&*m.workflow_label("one-too-many"), OTHER_WORKFLOW);
+        assert_eq!(&*m.workflow_label("w0"), "w0", "admitted ids keep theirs");
+        let a = m.workflow_label("w7");
+        assert!(Arc::ptr_eq(&a, &m.workflow_label("w7")));
+    }
+
+    #[test]
+    fn ages_are_never_negative() {
+        assert_eq!(age_secs(None, 5_000_000), 0.0);
+        assert_eq!(age_secs(Some(3_500_000), 5_000_000), 1.5);
+        assert_eq!(age_secs(Some(6_000_000), 5_000_000), 0.0);
+    }
+
+    #[test]
+    fn session_ends_are_counted_by_workflow_and_outcome() {
+        use crate::domain::workflow::SessionStatus;
+        let m = Arc::new(Metrics::new());
+        let tell = m.on_session_end();
+        for (outcome, took) in [
+            (SessionStatus::Completed, 2_000_000),
+            (SessionStatus::Completed, 500_000),
+            (SessionStatus::Cancelled, 0),
+        ] {
+            tell.tell(&SessionEnd {
+                workflow_id: "w".into(),
+                outcome,
+                created_at: 10_000_000,
+                finished_at: 10_000_000 + took,
+            });
+        }
+        let text = m.encode().unwrap();
+        for line in [
+            r#"opscore_sessions_finished_total{workflow="w",outcome="completed"} 2"#,
+            r#"opscore_sessions_finished_total{workflow="w",outcome="cancelled"} 1"#,
+            r#"opscore_session_duration_seconds_sum{workflow="w",outcome="completed"} 2.5"#,
+            r#"opscore_session_duration_seconds_count{workflow="w",outcome="completed"} 2"#,
+            r#"opscore_session_duration_seconds_bucket{le="0.5",workflow="w",outcome="completed"} 1"#,
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
     }
 
     #[test]

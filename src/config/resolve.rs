@@ -14,7 +14,7 @@ use super::{
     ServeArgs, TlsFiles,
 };
 use crate::domain::workflow::Backoff;
-use crate::store::{EngineRules, Jitter, KeepPerAgent, Liveness, StoreOptions};
+use crate::store::{EngineRules, Jitter, KeepPerAgent, Liveness, OnSessionEnd, StoreOptions};
 
 /// Where workflow definitions are read from unless `OPSCORE_WORKFLOWS_DIR`
 /// says otherwise; skipped when it does not exist.
@@ -163,6 +163,7 @@ impl ServeArgs {
                 engine,
                 max_connections: self.db_max_connections,
                 acquire_timeout: self.db_acquire_timeout_secs,
+                on_session_end: OnSessionEnd::default(),
             },
             workflows_dir_explicit: self.workflows_dir.is_some(),
             workflows_dir: self

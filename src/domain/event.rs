@@ -86,6 +86,31 @@ pub struct NewEvent {
     pub at: Micros,
     /// Kind-specific fields, a JSON object.
     pub data: String,
+    /// Set on the `session.status` event of a session's end (never
+    /// stored): what the store tells its observer once the transaction
+    /// that wrote the event has committed.
+    pub ended: Option<SessionEnd>,
+}
+
+/// A session reaching a final status: what the metrics of finished
+/// sessions count, by workflow and outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The workflow definition's id.
+    pub workflow_id: String,
+    /// `completed`, `failed` or `cancelled`.
+    pub outcome: SessionStatus,
+    /// When the session was created.
+    pub created_at: Micros,
+    /// When it ended.
+    pub finished_at: Micros,
+}
+
+impl SessionEnd {
+    /// How long the session took, in seconds (never negative).
+    pub fn duration_secs(&self) -> f64 {
+        (self.finished_at - self.created_at).max(0) as f64 / 1e6
+    }
 }
 
 impl NewEvent {
@@ -96,6 +121,7 @@ impl NewEvent {
             session_id: session.map(str::to_owned),
             at,
             data: data.to_string(),
+            ended: None,
         }
     }
 
@@ -136,6 +162,7 @@ impl NewEvent {
             session_id: None,
             at: r.received_at,
             data,
+            ended: None,
         }
     }
 
@@ -161,7 +188,8 @@ impl NewEvent {
         )
     }
 
-    /// `session.status`.
+    /// `session.status` of a session that goes on (its creation, or
+    /// `running`); a session's end is [`NewEvent::session_ended`].
     pub fn session(
         agent: &str,
         session: &str,
@@ -177,6 +205,21 @@ impl NewEvent {
             at,
             json!({"workflowId": workflow_id, "status": status.as_str(), "error": error}),
         )
+    }
+
+    /// `session.status` of a session's end (`end.outcome`, at
+    /// `end.finished_at`), carrying `end` for the store's observer.
+    pub fn session_ended(agent: &str, session: &str, end: SessionEnd, error: Option<&str>) -> Self {
+        let mut e = Self::session(
+            agent,
+            session,
+            &end.workflow_id,
+            end.outcome,
+            error,
+            end.finished_at,
+        );
+        e.ended = Some(end);
+        e
     }
 
     /// `task.status`.
@@ -251,6 +294,35 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("agent"), None);
+    }
+
+    #[test]
+    fn a_session_end_is_a_session_status_event_that_carries_it() {
+        let end = SessionEnd {
+            workflow_id: "w".into(),
+            outcome: SessionStatus::Failed,
+            created_at: 1_000_000,
+            finished_at: 3_500_000,
+        };
+        let e = NewEvent::session_ended("a-1", "s-1", end.clone(), Some("boom"));
+        let plain = NewEvent::session(
+            "a-1",
+            "s-1",
+            "w",
+            SessionStatus::Failed,
+            Some("boom"),
+            3_500_000,
+        );
+        assert_eq!((e.kind, &e.data, e.at), (plain.kind, &plain.data, plain.at));
+        assert_eq!(e.session_id.as_deref(), Some("s-1"));
+        assert_eq!(e.ended, Some(end.clone()));
+        assert_eq!(plain.ended, None);
+        assert_eq!(end.duration_secs(), 2.5);
+        let clock_went_back = SessionEnd {
+            finished_at: 0,
+            ..end
+        };
+        assert_eq!(clock_went_back.duration_secs(), 0.0);
     }
 
     #[test]

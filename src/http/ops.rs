@@ -92,8 +92,8 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
 ///
 /// OpenMetrics 1.0 text when the `Accept` header asks for it (Prometheus
 /// does), else Prometheus text 0.0.4 (a `curl` or an older scraper). The database
-/// gauges (agents by state, sessions by status, queue depth) are read at
-/// scrape time; if the database cannot be read they keep their last values,
+/// gauges (agents by state, sessions by status, queue depth, the oldest due
+/// run's age, the feed's lag) are read at scrape time; if the database cannot be read they keep their last values,
 /// `opscore_metrics_store_errors_total` counts it, and the rest is served.
 #[utoipa::path(
     get,
@@ -108,7 +108,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<StatusOnly>> {
 )]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response> {
     state.metrics.set_feed_subscribers(state.feed.subscribers());
-    if let Err(e) = state.metrics.refresh_from_store(&*state.store).await {
+    if let Err(e) = state
+        .metrics
+        .refresh_from_store(&*state.store, state.feed.head())
+        .await
+    {
         tracing::warn!(error = %e, "metrics: could not read the database gauges");
     }
     let text = state

@@ -96,6 +96,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// The retained range.
     async fn event_bounds(&self) -> StoreResult<EventBounds>;
 
+    /// When the first event after index `after` happened (its `at`), or
+    /// `None` when there is none (for the feed's lag).
+    async fn first_event_after(&self, after: i64) -> StoreResult<Option<Micros>>;
+
     /// Whether something that changes `agent`'s state reads happened after
     /// index `after` (a blocking read's first check).
     async fn agent_changed_since(&self, agent: &AgentId, after: i64) -> StoreResult<bool>;
@@ -268,4 +272,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
     /// How many task runs are queued (for metrics).
     async fn count_queued_runs(&self) -> StoreResult<i64>;
+
+    /// The due time of the queued run that has been due longest at `now`,
+    /// or `None` when no queued run is due (for metrics).
+    async fn oldest_due_run(&self, now: Micros) -> StoreResult<Option<Micros>>;
 }

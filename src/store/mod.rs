@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::domain::agent::AgentId;
+use crate::domain::event::SessionEnd;
 use crate::domain::state::StateRecord;
 use crate::domain::time::Micros;
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
@@ -214,6 +215,40 @@ pub struct StoreOptions {
     pub acquire_timeout: std::time::Duration,
     /// The workflow rules the store applies inside its transactions.
     pub engine: EngineRules,
+    /// Told of each session this process's commits end.
+    pub on_session_end: OnSessionEnd,
+}
+
+/// What the store tells, right after a commit, of each session that commit
+/// ended (see [`SessionEnd`]): the end of a session is told once, by the
+/// process whose transaction ended it, never by the others that read it
+/// from the change feed. None by default.
+#[derive(Clone, Default)]
+pub struct OnSessionEnd(Option<Arc<SessionEndFn>>);
+
+type SessionEndFn = dyn Fn(&SessionEnd) + Send + Sync;
+
+impl OnSessionEnd {
+    /// Call `f` for each session ended.
+    pub fn new(f: impl Fn(&SessionEnd) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    pub(crate) fn tell(&self, end: &SessionEnd) {
+        if let Some(f) = &self.0 {
+            f(end);
+        }
+    }
+}
+
+impl std::fmt::Debug for OnSessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "OnSessionEnd(set)"
+        } else {
+            "OnSessionEnd(none)"
+        })
+    }
 }
 
 /// Whether storing a definition created it, found it unchanged, or replaced it.

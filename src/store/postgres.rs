@@ -85,7 +85,13 @@ impl SqlStore<Postgres> {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL at {target}: {e}"))?;
-        Ok(Self::new(("main", pool), None, opts.engine, None))
+        Ok(Self::new(
+            ("main", pool),
+            None,
+            opts.engine,
+            opts.on_session_end.clone(),
+            None,
+        ))
     }
 }
 

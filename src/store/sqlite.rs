@@ -129,6 +129,7 @@ impl SqlStore<Sqlite> {
             ("writer", write),
             read,
             opts.engine,
+            opts.on_session_end.clone(),
             Some(current),
         ))
     }

@@ -23,14 +23,18 @@ type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// One parsed scrape.
-struct Scrape(Exposition);
+pub(crate) struct Scrape(Exposition);
 
 impl Scrape {
     async fn take(s: &TestServer) -> Self {
+        Self::at(&s.client, &s.base).await
+    }
+
+    /// Scrape the server at `base` (a test server or a server process).
+    pub(crate) async fn at(client: &reqwest::Client, base: &str) -> Self {
         // No key: scrapers usually carry none. Prometheus's own Accept.
-        let r = s
-            .client
-            .get(s.url("/metrics"))
+        let r = client
+            .get(format!("{base}/metrics"))
             .header("accept", PROMETHEUS_ACCEPT)
             .send()
             .await
@@ -70,7 +74,7 @@ impl Scrape {
     }
 
     /// A counter's or gauge's value (0 when the series does not exist yet).
-    fn value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
         let mut found = self.samples(family, labels).map(|v| match v {
             OpenMetricsValue::Counter(c) => c.value.as_f64(),
             OpenMetricsValue::Gauge(g) => g.as_f64(),
@@ -86,10 +90,22 @@ impl Scrape {
 
     /// A histogram's observation count, after checking its buckets are
     /// cumulative and end at +Inf with that count.
-    fn histogram_count(&self, family: &str, labels: &[(&str, &str)]) -> u64 {
-        let Some(v) = self.samples(family, labels).next() else {
-            return 0;
+    pub(crate) fn histogram_count(&self, family: &str, labels: &[(&str, &str)]) -> u64 {
+        self.histogram(family, labels).0
+    }
+
+    /// A histogram's observation count and sum (0 and 0 when the series
+    /// does not exist yet), after checking its buckets are cumulative and
+    /// end at +Inf with that count.
+    fn histogram(&self, family: &str, labels: &[(&str, &str)]) -> (u64, f64) {
+        let mut found = self.samples(family, labels);
+        let Some(v) = found.next() else {
+            return (0, 0.0);
         };
+        assert!(
+            found.next().is_none(),
+            "{family}{labels:?} matches several series"
+        );
         let OpenMetricsValue::Histogram(h) = v else {
             panic!("{family} is not a histogram: {v:?}");
         };
@@ -102,7 +118,31 @@ impl Scrape {
         let inf = h.buckets.last().expect("buckets");
         assert!(inf.upper_bound.is_infinite(), "{family}: no +Inf bucket");
         assert_eq!(inf.count.as_f64() as u64, count, "{family}: +Inf != count");
-        count
+        (count, h.sum.as_ref().expect("histogram sum").as_f64())
+    }
+
+    /// The sum of a counter family's values over all its series.
+    fn samples_sum(&self, family: &str) -> f64 {
+        self.samples(family, &[])
+            .map(|v| match v {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                other => panic!("{family} is not a counter: {other:?}"),
+            })
+            .sum()
+    }
+
+    /// The values of label `name` among the series of `family`.
+    fn label_values_of(&self, family: &str, name: &str) -> Vec<String> {
+        self.0
+            .families
+            .get(family)
+            .into_iter()
+            .flat_map(|f| f.iter_samples())
+            .filter_map(|s| {
+                let set = s.get_labelset().expect("labelset");
+                set.get_label_value(name).map(str::to_owned)
+            })
+            .collect()
     }
 
     fn label_values(&self) -> Vec<String> {
@@ -483,10 +523,273 @@ async fn stale_agents_and_feed_subscribers(backend: Backend) {
     s.stop().await;
 }
 
+const FINISHED: &str = "opscore_sessions_finished";
+const SESSION_SECONDS: &str = "opscore_session_duration_seconds";
+
+async fn trigger_definition(s: &TestServer, agent: &str, definition: Value) -> String {
+    let r = send(
+        s.post(&format!("/v1/opscore/agent/{agent}/workflow"))
+            .json(&json!({ "workflowDefinition": definition })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    r.body["sessionId"].as_str().unwrap().to_owned()
+}
+
+/// A one-task workflow; `extra` is merged into the task.
+fn one_task(id: &str, extra: Value) -> Value {
+    let mut task = json!({"taskId": "only", "name": "Only"});
+    if let (Some(t), Some(e)) = (task.as_object_mut(), extra.as_object()) {
+        t.extend(e.clone());
+    }
+    json!({"id": id, "tasks": [task]})
+}
+
+async fn report_now(s: &TestServer, agent: &str, state: &str) {
+    let now = chrono::Utc::now().to_rfc3339();
+    let r = send(
+        s.post(&format!("/v1/opscore/agent/{agent}/state"))
+            .json(&report(agent, &now, state, json!({}))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+}
+
+/// How long a finished session took, as its stored times say, in seconds.
+async fn stored_duration(s: &TestServer, sid: &str) -> f64 {
+    let v = s.session(sid).await;
+    let took = common::parse_time(&v["finishedAt"]) - common::parse_time(&v["createdAt"]);
+    took.num_microseconds().expect("duration") as f64 / 1e6
+}
+
+/// Sessions that end (completed, failed, cancelled, and an empty workflow
+/// that completes as it is created) move the outcome counter and the
+/// duration histogram of their workflow by exactly one, the histogram's sum
+/// by exactly the session's stored duration, and nothing else; a later
+/// scrape or a repeated cancel counts nothing again.
+async fn finished_sessions_count_by_workflow_and_outcome(backend: Backend) {
+    let kit = FakeAgentKit::start().await;
+    let s = start(backend, &kit).await;
+    for a in ["m-ok", "m-fail", "m-later", "m-empty"] {
+        s.register(a).await;
+    }
+    let before = Scrape::take(&s).await;
+
+    let ok = trigger_definition(&s, "m-ok", one_task("m_ok", json!({}))).await;
+    kit.wait_calls(1, 10).await;
+    wait_status(&s, &ok, "running").await;
+    report_now(&s, "m-ok", "active").await;
+    report_now(&s, "m-ok", "idle").await;
+    wait_status(&s, &ok, "completed").await;
+
+    let failed =
+        trigger_definition(&s, "m-fail", one_task("m_fail", json!({"maxRetries": 0}))).await;
+    kit.wait_calls(2, 10).await;
+    wait_status(&s, &failed, "running").await;
+    report_now(&s, "m-fail", "active").await;
+    report_now(&s, "m-fail", "error").await;
+    wait_status(&s, &failed, "failed").await;
+
+    let later = trigger_definition(
+        &s,
+        "m-later",
+        one_task("m_later", json!({"delaySeconds": 3600})),
+    )
+    .await;
+    let r = send(s.post(&format!("/v1/opscore/sessions/{later}/cancel"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    wait_status(&s, &later, "cancelled").await;
+
+    let empty = trigger_definition(&s, "m-empty", json!({"id": "m_empty", "tasks": []})).await;
+    wait_status(&s, &empty, "completed").await;
+
+    let after = Scrape::take(&s).await;
+    let expected = [
+        ("m_ok", "completed", &ok),
+        ("m_fail", "failed", &failed),
+        ("m_later", "cancelled", &later),
+        ("m_empty", "completed", &empty),
+    ];
+    for (workflow, outcome, sid) in expected {
+        let l = [("workflow", workflow), ("outcome", outcome)];
+        assert_eq!(before.value(FINISHED, &l), 0.0, "{l:?}");
+        assert_eq!(after.value(FINISHED, &l), 1.0, "{l:?}");
+        let (count, sum) = after.histogram(SESSION_SECONDS, &l);
+        assert_eq!(count, 1, "{l:?}");
+        let took = stored_duration(&s, sid).await;
+        assert!((sum - took).abs() < 1e-6, "{l:?}: sum {sum}, took {took}");
+    }
+    // An empty workflow ends in the transaction that creates it.
+    assert_eq!(stored_duration(&s, &empty).await, 0.0);
+    // Nothing else: four sessions ended, four observations.
+    let total = |scrape: &Scrape| -> f64 { scrape.samples_sum(FINISHED) };
+    assert_eq!(total(&after) - total(&before), 4.0);
+    let observed: u64 = expected
+        .iter()
+        .map(|(w, o, _)| after.histogram_count(SESSION_SECONDS, &[("workflow", w), ("outcome", o)]))
+        .sum();
+    assert_eq!(observed, 4);
+    assert_eq!(
+        after.label_values_of(FINISHED, "workflow").len(),
+        4,
+        "one series per workflow and outcome that happened"
+    );
+
+    // Counted once: a second cancel answers as before and counts nothing,
+    // and another scrape reads the same.
+    let r = send(s.post(&format!("/v1/opscore/sessions/{later}/cancel"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let again = Scrape::take(&s).await;
+    assert_eq!(total(&again), total(&after));
+    s.stop().await;
+}
+
+/// `opscore_oldest_queued_run_age_seconds`: how long the oldest run that is
+/// due has waited for dispatch. A run not due yet does not count; a due run
+/// whose agent is busy does, until it is sent.
+async fn oldest_queued_run_age(backend: Backend) {
+    const AGE: &str = "opscore_oldest_queued_run_age_seconds";
+    let kit = FakeAgentKit::start().await;
+    let s = start(backend, &kit).await;
+    s.register("q-busy").await;
+    s.register("q-later").await;
+    report_now(&s, "q-busy", "active").await;
+    assert_eq!(Scrape::take(&s).await.value(AGE, &[]), 0.0);
+
+    // Queued, but due in an hour: not waiting yet.
+    trigger_definition(
+        &s,
+        "q-later",
+        one_task("q_later", json!({"delaySeconds": 3600})),
+    )
+    .await;
+    let scrape = Scrape::take(&s).await;
+    assert_eq!(scrape.value("opscore_task_queue_depth", &[]), 1.0);
+    assert_eq!(scrape.value(AGE, &[]), 0.0);
+
+    // Due now, and its agent is busy: it waits.
+    let started = std::time::Instant::now();
+    let sid = trigger_definition(&s, "q-busy", one_task("q_now", json!({}))).await;
+    let triggered = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Due by the time the trigger answered, still waiting when the scrape
+    // was sent; not due before the trigger was sent.
+    let waited = triggered.elapsed().as_secs_f64();
+    let scrape = Scrape::take(&s).await;
+    let age = scrape.value(AGE, &[]);
+    let most = started.elapsed().as_secs_f64();
+    assert!(
+        age >= waited - 0.001 && age <= most,
+        "age {age}, waited {waited}..{most}"
+    );
+    assert_eq!(scrape.value("opscore_task_queue_depth", &[]), 2.0);
+    assert!(kit.calls().is_empty(), "sent to a busy agent");
+
+    // The agent is free: the run goes out and nothing due waits any more.
+    report_now(&s, "q-busy", "idle").await;
+    kit.wait_calls(1, 10).await;
+    wait_status(&s, &sid, "running").await;
+    let scrape = Scrape::take(&s).await;
+    assert_eq!(scrape.value(AGE, &[]), 0.0);
+    assert_eq!(scrape.value("opscore_task_queue_depth", &[]), 1.0);
+    s.stop().await;
+}
+
+/// The workflow label takes at most `MAX_WORKFLOW_LABELS` values per
+/// process: the first workflows seen keep their own series, later ones
+/// share `_other`.
+async fn workflow_labels_are_capped(backend: Backend) {
+    let cap = opscore::metrics::MAX_WORKFLOW_LABELS;
+    let s = TestServer::start(backend).await;
+    s.register("cap-agent").await;
+    for i in 0..cap + 3 {
+        let sid = trigger_definition(
+            &s,
+            "cap-agent",
+            json!({"id": format!("cap_{i:03}"), "tasks": []}),
+        )
+        .await;
+        wait_status(&s, &sid, "completed").await;
+    }
+    let scrape = Scrape::take(&s).await;
+    let mut workflows = scrape.label_values_of(FINISHED, "workflow");
+    workflows.sort();
+    let mut want: Vec<String> = (0..cap).map(|i| format!("cap_{i:03}")).collect();
+    want.push("_other".into());
+    want.sort();
+    assert_eq!(workflows, want);
+    for i in 0..cap {
+        let w = format!("cap_{i:03}");
+        let l = [("workflow", w.as_str()), ("outcome", "completed")];
+        assert_eq!(scrape.value(FINISHED, &l), 1.0, "{w}");
+        assert_eq!(scrape.histogram_count(SESSION_SECONDS, &l), 1, "{w}");
+    }
+    let other = [("workflow", "_other"), ("outcome", "completed")];
+    assert_eq!(scrape.value(FINISHED, &other), 3.0);
+    assert_eq!(scrape.histogram_count(SESSION_SECONDS, &other), 3);
+    for v in scrape.label_values_of(SESSION_SECONDS, "workflow") {
+        assert!(want.contains(&v), "{v}");
+    }
+    s.stop().await;
+}
+
+/// `opscore_feed_lag_seconds`: how long the oldest committed event this
+/// process's feed has not served yet has been waiting (0 when it has
+/// served everything). An event the feed cannot read (an unknown kind,
+/// written behind the server's back) holds the feed up; the lag grows with
+/// its age, and drops to 0 once it is gone and the feed has caught up.
+async fn feed_lag_follows_the_unserved_events(backend: Backend) {
+    const LAG: &str = "opscore_feed_lag_seconds";
+    let s = TestServer::start(backend).await;
+    s.register("lag-agent").await;
+    let mut caught_up = false;
+    for _ in 0..200 {
+        if Scrape::take(&s).await.value(LAG, &[]) == 0.0 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the feed never caught up");
+
+    let at = chrono::Utc::now().timestamp_micros() - 30_000_000;
+    let started = std::time::Instant::now();
+    s.db.execute(&format!(
+        "INSERT INTO events (kind, agent_id, session_id, at_us, data) \
+             VALUES ('test.unreadable', NULL, NULL, {at}, '{{}}')"
+    ))
+    .await;
+    // Later events wait behind it.
+    s.register("lag-agent-2").await;
+    let lag = Scrape::take(&s).await.value(LAG, &[]);
+    let most = 30.0 + started.elapsed().as_secs_f64() + 1.0;
+    assert!((30.0..=most).contains(&lag), "lag {lag}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = Scrape::take(&s).await.value(LAG, &[]);
+    assert!(later >= lag + 0.3, "lag {lag}, then {later}");
+
+    s.db.execute("DELETE FROM events WHERE kind = 'test.unreadable'")
+        .await;
+    let mut last = f64::NAN;
+    for _ in 0..200 {
+        last = Scrape::take(&s).await.value(LAG, &[]);
+        if last == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(last, 0.0, "the feed never caught up again");
+    s.stop().await;
+}
+
 backend_tests!(
     counters_and_gauges_move_with_the_requests,
     metrics_are_open_like_health,
-    stale_agents_and_feed_subscribers
+    stale_agents_and_feed_subscribers,
+    finished_sessions_count_by_workflow_and_outcome,
+    oldest_queued_run_age,
+    workflow_labels_are_capped,
+    feed_lag_follows_the_unserved_events
 );
 
 /// The Grafana dashboard in deploy/grafana queries only metrics the
@@ -505,8 +808,11 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
         .report("a1", "idle", &chrono::Utc::now().to_rfc3339())
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    trigger(&s, "a1").await;
+    let sid = trigger(&s, "a1").await;
     kit.wait_calls(1, 10).await;
+    // A finished session, for the outcome and duration series.
+    let r = send(s.post(&format!("/v1/opscore/sessions/{sid}/cancel"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for _ in 0..100 {
         let text = s
             .client
@@ -554,6 +860,6 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
             }
         }
     }
-    assert!(checked >= 15, "{checked} names checked");
+    assert!(checked >= 19, "{checked} names checked");
     s.stop().await;
 }

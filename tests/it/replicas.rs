@@ -159,6 +159,29 @@ async fn run_sessions_on_three_replicas(kill_one: bool) {
             "duplicate deliveries without a crash: {dups:?}"
         );
     }
+    // Each replica counts the sessions its own commits finished, not those
+    // it hears of on the feed: summed over the replicas, every session once
+    // (a killed replica takes its counts with it).
+    let completed_series = [("workflow", "sample_workflow_id"), ("outcome", "completed")];
+    let mut counted = (0.0, 0);
+    for _ in 0..50 {
+        counted = (0.0, 0);
+        for p in &procs {
+            let m = crate::metrics::Scrape::at(&client, &p.base).await;
+            counted.0 += m.value("opscore_sessions_finished", &completed_series);
+            counted.1 += m.histogram_count("opscore_session_duration_seconds", &completed_series);
+        }
+        if counted.0 >= SESSIONS as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted.0, counted.1 as f64, "counter and histogram agree");
+    if kill_one {
+        assert!(counted.0 <= SESSIONS as f64, "{} finished", counted.0);
+    } else {
+        assert_eq!(counted.0, SESSIONS as f64, "finished sessions counted");
+    }
     for p in procs {
         p.kill().await;
     }

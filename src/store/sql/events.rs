@@ -26,6 +26,11 @@ use crate::store::{EventBounds, EventStore, Liveness, StoreError, StoreResult};
 /// Columns of an event, in `event_from_row` order.
 pub(in crate::store) const EVENT_COLUMNS: &str = "idx, kind, agent_id, session_id, at_us, data";
 
+/// When the first event after index `$1` happened: one probe of the
+/// primary key.
+pub(in crate::store) const FIRST_EVENT_AFTER: &str =
+    "SELECT at_us FROM events WHERE idx > $1 ORDER BY idx LIMIT 1";
+
 /// Most rows per INSERT (5 binds each; far below SQLite's bind limit).
 pub(in crate::store) const INSERT_CHUNK: usize = 200;
 
@@ -153,6 +158,13 @@ where
             pruned_through,
             head: head.unwrap_or(pruned_through),
         })
+    }
+
+    async fn first_event_after(&self, after: i64) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(FIRST_EVENT_AFTER)
+            .bind(after)
+            .fetch_optional(self.reader())
+            .await?)
     }
 
     async fn agent_changed_since(&self, agent: &AgentId, after: i64) -> StoreResult<bool> {
@@ -287,7 +299,8 @@ where
 impl<B: Backend> SqlStore<B> {
     /// After a commit that wrote `events`: note the feed index of
     /// each event about an agent (`indexed`, from `flush_events`) in
-    /// the state index, then wake this process's feed.
+    /// the state index, tell the observer of the sessions the commit
+    /// ended, then wake this process's feed.
     pub(in crate::store) fn events_committed(
         &self,
         events: &[NewEvent],
@@ -295,6 +308,9 @@ impl<B: Backend> SqlStore<B> {
     ) {
         if let Some(c) = self.current() {
             c.indexed(indexed);
+        }
+        for end in events.iter().filter_map(|e| e.ended.as_ref()) {
+            self.on_session_end().tell(end);
         }
         if !events.is_empty() {
             self.feed().notify_one();

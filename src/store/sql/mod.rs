@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 pub use backend::{Backend, Binds};
 
 use super::current::CurrentStates;
-use super::{EngineRules, PoolStats};
+use super::{EngineRules, OnSessionEnd, PoolStats};
 
 /// The store over a [`Backend`]'s database: a pool that writes and one that
 /// reads (the same pool where the backend has one), the rules the engine
@@ -33,6 +33,7 @@ pub struct SqlStore<B: Backend> {
     /// it is a pool of its own.
     pool_names: (&'static str, Option<&'static str>),
     rules: EngineRules,
+    on_session_end: OnSessionEnd,
     feed: Arc<Notify>,
     current: Option<Arc<CurrentStates>>,
 }
@@ -54,6 +55,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             read: self.read.clone(),
             pool_names: self.pool_names,
             rules: self.rules,
+            on_session_end: self.on_session_end.clone(),
             feed: self.feed.clone(),
             current: self.current.clone(),
         }
@@ -68,6 +70,7 @@ impl<B: Backend> SqlStore<B> {
         (write_name, write): (&'static str, Pool<B>),
         read: Option<(&'static str, Pool<B>)>,
         rules: EngineRules,
+        on_session_end: OnSessionEnd,
         current: Option<Arc<CurrentStates>>,
     ) -> Self {
         let (read_name, read) = match read {
@@ -79,6 +82,7 @@ impl<B: Backend> SqlStore<B> {
             read,
             pool_names: (write_name, read_name),
             rules,
+            on_session_end,
             feed: Arc::new(Notify::new()),
             current,
         }
@@ -103,6 +107,11 @@ impl<B: Backend> SqlStore<B> {
     /// database's only writer (SQLite).
     pub(super) fn current(&self) -> Option<&CurrentStates> {
         self.current.as_deref()
+    }
+
+    /// Who is told of the sessions this process's commits end.
+    pub(super) fn on_session_end(&self) -> &OnSessionEnd {
+        &self.on_session_end
     }
 
     /// This process's feed signal.

@@ -26,6 +26,11 @@ pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
 pub(in crate::store) const COUNT_QUEUED_RUNS: &str =
     "SELECT COUNT(*) FROM task_runs WHERE status = 'queued'";
 
+/// The due time of the queued run due longest as of `$1`: one probe of the
+/// `task_runs_due (status, due_at_us)` index on both backends.
+pub(in crate::store) const OLDEST_DUE_RUN: &str =
+    "SELECT MIN(due_at_us) FROM task_runs WHERE status = 'queued' AND due_at_us <= $1";
+
 /// Columns of a run that is being moved along, in `InFlight` order.
 pub(in crate::store) const IN_FLIGHT_COLUMNS: &str =
     "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us, \

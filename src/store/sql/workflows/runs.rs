@@ -7,7 +7,7 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
-use crate::domain::event::{NewEvent, TaskRef};
+use crate::domain::event::{NewEvent, SessionEnd, TaskRef};
 use crate::domain::run_rules::{
     after_completion, after_failure, agent_error_reason, concerned_run, mention, report_effect,
     AfterCompletion, AfterFailure, FailedAttempt, ReportEffect, ReportView,
@@ -247,25 +247,29 @@ where
                 Self::insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
             }
             AfterCompletion::SessionCompleted => {
-                let completed = sqlx::query(&format!(
-"UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, updated_at_us = $3 \
-                     WHERE session_id = $1 AND status IN {unfinished}",
-unfinished = UNFINISHED_SESSIONS.as_str()
-))
+                let created_at: Option<i64> = sqlx::query_scalar(&format!(
+                    "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, \
+                     updated_at_us = $3 WHERE session_id = $1 AND status IN {unfinished} \
+                     RETURNING created_at_us",
+                    unfinished = UNFINISHED_SESSIONS.as_str()
+                ))
                 .bind(&run.session_id)
                 .bind(details)
                 .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if completed == 1 {
-                    events.push(NewEvent::session(
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(created_at) = created_at {
+                    let end = SessionEnd {
+                        workflow_id: def.id.clone(),
+                        outcome: SessionStatus::Completed,
+                        created_at,
+                        finished_at: now,
+                    };
+                    events.push(NewEvent::session_ended(
                         &run.agent_id,
                         &run.session_id,
-                        &def.id,
-                        SessionStatus::Completed,
+                        end,
                         None,
-                        now,
                     ));
                 }
                 Ok(())
@@ -342,24 +346,29 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                 Some(reason),
                 now,
             ));
-            let workflow: Option<String> = sqlx::query_scalar(&format!(
-"UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, updated_at_us = $3 \
-                 WHERE session_id = $1 AND status IN {unfinished} RETURNING workflow_id",
-unfinished = UNFINISHED_SESSIONS.as_str()
-))
+            let ended: Option<(String, i64)> = sqlx::query_as(&format!(
+                "UPDATE sessions SET status = 'failed', error = $2, finished_at_us = $3, \
+                 updated_at_us = $3 WHERE session_id = $1 AND status IN {unfinished} \
+                 RETURNING workflow_id, created_at_us",
+                unfinished = UNFINISHED_SESSIONS.as_str()
+            ))
             .bind(&run.session_id)
             .bind(&why)
             .bind(now)
             .fetch_optional(&mut *conn)
             .await?;
-            if let Some(workflow) = workflow {
-                events.push(NewEvent::session(
+            if let Some((workflow_id, created_at)) = ended {
+                let end = SessionEnd {
+                    workflow_id,
+                    outcome: SessionStatus::Failed,
+                    created_at,
+                    finished_at: now,
+                };
+                events.push(NewEvent::session_ended(
                     &run.agent_id,
                     &run.session_id,
-                    &workflow,
-                    SessionStatus::Failed,
+                    end,
                     Some(&why),
-                    now,
                 ));
             }
         }

@@ -7,7 +7,7 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
-use crate::domain::event::{NewEvent, TaskRef};
+use crate::domain::event::{NewEvent, SessionEnd, TaskRef};
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
@@ -226,18 +226,37 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             // on every trigger.
             Self::insert_definition(&mut tx, &s.definition, now).await?;
         }
-        let (status, finished) = match s.first_run {
-            Some(_) => (SessionStatus::Started, None),
-            None => (SessionStatus::Completed, Some(now)),
+        // A workflow without tasks is complete as soon as it exists.
+        let (status, finished, event) = match s.first_run {
+            Some(_) => (
+                SessionStatus::Started,
+                None,
+                NewEvent::session(
+                    s.agent_id.as_str(),
+                    &s.session_id,
+                    &s.definition.id,
+                    SessionStatus::Started,
+                    None,
+                    now,
+                ),
+            ),
+            None => (
+                SessionStatus::Completed,
+                Some(now),
+                NewEvent::session_ended(
+                    s.agent_id.as_str(),
+                    &s.session_id,
+                    SessionEnd {
+                        workflow_id: s.definition.id.clone(),
+                        outcome: SessionStatus::Completed,
+                        created_at: now,
+                        finished_at: now,
+                    },
+                    None,
+                ),
+            ),
         };
-        let mut events = vec![NewEvent::session(
-            s.agent_id.as_str(),
-            &s.session_id,
-            &s.definition.id,
-            status,
-            None,
-            now,
-        )];
+        let mut events = vec![event];
         sqlx::query(
             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
              created_at_us, updated_at_us, finished_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
@@ -319,17 +338,17 @@ unfinished = UNFINISHED_SESSIONS.as_str()
 
     async fn cancel_session(&self, id: &str, now: i64) -> StoreResult<SessionStatus> {
         let mut tx = self.writer().begin().await?;
-        let cancelled: Option<(String, String)> = sqlx::query_as(&format!(
+        let cancelled: Option<(String, String, i64)> = sqlx::query_as(&format!(
             "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
              error = 'cancelled by operator' WHERE session_id = $1 AND status IN {unfinished} \
-             RETURNING agent_id, workflow_id",
+             RETURNING agent_id, workflow_id, created_at_us",
             unfinished = UNFINISHED_SESSIONS.as_str()
         ))
         .bind(id)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((agent, workflow)) = cancelled else {
+        let Some((agent, workflow, created_at)) = cancelled else {
             let status: Option<String> =
                 sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = $1")
                     .bind(id)
@@ -367,13 +386,16 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                 NewEvent::task(task, RunStatus::Cancelled, None, now)
             })
             .collect();
-        events.push(NewEvent::session(
+        events.push(NewEvent::session_ended(
             &agent,
             id,
-            &workflow,
-            SessionStatus::Cancelled,
+            SessionEnd {
+                workflow_id: workflow,
+                outcome: SessionStatus::Cancelled,
+                created_at,
+                finished_at: now,
+            },
             Some("cancelled by operator"),
-            now,
         ));
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
@@ -416,6 +438,13 @@ unfinished = UNFINISHED_SESSIONS.as_str()
 
     async fn count_queued_runs(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(COUNT_QUEUED_RUNS)
+            .fetch_one(self.reader())
+            .await?)
+    }
+
+    async fn oldest_due_run(&self, now: i64) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(OLDEST_DUE_RUN)
+            .bind(now)
             .fetch_one(self.reader())
             .await?)
     }
