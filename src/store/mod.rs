@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::domain::agent::AgentId;
 use crate::domain::state::StateRecord;
 use crate::domain::time::Micros;
+use crate::domain::trace::TraceContext;
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 
 pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
@@ -242,6 +243,9 @@ pub struct NewSession {
     pub store_definition: bool,
     /// Its first task, queued in the same transaction.
     pub first_run: Option<NewRun>,
+    /// The trace of the request that triggered it, which each of its
+    /// dispatches joins.
+    pub trace: Option<TraceContext>,
 }
 
 /// A session as stored.
@@ -332,6 +336,8 @@ pub struct ClaimedRun {
     pub attempt: i64,
     /// The claim's own token (fencing): its outcome is recorded with it.
     pub claim: String,
+    /// The session's trace, which the dispatch joins.
+    pub trace: Option<TraceContext>,
 }
 
 /// How a dispatch attempt went.
