@@ -270,6 +270,41 @@ mod tests {
     }
 
     #[test]
+    fn one_traceparent_and_every_tracestate() {
+        const P: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        assert_eq!(incoming_trace(&headers(&[])), None);
+        let c = incoming_trace(&headers(&[
+            ("traceparent", P),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.parent.to_string(), P);
+        assert_eq!(c.state.as_deref(), Some("a=1,b=2"));
+        assert_eq!(
+            incoming_trace(&headers(&[("traceparent", P), ("traceparent", P)])),
+            None
+        );
+        assert_eq!(
+            incoming_trace(&headers(&[
+                ("traceparent", "nonsense"),
+                ("tracestate", "a=1")
+            ])),
+            None
+        );
+    }
+
+    #[test]
     fn request_ids_kept_only_when_sane() {
         for ok in ["req-abc.123", "x", &"y".repeat(MAX_REQUEST_ID)] {
             assert!(
