@@ -79,7 +79,11 @@ async fn main() -> ExitCode {
 async fn run_serve(raw: opscore::config::ServeArgs) -> anyhow::Result<()> {
     let (config, key_source) = raw.resolve()?;
     // Held to the end, so the last lines (shutdown) are written out.
-    let _log = opscore::telemetry::init(&config.log_level, config.log_format);
+    let _log =
+        opscore::telemetry::init_with(&config.log_level, config.log_format, config.otel.as_ref())?;
+    if let Some(otel) = &config.otel {
+        tracing::info!(url = %otel.traces_url, service = %otel.service_name, "exporting trace spans (OTLP/HTTP)");
+    }
     match key_source {
         KeySource::Configured => tracing::info!("using the API key from OPSCORE_API_KEY"),
         KeySource::File {

@@ -12,11 +12,11 @@ use clap::{ArgAction, Args};
 use url::Url;
 
 use super::parse::{
-    api_key, boolean, database_url, http_url, log_filter, log_format, millis, number, one_of,
+    api_key, boolean, database_url, http_url, log_filter, log_format, millis, name, number, one_of,
     or_unset, secret, secret_list, secs, socket_addr, whole, whole_i64, whole_u32, whole_usize,
     OrUnset, SecretList,
 };
-use super::{LogFormat, Secret};
+use super::{LogFormat, OtlpProtocol, Secret};
 use crate::domain::agent::MAX_TTL_SECS;
 use crate::domain::apikey::{MAX_RATE_LIMIT, MAX_STREAMS};
 use crate::domain::workflow::MAX_SECONDS;
@@ -232,4 +232,18 @@ pub struct ServeArgs {
     /// certificate signed by one of them (mutual TLS).
     #[arg(long, env = "OPSCORE_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// OTLP/HTTP collector to export trace spans to, e.g.
+    /// http://otel-collector:4318 (spans go to <endpoint>/v1/traces);
+    /// unset: nothing is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = or_unset(http_url()))]
+    pub otel_exporter_otlp_endpoint: Option<OrUnset<Url>>,
+    /// OTLP encoding: http/protobuf or http/json.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = one_of(
+        &[("http/protobuf", OtlpProtocol::HttpProtobuf), ("http/json", OtlpProtocol::HttpJson)],
+        "http/protobuf, http/json",
+    ))]
+    pub otel_exporter_otlp_protocol: OtlpProtocol,
+    /// The service.name of exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "opscore", value_parser = name())]
+    pub otel_service_name: String,
 }

@@ -50,6 +50,26 @@ pub enum LogFormat {
     Text,
 }
 
+/// How spans are encoded for the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the OTLP/HTTP default.
+    HttpProtobuf,
+    /// `http/json`.
+    HttpJson,
+}
+
+/// Where and how trace spans are exported (OTLP over HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelConfig {
+    /// The traces URL: `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/traces`.
+    pub traces_url: url::Url,
+    /// The encoding.
+    pub protocol: OtlpProtocol,
+    /// `service.name` of every span.
+    pub service_name: String,
+}
+
 /// Validated configuration of a running service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -114,6 +134,8 @@ pub struct Config {
     pub max_streams_per_key: u32,
     /// Serve HTTPS from these files; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Export trace spans; `None`: nothing OpenTelemetry runs.
+    pub otel: Option<OtelConfig>,
 }
 
 /// The files TLS is served from (see `http::tls`).

@@ -225,6 +225,23 @@ pub fn http_url() -> SettingParser<url::Url> {
     })
 }
 
+/// A name: not empty, at most 255 characters, no control characters;
+/// spaces around it are dropped.
+pub fn name() -> SettingParser<String> {
+    SettingParser::new(|raw| {
+        let name = raw.trim();
+        if name.is_empty() {
+            Err("must not be empty".to_owned())
+        } else if name.len() > 255 {
+            Err("must be at most 255 characters".to_owned())
+        } else if name.chars().any(char::is_control) {
+            Err("must not contain control characters".to_owned())
+        } else {
+            Ok(name.to_owned())
+        }
+    })
+}
+
 /// A database URL, `sqlite:…` or `postgres:…` (it may hold a password,
 /// so it is never repeated in an error).
 pub fn database_url() -> SettingParser<Secret> {

@@ -10,8 +10,8 @@ use clap::{Args, Command, FromArgMatches};
 
 use super::keyfile::{load_or_create_key, KeySource};
 use super::{
-    Config, ConfigError, DispatchConfig, DispatchMode, DispatchTarget, RetentionConfig, Secret,
-    ServeArgs, TlsFiles,
+    Config, ConfigError, DispatchConfig, DispatchMode, DispatchTarget, OtelConfig, RetentionConfig,
+    Secret, ServeArgs, TlsFiles,
 };
 use crate::domain::workflow::Backoff;
 use crate::store::{EngineRules, Jitter, KeepPerAgent, Liveness, OnSessionEnd, StoreOptions};
@@ -71,6 +71,17 @@ impl ServeArgs {
         }
     }
 
+    /// Span export, when a collector is set: its base URL plus the
+    /// traces path, as the OTLP specification builds it.
+    fn otel(&self) -> Option<OtelConfig> {
+        let base = self.otel_exporter_otlp_endpoint.clone().and_then(|u| u.0)?;
+        Some(OtelConfig {
+            traces_url: otlp_traces_url(base),
+            protocol: self.otel_exporter_otlp_protocol,
+            service_name: self.otel_service_name.clone(),
+        })
+    }
+
     /// The TLS files, when TLS is asked for: a certificate needs its key
     /// and the other way round; a client CA needs both.
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
@@ -102,6 +113,7 @@ impl ServeArgs {
     /// The configuration these settings make, with `api_key`.
     pub(super) fn config(self, api_key: Secret) -> Result<Config, ConfigError> {
         let tls = self.tls()?;
+        let otel = self.otel();
         let dispatch = DispatchConfig {
             enabled: self.dispatcher,
             target: self.dispatch_target()?,
@@ -173,9 +185,18 @@ impl ServeArgs {
             retention,
             max_feed_subscribers: self.max_feed_subscribers,
             max_streams_per_key: self.max_streams_per_key,
+            otel,
             tls,
         })
     }
+}
+
+/// `<endpoint>/v1/traces`, keeping any path the endpoint has (a collector
+/// behind a proxy at `/otel` takes spans at `/otel/v1/traces`).
+fn otlp_traces_url(mut base: url::Url) -> url::Url {
+    let path = format!("{}/v1/traces", base.path().trim_end_matches('/'));
+    base.set_path(&path);
+    base
 }
 
 /// The configuration of the default settings (with no API key).
@@ -277,6 +298,65 @@ mod tests {
         // A usage mistake is not a refused setting.
         let e = parse(&["--no-such-flag"]).unwrap_err();
         assert_eq!(crate::config::invalid_setting(&e), None);
+    }
+
+    #[test]
+    fn span_export_is_off_unless_a_collector_is_set() {
+        let c = ServeArgs::defaults().config(Secret::new("k")).unwrap();
+        assert_eq!(c.otel, None);
+        let c = parse(&["--otel-exporter-otlp-endpoint", ""])
+            .unwrap()
+            .config(Secret::new("k"))
+            .unwrap();
+        assert_eq!(c.otel, None);
+        for (endpoint, traces) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://gw.example/otel/",
+                "https://gw.example/otel/v1/traces",
+            ),
+        ] {
+            let c = parse(&["--otel-exporter-otlp-endpoint", endpoint])
+                .unwrap()
+                .config(Secret::new("k"))
+                .unwrap();
+            let otel = c.otel.expect("on");
+            assert_eq!(otel.traces_url.as_str(), traces);
+            assert_eq!(otel.protocol, crate::config::OtlpProtocol::HttpProtobuf);
+            assert_eq!(otel.service_name, "opscore");
+        }
+        let c = parse(&[
+            "--otel-exporter-otlp-endpoint",
+            "http://c:4318",
+            "--otel-exporter-otlp-protocol",
+            "HTTP/JSON",
+            "--otel-service-name",
+            " opscore-eu ",
+        ])
+        .unwrap()
+        .config(Secret::new("k"))
+        .unwrap();
+        let otel = c.otel.expect("on");
+        assert_eq!(otel.protocol, crate::config::OtlpProtocol::HttpJson);
+        assert_eq!(otel.service_name, "opscore-eu");
+        for (flag, value, var) in [
+            (
+                "--otel-exporter-otlp-protocol",
+                "grpc",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                "--otel-exporter-otlp-endpoint",
+                "collector:4318",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            ("--otel-service-name", " ", "OTEL_SERVICE_NAME"),
+        ] {
+            let e = parse(&[flag, value]).unwrap_err();
+            let msg = crate::config::invalid_setting(&e).unwrap_or_default();
+            assert!(msg.contains(var), "{flag} {value}: {msg}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod newkey;
 pub mod run_rules;
 pub mod state;
 pub mod time;
+pub mod trace;
 pub mod workflow;
 
 use serde::Serialize;

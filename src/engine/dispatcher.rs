@@ -17,11 +17,15 @@ use serde_json::value::RawValue;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{DispatchConfig, DispatchTarget};
 use crate::domain::time::{now_micros, Micros};
+use crate::domain::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::metrics::{DispatchResult, Metrics};
 use crate::store::{ClaimedRun, DispatchOutcome, Store};
+use crate::telemetry::context::{self, Kind};
+use crate::telemetry::otel;
 
 /// The body sent for a task (contract 1.7).
 #[derive(Serialize)]
@@ -144,12 +148,29 @@ async fn run(ctx: Ctx, cfg: DispatchConfig, wake: Arc<Notify>, stop: Cancellatio
                 break;
             };
             let (ctx, target, wake) = (ctx.clone(), cfg.target.clone(), wake.clone());
-            deliveries.spawn(async move {
-                deliver(&ctx, &target, &run).await;
-                drop(permit);
-                // A freed slot may let another due run go out.
-                wake.notify_one();
-            });
+            let span = tracing::info_span!(
+                "dispatch",
+                run_id = %run.run_id,
+                session_id = %run.session_id,
+                agent_id = %run.agent_id,
+                attempt = run.attempt,
+                trace_id = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            // A span of the triggering request's trace (stored with the
+            // session), whose id goes out as the traceparent.
+            let trace = context::start(&span, run.trace.as_ref(), Kind::Client, "dispatch");
+            deliveries.spawn(
+                async move {
+                    deliver(&ctx, &target, &run, &trace).await;
+                    drop(permit);
+                    // A freed slot may let another due run go out.
+                    wake.notify_one();
+                }
+                .instrument(span),
+            );
         }
         if !busy {
             tokio::select! {
@@ -195,9 +216,9 @@ pub fn idempotency_key(run: &ClaimedRun) -> String {
     format!("{}:{}", run.run_id, run.attempt)
 }
 
-async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun) {
+async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun, trace: &TraceContext) {
     let started = Instant::now();
-    let outcome = send(&ctx.client, target, run).await;
+    let outcome = send(&ctx.client, target, run, trace).await;
     let elapsed = started.elapsed();
     ctx.metrics.observe_dispatch(
         match outcome {
@@ -213,6 +234,9 @@ async fn deliver(ctx: &Ctx, target: &DispatchTarget, run: &ClaimedRun) {
             tracing::info!(run_id = %run.run_id, session_id = %run.session_id, agent_id = %run.agent_id, attempt = run.attempt, latency_ms, "task dispatched")
         }
         DispatchOutcome::Retry { error, .. } | DispatchOutcome::Fail { error } => {
+            if otel::exporting() {
+                tracing::Span::current().record("otel.status_code", "error");
+            }
             tracing::warn!(run_id = %run.run_id, session_id = %run.session_id, agent_id = %run.agent_id, attempt = run.attempt, latency_ms, error = %error, "dispatch failed")
         }
     }
@@ -239,6 +263,7 @@ async fn send(
     client: &reqwest::Client,
     target: &DispatchTarget,
     run: &ClaimedRun,
+    trace: &TraceContext,
 ) -> DispatchOutcome {
     let empty = RawValue::NULL;
     let payload = serde_json::from_str::<&RawValue>(&run.payload).unwrap_or(empty);
@@ -257,12 +282,14 @@ async fn send(
         Ok(url) => url,
         Err(error) => return DispatchOutcome::Fail { error },
     };
-    let result = client
+    let mut request = client
         .post(url)
         .header("Idempotency-Key", idempotency_key(run))
-        .json(&body)
-        .send()
-        .await;
+        .header(TRACEPARENT, trace.parent.to_string());
+    if let Some(state) = &trace.state {
+        request = request.header(TRACESTATE, state);
+    }
+    let result = request.json(&body).send().await;
     match result {
         Ok(resp) => {
             let status = resp.status();
@@ -348,6 +375,7 @@ mod tests {
             payload: "{}".into(),
             attempt: 1,
             claim: "c".into(),
+            trace: None,
         };
         assert_eq!(
             target_url(&base, &run("a1:x.y")).as_deref(),

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::domain::agent::AgentId;
 use crate::domain::engine_rules::{EngineRules, NewRun};
 use crate::domain::time::now_micros;
+use crate::domain::trace::TraceContext;
 use crate::domain::workflow::{parse_definition_file, WorkflowDefinition};
 use crate::store::{NewSession, PutOutcome, Store, StoreResult};
 
@@ -40,12 +41,15 @@ pub struct Triggered {
 /// Create a session of `source` for `agent` and queue its first task (its
 /// payload is `initial_payload` if given, else the task's parameters), or
 /// complete it at once when the definition has no tasks (contract 1.4).
+/// `trace` is the triggering request's trace context, stored with the
+/// session so that every dispatch of it joins that trace.
 pub async fn trigger(
     store: &dyn Store,
     rules: &EngineRules,
     agent: &AgentId,
     source: DefinitionSource,
     initial_payload: Option<Value>,
+    trace: Option<TraceContext>,
 ) -> StoreResult<Triggered> {
     let now = now_micros();
     // An inline definition is stored by create_session, in the session's
@@ -65,6 +69,7 @@ pub async fn trigger(
         first_run,
         definition,
         store_definition,
+        trace,
     };
     store.create_session(&session, now).await?;
     Ok(Triggered {

@@ -6,10 +6,14 @@
 //!   (1-128 visible ASCII characters), else a new UUID
 //!   ([`SetRequestIdLayer`]); returned on every response
 //!   ([`PropagateRequestIdLayer`]).
+//! - **Trace context** ([`trace_context`]): the caller's W3C `traceparent`
+//!   (and `tracestate`) when valid, else a new trace; an invalid header is
+//!   ignored, never refused. The request's own context ([`RequestTrace`])
+//!   is what a trigger stores with its session.
 //! - **Span and log line** ([`TraceLayer`]): one `request` span per request
 //!   with its method, matched route template (never the raw path, so ids do
-//!   not multiply log series) and request id; one `request finished` line
-//!   when the response head is ready, with status and latency. Probes and
+//!   not multiply log series), request id and trace id; one `request
+//!   finished` line when the response head is ready, with status and latency. Probes and
 //!   scrapes (responses marked [`QuietLog`]) log it at debug. Bodies, keys
 //!   and signatures are never recorded; 5xx reasons are logged once by
 //!   [`ApiError`] inside the span.
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -33,8 +37,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::domain::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::telemetry::context::{self, Kind};
+use crate::telemetry::otel;
 
 /// Header that carries the request id both ways.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -54,10 +61,20 @@ pub async fn quiet_log(mut resp: Response) -> Response {
     resp
 }
 
+/// The trace context of a request: its own span in the caller's trace (or
+/// a new one), with the caller's `tracestate`.
+#[derive(Debug, Clone)]
+pub struct RequestTrace(pub TraceContext);
+
+/// The request's span, made with its trace context before [`TraceLayer`]
+/// (which takes it from here) enters it.
+#[derive(Clone)]
+struct RequestSpan(Span);
+
 /// Wrap `routes` (already routed, so every layer sees the matched route)
-/// in the request id, span and log line, metrics and panic layers.
-/// Outermost first: request id (so every response, even a panic's, carries
-/// it), span and log line, metrics, panic.
+/// in the request id, trace context, span and log line, metrics and panic
+/// layers. Outermost first: request id (so every response, even a panic's,
+/// carries it), trace context and span, log line, metrics, panic.
 pub fn layer<S>(routes: Router<S>, metrics: Arc<Metrics>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -74,6 +91,7 @@ where
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(metrics, record_metrics))
         .layer(log)
+        .layer(middleware::from_fn(trace_context))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(MapRequestLayer::new(drop_unusable_request_id))
@@ -105,24 +123,66 @@ fn route(req: &Request) -> &str {
         .map_or("unmatched", MatchedPath::as_str)
 }
 
-/// The span of one request.
-fn request_span(req: &Request) -> Span {
+/// The caller's trace context: exactly one valid `traceparent` (two are
+/// as good as none, says the specification), and its `tracestate`, whose
+/// several headers make one list.
+fn incoming_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let parent = parents.next()?.to_str().ok()?;
+    if parents.next().is_some() {
+        return None;
+    }
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let state = (!states.is_empty()).then(|| states.join(","));
+    TraceContext::from_headers(Some(parent), state.as_deref())
+}
+
+/// Make the request's span in its trace, and hand both on.
+async fn trace_context(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("invalid");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %req.method(),
-        route = %route(req),
+        route = %route(&req),
         request_id = %id,
-    )
+        trace_id = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let name = format!("{} {}", req.method(), route(&req));
+    let incoming = incoming_trace(req.headers());
+    let trace = context::start(&span, incoming.as_ref(), Kind::Server, &name);
+    req.extensions_mut().insert(RequestTrace(trace));
+    req.extensions_mut().insert(RequestSpan(span));
+    next.run(req).await
+}
+
+/// The span [`trace_context`] made (none if it did not run).
+fn request_span(req: &Request) -> Span {
+    req.extensions()
+        .get::<RequestSpan>()
+        .map_or_else(Span::none, |s| s.0.clone())
 }
 
 /// The one line of a finished request, inside its span.
-fn log_response(resp: &Response, latency: Duration, _: &Span) {
+fn log_response(resp: &Response, latency: Duration, span: &Span) {
     let status = resp.status().as_u16();
+    if otel::exporting() {
+        span.record("http.response.status_code", status);
+        if resp.status().is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+    }
     let latency_ms = latency.as_secs_f64() * 1000.0;
     if resp.extensions().get::<QuietLog>().is_some() {
         tracing::debug!(status, latency_ms, "request finished");
@@ -207,6 +267,41 @@ mod tests {
             "{text}"
         );
         server.abort();
+    }
+
+    #[test]
+    fn one_traceparent_and_every_tracestate() {
+        const P: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        assert_eq!(incoming_trace(&headers(&[])), None);
+        let c = incoming_trace(&headers(&[
+            ("traceparent", P),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.parent.to_string(), P);
+        assert_eq!(c.state.as_deref(), Some("a=1,b=2"));
+        assert_eq!(
+            incoming_trace(&headers(&[("traceparent", P), ("traceparent", P)])),
+            None
+        );
+        assert_eq!(
+            incoming_trace(&headers(&[
+                ("traceparent", "nonsense"),
+                ("tracestate", "a=1")
+            ])),
+            None
+        );
     }
 
     #[test]

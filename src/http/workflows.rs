@@ -3,7 +3,7 @@
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -20,6 +20,7 @@ use crate::domain::FieldError;
 use crate::engine::{self, DefinitionSource};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
+use crate::http::trace::RequestTrace;
 use crate::store::PutOutcome;
 
 /// Routes of this resource (see `http::openapi` for how to add one).
@@ -268,6 +269,7 @@ async fn trigger(
     _: Require<perm::Trigger>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    trace: Option<Extension<RequestTrace>>,
     JsonBody(body): JsonBody<TriggerBody>,
 ) -> Result<(StatusCode, Json<Triggered>)> {
     let agent = path_agent(&agent_id)?;
@@ -315,6 +317,7 @@ async fn trigger(
         &agent,
         source,
         initial_payload,
+        trace.map(|Extension(RequestTrace(t))| t),
     )
     .await?;
     state.wake.notify_one();

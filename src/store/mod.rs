@@ -20,6 +20,7 @@ use crate::domain::agent::AgentId;
 use crate::domain::event::SessionEnd;
 use crate::domain::state::StateRecord;
 use crate::domain::time::Micros;
+use crate::domain::trace::TraceContext;
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 
 pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
@@ -277,6 +278,9 @@ pub struct NewSession {
     pub store_definition: bool,
     /// Its first task, queued in the same transaction.
     pub first_run: Option<NewRun>,
+    /// The trace of the request that triggered it, which each of its
+    /// dispatches joins.
+    pub trace: Option<TraceContext>,
 }
 
 /// A session as stored.
@@ -367,6 +371,8 @@ pub struct ClaimedRun {
     pub attempt: i64,
     /// The claim's own token (fencing): its outcome is recorded with it.
     pub claim: String,
+    /// The session's trace, which the dispatch joins.
+    pub trace: Option<TraceContext>,
 }
 
 /// How a dispatch attempt went.

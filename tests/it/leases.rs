@@ -37,6 +37,7 @@ async fn one_task_session(store: &dyn Store, def: &str, now: i64) -> NewSession 
         definition: def,
         store_definition: false,
         first_run: Some(run),
+        trace: None,
     };
     store.create_session(&session, now).await.unwrap();
     session

@@ -35,6 +35,7 @@ mod staleness;
 mod state_index;
 mod storage_faults;
 mod tls;
+mod tracing;
 mod webhook;
 mod webhook_secrets;
 mod workflows;

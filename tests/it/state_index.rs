@@ -253,6 +253,7 @@ async fn batches_say_when_a_queued_task_may_go_out() {
                 definition,
                 store_definition: true,
                 first_run: Some(first),
+                trace: None,
             },
             now + 3,
         )

@@ -1,6 +1,6 @@
 //! A scriptable fake of the agent framework (AgentKit): it serves
 //! `POST /v1/agents/{agentId}/run` (and `/direct/{agentId}`) on a real
-//! socket, records every call, and answers with scripted replies (202 once
+//! socket, records every call (with its headers), and answers with scripted replies (202 once
 //! the script is used up). It speaks HTTP/1.1 itself, one request per
 //! connection, so it can also misbehave the way real networks do: cut a
 //! response mid-way, or hold its answer until the agent has reported.
@@ -22,6 +22,19 @@ pub struct Call {
     pub agent_id: String,
     pub idempotency_key: String,
     pub body: Value,
+    /// Every request header, names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Call {
+    /// The values of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// A scripted answer.
@@ -134,9 +147,17 @@ impl FakeAgentKit {
     }
 }
 
-/// A request's path, Idempotency-Key and body, or None if the peer closed
-/// or sent something that is not a request with a length.
-async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)> {
+/// A request as read: path, Idempotency-Key, headers, body.
+struct Request {
+    path: String,
+    key: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A request's path, Idempotency-Key, headers and body, or None if the
+/// peer closed or sent something that is not a request with a length.
+async fn read_request(sock: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -153,10 +174,12 @@ async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)>
     let mut lines = head.split("\r\n");
     let path = lines.next()?.split(' ').nth(1)?.to_owned();
     let (mut length, mut key) = (0usize, String::new());
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().ok()?,
             "idempotency-key" => key = value.trim().to_owned(),
@@ -171,7 +194,12 @@ async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)>
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    Some((path, key, body))
+    Some(Request {
+        path,
+        key,
+        headers,
+        body,
+    })
 }
 
 fn agent_of(path: &str) -> Option<String> {
@@ -195,7 +223,13 @@ async fn respond(sock: &mut TcpStream, status: u16, extra: &str) {
 }
 
 async fn serve_one(mut sock: TcpStream, inner: Arc<Inner>) {
-    let Some((path, idempotency_key, body)) = read_request(&mut sock).await else {
+    let Some(Request {
+        path,
+        key: idempotency_key,
+        headers,
+        body,
+    }) = read_request(&mut sock).await
+    else {
         return;
     };
     let Some(agent_id) = agent_of(&path) else {
@@ -212,6 +246,7 @@ async fn serve_one(mut sock: TcpStream, inner: Arc<Inner>) {
         agent_id,
         idempotency_key,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
     };
     let first = inner
         .keys

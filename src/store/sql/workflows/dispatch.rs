@@ -6,6 +6,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::*;
 use crate::domain::event::{NewEvent, TaskRef};
 use crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
+use crate::domain::trace::TraceContext;
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
@@ -33,7 +34,18 @@ where
         limit: u32,
         allow_unknown: bool,
     ) -> StoreResult<Vec<ClaimedRun>> {
-        type Candidate = (String, String, String, String, String, String, i64, String);
+        type Candidate = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+        );
         let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), B::CLAIM_LOCK);
         let live = self.rules().liveness;
         let mut tx = self.writer().begin().await?;
@@ -84,6 +96,7 @@ where
                         payload: c.5,
                         attempt: c.6 + 1,
                         claim,
+                        trace: TraceContext::from_headers(c.8.as_deref(), c.9.as_deref()),
                     })
                 }
                 Ok(_) => {}

@@ -45,8 +45,10 @@ pub(in crate::store) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, se
 /// never sent a task, whether or not the sweep has announced it yet.
 pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id \
+        "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id, \
+                s.traceparent, s.tracestate \
          FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
+           JOIN sessions s ON s.session_id = r.session_id \
          WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
            AND {} \
            AND NOT ({}) \

@@ -257,9 +257,11 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             ),
         };
         let mut events = vec![event];
+        let traceparent = s.trace.as_ref().map(|t| t.parent.to_string());
         sqlx::query(
             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
-             created_at_us, updated_at_us, finished_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+             created_at_us, updated_at_us, finished_at_us, traceparent, tracestate) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
         )
         .bind(&s.session_id)
         .bind(&s.definition.id)
@@ -268,6 +270,8 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .bind(status.as_str())
         .bind(now)
         .bind(finished)
+        .bind(traceparent.as_deref())
+        .bind(s.trace.as_ref().and_then(|t| t.state.as_deref()))
         .execute(&mut *tx)
         .await?;
         if let Some(run) = &s.first_run {

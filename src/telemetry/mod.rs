@@ -1,5 +1,7 @@
-//! Logging: tracing to stdout, one JSON object per line by default or
-//! readable text.
+//! Logging and tracing: tracing to stdout, one JSON object per line by
+//! default or readable text; W3C trace context on every request and
+//! dispatch ([`context`]); and, when a collector is configured, spans
+//! exported over OTLP/HTTP ([`otel`]).
 //!
 //! Lines are formatted on the thread that logs them, then handed to one
 //! writer thread that writes them to stdout in as few `write` calls as it
@@ -9,27 +11,62 @@
 //! terminal cannot stall the service); if the queue ever fills, lines are
 //! dropped and counted (`opscore_log_lines_dropped_total`), never blocked on.
 
+pub mod context;
+mod json;
+pub mod otel;
+
 use std::io::{BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, OtelConfig};
 
 /// Lines the writer thread may have queued before new ones are dropped.
 const QUEUED_LINES: usize = 128 * 1024;
 
-/// Keeps the writer thread alive; dropping it writes out what is queued.
+/// Keeps the writer thread (and the span exporter, if any) alive; dropping
+/// it exports the spans still queued, then writes out the queued lines.
 /// Hold it until the process is about to exit.
 #[must_use = "dropping the guard stops logging"]
 pub struct LogGuard {
+    exporter: Option<otel::Exporter>,
     _worker: Option<WorkerGuard>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        // Spans first: what the exporter logs about its last batch still
+        // reaches the writer, which `_worker` then drains.
+        if let Some(exporter) = self.exporter.take() {
+            exporter.shutdown();
+        }
+    }
 }
 
 /// Install the global subscriber. `filter` was validated with the config.
 /// Calling it twice (tests) keeps the first subscriber.
 pub fn init(filter: &str, format: LogFormat) -> LogGuard {
+    match init_with(filter, format, None) {
+        Ok(guard) => guard,
+        // Only span export can fail to start, and none was asked for.
+        Err(_) => LogGuard {
+            exporter: None,
+            _worker: None,
+        },
+    }
+}
+
+/// [`init`], and export spans to the collector of `otel` when given.
+/// Fails only when the exporter cannot be built.
+pub fn init_with(
+    filter: &str,
+    format: LogFormat,
+    otel: Option<&OtelConfig>,
+) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, worker) = NonBlockingBuilder::default()
         .buffered_lines_limit(QUEUED_LINES)
@@ -39,23 +76,40 @@ pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     // Set once: a second call (tests) keeps the first subscriber, and with
     // it the first writer's count.
     let _ = DROPPED.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let installed = match format {
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .map_event_format(json::WithTraceIds)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => lines.with_filter(filter).boxed(),
     };
-    LogGuard {
-        _worker: installed.is_ok().then_some(worker),
+    let (exporter, spans) = match otel {
+        Some(cfg) => {
+            let (exporter, layer) = otel::Exporter::start(cfg)?;
+            (Some(exporter), Some(layer))
+        }
+        None => (None, None),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(lines)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if installed && exporter.is_some() {
+        otel::set_exporting();
     }
+    Ok(LogGuard {
+        exporter: exporter.filter(|_| installed),
+        _worker: installed.then_some(worker),
+    })
 }
 
 /// Log lines dropped because the writer thread fell behind (0 when logging
