@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::domain::agent::AgentId;
+use crate::domain::audit::Actor;
 use crate::domain::engine_rules::{EngineRules, NewRun};
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{parse_definition_file, WorkflowDefinition};
@@ -40,12 +41,14 @@ pub struct Triggered {
 /// Create a session of `source` for `agent` and queue its first task (its
 /// payload is `initial_payload` if given, else the task's parameters), or
 /// complete it at once when the definition has no tasks (contract 1.4).
+/// The session is audited as triggered `by`.
 pub async fn trigger(
     store: &dyn Store,
     rules: &EngineRules,
     agent: &AgentId,
     source: DefinitionSource,
     initial_payload: Option<Value>,
+    by: &Actor,
 ) -> StoreResult<Triggered> {
     let now = now_micros();
     // An inline definition is stored by create_session, in the session's
@@ -66,7 +69,7 @@ pub async fn trigger(
         definition,
         store_definition,
     };
-    store.create_session(&session, now).await?;
+    store.create_session(&session, by, now).await?;
     Ok(Triggered {
         session_id: session.session_id,
         workflow_id: session.definition.id,
@@ -142,7 +145,8 @@ pub async fn load_definitions(
 ) -> anyhow::Result<()> {
     let now = now_micros();
     for (file, def) in defs {
-        let outcome = store.put_definition(def, true, now).await?;
+        let by = Actor::system(format!("workflow file {file}"));
+        let outcome = store.put_definition(def, true, &by, now).await?;
         match outcome {
             PutOutcome::Created => {
                 tracing::info!(file = %file, workflow_id = %def.id, "workflow definition loaded")

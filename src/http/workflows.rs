@@ -115,14 +115,14 @@ impl FromRequest<AppState> for DefinitionBody {
     security(("bearerAuth" = [])),
 )]
 async fn create(
-    _: Require<perm::ManageWorkflows>,
+    caller: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     DefinitionBody(def): DefinitionBody,
 ) -> Result<impl IntoResponse> {
     def.validate().map_err(ApiError::validation)?;
     let outcome = state
         .store
-        .put_definition(&def, false, now_micros())
+        .put_definition(&def, false, &caller.actor(), now_micros())
         .await?;
     let status = match outcome {
         PutOutcome::Created => {
@@ -201,11 +201,14 @@ async fn fetch(
     security(("bearerAuth" = [])),
 )]
 async fn remove(
-    _: Require<perm::ManageWorkflows>,
+    caller: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    state.store.delete_definition(&id).await?;
+    state
+        .store
+        .delete_definition(&id, &caller.actor(), now_micros())
+        .await?;
     tracing::info!(workflow_id = %id, "workflow definition deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -265,7 +268,7 @@ struct Triggered {
     security(("bearerAuth" = [])),
 )]
 async fn trigger(
-    _: Require<perm::Trigger>,
+    caller: Require<perm::Trigger>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<TriggerBody>,
@@ -315,6 +318,7 @@ async fn trigger(
         &agent,
         source,
         initial_payload,
+        &caller.actor(),
     )
     .await?;
     state.wake.notify_one();
