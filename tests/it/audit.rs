@@ -842,6 +842,28 @@ async fn snapshot(s: &TestServer) -> Value {
     })
 }
 
+/// Entries older than `OPSCORE_AUDIT_RETENTION_SECS` are deleted by the
+/// housekeeping of a running server; newer ones stay.
+async fn old_entries_are_pruned(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.retention.audit_max_age = Some(Duration::from_secs(1));
+        c.retention.prune_every = Duration::from_millis(200);
+    })
+    .await;
+    let old = key_with_role(&s, "operator", &[]).await;
+    let target = |k: &MadeKey| format!("target={}", k.id);
+    assert_eq!(entries(&s, &target(&old)).await.len(), 1);
+    let started = std::time::Instant::now();
+    while !entries(&s, "").await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(15), "never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Well within the second, a new entry is still there.
+    let new = key_with_role(&s, "operator", &[]).await;
+    assert_eq!(entries(&s, &target(&new)).await.len(), 1);
+    s.stop().await;
+}
+
 /// Each entry is also one log line (message `audit`) with the same
 /// fields, and no line holds the key's plaintext.
 async fn each_entry_is_a_log_line(backend: Backend) {
@@ -944,5 +966,6 @@ crate::backend_tests!(
     only_admins_see_the_trail,
     a_change_and_its_entry_commit_together,
     each_entry_is_a_log_line,
+    old_entries_are_pruned,
     the_cli_lists_the_trail,
 );
