@@ -271,6 +271,7 @@ impl NewEvent {
             at: entry.at,
             // Serialising plain data cannot fail; "{}" keeps the row valid.
             data: serde_json::to_string(entry).unwrap_or_else(|_| "{}".into()),
+            ended: None,
         }
     }
 }

@@ -421,6 +421,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                 NewEvent::task(task, RunStatus::Cancelled, None, now)
             })
             .collect();
+        let audit = NewAudit::session_cancelled(by, &agent, id, &workflow, now);
         events.push(NewEvent::session_ended(
             &agent,
             id,
@@ -432,7 +433,6 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             },
             Some("cancelled by operator"),
         ));
-        let audit = NewAudit::session_cancelled(by, &agent, id, &workflow, now);
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
