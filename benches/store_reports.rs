@@ -79,7 +79,13 @@ async fn run(
             metadata: Default::default(),
             ttl_secs: None,
         };
-        store.register_agent(&reg, now_micros()).await?;
+        store
+            .register_agent(
+                &reg,
+                &opscore::domain::audit::Actor::system("bench"),
+                now_micros(),
+            )
+            .await?;
     }
     // A fixed-seed xorshift: the same agents and states every run.
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;

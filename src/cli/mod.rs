@@ -3,6 +3,7 @@
 //! running server through [`crate::client`].
 
 mod agents;
+mod audit;
 mod context;
 pub mod healthcheck;
 mod keys;
@@ -73,6 +74,8 @@ pub enum ClientCommand {
     Keys(keys::KeysCmd),
     /// Follow the change feed: one line per event, until interrupted.
     Watch(watch::WatchArgs),
+    /// The audit trail: who changed what, newest first (admin key).
+    Audit(Box<audit::AuditArgs>),
     /// Named servers (URL, key file or key command, CA) in the client's
     /// config file: add, use, list, remove.
     #[command(subcommand)]
@@ -95,6 +98,7 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
         ClientCommand::Sessions(c) => sessions::run(c).await,
         ClientCommand::Keys(c) => keys::run(c).await,
         ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Audit(a) => audit::run(*a).await,
         ClientCommand::Context(c) => context::run(c),
         ClientCommand::Completions { shell } => {
             // Into memory first: clap_complete panics on a write error, and

@@ -203,6 +203,24 @@ impl Client {
         )
     }
 
+    /// One page of the audit trail, newest first (admin keys only).
+    pub fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Call<Page<AuditEntry>> {
+        let mut q = page_query(page);
+        let fields = [
+            ("actor", &filter.actor),
+            ("kind", &filter.kind),
+            ("target", &filter.target),
+            ("since", &filter.since),
+            ("until", &filter.until),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                q.push((name, v.clone()));
+            }
+        }
+        Call::new(self.get("/v1/opscore/audit").query(&q))
+    }
+
     /// Cancel a session; answers with the session as it now is.
     pub fn cancel_session(&self, session_id: &str) -> Call<Session> {
         Call::new(self.post(&format!("/v1/opscore/sessions/{}/cancel", seg(session_id))))

@@ -244,3 +244,67 @@ pub struct FeedEvent {
     #[serde(skip)]
     pub raw: String,
 }
+
+/// Who made a change, as an audit entry names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditActor {
+    /// `key`, `bootstrap`, `webhook`, `unsigned` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The managed key's id (`key` actors).
+    pub key_id: Option<String>,
+    /// The key's name, `bootstrap key`, `webhook secret N`, ...
+    pub name: String,
+    /// The key's role.
+    pub role: Option<String>,
+}
+
+/// What a change was made to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditTarget {
+    /// The agent.
+    pub agent_id: Option<String>,
+    /// The session.
+    pub session_id: Option<String>,
+    /// The workflow definition.
+    pub workflow_id: Option<String>,
+    /// The API key changed.
+    pub key_id: Option<String>,
+}
+
+/// One entry of the audit trail (`GET /v1/opscore/audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Its id, increasing in write order.
+    pub id: i64,
+    /// What kind of change, e.g. `audit.key.created`.
+    pub kind: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who made it.
+    pub actor: AuditActor,
+    /// What it was made to.
+    #[serde(default)]
+    pub target: AuditTarget,
+    /// Kind-specific facts.
+    #[serde(default)]
+    pub details: Value,
+}
+
+/// Filters of the audit listing (every one optional).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// A key id, or an actor type (`bootstrap`, `webhook`, ...).
+    pub actor: Option<String>,
+    /// A kind, or a dotted prefix of kinds (`key`).
+    pub kind: Option<String>,
+    /// An agent, session, workflow or key id.
+    pub target: Option<String>,
+    /// RFC 3339: at or after.
+    pub since: Option<String>,
+    /// RFC 3339: before.
+    pub until: Option<String>,
+}

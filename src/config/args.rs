@@ -199,6 +199,10 @@ pub struct ServeArgs {
     /// How long change-feed events are kept (and can be resumed from), in seconds.
     #[arg(long, env = "OPSCORE_EVENT_RETENTION_SECS", default_value = "86400", value_parser = secs(60, 90 * DAY))]
     pub event_retention_secs: Duration,
+    /// Audit entries (who changed what) older than this are deleted, in
+    /// seconds (0: kept forever).
+    #[arg(long, env = "OPSCORE_AUDIT_RETENTION_SECS", default_value = "31536000", value_parser = secs(0, 100 * 365 * DAY))]
+    pub audit_retention_secs: Duration,
     /// State history entries older than this are deleted, in seconds (0: kept forever).
     #[arg(long, env = "OPSCORE_HISTORY_MAX_AGE_SECS", default_value = "2592000", value_parser = secs(0, 100 * 365 * DAY))]
     pub history_max_age_secs: Duration,

@@ -156,6 +156,8 @@ pub struct TlsFiles {
 pub struct RetentionConfig {
     /// Change-feed events.
     pub events: Duration,
+    /// Audit entries older than this go (`None`: kept forever).
+    pub audit_max_age: Option<Duration>,
     /// State history entries older than this go (`None`: kept forever).
     pub history_max_age: Option<Duration>,
     /// Finished sessions older than this go.

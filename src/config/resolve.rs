@@ -141,6 +141,7 @@ impl ServeArgs {
         let keep = |n: u32| (n > 0).then_some(n);
         let retention = RetentionConfig {
             events: self.event_retention_secs,
+            audit_max_age: max_age(self.audit_retention_secs),
             history_max_age: max_age(self.history_max_age_secs),
             sessions_max_age: max_age(self.sessions_max_age_secs),
             keep: KeepPerAgent {

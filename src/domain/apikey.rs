@@ -117,6 +117,9 @@ pub enum Permission {
     ManageLeases,
     /// `POST /v1/opscore/agent/{agentId}/state/reset` (admin only).
     ResetState,
+    /// `GET /v1/opscore/audit`, and `audit.*` events on the feed (admin
+    /// only: entries name keys).
+    ReadAudit,
 }
 
 impl Permission {
@@ -136,6 +139,7 @@ impl Permission {
             Self::ManageKeys => "manage API keys",
             Self::ManageLeases => "set agent leases",
             Self::ResetState => "reset an agent's state",
+            Self::ReadAudit => "read the audit trail",
         }
     }
 }
@@ -321,6 +325,7 @@ mod tests {
             P::ManageKeys,
             P::ManageLeases,
             P::ResetState,
+            P::ReadAudit,
         ];
         for p in all {
             assert_eq!(Role::Admin.access(p), All, "{p:?}");
@@ -330,6 +335,7 @@ mod tests {
         assert_eq!(Role::Operator.access(P::ManageLeases), All);
         assert_eq!(Role::Agent.access(P::ManageLeases), Denied);
         assert_eq!(Role::Operator.access(P::ResetState), Denied);
+        assert_eq!(Role::Operator.access(P::ReadAudit), Denied);
         assert_eq!(Role::Operator.access(P::Register), Denied);
         assert_eq!(Role::Operator.access(P::ManageKeys), Denied);
         assert_eq!(Role::Operator.access(P::ManageWorkflows), Denied);

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::audit::{AuditEntry, AuditKind};
 use super::state::StateReport;
 use super::time::{format_micros, Micros};
 use super::workflow::{RunStatus, SessionStatus};
@@ -27,11 +28,13 @@ pub enum EventKind {
     SessionStatus,
     /// A task run changed status (including being queued).
     TaskStatus,
+    /// A change was made through the API: an audit entry (admins only).
+    Audit(AuditKind),
 }
 
 impl EventKind {
     /// Every kind, in documentation order.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 18] = [
         Self::AgentRegistered,
         Self::AgentDeregistered,
         Self::AgentState,
@@ -39,6 +42,17 @@ impl EventKind {
         Self::AgentFresh,
         Self::SessionStatus,
         Self::TaskStatus,
+        Self::Audit(AuditKind::KeyCreated),
+        Self::Audit(AuditKind::KeyRevoked),
+        Self::Audit(AuditKind::WorkflowCreated),
+        Self::Audit(AuditKind::WorkflowUpdated),
+        Self::Audit(AuditKind::WorkflowDeleted),
+        Self::Audit(AuditKind::SessionTriggered),
+        Self::Audit(AuditKind::SessionCancelled),
+        Self::Audit(AuditKind::AgentRegistered),
+        Self::Audit(AuditKind::AgentDeregistered),
+        Self::Audit(AuditKind::AgentStateReset),
+        Self::Audit(AuditKind::AgentLeaseSet),
     ];
 
     /// Wire and stored name.
@@ -51,7 +65,13 @@ impl EventKind {
             Self::AgentFresh => "agent.fresh",
             Self::SessionStatus => "session.status",
             Self::TaskStatus => "task.status",
+            Self::Audit(k) => k.as_str(),
         }
+    }
+
+    /// Whether this is an audit entry (which only admin keys see).
+    pub fn is_audit(self) -> bool {
+        matches!(self, Self::Audit(_))
     }
 
     /// Parse a wire name.
@@ -240,6 +260,22 @@ impl NewEvent {
     }
 }
 
+impl NewEvent {
+    /// `audit.*`: the stored entry, about its agent and session if it has
+    /// them.
+    pub fn audit(entry: &AuditEntry) -> Self {
+        Self {
+            kind: EventKind::Audit(entry.kind),
+            agent_id: entry.target.agent_id.clone(),
+            session_id: entry.target.session_id.clone(),
+            at: entry.at,
+            // Serialising plain data cannot fail; "{}" keeps the row valid.
+            data: serde_json::to_string(entry).unwrap_or_else(|_| "{}".into()),
+            ended: None,
+        }
+    }
+}
+
 /// Which task run a `task.status` event is about.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskRef<'a> {
@@ -294,6 +330,11 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("agent"), None);
+        let audit = EventKind::ALL.iter().filter(|k| k.is_audit()).count();
+        assert_eq!(audit, AuditKind::ALL.len());
+        for k in AuditKind::ALL {
+            assert!(EventKind::ALL.contains(&EventKind::Audit(k)), "{k:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apikey;
+pub mod audit;
 pub mod engine_rules;
 pub mod event;
 pub mod liveness;

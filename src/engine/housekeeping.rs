@@ -1,6 +1,7 @@
 //! Background upkeep every process runs: announcing agents whose lease ran
-//! out, and retention (old change-feed events, state history and finished
-//! sessions, by age and by count per agent). Everything here is safe to run
+//! out, and retention (old change-feed events, state history, finished
+//! sessions and audit entries, by age; history and sessions also by count
+//! per agent). Everything here is safe to run
 //! in every replica at once: each change is re-checked under its row lock,
 //! and deleting twice deletes nothing twice. Work is done in small batches,
 //! each its own short transaction, so it never holds up writes for long.
@@ -59,6 +60,7 @@ enum Pass {
     Events,
     History,
     Sessions,
+    Audit,
 }
 
 impl Pass {
@@ -67,6 +69,7 @@ impl Pass {
             Self::Events => "event retention",
             Self::History => "history retention",
             Self::Sessions => "session retention",
+            Self::Audit => "audit retention",
         }
     }
 }
@@ -79,7 +82,7 @@ fn micros(d: Duration) -> Micros {
 pub async fn run(store: Arc<dyn Store>, retention: RetentionConfig, stop: CancellationToken) {
     // One per job, so one failing job does not hide (or re-log) another.
     let (mut sweep, mut per_agent_health) = (Health::default(), Health::default());
-    let mut by_age: [Health; 3] = Default::default();
+    let mut by_age: [Health; 4] = Default::default();
     let mut since_prune = retention.prune_every;
     let mut cursor: Option<String> = None;
     let per_agent = retention.keep.history.is_some() || retention.keep.sessions.is_some();
@@ -115,6 +118,7 @@ pub async fn run(store: Arc<dyn Store>, retention: RetentionConfig, stop: Cancel
             (Pass::Events, Some(retention.events)),
             (Pass::History, retention.history_max_age),
             (Pass::Sessions, retention.sessions_max_age),
+            (Pass::Audit, retention.audit_max_age),
         ];
         for (pass, max_age) in passes {
             let Some(max_age) = max_age else { continue };
@@ -127,6 +131,7 @@ pub async fn run(store: Arc<dyn Store>, retention: RetentionConfig, stop: Cancel
                     Pass::Events => store.prune_events(before, PRUNE_BATCH).await,
                     Pass::History => store.prune_history_before(before, PRUNE_BATCH).await,
                     Pass::Sessions => store.prune_sessions_before(before, PRUNE_BATCH).await,
+                    Pass::Audit => store.prune_audit_before(before, PRUNE_BATCH).await,
                 };
                 match by_age[pass as usize].report(pass.name(), r) {
                     Some(n) if n >= u64::from(PRUNE_BATCH) => tokio::task::yield_now().await,

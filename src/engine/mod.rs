@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::domain::agent::AgentId;
+use crate::domain::audit::Actor;
 use crate::domain::engine_rules::{EngineRules, NewRun};
 use crate::domain::time::now_micros;
 use crate::domain::trace::TraceContext;
@@ -43,6 +44,7 @@ pub struct Triggered {
 /// complete it at once when the definition has no tasks (contract 1.4).
 /// `trace` is the triggering request's trace context, stored with the
 /// session so that every dispatch of it joins that trace.
+/// The session is audited as triggered `by`.
 pub async fn trigger(
     store: &dyn Store,
     rules: &EngineRules,
@@ -50,6 +52,7 @@ pub async fn trigger(
     source: DefinitionSource,
     initial_payload: Option<Value>,
     trace: Option<TraceContext>,
+    by: &Actor,
 ) -> StoreResult<Triggered> {
     let now = now_micros();
     // An inline definition is stored by create_session, in the session's
@@ -71,7 +74,7 @@ pub async fn trigger(
         store_definition,
         trace,
     };
-    store.create_session(&session, now).await?;
+    store.create_session(&session, by, now).await?;
     Ok(Triggered {
         session_id: session.session_id,
         workflow_id: session.definition.id,
@@ -147,7 +150,8 @@ pub async fn load_definitions(
 ) -> anyhow::Result<()> {
     let now = now_micros();
     for (file, def) in defs {
-        let outcome = store.put_definition(def, true, now).await?;
+        let by = Actor::system(format!("workflow file {file}"));
+        let outcome = store.put_definition(def, true, &by, now).await?;
         match outcome {
             PutOutcome::Created => {
                 tracing::info!(file = %file, workflow_id = %def.id, "workflow definition loaded")

@@ -75,6 +75,8 @@ pub mod perm {
         ManageLeases;
         /// [`Permission::ResetState`].
         ResetState;
+        /// [`Permission::ReadAudit`].
+        ReadAudit;
     }
 }
 

@@ -174,7 +174,7 @@ struct LeaseBody {
     security(("bearerAuth" = [])),
 )]
 async fn set_lease(
-    _: Require<perm::ManageLeases>,
+    caller: Require<perm::ManageLeases>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
@@ -182,7 +182,10 @@ async fn set_lease(
     let id = path_agent(&agent_id)?;
     let ttl = lease_body(&body).map_err(|e| ApiError::validation(vec![e]))?;
     let now = now_micros();
-    let agent = state.store.set_agent_lease(&id, ttl, now).await?;
+    let agent = state
+        .store
+        .set_agent_lease(&id, ttl, &caller.actor(), now)
+        .await?;
     Ok(Json(AgentView::new(
         agent,
         &state.config.db.engine.liveness,

@@ -225,23 +225,36 @@ pub fn verify_signature_any(
     now: i64,
     tolerance: Duration,
 ) -> Result<VerifiedSignature, SignatureError> {
+    verify_signature_which(secrets, timestamp, signature, body, now, tolerance).map(|(_, v)| v)
+}
+
+/// As [`verify_signature_any`], also saying which secret verified: its
+/// index in `secrets` (what the audit trail names, never the secret).
+pub fn verify_signature_which(
+    secrets: &[&[u8]],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(usize, VerifiedSignature), SignatureError> {
     let VerifiedSignature {
         signature: sig,
         timestamp: ts,
     } = check_signature_headers(timestamp, signature, now, tolerance)?;
     let ts_raw = timestamp.unwrap_or_default();
     // verify_slice compares in constant time.
-    if secrets
+    let which = secrets
         .iter()
-        .any(|secret| mac(secret, ts_raw, body).verify_slice(&sig).is_ok())
-    {
-        Ok(VerifiedSignature {
+        .position(|secret| mac(secret, ts_raw, body).verify_slice(&sig).is_ok())
+        .ok_or(SignatureError::Mismatch)?;
+    Ok((
+        which,
+        VerifiedSignature {
             signature: sig,
             timestamp: ts,
-        })
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -326,6 +339,10 @@ mod tests {
             verify_signature_any(&[b"new"], Some("1700000000"), Some(&sig), BODY, now, TOL),
             Err(SignatureError::Mismatch)
         );
+        let (which, _) =
+            verify_signature_which(&secrets, Some("1700000000"), Some(&sig), BODY, now, TOL)
+                .unwrap();
+        assert_eq!(which, 1);
     }
 
     #[test]

@@ -18,9 +18,10 @@ use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::extract::Query;
-use super::keyring::StreamSlot;
+use super::keyring::{forbidden, StreamSlot};
 use super::states::STATE_PATH;
 use crate::domain::agent::AgentId;
+use crate::domain::apikey::{Access, Permission};
 use crate::domain::event::{Event, EventKind};
 use crate::domain::{FieldError, Validator};
 use crate::engine::feed::{Feed, Subscription};
@@ -64,7 +65,8 @@ struct FeedParams {
     agent_id: Option<String>,
     /// Only these kinds (comma-separated): `agent.registered`,
     /// `agent.deregistered`, `agent.state`, `agent.stale`, `agent.fresh`,
-    /// `session.status`, `task.status`.
+    /// `session.status`, `task.status`, and (admin keys only) the
+    /// `audit.*` kinds of `GET /v1/opscore/audit`.
     kinds: Option<String>,
     /// Resume after this feed index (as `Last-Event-ID`, for clients that
     /// cannot set headers).
@@ -72,15 +74,19 @@ struct FeedParams {
     after: Option<String>,
 }
 
-/// Which events a client asked for.
+/// Which events a client asked for (and may see).
 struct Filter {
     agents: Option<HashSet<String>>,
     kinds: Option<HashSet<EventKind>>,
+    /// Whether `audit.*` events are sent: admin keys only, as they name
+    /// keys and who did what.
+    audit: bool,
 }
 
 impl Filter {
     fn matches(&self, e: &Event) -> bool {
-        self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
+        (self.audit || !e.kind.is_audit())
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
             && self
                 .agents
                 .as_ref()
@@ -136,7 +142,8 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
 /// The change feed as Server-Sent Events.
 ///
 /// Each event has `id: <index>`, `event: <kind>` and `data:` the event as
-/// JSON (`{index, kind, at, agentId, sessionId, data}`); a `: keep-alive`
+/// JSON (`{index, kind, at, agentId, sessionId, data}`); `audit.*` events
+/// (whose `data` is the audit entry) go to admin keys only; a `: keep-alive`
 /// comment comes every 15 s. Without `Last-Event-ID` or `after` the stream
 /// starts after the current head (nothing old is replayed). Streams count
 /// against the feed's subscriber limit and their key's stream cap, not the
@@ -154,6 +161,7 @@ pub fn blocking_params(index: Option<&str>, wait: Option<&str>) -> Result<Option
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: an agent key asking for agents outside its scope, or a key other than admin asking for `audit.*` kinds", body = ErrorBody),
         (status = 410, description = "`feed_index_expired`: the resume index is older than what is retained", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a bad `agentId`, `kinds` (names the unknown kind), `after` or `Last-Event-ID`; or `invalid_query`", body = ErrorBody),
         (status = 429, description = "`too_many_streams`: this key holds all the streams and blocking reads it may (`OPSCORE_MAX_STREAMS_PER_KEY` or its `maxStreams`)", body = ErrorBody),
@@ -203,6 +211,15 @@ async fn stream(
         (None, None) => None,
     };
     v.finish().map_err(ApiError::validation)?;
+    // Audit entries name keys and who did what: admin keys only.
+    let audit = caller.role().access(Permission::ReadAudit) == Access::All;
+    if !audit
+        && kinds
+            .as_ref()
+            .is_some_and(|k| k.iter().any(|k| k.is_audit()))
+    {
+        return Err(forbidden(caller.role(), Permission::ReadAudit));
+    }
     // An agent key sees only its own agents' events (every event about an
     // agent, sessions and tasks included, carries its agent id).
     let agents = match (caller.agent_scope(), agents) {
@@ -251,7 +268,11 @@ async fn stream(
         feed,
         sub,
         last,
-        filter: Filter { agents, kinds },
+        filter: Filter {
+            agents,
+            kinds,
+            audit,
+        },
         backlog: VecDeque::new(),
         catching_up: resume.is_some(),
         _slot: slot,

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ratelimit::{FailureThrottle, RateLimiter};
 use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
+use crate::domain::audit::Actor;
 use crate::domain::time::{now_micros, Micros};
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError};
@@ -81,6 +82,15 @@ impl Principal {
     /// The managed key's id (`None` for the bootstrap key).
     pub fn key_id(&self) -> Option<&str> {
         self.key.as_deref().map(|k| k.key_id.as_str())
+    }
+
+    /// Who this is, for the audit trail: the managed key by id, name and
+    /// role, or the bootstrap key.
+    pub fn actor(&self) -> Actor {
+        match self.key.as_deref() {
+            Some(k) => Actor::key(k),
+            None => Actor::bootstrap(),
+        }
     }
 
     /// The agents an agent key may act for; `None` for every other role.
@@ -552,7 +562,7 @@ mod tests {
         let p = ring.authenticate("bootstrap-key-0123456789").await.unwrap();
         assert_eq!((p.role(), p.key_id()), (Role::Admin, None));
         let (k, plain) = key(Role::Agent, &["a1", "a2"]);
-        store.create_key(&k).await.unwrap();
+        store.create_key(&k, &Actor::system("test")).await.unwrap();
         let p = ring.authenticate(&plain).await.unwrap();
         assert_eq!(p.role(), Role::Agent);
         assert!(p.covers_agent("a2") && !p.covers_agent("a3"));
@@ -566,7 +576,10 @@ mod tests {
             assert_eq!(e.code(), ErrorCode::InvalidApiKey, "{bad}");
         }
         // Revoked: refused at once in this process once it knows.
-        let revoked = store.revoke_key(&k.key_id, now_micros()).await.unwrap();
+        let revoked = store
+            .revoke_key(&k.key_id, &Actor::system("test"), now_micros())
+            .await
+            .unwrap();
         ring.remember(revoked);
         assert_eq!(
             ring.authenticate(&plain).await.unwrap_err().code(),
@@ -583,7 +596,7 @@ mod tests {
     async fn use_is_recorded_once_per_resolution() {
         let (store, ring) = ring().await;
         let (k, plain) = key(Role::Operator, &[]);
-        store.create_key(&k).await.unwrap();
+        store.create_key(&k, &Actor::system("test")).await.unwrap();
         for _ in 0..50 {
             ring.authenticate(&plain).await.unwrap();
         }

@@ -107,7 +107,7 @@ struct CreatedKey {
     security(("bearerAuth" = [])),
 )]
 async fn create(
-    _: Require<perm::ManageKeys>,
+    caller: Require<perm::ManageKeys>,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewKeyBody>,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
@@ -127,7 +127,7 @@ async fn create(
         revoked_at: None,
         last_used_at: None,
     };
-    state.store.create_key(&key).await?;
+    state.store.create_key(&key, &caller.actor()).await?;
     tracing::info!(key_id = %key.key_id, role = key.role.as_str(), "API key created");
     Ok((
         StatusCode::CREATED,
@@ -217,11 +217,15 @@ async fn fetch(
     security(("bearerAuth" = [])),
 )]
 async fn revoke(
-    _: Require<perm::ManageKeys>,
+    caller: Require<perm::ManageKeys>,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyView>> {
-    let key = on_key(&key_id, || state.store.revoke_key(&key_id, now_micros())).await?;
+    let by = caller.actor();
+    let key = on_key(&key_id, || {
+        state.store.revoke_key(&key_id, &by, now_micros())
+    })
+    .await?;
     state.keys.remember(key.clone());
     tracing::info!(key_id = %key.key_id, "API key revoked");
     Ok(Json(KeyView::new(&key, &state)))

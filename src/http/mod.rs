@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod events;
@@ -47,6 +48,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(events::router())
         .merge(keys::router())
+        .merge(audit::router())
         .merge(dashboard::router())
 }
 

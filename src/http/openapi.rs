@@ -62,6 +62,7 @@ pub const SIGNATURE: &str = "agentkitSignature";
         (name = "sessions", description = "Workflow sessions and their tasks"),
         (name = "events", description = "The change feed: every change an operator might watch, numbered"),
         (name = "keys", description = "API keys with roles (admin only)"),
+        (name = "audit", description = "Who changed what: the audit trail (admin only)"),
         (name = "ops", description = "Liveness, readiness, metrics and this documentation"),
         (name = "dashboard", description = "The live dashboard's page and files (no key; the page asks for one)"),
     ),

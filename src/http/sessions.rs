@@ -163,11 +163,14 @@ async fn fetch(
     security(("bearerAuth" = [])),
 )]
 async fn cancel(
-    _: Require<perm::CancelSessions>,
+    caller: Require<perm::CancelSessions>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>> {
-    state.store.cancel_session(&id, now_micros()).await?;
+    state
+        .store
+        .cancel_session(&id, &caller.actor(), now_micros())
+        .await?;
     tracing::info!(session_id = %id, "session cancelled");
     let s = state.store.get_session(&id).await?;
     Ok(Json(view(s, true)))

@@ -133,7 +133,7 @@ async fn reset_state(
     let details = serde_json::json!({ "resetBy": by }).to_string();
     state
         .store
-        .reset_state(&id, Some(details), now_micros())
+        .reset_state(&id, Some(details), &caller.actor(), now_micros())
         .await?;
     tracing::warn!(agent_id = %id, by, "agent state reset to UNKNOWN by an operator");
     let current = state.store.get_state(&id).await?;

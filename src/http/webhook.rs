@@ -10,12 +10,13 @@ use utoipa_axum::routes;
 
 use super::agents::StatusBody;
 use super::auth::{
-    authenticate, check_signature_headers, verify_signature_any, SignatureError, VerifiedSignature,
-    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    authenticate, check_signature_headers, verify_signature_which, SignatureError,
+    VerifiedSignature, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use super::extract::{parse_json, require_json, RawBody};
 use crate::domain::agent::{NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
+use crate::domain::audit::Actor;
 use crate::domain::time::now_micros;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
@@ -70,11 +71,16 @@ async fn notify(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<StatusBody>> {
-    let verified = match caller {
-        WebhookCaller::Signed => Some(verify_webhook(&state, &headers, &body).await?),
-        WebhookCaller::Key | WebhookCaller::Unsigned => None,
+    let (verified, by) = match caller {
+        WebhookCaller::Signed => {
+            let (secret, verified) = verify_webhook(&state, &headers, &body).await?;
+            // Counted from 1, in the order of `Config::webhook_secrets`.
+            (Some(verified), Actor::webhook_secret(secret + 1))
+        }
+        WebhookCaller::Key(actor) => (None, actor),
+        WebhookCaller::Unsigned => (None, Actor::unsigned()),
     };
-    let result = apply_notify(&state, &headers, &body).await;
+    let result = apply_notify(&state, &headers, &body, &by).await;
     if let (Err(e), Some(v)) = (&result, verified) {
         // Our failure, not the sender's: let its retry of the same
         // delivery through.
@@ -95,6 +101,7 @@ async fn apply_notify(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
+    by: &Actor,
 ) -> Result<Json<StatusBody>> {
     require_json(headers)?;
     let event = parse_json::<NotifyBody>(body)?
@@ -109,12 +116,12 @@ async fn apply_notify(
     let now = now_micros();
     let message = match event {
         NotifyEvent::Register(reg) => {
-            let outcome = state.store.register_agent(&reg, now).await?;
+            let outcome = state.store.register_agent(&reg, by, now).await?;
             tracing::info!(agent_id = %reg.agent_id, new = outcome == RegisterOutcome::Created, "agent registered");
             format!("Agent {} registered successfully.", reg.agent_id)
         }
         NotifyEvent::Deregister(id) => {
-            state.store.deregister_agent(&id, now).await?;
+            state.store.deregister_agent(&id, by, now).await?;
             tracing::info!(agent_id = %id, "agent deregistered");
             format!("Agent {id} deregistered successfully.")
         }
@@ -133,7 +140,8 @@ async fn apply_notify(
 /// wrong key or bad signature headers are refused even when unsigned calls
 /// are allowed: it is a client that means to authenticate and got it wrong.
 enum WebhookCaller {
-    Key,
+    /// A bearer key: who it is, for the audit trail.
+    Key(Actor),
     Signed,
     Unsigned,
 }
@@ -145,7 +153,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
         let headers = &parts.headers;
         if let Some(principal) = authenticate(&state.keys, headers, &parts.extensions).await? {
             principal.require(Permission::Register)?;
-            return Ok(Self::Key);
+            return Ok(Self::Key(principal.actor()));
         }
         let (ts, sig) = signature_headers(headers);
         if ts.is_some() || sig.is_some() {
@@ -188,18 +196,19 @@ fn signature_refused(e: SignatureError) -> ApiError {
 }
 
 /// Verify a signed webhook's signature over its body, and that it is seen
-/// for the first time. Returns the signature.
+/// for the first time. Returns the index of the secret that verified it
+/// (in `Config::webhook_secrets`) and the signature.
 async fn verify_webhook(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<VerifiedSignature> {
+) -> Result<(usize, VerifiedSignature)> {
     let (ts, sig) = signature_headers(headers);
     let secrets = state.config.webhook_secrets();
     let now = crate::domain::time::now_micros() / 1_000_000;
     let tolerance = state.config.webhook_tolerance;
-    let verified =
-        verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(signature_refused)?;
+    let (which, verified) = verify_signature_which(&secrets, ts, sig, body, now, tolerance)
+        .map_err(signature_refused)?;
     // Remembered (in the database: across restarts, by every replica)
     // until the timestamp leaves the window, after which the timestamp
     // check refuses it anyway.
@@ -221,5 +230,5 @@ async fn verify_webhook(
             "Webhook refused: this signature was already used (a replay); sign each delivery anew",
         ));
     }
-    Ok(verified)
+    Ok((which, verified))
 }

@@ -116,14 +116,14 @@ impl FromRequest<AppState> for DefinitionBody {
     security(("bearerAuth" = [])),
 )]
 async fn create(
-    _: Require<perm::ManageWorkflows>,
+    caller: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     DefinitionBody(def): DefinitionBody,
 ) -> Result<impl IntoResponse> {
     def.validate().map_err(ApiError::validation)?;
     let outcome = state
         .store
-        .put_definition(&def, false, now_micros())
+        .put_definition(&def, false, &caller.actor(), now_micros())
         .await?;
     let status = match outcome {
         PutOutcome::Created => {
@@ -202,11 +202,14 @@ async fn fetch(
     security(("bearerAuth" = [])),
 )]
 async fn remove(
-    _: Require<perm::ManageWorkflows>,
+    caller: Require<perm::ManageWorkflows>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    state.store.delete_definition(&id).await?;
+    state
+        .store
+        .delete_definition(&id, &caller.actor(), now_micros())
+        .await?;
     tracing::info!(workflow_id = %id, "workflow definition deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -266,7 +269,7 @@ struct Triggered {
     security(("bearerAuth" = [])),
 )]
 async fn trigger(
-    _: Require<perm::Trigger>,
+    caller: Require<perm::Trigger>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     trace: Option<Extension<RequestTrace>>,
@@ -318,6 +321,7 @@ async fn trigger(
         source,
         initial_payload,
         trace.map(|Extension(RequestTrace(t))| t),
+        &caller.actor(),
     )
     .await?;
     state.wake.notify_one();

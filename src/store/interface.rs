@@ -8,15 +8,36 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::domain::agent::{AgentId, Registration};
+use crate::domain::audit::{Actor, AuditEntry};
 use crate::domain::state::StateReport;
 use crate::domain::time::Micros;
 use crate::domain::workflow::{SessionStatus, WorkflowDefinition};
 
-/// The storage interface the service runs on: agents and their states, and
-/// workflows. Both backends implement it and both run the same test suite.
-pub trait Store: AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore {}
+/// The storage interface the service runs on: agents and their states,
+/// workflows, the feed, retention, keys and the audit trail. Every method
+/// that makes a change an operator asked for takes the [`Actor`] who asked,
+/// and records an audit entry in the change's own transaction. Both backends implement it and both run the same test suite.
+pub trait Store:
+    AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore + AuditStore
+{
+}
 
-impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore> Store for T {}
+impl<T: AgentStore + WorkflowStore + EventStore + RetentionStore + KeyStore + AuditStore> Store
+    for T
+{
+}
+
+/// The audit trail. Entries are written by the transactions that make
+/// the changes (each changing method takes the [`Actor`] it records);
+/// this reads and prunes them.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// A page of entries, newest first.
+    async fn list_audit(&self, q: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Delete up to `limit` of the oldest entries written before `before`.
+    async fn prune_audit_before(&self, before: Micros, limit: u32) -> StoreResult<u64>;
+}
 
 /// Retention: deleting old state history and finished sessions in small
 /// batches. The current state (in the agent's row) and unfinished sessions
@@ -45,8 +66,9 @@ pub trait RetentionStore: Send + Sync + 'static {
 /// `http::keyring`; nothing here is on the per-request path.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Store a new key. A key id that exists already is a `Conflict`.
-    async fn create_key(&self, key: &crate::domain::apikey::ApiKey) -> StoreResult<()>;
+    /// Store a new key, audited as made `by`. A key id that exists
+    /// already is a `Conflict`.
+    async fn create_key(&self, key: &crate::domain::apikey::ApiKey, by: &Actor) -> StoreResult<()>;
 
     /// One key by id; `NotFound` (`Entity::Key`) when there is none.
     async fn get_key(&self, key_id: &str) -> StoreResult<crate::domain::apikey::ApiKey>;
@@ -54,11 +76,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Every key, oldest first, revoked and expired ones included.
     async fn list_keys(&self) -> StoreResult<Vec<crate::domain::apikey::ApiKey>>;
 
-    /// Revoke a key (idempotent: a second call keeps the first time) and
-    /// return it; `NotFound` when there is none.
+    /// Revoke a key (idempotent: a second call keeps the first time, and
+    /// only the first is audited) and return it; `NotFound` when there is
+    /// none.
     async fn revoke_key(
         &self,
         key_id: &str,
+        by: &Actor,
         now: Micros,
     ) -> StoreResult<crate::domain::apikey::ApiKey>;
 
@@ -133,11 +157,15 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn ready(&self) -> StoreResult<()>;
 
     /// Create or update an agent. A new agent's state is `UNKNOWN` on return.
-    async fn register_agent(&self, reg: &Registration, now: Micros)
-        -> StoreResult<RegisterOutcome>;
+    async fn register_agent(
+        &self,
+        reg: &Registration,
+        by: &Actor,
+        now: Micros,
+    ) -> StoreResult<RegisterOutcome>;
 
     /// Mark an agent deregistered. Unknown agent: `NotFound`.
-    async fn deregister_agent(&self, id: &AgentId, now: Micros) -> StoreResult<()>;
+    async fn deregister_agent(&self, id: &AgentId, by: &Actor, now: Micros) -> StoreResult<()>;
 
     /// Put a registered agent's current state back to `UNKNOWN` at `now`,
     /// as at registration (the next report becomes current whatever its
@@ -148,6 +176,7 @@ pub trait AgentStore: Send + Sync + 'static {
         &self,
         id: &AgentId,
         details: Option<String>,
+        by: &Actor,
         now: Micros,
     ) -> StoreResult<()>;
 
@@ -159,6 +188,7 @@ pub trait AgentStore: Send + Sync + 'static {
         &self,
         id: &AgentId,
         ttl_secs: Option<i64>,
+        by: &Actor,
         now: Micros,
     ) -> StoreResult<Agent>;
 
@@ -210,6 +240,7 @@ pub trait WorkflowStore: Send + Sync + 'static {
         &self,
         def: &WorkflowDefinition,
         replace: bool,
+        by: &Actor,
         now: Micros,
     ) -> StoreResult<PutOutcome>;
 
@@ -220,12 +251,12 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>>;
 
     /// Delete a definition; `Conflict` while an unfinished session uses it.
-    async fn delete_definition(&self, id: &str) -> StoreResult<()>;
+    async fn delete_definition(&self, id: &str, by: &Actor, now: Micros) -> StoreResult<()>;
 
     /// Create a session and queue its first task (and store an inline
     /// definition), in one transaction. `NotFound` when the agent is unknown
     /// or deregistered.
-    async fn create_session(&self, s: &NewSession, now: Micros) -> StoreResult<()>;
+    async fn create_session(&self, s: &NewSession, by: &Actor, now: Micros) -> StoreResult<()>;
 
     /// One session with its task runs.
     async fn get_session(&self, id: &str) -> StoreResult<SessionRecord>;
@@ -235,7 +266,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
     /// Cancel a session and its unfinished runs; idempotent. `Conflict` when
     /// it already completed or failed. Returns the status it now has.
-    async fn cancel_session(&self, id: &str, now: Micros) -> StoreResult<SessionStatus>;
+    async fn cancel_session(&self, id: &str, by: &Actor, now: Micros)
+        -> StoreResult<SessionStatus>;
 
     /// Claim up to `limit` due runs whose agent is free (idle, or UNKNOWN
     /// when allowed, with no other run in flight), leasing them to `owner`

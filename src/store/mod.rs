@@ -26,7 +26,9 @@ use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
 pub use crate::domain::liveness::Liveness;
 pub use error::{Entity, StoreError, StoreResult};
-pub use interface::{AgentStore, EventStore, KeyStore, RetentionStore, Store, WorkflowStore};
+pub use interface::{
+    AgentStore, AuditStore, EventStore, KeyStore, RetentionStore, Store, WorkflowStore,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -337,6 +339,34 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// The agent's details when it finished.
     pub result: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Whose audit entries to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActorFilter {
+    /// Those of one managed key, by id.
+    Key(String),
+    /// Those of every actor of a type (`bootstrap`, `webhook`, ...).
+    Type(crate::domain::audit::ActorType),
+}
+
+/// Filters and paging of the audit trail, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this actor's entries.
+    pub actor: Option<ActorFilter>,
+    /// Only these kinds.
+    pub kinds: Option<Vec<crate::domain::audit::AuditKind>>,
+    /// Only entries about this agent, session, workflow or key id.
+    pub target: Option<String>,
+    /// Only entries at or after this time.
+    pub since: Option<Micros>,
+    /// Only entries before this time.
+    pub until: Option<Micros>,
+    /// Start strictly before this entry id (the cursor).
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: u32,
 }
 
 /// Filters and paging for an agent's sessions, newest first.

@@ -202,6 +202,10 @@ mod tests {
     use crate::domain::agent::AgentId;
     use crate::store::{test_registration, AgentStore, StoreError};
 
+    fn by() -> crate::domain::audit::Actor {
+        crate::domain::audit::Actor::system("test")
+    }
+
     /// A database file's URL in a fresh scratch directory (removed when
     /// the returned guard drops).
     fn scratch_url() -> (tempfile::TempDir, String) {
@@ -227,7 +231,7 @@ mod tests {
         // instead of hanging it.
         let refused = tokio::time::timeout(
             Duration::from_secs(10),
-            store.register_agent(&test_registration("a-1", None), 1),
+            store.register_agent(&test_registration("a-1", None), &by(), 1),
         )
         .await
         .expect("refused within the acquire timeout, not left waiting");
@@ -238,7 +242,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         drop(held);
         store
-            .register_agent(&test_registration("a-1", None), 1)
+            .register_agent(&test_registration("a-1", None), &by(), 1)
             .await
             .unwrap();
         store.close().await;
@@ -253,12 +257,12 @@ mod tests {
             .await
             .unwrap();
         store
-            .register_agent(&test_registration("a-1", None), 1)
+            .register_agent(&test_registration("a-1", None), &by(), 1)
             .await
             .unwrap();
         store.close().await;
         let refused = store
-            .register_agent(&test_registration("a-2", None), 2)
+            .register_agent(&test_registration("a-2", None), &by(), 2)
             .await;
         assert!(
             matches!(refused, Err(StoreError::Unavailable(_))),

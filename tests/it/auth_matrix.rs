@@ -234,6 +234,11 @@ fn rows(session: &str, victim: &str) -> Vec<Row> {
         row(M::GET, "/v1/opscore/keys", [200, 403, 403, 403, 403]),
         row(M::GET, key_path, [200, 403, 403, 403, 403]),
         row(M::DELETE, key_path, [200, 403, 403, 403, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/audit?kind=key",
+            [200, 403, 403, 403, 403],
+        ),
     ]
 }
 
@@ -352,8 +357,8 @@ async fn auth_matrix(backend: Backend) {
             checked += 1;
         }
     }
-    // Every row was run for every caller (32 routes and variants).
-    assert_eq!(checked, 32 * EVERYONE.len());
+    // Every row was run for every caller (33 routes and variants).
+    assert_eq!(checked, 33 * EVERYONE.len());
     s.stop().await;
 }
 

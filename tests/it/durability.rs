@@ -408,7 +408,11 @@ async fn store_with_agents(
         .collect();
     for a in &agents {
         store
-            .register_agent(&common::registration(a.clone(), None), now_micros())
+            .register_agent(
+                &common::registration(a.clone(), None),
+                &opscore::domain::audit::Actor::system("test"),
+                now_micros(),
+            )
             .await
             .expect("register");
     }

@@ -27,7 +27,10 @@ async fn one_task_session(store: &dyn Store, def: &str, now: i64) -> NewSession 
         metadata: Default::default(),
         ttl_secs: None,
     };
-    store.register_agent(&reg, now).await.unwrap();
+    store
+        .register_agent(&reg, &opscore::domain::audit::Actor::system("test"), now)
+        .await
+        .unwrap();
     let def = parse_definition(def, false).unwrap();
     let rules = StoreOptions::default().engine;
     let run = NewRun::for_task(&def.tasks[0], 0, &def.tasks[0].parameters, now, &rules);
@@ -39,7 +42,14 @@ async fn one_task_session(store: &dyn Store, def: &str, now: i64) -> NewSession 
         first_run: Some(run),
         trace: None,
     };
-    store.create_session(&session, now).await.unwrap();
+    store
+        .create_session(
+            &session,
+            &opscore::domain::audit::Actor::system("test"),
+            now,
+        )
+        .await
+        .unwrap();
     session
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod agents;
+mod audit;
 mod auth_matrix;
 mod bad_input;
 mod bench_tool;

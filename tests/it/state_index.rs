@@ -125,14 +125,22 @@ async fn run(seed: u64, steps: usize) {
             0 => {
                 let ttl = [None, Some(1), Some(30)][rng.below(3) as usize];
                 store
-                    .register_agent(&common::registration(id(rng.below(AGENTS)), ttl), now)
+                    .register_agent(
+                        &common::registration(id(rng.below(AGENTS)), ttl),
+                        &opscore::domain::audit::Actor::system("test"),
+                        now,
+                    )
                     .await
                     .expect("register");
                 "register"
             }
             1 => {
                 let _ = store
-                    .deregister_agent(&id(rng.below(AGENTS + 1)), now)
+                    .deregister_agent(
+                        &id(rng.below(AGENTS + 1)),
+                        &opscore::domain::audit::Actor::system("test"),
+                        now,
+                    )
                     .await;
                 "deregister"
             }
@@ -206,7 +214,11 @@ async fn batches_say_when_a_queued_task_may_go_out() {
     let now: i64 = 1_700_000_000_000_000;
     for n in 0..2 {
         store
-            .register_agent(&common::registration(id(n), None), now)
+            .register_agent(
+                &common::registration(id(n), None),
+                &opscore::domain::audit::Actor::system("test"),
+                now,
+            )
             .await
             .expect("register");
     }
@@ -255,6 +267,7 @@ async fn batches_say_when_a_queued_task_may_go_out() {
                 first_run: Some(first),
                 trace: None,
             },
+            &opscore::domain::audit::Actor::system("test"),
             now + 3,
         )
         .await

@@ -7,6 +7,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
 use crate::domain::apikey::{ApiKey, Role};
+use crate::domain::audit::{Actor, NewAudit};
 use crate::store::{Entity, KeyStore, StoreError, StoreResult};
 
 /// Columns of `api_keys`, in `key_from_row` order.
@@ -70,12 +71,16 @@ where
     usize: ColumnIndex<B::Row>,
     for<'q> &'q str: Encode<'q, B> + Type<B>,
     for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
     for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
     for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
 {
-    async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
+    async fn create_key(&self, key: &ApiKey, by: &Actor) -> StoreResult<()> {
         let scope = serde_json::to_string(&key.agent_ids)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut tx = self.writer().begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (key_id, name, role, agent_ids, secret_sha256, rate_limit, \
              created_at_us, expires_at_us, revoked_at_us, last_used_at_us, max_streams) \
@@ -90,8 +95,15 @@ where
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.max_streams.map(i64::from))
-        .execute(self.writer())
+        .execute(&mut *tx)
         .await?;
+        let mut events = Vec::new();
+        let audit = NewAudit::key_created(by, key, key.created_at);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(())
     }
 
@@ -114,20 +126,31 @@ where
         rows.iter().map(key_from_row::<B>).collect()
     }
 
-    async fn revoke_key(&self, key_id: &str, now: i64) -> StoreResult<ApiKey> {
-        // A second revocation keeps the first time.
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at_us = COALESCE(revoked_at_us, $2) \
-             WHERE key_id = $1 RETURNING {}",
-            KEY_COLUMNS
-        );
-        let row = sqlx::query(&sql)
-            .bind(key_id)
-            .bind(now)
-            .fetch_optional(self.writer())
-            .await?
-            .ok_or_else(|| StoreError::not_found(Entity::Key, key_id))?;
-        key_from_row::<B>(&row)
+    async fn revoke_key(&self, key_id: &str, by: &Actor, now: i64) -> StoreResult<ApiKey> {
+        let mut tx = self.writer().begin().await?;
+        let revoked = sqlx::query(&format!(
+            "UPDATE api_keys SET revoked_at_us = $2 \
+             WHERE key_id = $1 AND revoked_at_us IS NULL RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(key_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = revoked else {
+            // Revoked already (a second revocation keeps the first time,
+            // and changes nothing to audit), or no such key.
+            drop(tx);
+            return self.get_key(key_id).await;
+        };
+        let key = key_from_row::<B>(&row)?;
+        let mut events = Vec::new();
+        let audit = NewAudit::key_revoked(by, &key, now);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
+        let indexed = Self::flush_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
+        Ok(key)
     }
 
     async fn record_key_use(&self, uses: &[(String, i64)]) -> StoreResult<()> {

@@ -6,6 +6,7 @@
 //! differs.
 
 pub(super) mod agents;
+pub(super) mod audit;
 mod backend;
 pub(super) mod events;
 pub(super) mod keys;

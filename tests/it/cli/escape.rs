@@ -41,7 +41,11 @@ async fn agent_text_is_escaped_in_every_output(backend: Backend) {
     reg.name = EVIL.to_owned();
     reg.version = "1.0\u{1b}[31m".to_owned();
     store
-        .register_agent(&reg, opscore::domain::time::now_micros())
+        .register_agent(
+            &reg,
+            &opscore::domain::audit::Actor::system("test"),
+            opscore::domain::time::now_micros(),
+        )
         .await
         .expect("register");
     store.close().await;

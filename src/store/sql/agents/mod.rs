@@ -10,6 +10,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::backend::RowsAffected;
 use super::{in_list, Backend, SqlStore};
 use crate::domain::agent::{AgentId, Registration};
+use crate::domain::audit::{Actor, NewAudit};
 use crate::domain::event::NewEvent;
 use crate::domain::state::{StateRecord, StateReport, UNKNOWN};
 use crate::store::health::PROBE_WRITE;
@@ -247,7 +248,12 @@ where
         Ok(())
     }
 
-    async fn register_agent(&self, reg: &Registration, now: i64) -> StoreResult<RegisterOutcome> {
+    async fn register_agent(
+        &self,
+        reg: &Registration,
+        by: &Actor,
+        now: i64,
+    ) -> StoreResult<RegisterOutcome> {
         let caps = serde_json::to_string(&reg.capabilities)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let meta = serde_json::to_string(&reg.metadata)
@@ -306,33 +312,45 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
+        let audit = NewAudit::agent_registered(by, reg, inserted, now);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         if let Some(c) = self.current() {
             c.registered(reg, now, inserted);
         }
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(outcome)
     }
 
-    async fn deregister_agent(&self, id: &AgentId, now: i64) -> StoreResult<()> {
+    async fn deregister_agent(&self, id: &AgentId, by: &Actor, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let changed: Option<i32> = sqlx::query_scalar(DEREGISTER)
             .bind(id.as_str())
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-        let events = match changed {
+        // Deregistering a deregistered agent changes nothing: no event,
+        // nothing to audit.
+        let mut events = Vec::new();
+        let mut audited = Vec::new();
+        match changed {
             None => return Err(StoreError::agent_not_found(id)),
-            Some(1) => vec![NewEvent::deregistered(id.as_str(), now)],
-            Some(_) => Vec::new(),
-        };
+            Some(1) => {
+                events.push(NewEvent::deregistered(id.as_str(), now));
+                let audit = NewAudit::agent_deregistered(by, id.as_str(), now);
+                audited.push(Self::write_audit(&mut tx, &audit, &mut events).await?);
+            }
+            Some(_) => {}
+        }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         if let Some(c) = self.current() {
             c.deregistered(id.as_str(), now);
         }
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&audited);
         Ok(())
     }
 
@@ -340,6 +358,7 @@ where
         &self,
         id: &AgentId,
         details: Option<String>,
+        by: &Actor,
         now: i64,
     ) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
@@ -371,7 +390,9 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let events = vec![NewEvent::state(&report)];
+        let mut events = vec![NewEvent::state(&report)];
+        let audit = NewAudit::agent_state_reset(by, id.as_str(), now);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         if let Some(c) = self.current() {
@@ -379,6 +400,7 @@ where
             c.reported(&report, true, last_seen);
         }
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(())
     }
 
@@ -386,6 +408,7 @@ where
         &self,
         id: &AgentId,
         ttl_secs: Option<i64>,
+        by: &Actor,
         now: i64,
     ) -> StoreResult<Agent> {
         let live = self.rules().liveness;
@@ -405,12 +428,15 @@ where
         if stale_since == Some(0) {
             events.push(NewEvent::fresh(id.as_str(), now));
         }
+        let audit = NewAudit::agent_lease_set(by, id.as_str(), ttl_secs, now);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         if let Some(c) = self.current() {
             c.lease_set(id.as_str(), ttl_secs);
         }
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         self.get_agent(id).await
     }
 

@@ -7,6 +7,7 @@
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
+use crate::domain::audit::{Actor, NewAudit};
 use crate::domain::event::{NewEvent, SessionEnd, TaskRef};
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
@@ -152,11 +153,23 @@ where
         &self,
         def: &WorkflowDefinition,
         replace: bool,
+        by: &Actor,
         now: i64,
     ) -> StoreResult<PutOutcome> {
         let mut tx = self.writer().begin().await?;
         let outcome = Self::put_definition_in(&mut tx, def, replace, now).await?;
+        let audit = match outcome {
+            PutOutcome::Created => NewAudit::workflow_created(by, def, now),
+            PutOutcome::Replaced => NewAudit::workflow_updated(by, def, now),
+            // Nothing changed: nothing to audit.
+            PutOutcome::Unchanged => return Ok(outcome),
+        };
+        let mut events = Vec::new();
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
+        let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(outcome)
     }
 
@@ -181,7 +194,7 @@ where
             .collect()
     }
 
-    async fn delete_definition(&self, id: &str) -> StoreResult<()> {
+    async fn delete_definition(&self, id: &str, by: &Actor, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let busy: Option<String> = sqlx::query_scalar(&format!(
 "SELECT session_id FROM sessions WHERE workflow_id = $1 AND status IN {unfinished} LIMIT 1",
@@ -203,11 +216,17 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         if deleted == 0 {
             return Err(StoreError::not_found(Entity::WorkflowDefinition, id));
         }
+        let mut events = Vec::new();
+        let audit = NewAudit::workflow_deleted(by, id, now);
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
+        let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
+        self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(())
     }
 
-    async fn create_session(&self, s: &NewSession, now: i64) -> StoreResult<()> {
+    async fn create_session(&self, s: &NewSession, by: &Actor, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
         let exists: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL",
@@ -218,14 +237,25 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         if exists.is_none() {
             return Err(StoreError::agent_not_found(&s.agent_id));
         }
+        let mut audits = Vec::new();
         if s.store_definition {
             // Contract 1.4: an inline definition is stored when its
             // id is new; one that differs from the stored one runs
             // as sent (the session keeps it), the stored one left
             // as it is. The old service's load scripts send theirs
             // on every trigger.
-            Self::insert_definition(&mut tx, &s.definition, now).await?;
+            if Self::insert_definition(&mut tx, &s.definition, now).await? {
+                audits.push(NewAudit::workflow_created(by, &s.definition, now));
+            }
         }
+        audits.push(NewAudit::session_triggered(
+            by,
+            s.agent_id.as_str(),
+            &s.session_id,
+            &s.definition.id,
+            s.store_definition,
+            now,
+        ));
         // A workflow without tasks is complete as soon as it exists.
         let (status, finished, event) = match s.first_run {
             Some(_) => (
@@ -285,9 +315,14 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             )
             .await?;
         }
+        let mut entries = Vec::with_capacity(audits.len());
+        for audit in &audits {
+            entries.push(Self::write_audit(&mut tx, audit, &mut events).await?);
+        }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&entries);
         Ok(())
     }
 
@@ -340,7 +375,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         rows.iter().map(Self::session_from_row).collect()
     }
 
-    async fn cancel_session(&self, id: &str, now: i64) -> StoreResult<SessionStatus> {
+    async fn cancel_session(&self, id: &str, by: &Actor, now: i64) -> StoreResult<SessionStatus> {
         let mut tx = self.writer().begin().await?;
         let cancelled: Option<(String, String, i64)> = sqlx::query_as(&format!(
             "UPDATE sessions SET status = 'cancelled', finished_at_us = $2, updated_at_us = $2, \
@@ -390,6 +425,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                 NewEvent::task(task, RunStatus::Cancelled, None, now)
             })
             .collect();
+        let audit = NewAudit::session_cancelled(by, &agent, id, &workflow, now);
         events.push(NewEvent::session_ended(
             &agent,
             id,
@@ -401,9 +437,11 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             },
             Some("cancelled by operator"),
         ));
+        let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
         self.events_committed(&events, &indexed);
+        Self::audit_committed(&[entry]);
         Ok(SessionStatus::Cancelled)
     }
 
