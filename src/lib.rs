@@ -113,6 +113,10 @@ pub async fn serve(
         keys.clone(),
         background_stop.clone(),
     ));
+    background.spawn(http::keyring::run_key_follower(
+        keys.clone(),
+        background_stop.clone(),
+    ));
     // TLS files that cannot be loaded stop the start, naming the file.
     let tls = match config.tls.clone() {
         Some(files) => {

@@ -80,6 +80,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Forget a signature whose delivery failed on our side, so that the
     /// sender's retry of it is let through.
     async fn forget_signature(&self, signature: &str) -> StoreResult<()>;
+
+    /// Keys other processes create or revoke from now on, as this process
+    /// hears of them (while `follow_remote_events` runs). Nothing, where
+    /// one process owns the database.
+    fn key_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::KeyChange>;
 }
 
 /// The change feed's events, and the lease sweep that writes some of them.

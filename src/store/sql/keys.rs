@@ -76,6 +76,7 @@ where
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         let scope = serde_json::to_string(&key.agent_ids)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut tx = self.writer().begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (key_id, name, role, agent_ids, secret_sha256, rate_limit, \
              created_at_us, expires_at_us, revoked_at_us, last_used_at_us, max_streams) \
@@ -90,8 +91,10 @@ where
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.max_streams.map(i64::from))
-        .execute(self.writer())
+        .execute(&mut *tx)
         .await?;
+        Self::key_changed(&mut tx, &key.key_id).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -121,13 +124,17 @@ where
              WHERE key_id = $1 RETURNING {}",
             KEY_COLUMNS
         );
+        let mut tx = self.writer().begin().await?;
         let row = sqlx::query(&sql)
             .bind(key_id)
             .bind(now)
-            .fetch_optional(self.writer())
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::not_found(Entity::Key, key_id))?;
-        key_from_row::<B>(&row)
+        let key = key_from_row::<B>(&row)?;
+        Self::key_changed(&mut tx, key_id).await?;
+        tx.commit().await?;
+        Ok(key)
     }
 
     async fn record_key_use(&self, uses: &[(String, i64)]) -> StoreResult<()> {
@@ -174,6 +181,30 @@ where
             .bind(signature)
             .execute(self.writer())
             .await?;
+        Ok(())
+    }
+
+    fn key_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::KeyChange> {
+        SqlStore::key_changes(self)
+    }
+}
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+{
+    /// Tell the other processes, at commit, that `key_id` changed
+    /// (`Backend::KEY_NOTIFY`).
+    async fn key_changed(conn: &mut B::Connection, key_id: &str) -> StoreResult<()> {
+        if !B::KEY_NOTIFY.is_empty() {
+            sqlx::query(B::KEY_NOTIFY)
+                .bind(key_id)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }
