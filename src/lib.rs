@@ -106,6 +106,7 @@ pub async fn serve(
             store.clone(),
             config.rate_limit_per_key,
         )
+        .with_shared_rate_limits(!sqlite)
         .with_max_streams(config.max_streams_per_key)
         .with_failure_burst(config.auth_failure_burst),
     );

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::ratelimit::{FailureThrottle, RateLimiter};
+use super::ratelimit::{FailureThrottle, RateLimiter, SharedLimiter};
 use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
 use crate::domain::time::{now_micros, Micros};
 use crate::error::{ApiError, ErrorCode};
@@ -162,6 +162,9 @@ pub struct KeyRing {
     cache: Mutex<HashMap<String, Cached>>,
     usage: Mutex<Usage>,
     limiter: RateLimiter,
+    /// Where replicas share the database: the limits kept there (else
+    /// `limiter` alone, in memory).
+    shared: Option<SharedLimiter>,
     /// Key ids the store did not hold, and when that was learnt.
     missing: Mutex<HashMap<String, Instant>>,
     /// Failed authentications per client address.
@@ -249,6 +252,7 @@ impl KeyRing {
             cache: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
             limiter: RateLimiter::new(default_rate_limit),
+            shared: None,
             missing: Mutex::new(HashMap::new()),
             failures: FailureThrottle::new(DEFAULT_FAILURE_BURST),
             streams: Mutex::new(HashMap::new()),
@@ -262,6 +266,13 @@ impl KeyRing {
     /// reads each.
     pub fn with_max_streams(mut self, n: u32) -> Self {
         self.default_max_streams = n;
+        self
+    }
+
+    /// Keep rate limits in the store, shared with every process on the
+    /// same database (`true` where replicas may share it: PostgreSQL).
+    pub fn with_shared_rate_limits(mut self, shared: bool) -> Self {
+        self.shared = shared.then(|| SharedLimiter::new(self.store.clone()));
         self
     }
 
@@ -368,7 +379,12 @@ impl KeyRing {
         };
         let bucket = principal.key_id().unwrap_or("");
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
-        if let Err(wait) = self.limiter.check(bucket, own, Instant::now()) {
+        let now = Instant::now();
+        let checked = match &self.shared {
+            Some(shared) => shared.check(&self.limiter, bucket, own, now).await,
+            None => self.limiter.check(bucket, own, now),
+        };
+        if let Err(wait) = checked {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
                 "This API key is over its rate limit; retry later",

@@ -20,7 +20,7 @@ use sqlx::Connection;
 /// The tables the service reads and writes. `/ready` checks each is there
 /// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
 /// DELETE on it).
-pub(super) const TABLES: [&str; 11] = [
+pub(super) const TABLES: [&str; 12] = [
     "agents",
     "agent_capabilities",
     "state_history",
@@ -32,6 +32,7 @@ pub(super) const TABLES: [&str; 11] = [
     "api_keys",
     "webhook_signatures",
     "storage_probe",
+    "rate_buckets",
 ];
 
 /// The tables of [`TABLES`] as the JSON array the backends' table checks

@@ -7,6 +7,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
 use crate::domain::apikey::{ApiKey, Role};
+use crate::domain::ratelimit::{Grant, TokenBucket};
 use crate::store::{Entity, KeyStore, StoreError, StoreResult};
 
 /// Columns of `api_keys`, in `key_from_row` order.
@@ -182,6 +183,38 @@ where
             .execute(self.writer())
             .await?;
         Ok(())
+    }
+
+    async fn take_rate_tokens(
+        &self,
+        bucket: &str,
+        rate: u32,
+        want: u32,
+        now: i64,
+    ) -> StoreResult<Grant> {
+        let full = TokenBucket::full(rate, now);
+        let mut tx = self.writer().begin().await?;
+        // Insert a full bucket, or lock and read the stored one (the
+        // no-op update takes the row lock and returns the stored values).
+        let (micro_tokens, at): (i64, i64) = sqlx::query_as(
+            "INSERT INTO rate_buckets (bucket, micro_tokens, at_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (bucket) DO UPDATE SET bucket = excluded.bucket \
+             RETURNING micro_tokens, at_us",
+        )
+        .bind(bucket)
+        .bind(full.micro_tokens)
+        .bind(full.at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (after, grant) = TokenBucket { micro_tokens, at }.take(rate, want, now);
+        sqlx::query("UPDATE rate_buckets SET micro_tokens = $2, at_us = $3 WHERE bucket = $1")
+            .bind(bucket)
+            .bind(after.micro_tokens)
+            .bind(after.at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(grant)
     }
 
     fn key_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::KeyChange> {
