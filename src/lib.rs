@@ -106,10 +106,15 @@ pub async fn serve(
             store.clone(),
             config.rate_limit_per_key,
         )
+        .with_shared_rate_limits(!sqlite)
         .with_max_streams(config.max_streams_per_key)
         .with_failure_burst(config.auth_failure_burst),
     );
     background.spawn(http::keyring::run_usage_flusher(
+        keys.clone(),
+        background_stop.clone(),
+    ));
+    background.spawn(http::keyring::run_key_follower(
         keys.clone(),
         background_stop.clone(),
     ));

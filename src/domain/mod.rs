@@ -10,6 +10,7 @@ pub mod engine_rules;
 pub mod event;
 pub mod liveness;
 pub mod newkey;
+pub mod ratelimit;
 pub mod run_rules;
 pub mod state;
 pub mod time;

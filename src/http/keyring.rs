@@ -5,7 +5,11 @@
 //!
 //! - A managed key is read from the store at most once per [`CACHE_TTL`]
 //!   per process. Revoking through this process updates its cache at once;
-//!   other replicas notice within [`CACHE_TTL`].
+//!   other replicas hear of it from the store (PostgreSQL NOTIFY, see
+//!   [`run_key_follower`]) and drop their copy, within milliseconds.
+//!   [`CACHE_TTL`] bounds how long a copy outlives a change that was not
+//!   heard (after the connection that hears them comes back, every copy is
+//!   dropped).
 //! - When a key was last used is written off the request path, at most once
 //!   per [`USE_RESOLUTION`] per key, by [`KeyRing::flush_usage`] (run by a
 //!   background task).
@@ -23,21 +27,24 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::ratelimit::{FailureThrottle, RateLimiter};
+use super::ratelimit::{FailureThrottle, RateLimiter, SharedLimiter};
 use crate::domain::apikey::{digest, parse_token, Access, ApiKey, KeyStatus, Permission, Role};
 use crate::domain::audit::Actor;
 use crate::domain::time::{now_micros, Micros};
 use crate::error::{ApiError, ErrorCode};
-use crate::store::{Store, StoreError};
+use crate::store::{KeyChange, Store, StoreError};
+use tokio::sync::broadcast;
 
 /// How long a managed key read from the store is trusted before it is read
-/// again: the longest another replica keeps accepting a key revoked here.
+/// again: the longest another replica keeps accepting a key revoked here
+/// when it could not hear of the revocation.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Last-used times are recorded at most this often per key.
 pub const USE_RESOLUTION: Duration = Duration::from_secs(60);
@@ -165,6 +172,9 @@ pub struct KeyRing {
     cache: Mutex<HashMap<String, Cached>>,
     usage: Mutex<Usage>,
     limiter: RateLimiter,
+    /// Where replicas share the database: the limits kept there (else
+    /// `limiter` alone, in memory).
+    shared: Option<SharedLimiter>,
     /// Key ids the store did not hold, and when that was learnt.
     missing: Mutex<HashMap<String, Instant>>,
     /// Failed authentications per client address.
@@ -176,6 +186,8 @@ pub struct KeyRing {
     /// Woken whenever a key is (re)read into the cache, revocations here
     /// included: open streams check their key again at once.
     changed: tokio::sync::Notify,
+    /// Counts the changes heard from other processes ([`KeyRing::forget`]).
+    generation: AtomicU64,
 }
 
 /// A stream or blocking read counted against its key's cap; the slot is
@@ -250,11 +262,13 @@ impl KeyRing {
             cache: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::default()),
             limiter: RateLimiter::new(default_rate_limit),
+            shared: None,
             missing: Mutex::new(HashMap::new()),
             failures: FailureThrottle::new(DEFAULT_FAILURE_BURST),
             streams: Mutex::new(HashMap::new()),
             default_max_streams: DEFAULT_MAX_STREAMS,
             changed: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -262,6 +276,13 @@ impl KeyRing {
     /// reads each.
     pub fn with_max_streams(mut self, n: u32) -> Self {
         self.default_max_streams = n;
+        self
+    }
+
+    /// Keep rate limits in the store, shared with every process on the
+    /// same database (`true` where replicas may share it: PostgreSQL).
+    pub fn with_shared_rate_limits(mut self, shared: bool) -> Self {
+        self.shared = shared.then(|| SharedLimiter::new(self.store.clone()));
         self
     }
 
@@ -368,7 +389,12 @@ impl KeyRing {
         };
         let bucket = principal.key_id().unwrap_or("");
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
-        if let Err(wait) = self.limiter.check(bucket, own, Instant::now()) {
+        let now = Instant::now();
+        let checked = match &self.shared {
+            Some(shared) => shared.check(&self.limiter, bucket, own, now).await,
+            None => self.limiter.check(bucket, own, now),
+        };
+        if let Err(wait) = checked {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
                 "This API key is over its rate limit; retry later",
@@ -423,10 +449,17 @@ impl KeyRing {
         {
             return Ok(None);
         }
+        // A change heard while the read is in flight may be newer than
+        // what it returns: then the answer serves this request only.
+        let generation = self.generation.load(Ordering::Acquire);
         match self.store.get_key(key_id).await {
-            Ok(key) => Ok(Some(self.remember(key))),
+            Ok(key) => Ok(Some(self.cache_key(key, Some(generation)))),
             Err(StoreError::NotFound { .. }) => {
-                lock(&self.cache).remove(key_id);
+                let mut cache = lock(&self.cache);
+                cache.remove(key_id);
+                if self.generation.load(Ordering::Acquire) != generation {
+                    return Ok(None);
+                }
                 let mut missing = lock(&self.missing);
                 if missing.len() >= MAX_CACHED {
                     missing.retain(|_, at| at.elapsed() < CACHE_TTL);
@@ -444,9 +477,18 @@ impl KeyRing {
     /// Put `key` in the cache as just read (after a revocation here, so
     /// that this process refuses it at once).
     pub fn remember(&self, key: ApiKey) -> Arc<ApiKey> {
+        self.cache_key(key, None)
+    }
+
+    /// Put `key` in the cache, unless it was read as of `generation` and a
+    /// change has been heard since (it may be older than that change).
+    fn cache_key(&self, key: ApiKey, generation: Option<u64>) -> Arc<ApiKey> {
         let key = Arc::new(key);
-        lock(&self.missing).remove(&key.key_id);
         let mut cache = lock(&self.cache);
+        if generation.is_some_and(|g| g != self.generation.load(Ordering::Acquire)) {
+            return key;
+        }
+        lock(&self.missing).remove(&key.key_id);
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
             if cache.len() >= MAX_CACHED {
@@ -463,6 +505,29 @@ impl KeyRing {
         drop(cache);
         self.changed.notify_waiters();
         key
+    }
+
+    /// Drop what this process holds of the keys `change` names (another
+    /// process created or revoked them): the next use reads them again,
+    /// and open streams check their key at once.
+    pub fn forget(&self, change: &KeyChange) {
+        // Under the cache's lock, so that a read racing with the change
+        // either lands before it (and is dropped here) or sees the new
+        // generation (and is not cached).
+        let mut cache = lock(&self.cache);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match change {
+            KeyChange::Key(id) => {
+                cache.remove(id);
+                lock(&self.missing).remove(id);
+            }
+            KeyChange::All => {
+                cache.clear();
+                lock(&self.missing).clear();
+            }
+        }
+        drop(cache);
+        self.changed.notify_waiters();
     }
 
     fn mark_used(&self, key_id: &str, now: Micros) {
@@ -507,6 +572,24 @@ impl KeyRing {
             Err(e) => {
                 tracing::warn!(error = %e, keys = batch.len(), "could not record API key use; will retry");
             }
+        }
+    }
+}
+
+/// Until `stop`, drop the keys other processes create or revoke from the
+/// cache as the store hears of them (see the module notes).
+pub async fn run_key_follower(keys: Arc<KeyRing>, stop: CancellationToken) {
+    let mut changes = keys.store.key_changes();
+    loop {
+        let change = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(change) => keys.forget(&change),
+            // Changes were dropped: forget every key.
+            Err(broadcast::error::RecvError::Lagged(_)) => keys.forget(&KeyChange::All),
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -590,6 +673,40 @@ mod tests {
             ring.authenticate(&wrong).await.unwrap_err().code(),
             ErrorCode::InvalidApiKey
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_heard_from_elsewhere_drops_the_cached_key() {
+        let (store, ring) = ring().await;
+        let (k, plain) = key(Role::Operator, &[]);
+        store.create_key(&k, &Actor::system("test")).await.unwrap();
+        ring.authenticate(&plain).await.unwrap();
+        // Revoked by another process: the cached copy still serves...
+        store.revoke_key(&k.key_id, &Actor::system("test"), now_micros()).await.unwrap();
+        ring.authenticate(&plain).await.unwrap();
+        // ...until the change is heard, for that key or for every key.
+        ring.forget(&KeyChange::Key(k.key_id.clone()));
+        assert_eq!(
+            ring.authenticate(&plain).await.unwrap_err().code(),
+            ErrorCode::KeyRevoked
+        );
+        let (k2, plain2) = key(Role::Operator, &[]);
+        store.create_key(&k2, &Actor::system("test")).await.unwrap();
+        ring.authenticate(&plain2).await.unwrap();
+        store.revoke_key(&k2.key_id, &Actor::system("test"), now_micros()).await.unwrap();
+        ring.forget(&KeyChange::All);
+        assert_eq!(
+            ring.authenticate(&plain2).await.unwrap_err().code(),
+            ErrorCode::KeyRevoked
+        );
+        // A key created elsewhere after its id was looked up is usable
+        // once heard of, not only after the missing-id memory runs out.
+        let (k3, plain3) = key(Role::Operator, &[]);
+        assert!(ring.authenticate(&plain3).await.is_err());
+        store.create_key(&k3, &Actor::system("test")).await.unwrap();
+        assert!(ring.authenticate(&plain3).await.is_err());
+        ring.forget(&KeyChange::Key(k3.key_id.clone()));
+        ring.authenticate(&plain3).await.unwrap();
     }
 
     #[tokio::test]

@@ -1,18 +1,29 @@
-//! Per-key rate limits: one token bucket per key, in memory, per process.
+//! Per-key rate limits: one token bucket per key.
 //!
 //! A key limited to `r` requests a second holds at most `r` tokens (one
 //! second's worth, so a short burst after a quiet spell is allowed) and
 //! gains `r` a second. A request takes one token; with none left it is
 //! refused with 429 and `Retry-After` (whole seconds until a token is back).
-//! With several replicas each enforces the limit on its own share.
+//!
+//! Where one process owns the database (SQLite) the buckets are in memory
+//! ([`RateLimiter`]). Where replicas share it (PostgreSQL) each key has one
+//! bucket in the database, and each replica takes a lease of a few tokens
+//! at a time from it ([`SharedLimiter`], the rule in
+//! `domain::ratelimit`): together the replicas admit what one process
+//! would, and a query is made at most once per lease, or once per token
+//! refill while the key is refused.
 //!
 //! The same buckets count failed authentications per client address
 //! ([`FailureThrottle`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::domain::ratelimit::lease_size;
+use crate::domain::time::now_micros;
+use crate::store::Store;
 
 /// Past this many buckets, idle ones are dropped. A bucket idle for a
 /// second is full again, exactly like a new one, so dropping it changes
@@ -43,10 +54,16 @@ impl RateLimiter {
         }
     }
 
+    /// The limit of a key whose own is `own`: its own, else the default;
+    /// `None` for unlimited.
+    pub fn rate(&self, own: Option<u32>) -> Option<u32> {
+        own.or(self.default).filter(|r| *r > 0)
+    }
+
     /// Take a token for the key `id` whose own limit is `own`. `Err` holds
     /// the seconds to wait (at least 1).
     pub fn check(&self, id: &str, own: Option<u32>, now: Instant) -> Result<(), u64> {
-        let Some(rate) = own.or(self.default).filter(|r| *r > 0) else {
+        let Some(rate) = self.rate(own) else {
             return Ok(());
         };
         let rate = f64::from(rate);
@@ -83,6 +100,102 @@ impl Bucket {
     fn wait(&self, rate: f64) -> u64 {
         (((1.0 - self.tokens) / rate).ceil() as u64).max(1)
     }
+}
+
+/// Rate limits shared by the replicas of one database: each key's tokens
+/// are leased from its bucket in the store (see the module notes).
+pub struct SharedLimiter {
+    store: Arc<dyn Store>,
+    /// This process's lease per key. The async lock makes one request per
+    /// key and process ask the store at a time; the others wait for its
+    /// answer and use it.
+    leases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Lease>>>>,
+    /// When the store last failed to answer and this was logged.
+    failing: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    /// Tokens taken from the store and not used yet.
+    tokens: u32,
+    /// The store had none: refuse without asking until then.
+    empty_until: Option<Instant>,
+}
+
+impl SharedLimiter {
+    /// Limits kept in `store`'s buckets.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            leases: Mutex::new(HashMap::new()),
+            failing: Mutex::new(None),
+        }
+    }
+
+    /// As [`RateLimiter::check`], with `local` saying each key's limit.
+    /// While the store cannot answer, `local` enforces the limit in this
+    /// process alone (a database outage must not refuse every request).
+    pub async fn check(
+        &self,
+        local: &RateLimiter,
+        id: &str,
+        own: Option<u32>,
+        now: Instant,
+    ) -> Result<(), u64> {
+        let Some(rate) = local.rate(own) else {
+            return Ok(());
+        };
+        let lease = {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            if leases.len() > PRUNE_ABOVE {
+                // A dropped lease loses at most its unused tokens: fewer
+                // requests admitted, never more.
+                leases.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            leases.entry(id.to_owned()).or_default().clone()
+        };
+        let mut lease = lease.lock().await;
+        if lease.tokens > 0 {
+            lease.tokens -= 1;
+            return Ok(());
+        }
+        if let Some(until) = lease.empty_until.filter(|u| *u > now) {
+            return Err(whole_seconds(until - now));
+        }
+        match self
+            .store
+            .take_rate_tokens(id, rate, lease_size(rate), now_micros())
+            .await
+        {
+            Ok(grant) if grant.granted > 0 => {
+                lease.tokens = grant.granted - 1;
+                lease.empty_until = None;
+                Ok(())
+            }
+            Ok(grant) => {
+                let wait = Duration::from_micros(u64::try_from(grant.wait_micros).unwrap_or(0));
+                lease.empty_until = Some(now + wait);
+                Err(whole_seconds(wait))
+            }
+            Err(e) => {
+                let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+                if failing.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    *failing = Some(Instant::now());
+                    tracing::warn!(error = %e, "cannot reach the shared rate-limit buckets; \
+                        limiting each key in this process alone meanwhile");
+                }
+                drop(failing);
+                local.check(id, own, now)
+            }
+        }
+    }
+}
+
+/// Whole seconds (at least 1) of `wait`, rounded up: a `Retry-After`.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
 }
 
 /// Failed authentications per client address: a bucket of `burst`

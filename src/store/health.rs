@@ -20,7 +20,7 @@ use sqlx::Connection;
 /// The tables the service reads and writes. `/ready` checks each is there
 /// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
 /// DELETE on it).
-pub(super) const TABLES: [&str; 12] = [
+pub(super) const TABLES: [&str; 13] = [
     "agents",
     "agent_capabilities",
     "state_history",
@@ -33,6 +33,7 @@ pub(super) const TABLES: [&str; 12] = [
     "webhook_signatures",
     "storage_probe",
     "audit_log",
+    "rate_buckets",
 ];
 
 /// The tables of [`TABLES`] as the JSON array the backends' table checks

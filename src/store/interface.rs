@@ -104,6 +104,24 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Forget a signature whose delivery failed on our side, so that the
     /// sender's retry of it is let through.
     async fn forget_signature(&self, signature: &str) -> StoreResult<()>;
+
+    /// Take up to `want` tokens from the stored rate-limit bucket `bucket`
+    /// (a key id; `""` for the bootstrap key) of a key limited to `rate`
+    /// requests a second, under the bucket's lock
+    /// ([`TokenBucket::take`](crate::domain::ratelimit::TokenBucket::take));
+    /// a bucket not stored yet starts full.
+    async fn take_rate_tokens(
+        &self,
+        bucket: &str,
+        rate: u32,
+        want: u32,
+        now: Micros,
+    ) -> StoreResult<crate::domain::ratelimit::Grant>;
+
+    /// Keys other processes create or revoke from now on, as this process
+    /// hears of them (while `follow_remote_events` runs). Nothing, where
+    /// one process owns the database.
+    fn key_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::KeyChange>;
 }
 
 /// The change feed's events, and the lease sweep that writes some of them.

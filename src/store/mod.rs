@@ -174,6 +174,26 @@ pub struct PerAgentPass {
     pub deleted: u64,
 }
 
+/// A managed key another replica created or revoked: what this process's
+/// key cache must read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The key with this id.
+    Key(String),
+    /// Any key: changes may have been missed (the connection that hears
+    /// them was down), so every cached key is read again.
+    All,
+}
+
+/// Where a store that follows other replicas delivers what they did.
+#[derive(Debug, Clone)]
+pub struct RemoteSignals {
+    /// Notified when another process commits events.
+    pub events: Arc<tokio::sync::Notify>,
+    /// Told when another process creates or revokes a key.
+    pub keys: tokio::sync::broadcast::Sender<KeyChange>,
+}
+
 /// What the event table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventBounds {

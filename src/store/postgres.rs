@@ -2,20 +2,18 @@
 //! replicas sharing one database.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Connection;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use futures_util::future::BoxFuture;
 use sqlx::Postgres;
 
 use super::sql::{Backend, Binds, SqlStore};
-use super::StoreOptions;
+use super::{KeyChange, RemoteSignals, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -32,6 +30,7 @@ impl Backend for Postgres {
     // Replicas claim due runs concurrently: each skips rows another holds.
     const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
     const EVENT_LOCK: &'static str = EVENT_LOCK;
+    const KEY_NOTIFY: &'static str = "SELECT pg_notify('opscore_keys', $1)";
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -39,10 +38,10 @@ impl Backend for Postgres {
 
     fn follow_remote(
         pool: &PgPool,
-        wake: Arc<Notify>,
+        signals: RemoteSignals,
         stop: CancellationToken,
     ) -> BoxFuture<'_, ()> {
-        Box::pin(follow_remote(pool, wake, stop))
+        Box::pin(follow_remote(pool, signals, stop))
     }
 }
 
@@ -51,6 +50,9 @@ pub type PgStore = SqlStore<Postgres>;
 
 /// The NOTIFY channel every event-writing commit signals on.
 const EVENTS_CHANNEL: &str = "opscore_events";
+/// The NOTIFY channel a key's creation or revocation signals on, with the
+/// key id (`Backend::KEY_NOTIFY`).
+const KEYS_CHANNEL: &str = "opscore_keys";
 
 /// How a report batch locks its agents' rows before updating them: in
 /// byte order of the id (`COLLATE "C"`, whatever the database's collation),
@@ -95,14 +97,17 @@ impl SqlStore<Postgres> {
     }
 }
 
-/// LISTEN for other replicas' events. While the connection is down the
-/// feed still polls (it also wakes on a timer), and after reconnecting
-/// it is woken once, since notifications sent meanwhile are lost.
-async fn follow_remote(pool: &PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+/// LISTEN for other replicas' events and key changes. While the
+/// connection is down the feed still polls (it also wakes on a timer), and
+/// key caches keep their entries for at most their lifetime; after
+/// (re)connecting the feed is woken once and every cached key is read
+/// again, since notifications sent meanwhile are lost.
+async fn follow_remote(pool: &PgPool, signals: RemoteSignals, stop: CancellationToken) {
+    let wake = signals.events;
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(pool).await?;
-            l.listen(EVENTS_CHANNEL).await?;
+            l.listen_all([EVENTS_CHANNEL, KEYS_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(l)
         };
         let mut listener = tokio::select! {
@@ -119,10 +124,15 @@ async fn follow_remote(pool: &PgPool, wake: Arc<Notify>, stop: CancellationToken
             },
         };
         wake.notify_one();
+        // No receiver (no key cache yet) is fine: it reads keys afresh.
+        let _ = signals.keys.send(KeyChange::All);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 n = listener.try_recv() => match n {
+                    Ok(Some(n)) if n.channel() == KEYS_CHANNEL => {
+                        let _ = signals.keys.send(KeyChange::Key(n.payload().to_owned()));
+                    }
                     Ok(Some(_)) => wake.notify_one(),
                     // The connection dropped; reconnect.
                     Ok(None) => break,

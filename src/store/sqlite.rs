@@ -16,7 +16,6 @@ use sqlx::sqlite::{
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use futures_util::future::BoxFuture;
@@ -25,7 +24,7 @@ use sqlx::Sqlite;
 use super::current::CurrentStates;
 use super::sql::agents::STATE_COLUMNS;
 use super::sql::{Backend, Binds, SqlStore};
-use super::StoreOptions;
+use super::{RemoteSignals, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -50,6 +49,8 @@ impl Backend for Sqlite {
     const CLAIM_LOCK: &'static str = "";
     // One writer: events are numbered in commit order by themselves.
     const EVENT_LOCK: &'static str = "";
+    // One process: its key cache learns of its own changes directly.
+    const KEY_NOTIFY: &'static str = "";
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -58,7 +59,7 @@ impl Backend for Sqlite {
     /// One process per database file: every event is this process's own.
     fn follow_remote(
         _pool: &SqlitePool,
-        _wake: Arc<Notify>,
+        _signals: RemoteSignals,
         _stop: CancellationToken,
     ) -> BoxFuture<'_, ()> {
         Box::pin(async {})

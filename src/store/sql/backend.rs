@@ -1,13 +1,12 @@
 //! What the shared store needs of a database: sqlx's [`Database`] and the
 //! few places where SQLite and PostgreSQL differ (the dialect items).
 
-use std::sync::Arc;
-
 use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use sqlx::{Database, Pool};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::RemoteSignals;
 
 /// How a backend writes the placeholders of the batch statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,12 +71,17 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// Run by every event-writing transaction just before it inserts its
     /// events (see `sql::events`); `""` for none.
     const EVENT_LOCK: &'static str;
+    /// Run, with a key id bound to `$1`, by the transaction that creates or
+    /// revokes that key: tells every other process to read it again (see
+    /// `follow_remote`); `""` where one process owns the database.
+    const KEY_NOTIFY: &'static str;
     /// This backend's migrations.
     fn migrator() -> &'static Migrator;
-    /// Until `stop`, notify `wake` whenever another process commits events.
+    /// Until `stop`, tell `signals` whenever another process commits events
+    /// or changes a key.
     fn follow_remote(
         pool: &Pool<Self>,
-        wake: Arc<Notify>,
+        signals: RemoteSignals,
         stop: CancellationToken,
     ) -> BoxFuture<'_, ()>;
 }

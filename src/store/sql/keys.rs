@@ -8,6 +8,7 @@ use super::backend::RowsAffected;
 use super::{Backend, SqlStore};
 use crate::domain::apikey::{ApiKey, Role};
 use crate::domain::audit::{Actor, NewAudit};
+use crate::domain::ratelimit::{Grant, TokenBucket};
 use crate::store::{Entity, KeyStore, StoreError, StoreResult};
 
 /// Columns of `api_keys`, in `key_from_row` order.
@@ -101,6 +102,7 @@ where
         let audit = NewAudit::key_created(by, key, key.created_at);
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
+        Self::key_changed(&mut tx, &key.key_id).await?;
         tx.commit().await?;
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
@@ -147,6 +149,7 @@ where
         let audit = NewAudit::key_revoked(by, &key, now);
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
+        Self::key_changed(&mut tx, &key.key_id).await?;
         tx.commit().await?;
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
@@ -197,6 +200,62 @@ where
             .bind(signature)
             .execute(self.writer())
             .await?;
+        Ok(())
+    }
+
+    async fn take_rate_tokens(
+        &self,
+        bucket: &str,
+        rate: u32,
+        want: u32,
+        now: i64,
+    ) -> StoreResult<Grant> {
+        let full = TokenBucket::full(rate, now);
+        let mut tx = self.writer().begin().await?;
+        // Insert a full bucket, or lock and read the stored one (the
+        // no-op update takes the row lock and returns the stored values).
+        let (micro_tokens, at): (i64, i64) = sqlx::query_as(
+            "INSERT INTO rate_buckets (bucket, micro_tokens, at_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (bucket) DO UPDATE SET bucket = excluded.bucket \
+             RETURNING micro_tokens, at_us",
+        )
+        .bind(bucket)
+        .bind(full.micro_tokens)
+        .bind(full.at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (after, grant) = TokenBucket { micro_tokens, at }.take(rate, want, now);
+        sqlx::query("UPDATE rate_buckets SET micro_tokens = $2, at_us = $3 WHERE bucket = $1")
+            .bind(bucket)
+            .bind(after.micro_tokens)
+            .bind(after.at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    fn key_changes(&self) -> tokio::sync::broadcast::Receiver<crate::store::KeyChange> {
+        SqlStore::key_changes(self)
+    }
+}
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+{
+    /// Tell the other processes, at commit, that `key_id` changed
+    /// (`Backend::KEY_NOTIFY`).
+    async fn key_changed(conn: &mut B::Connection, key_id: &str) -> StoreResult<()> {
+        if !B::KEY_NOTIFY.is_empty() {
+            sqlx::query(B::KEY_NOTIFY)
+                .bind(key_id)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }

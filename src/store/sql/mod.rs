@@ -16,12 +16,16 @@ pub(super) mod workflows;
 use std::sync::Arc;
 
 use sqlx::Pool;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 pub use backend::{Backend, Binds};
 
 use super::current::CurrentStates;
-use super::{EngineRules, OnSessionEnd, PoolStats};
+use super::{EngineRules, KeyChange, OnSessionEnd, PoolStats, RemoteSignals};
+
+/// Key changes buffered for a key cache that falls behind (it then reads
+/// every key again).
+const KEY_CHANGES: usize = 256;
 
 /// The store over a [`Backend`]'s database: a pool that writes and one that
 /// reads (the same pool where the backend has one), the rules the engine
@@ -36,6 +40,9 @@ pub struct SqlStore<B: Backend> {
     rules: EngineRules,
     on_session_end: OnSessionEnd,
     feed: Arc<Notify>,
+    /// Keys other replicas created or revoked, as this process hears of
+    /// them.
+    keys: broadcast::Sender<KeyChange>,
     current: Option<Arc<CurrentStates>>,
 }
 
@@ -58,6 +65,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             rules: self.rules,
             on_session_end: self.on_session_end.clone(),
             feed: self.feed.clone(),
+            keys: self.keys.clone(),
             current: self.current.clone(),
         }
     }
@@ -85,6 +93,7 @@ impl<B: Backend> SqlStore<B> {
             rules,
             on_session_end,
             feed: Arc::new(Notify::new()),
+            keys: broadcast::channel(KEY_CHANGES).0,
             current,
         }
     }
@@ -128,12 +137,23 @@ impl<B: Backend> SqlStore<B> {
         pools
     }
 
+    /// Until `stop`, hear what other replicas do: their events wake
+    /// `wake`, their key changes go to [`key_changes`](Self::key_changes).
     pub(super) async fn follow_remote(
         &self,
         wake: Arc<Notify>,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        B::follow_remote(&self.write, wake, stop).await
+        let signals = RemoteSignals {
+            events: wake,
+            keys: self.keys.clone(),
+        };
+        B::follow_remote(&self.write, signals, stop).await
+    }
+
+    /// Keys other replicas create or revoke from now on.
+    pub(super) fn key_changes(&self) -> broadcast::Receiver<KeyChange> {
+        self.keys.subscribe()
     }
 }
 
