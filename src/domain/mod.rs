@@ -10,6 +10,7 @@ pub mod event;
 pub mod liveness;
 pub mod newkey;
 pub mod run_rules;
+pub mod signature;
 pub mod state;
 pub mod time;
 pub mod workflow;

@@ -9,13 +9,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::agents::StatusBody;
-use super::auth::{
-    authenticate, check_signature_headers, verify_signature_any, SignatureError, VerifiedSignature,
-    SIGNATURE_HEADER, TIMESTAMP_HEADER,
-};
+use super::auth::authenticate;
 use super::extract::{parse_json, require_json, RawBody};
 use crate::domain::agent::{NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
+use crate::domain::signature::{
+    check_signature_headers, verify_signature_any, SignatureError, VerifiedSignature,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use crate::domain::time::now_micros;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
