@@ -24,6 +24,9 @@ pub use self::events::{EventFilter, EventStream, SseFrame, SseParser};
 pub use self::types::*;
 use crate::domain::path_segment as seg;
 use crate::domain::signature::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use crate::wire::{
+    Agent, CurrentState, Page, Registration, Session, StateEntry, StatusMessage, TaskRun, Triggered,
+};
 
 /// Which Ops-Core server a client command talks to, and with what key:
 /// these flags (or their variables) first, then the context

@@ -8,7 +8,6 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::agents::StatusBody;
 use super::auth::authenticate;
 use super::extract::{parse_json, require_json, RawBody};
 use crate::domain::agent::{NotifyBody, NotifyError, NotifyEvent};
@@ -21,6 +20,7 @@ use crate::domain::time::now_micros;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::store::RegisterOutcome;
+use crate::wire::StatusMessage;
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,7 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ),
     request_body(content = NotifyBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Registered, updated or deregistered", body = StatusBody,
+        (status = 200, description = "Registered, updated or deregistered", body = StatusMessage,
          example = json!({"status": "success", "message": "Agent agent-7 registered successfully."})),
         (status = 400, description = "`invalid_json`, `unknown_event_type`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, \
@@ -70,7 +70,7 @@ async fn notify(
     caller: WebhookCaller,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<StatusBody>> {
+) -> Result<Json<StatusMessage>> {
     let verified = match caller {
         WebhookCaller::Signed => Some(verify_webhook(&state, &headers, &body).await?),
         WebhookCaller::Key | WebhookCaller::Unsigned => None,
@@ -96,7 +96,7 @@ async fn apply_notify(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Json<StatusBody>> {
+) -> Result<Json<StatusMessage>> {
     require_json(headers)?;
     let event = parse_json::<NotifyBody>(body)?
         .validate()
@@ -120,10 +120,7 @@ async fn apply_notify(
             format!("Agent {id} deregistered successfully.")
         }
     };
-    Ok(Json(StatusBody {
-        status: "success",
-        message,
-    }))
+    Ok(Json(StatusMessage::success(message)))
 }
 
 /// How a webhook call authenticates, settled from its headers before its
