@@ -18,6 +18,7 @@ pub mod private_files;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

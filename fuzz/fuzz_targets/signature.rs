@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use opscore::http::auth::{parse_webhook_timestamp, sign, verify_signature, SignatureError};
+use opscore::domain::signature::{parse_webhook_timestamp, sign, verify_signature, SignatureError};
 
 /// The service's default tolerance (OPSCORE_WEBHOOK_TOLERANCE_SECS).
 const TOL: Duration = Duration::from_secs(300);

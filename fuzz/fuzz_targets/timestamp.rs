@@ -17,8 +17,8 @@
 
 use chrono::{DateTime, Datelike, SecondsFormat};
 use libfuzzer_sys::fuzz_target;
+use opscore::domain::signature::parse_webhook_timestamp;
 use opscore::domain::time::{format_micros, parse_timestamp, to_micros};
-use opscore::http::auth::parse_webhook_timestamp;
 
 /// 9999-12-31T23:59:59.999999Z, the last instant with a four-digit year.
 const MAX_MICROS: i64 = 253_402_300_799_999_999;

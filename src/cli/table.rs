@@ -3,7 +3,7 @@
 //! to be read on a terminal and grepped.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde::Serialize;
 
 /// Widest a cell may be before it is cut (with `…`), so one long details
 /// object does not push every other column off the screen.
@@ -119,11 +119,11 @@ pub fn opt(s: Option<&str>) -> String {
     }
 }
 
-/// Compact JSON, `-` for none or null.
-pub fn json(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(v) => v.to_string(),
+/// Compact JSON (a value, or JSON text as received), `-` for none or null.
+pub fn json<T: Serialize + ?Sized>(v: Option<&T>) -> String {
+    match v.map(serde_json::to_string) {
+        Some(Ok(text)) if text != "null" => text,
+        _ => "-".to_owned(),
     }
 }
 

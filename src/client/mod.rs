@@ -23,7 +23,10 @@ use serde_json::{json, Value};
 pub use self::events::{EventFilter, EventStream, SseFrame, SseParser};
 pub use self::types::*;
 use crate::domain::path_segment as seg;
-use crate::http::auth::sign;
+use crate::domain::signature::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use crate::wire::{
+    Agent, CurrentState, Page, Registration, Session, StateEntry, StatusMessage, TaskRun, Triggered,
+};
 
 /// Which Ops-Core server a client command talks to, and with what key:
 /// these flags (or their variables) first, then the context
@@ -165,8 +168,8 @@ pub fn notify_request(
         Some(secret) => {
             let ts = chrono::Utc::now().timestamp().to_string();
             let sig = sign(secret.as_bytes(), &ts, body.as_bytes());
-            rb.header("X-AgentKit-Timestamp", ts)
-                .header("X-AgentKit-Signature", sig)
+            rb.header(TIMESTAMP_HEADER, ts)
+                .header(SIGNATURE_HEADER, sig)
         }
         None => rb,
     };

@@ -6,6 +6,9 @@ use serde_json::{json, Map, Value};
 
 use super::types::*;
 use super::{notify_request, seg, Call, Client};
+use crate::wire::{
+    Agent, CurrentState, Page, Registration, Session, StateEntry, StatusMessage, Triggered,
+};
 
 impl Client {
     fn get(&self, path: &str) -> reqwest::RequestBuilder {

@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod newkey;
 pub mod ratelimit;
 pub mod run_rules;
+pub mod signature;
 pub mod state;
 pub mod time;
 pub mod trace;

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::IntoParams;
@@ -13,14 +13,15 @@ use utoipa_axum::routes;
 use super::access::{perm, Require};
 use super::extract::{JsonBody, Path, Query};
 use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
-use super::states::StateView;
+use super::states::state_entry;
 use crate::domain::agent::{has_nul, lease_body, AgentId};
 use crate::domain::state::validate_state_name;
-use crate::domain::time::{format_micros, now_micros, Micros};
+use crate::domain::time::{from_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::store::{Agent, AgentQuery, Liveness};
+use crate::wire;
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -28,14 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_agents))
         .routes(routes!(get_agent))
         .routes(routes!(set_lease))
-}
-
-/// `{"status": "success", "message": …}`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct StatusBody {
-    #[schema(example = "success")]
-    pub(super) status: &'static str,
-    pub(super) message: String,
 }
 
 /// A path agent id that is not well formed names no agent: 404.
@@ -59,52 +52,23 @@ pub(super) struct AgentPath {
     agent_id: String,
 }
 
-/// An agent's registration and current state.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct AgentView {
-    agent_id: String,
-    agent_name: String,
-    version: String,
-    capabilities: Vec<String>,
-    contact_endpoint: String,
-    #[schema(value_type = Object)]
-    metadata: Map<String, Value>,
-    /// False once deregistered.
-    registered: bool,
-    registered_at: String,
-    updated_at: String,
-    deregistered_at: Option<String>,
-    /// Last time the server heard from it (registration or report).
-    last_seen: String,
-    /// Its lease ran out: not heard from within `ttlSeconds` (plus grace).
-    /// Stale agents are never sent a task.
-    stale: bool,
-    /// Its lease in seconds: its own (from the registration's
-    /// `metadata.ttlSeconds` or `PUT .../lease`), else `OPSCORE_AGENT_TTL_SECS`;
-    /// null when it holds none (the default), and then it is never stale.
-    ttl_seconds: Option<i64>,
-    current_state: StateView,
-}
-
-impl AgentView {
-    fn new(a: Agent, live: &Liveness, now: Micros) -> Self {
-        Self {
-            stale: a.is_stale(live, now),
-            ttl_seconds: live.lease_secs(a.ttl_secs),
-            agent_id: a.agent_id,
-            agent_name: a.name,
-            version: a.version,
-            capabilities: a.capabilities,
-            contact_endpoint: a.contact_endpoint,
-            metadata: a.metadata,
-            registered: a.deregistered_at.is_none(),
-            registered_at: format_micros(a.registered_at),
-            updated_at: format_micros(a.updated_at),
-            deregistered_at: a.deregistered_at.map(format_micros),
-            last_seen: format_micros(a.last_seen),
-            current_state: a.current.into(),
-        }
+/// An agent as the wire shows it, `now` deciding whether it is stale.
+fn agent_view(a: Agent, live: &Liveness, now: Micros) -> wire::Agent {
+    wire::Agent {
+        stale: Some(a.is_stale(live, now)),
+        ttl_seconds: live.lease_secs(a.ttl_secs),
+        agent_id: a.agent_id,
+        agent_name: a.name,
+        version: a.version,
+        capabilities: a.capabilities,
+        contact_endpoint: a.contact_endpoint,
+        metadata: a.metadata,
+        registered: a.deregistered_at.is_none(),
+        registered_at: from_micros(a.registered_at),
+        updated_at: from_micros(a.updated_at),
+        deregistered_at: a.deregistered_at.map(from_micros),
+        last_seen: from_micros(a.last_seen),
+        current_state: state_entry(a.current),
     }
 }
 
@@ -116,7 +80,7 @@ impl AgentView {
     tag = "agents",
     params(AgentPath),
     responses(
-        (status = 200, description = "The agent", body = AgentView),
+        (status = 200, description = "The agent", body = wire::Agent),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
@@ -127,9 +91,9 @@ async fn get_agent(
     _: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-) -> Result<Json<AgentView>> {
+) -> Result<Json<wire::Agent>> {
     let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
-    Ok(Json(AgentView::new(
+    Ok(Json(agent_view(
         agent,
         &state.config.db.engine.liveness,
         now_micros(),
@@ -162,7 +126,7 @@ struct LeaseBody {
     params(AgentPath),
     request_body = LeaseBody,
     responses(
-        (status = 200, description = "The agent with its new lease", body = AgentView),
+        (status = 200, description = "The agent with its new lease", body = wire::Agent),
         (status = 400, description = "`invalid_json`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 403, description = "`forbidden`: admin and operator keys only", body = ErrorBody),
@@ -178,7 +142,7 @@ async fn set_lease(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> Result<Json<AgentView>> {
+) -> Result<Json<wire::Agent>> {
     let id = path_agent(&agent_id)?;
     let ttl = lease_body(&body).map_err(|e| ApiError::validation(vec![e]))?;
     let now = now_micros();
@@ -186,7 +150,7 @@ async fn set_lease(
         .store
         .set_agent_lease(&id, ttl, &caller.actor(), now)
         .await?;
-    Ok(Json(AgentView::new(
+    Ok(Json(agent_view(
         agent,
         &state.config.db.engine.liveness,
         now_micros(),
@@ -237,7 +201,7 @@ fn flag(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<bool> {
     tag = "agents",
     params(ListAgentsParams),
     responses(
-        (status = 200, description = "A page of agents", body = Page<AgentView>),
+        (status = 200, description = "A page of agents", body = Page<wire::Agent>),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (a bad filter, limit or cursor) or `invalid_query`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
@@ -298,7 +262,7 @@ async fn list_agents(
         agents,
         limit,
         |a| a.agent_id.clone(),
-        |a| AgentView::new(a, &live, now),
+        |a| agent_view(a, &live, now),
     )
     .map(Json)
 }

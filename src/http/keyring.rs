@@ -682,7 +682,10 @@ mod tests {
         store.create_key(&k, &Actor::system("test")).await.unwrap();
         ring.authenticate(&plain).await.unwrap();
         // Revoked by another process: the cached copy still serves...
-        store.revoke_key(&k.key_id, &Actor::system("test"), now_micros()).await.unwrap();
+        store
+            .revoke_key(&k.key_id, &Actor::system("test"), now_micros())
+            .await
+            .unwrap();
         ring.authenticate(&plain).await.unwrap();
         // ...until the change is heard, for that key or for every key.
         ring.forget(&KeyChange::Key(k.key_id.clone()));
@@ -693,7 +696,10 @@ mod tests {
         let (k2, plain2) = key(Role::Operator, &[]);
         store.create_key(&k2, &Actor::system("test")).await.unwrap();
         ring.authenticate(&plain2).await.unwrap();
-        store.revoke_key(&k2.key_id, &Actor::system("test"), now_micros()).await.unwrap();
+        store
+            .revoke_key(&k2.key_id, &Actor::system("test"), now_micros())
+            .await
+            .unwrap();
         ring.forget(&KeyChange::All);
         assert_eq!(
             ring.authenticate(&plain2).await.unwrap_err().code(),

@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 
 use crate::domain::FieldError;
 use crate::error::ApiError;
+pub use crate::wire::Page;
 
 /// Default page size for listings.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -15,16 +16,6 @@ pub const MAX_LIMIT: u32 = 1000;
 /// takes to build) stays bounded whatever the items carry. A single item
 /// larger than this still makes a page of one.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
-
-/// A page of results and the cursor of the next page (null on the last).
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Page<T> {
-    /// The results.
-    pub items: Vec<T>,
-    /// Pass as `cursor` to get the next page.
-    pub next_cursor: Option<String>,
-}
 
 /// Parse `limit`: absent means the default; outside 1..=MAX_LIMIT is refused.
 pub fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {

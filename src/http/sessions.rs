@@ -2,8 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,12 +11,13 @@ use super::access::{perm, Require};
 use super::agents::{path_agent, AgentPath};
 use super::extract::{Path, Query};
 use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
-use crate::domain::time::{format_micros, now_micros};
+use crate::domain::time::{from_micros, now_micros};
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::domain::{FieldError, Validator};
 use crate::error::{ApiError, ErrorBody, Result};
 use crate::http::state::AppState;
 use crate::store::{RunRecord, SessionQuery, SessionRecord};
+use crate::wire::{RawJson, Session, TaskRun};
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,86 +37,42 @@ struct SessionPath {
     session_id: String,
 }
 
-/// A session; `tasks` only when read by id.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct SessionView {
-    session_id: String,
-    workflow_id: String,
-    agent_id: String,
-    status: SessionStatus,
-    /// The last task's result, once completed.
-    #[schema(value_type = Option<Object>)]
-    result: Option<Box<RawValue>>,
-    /// Why it failed or was cancelled.
-    error: Option<String>,
-    created_at: String,
-    updated_at: String,
-    finished_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tasks: Option<Vec<RunView>>,
-}
-
-/// One task run of a session.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct RunView {
-    run_id: String,
-    task_id: String,
-    name: String,
-    status: RunStatus,
-    attempts: i64,
-    max_retries: i64,
-    /// The payload sent to the agent.
-    #[schema(value_type = Option<Object>)]
-    payload: Option<Box<RawValue>>,
-    /// When queued: the time it becomes due; in flight: its deadline.
-    due_at: Option<String>,
-    dispatched_at: Option<String>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    last_error: Option<String>,
-    /// The `details` of the report that completed it.
-    #[schema(value_type = Option<Object>)]
-    result: Option<Box<RawValue>>,
-}
-
-impl From<RunRecord> for RunView {
-    fn from(r: RunRecord) -> Self {
-        let pending = matches!(
-            r.status,
-            RunStatus::Queued | RunStatus::Dispatched | RunStatus::Running | RunStatus::Dispatching
-        );
-        Self {
-            run_id: r.run_id,
-            task_id: r.task_id,
-            name: r.task_name,
-            status: r.status,
-            attempts: r.attempts,
-            max_retries: r.max_retries,
-            payload: r.payload,
-            due_at: pending.then(|| format_micros(r.due_at)),
-            dispatched_at: r.dispatched_at.map(format_micros),
-            started_at: r.started_at.map(format_micros),
-            finished_at: r.finished_at.map(format_micros),
-            last_error: r.last_error,
-            result: r.result,
-        }
+/// A task run as the wire shows it.
+fn run_view(r: RunRecord) -> TaskRun {
+    let pending = matches!(
+        r.status,
+        RunStatus::Queued | RunStatus::Dispatched | RunStatus::Running | RunStatus::Dispatching
+    );
+    TaskRun {
+        run_id: r.run_id,
+        task_id: r.task_id,
+        name: r.task_name,
+        status: r.status.as_str().to_owned(),
+        attempts: r.attempts,
+        max_retries: r.max_retries,
+        payload: r.payload.map(RawJson),
+        due_at: pending.then(|| from_micros(r.due_at)),
+        dispatched_at: r.dispatched_at.map(from_micros),
+        started_at: r.started_at.map(from_micros),
+        finished_at: r.finished_at.map(from_micros),
+        last_error: r.last_error,
+        result: r.result.map(RawJson),
     }
 }
 
-fn view(s: SessionRecord, with_tasks: bool) -> SessionView {
-    SessionView {
+/// A session as the wire shows it, with its runs when `with_tasks`.
+fn view(s: SessionRecord, with_tasks: bool) -> Session {
+    Session {
         session_id: s.session_id,
         workflow_id: s.workflow_id,
         agent_id: s.agent_id,
-        status: s.status,
-        result: s.result,
+        status: s.status.as_str().to_owned(),
+        result: s.result.map(RawJson),
         error: s.error,
-        created_at: format_micros(s.created_at),
-        updated_at: format_micros(s.updated_at),
-        finished_at: s.finished_at.map(format_micros),
-        tasks: with_tasks.then(|| s.runs.into_iter().map(RunView::from).collect()),
+        created_at: from_micros(s.created_at),
+        updated_at: from_micros(s.updated_at),
+        finished_at: s.finished_at.map(from_micros),
+        tasks: with_tasks.then(|| s.runs.into_iter().map(run_view).collect()),
     }
 }
 
@@ -128,7 +84,7 @@ fn view(s: SessionRecord, with_tasks: bool) -> SessionView {
     tag = "sessions",
     params(SessionPath),
     responses(
-        (status = 200, description = "The session", body = SessionView),
+        (status = 200, description = "The session", body = Session),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
@@ -139,7 +95,7 @@ async fn fetch(
     _: Require<perm::ReadSessions>,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SessionView>> {
+) -> Result<Json<Session>> {
     let s = state.store.get_session(&id).await?;
     Ok(Json(view(s, true)))
 }
@@ -154,7 +110,7 @@ async fn fetch(
     tag = "sessions",
     params(SessionPath),
     responses(
-        (status = 200, description = "The cancelled session", body = SessionView),
+        (status = 200, description = "The cancelled session", body = Session),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it already completed or failed", body = ErrorBody),
@@ -166,7 +122,7 @@ async fn cancel(
     caller: Require<perm::CancelSessions>,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SessionView>> {
+) -> Result<Json<Session>> {
     state
         .store
         .cancel_session(&id, &caller.actor(), now_micros())
@@ -198,7 +154,7 @@ struct ListParams {
     tag = "sessions",
     params(AgentPath, ListParams),
     responses(
-        (status = 200, description = "A page of sessions", body = Page<SessionView>),
+        (status = 200, description = "A page of sessions", body = Page<Session>),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (a bad status, limit or cursor) or `invalid_query`", body = ErrorBody),
@@ -211,7 +167,7 @@ async fn list(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Page<SessionView>>> {
+) -> Result<Json<Page<Session>>> {
     let agent = path_agent(&agent_id)?;
     let mut v = Validator::default();
     let limit = v

@@ -4,22 +4,23 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
-use super::agents::{path_agent, AgentPath, PageParams, StatusBody};
+use super::agents::{path_agent, AgentPath, PageParams};
 use super::extract::{JsonBody, Path, Query};
 use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::state::{ReportError, StateRecord, StateReportBody};
-use crate::domain::time::{format_micros, now_micros};
+use crate::domain::time::{from_micros, now_micros};
 use crate::domain::Validator;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::store::{HistoryQuery, Liveness};
+use crate::wire::{CurrentState, RawJson, StateEntry, StatusMessage};
 
 /// The state route's template: `GET` with `index` is a blocking read.
 pub const STATE_PATH: &str = "/v1/opscore/agent/{agentId}/state";
@@ -46,7 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(AgentPath),
     request_body(content = StateReportBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored durably", body = StatusBody,
+        (status = 202, description = "Stored durably", body = StatusMessage,
          example = json!({"status": "success", "message": "State update accepted"})),
         (status = 400, description = "`invalid_json`, `agent_id_mismatch` (path and body differ), `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
@@ -64,7 +65,7 @@ async fn report_state(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<StateReportBody>,
-) -> Result<(StatusCode, Json<StatusBody>)> {
+) -> Result<(StatusCode, Json<StatusMessage>)> {
     let agent = path_agent(&agent_id)?;
     let report = body
         .validate(
@@ -95,10 +96,7 @@ async fn report_state(
     state.metrics.observe_state_report(reported);
     Ok((
         StatusCode::ACCEPTED,
-        Json(StatusBody {
-            status: "success",
-            message: "State update accepted".into(),
-        }),
+        Json(StatusMessage::success("State update accepted")),
     ))
 }
 
@@ -115,7 +113,7 @@ async fn report_state(
     tag = "agents",
     params(AgentPath),
     responses(
-        (status = 200, description = "The state as it now is", body = CurrentStateView),
+        (status = 200, description = "The state as it now is", body = CurrentState),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 403, description = "`forbidden`: admin keys only", body = ErrorBody),
         (status = 404, description = "`agent_not_found` (or deregistered)", body = ErrorBody),
@@ -127,7 +125,7 @@ async fn reset_state(
     caller: Require<perm::ResetState>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-) -> Result<Json<CurrentStateView>> {
+) -> Result<Json<CurrentState>> {
     let id = path_agent(&agent_id)?;
     let by = caller.0.key_id().unwrap_or("bootstrap key");
     let details = serde_json::json!({ "resetBy": by }).to_string();
@@ -137,50 +135,20 @@ async fn reset_state(
         .await?;
     tracing::warn!(agent_id = %id, by, "agent state reset to UNKNOWN by an operator");
     let current = state.store.get_state(&id).await?;
-    Ok(Json(CurrentStateView::new(
+    Ok(Json(current_state(
         current,
         &state.config.db.engine.liveness,
     )))
 }
 
-/// A stored state on the wire.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct StateView {
-    /// The state name.
-    state: String,
-    /// The report's details object, or null.
-    #[schema(value_type = Option<Object>)]
-    details: Option<Box<RawValue>>,
-    /// The agent's own timestamp of the report.
-    timestamp: String,
-    /// When the service received it.
-    received_at: String,
-}
-
-impl From<StateRecord> for StateView {
-    fn from(r: StateRecord) -> Self {
-        Self {
-            state: r.state,
-            details: r.details,
-            timestamp: format_micros(r.timestamp),
-            received_at: format_micros(r.received_at),
-        }
+/// A stored state as the wire shows it.
+pub(super) fn state_entry(r: StateRecord) -> StateEntry {
+    StateEntry {
+        state: r.state,
+        details: r.details.map(RawJson),
+        timestamp: from_micros(r.timestamp),
+        received_at: from_micros(r.received_at),
     }
-}
-
-/// The current state with the agent id, as contract 1.3 shows it, plus
-/// whether the agent's lease has run out.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct CurrentStateView {
-    agent_id: String,
-    #[serde(flatten)]
-    state: StateView,
-    /// Last time the server heard from the agent.
-    last_seen: String,
-    /// Its lease ran out.
-    stale: bool,
 }
 
 /// Header of every state read: the feed index the read is current as of.
@@ -215,7 +183,7 @@ struct StateReadParams {
     tag = "states",
     params(AgentPath, StateReadParams),
     responses(
-        (status = 200, description = "The current state", body = CurrentStateView,
+        (status = 200, description = "The current state", body = CurrentState,
          headers(("X-Opscore-Index" = i64, description = "The feed index this read is current as of; pass it as the next `index`"))),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired` (a blocking read also answers the last two when its key is revoked or expires while it waits)", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
@@ -230,7 +198,7 @@ async fn get_state(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     Query(p): Query<StateReadParams>,
-) -> Result<([(&'static str, String); 1], Json<CurrentStateView>)> {
+) -> Result<([(&'static str, String); 1], Json<CurrentState>)> {
     let id = path_agent(&agent_id)?;
     let blocking = super::events::blocking_params(p.index.as_deref(), p.wait.as_deref())?;
     // The index is taken before the read, so the state returned is at
@@ -256,21 +224,17 @@ async fn get_state(
     let index = index.max(agent.event_index.unwrap_or(0));
     Ok((
         [(INDEX_HEADER, index.to_string())],
-        Json(CurrentStateView::new(
-            agent,
-            &state.config.db.engine.liveness,
-        )),
+        Json(current_state(agent, &state.config.db.engine.liveness)),
     ))
 }
 
-impl CurrentStateView {
-    fn new(agent: crate::store::AgentState, live: &Liveness) -> Self {
-        Self {
-            stale: agent.is_stale(live, now_micros()),
-            last_seen: format_micros(agent.last_seen),
-            state: agent.current.into(),
-            agent_id: agent.agent_id,
-        }
+/// An agent's current state as the wire shows it.
+fn current_state(agent: crate::store::AgentState, live: &Liveness) -> CurrentState {
+    CurrentState {
+        stale: Some(agent.is_stale(live, now_micros())),
+        last_seen: Some(from_micros(agent.last_seen)),
+        state: state_entry(agent.current),
+        agent_id: agent.agent_id,
     }
 }
 
@@ -284,7 +248,7 @@ impl CurrentStateView {
     tag = "states",
     params(AgentPath, PageParams),
     responses(
-        (status = 200, description = "A page of states", body = Page<StateView>),
+        (status = 200, description = "A page of states", body = Page<StateEntry>),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (a bad limit or cursor) or `invalid_query`", body = ErrorBody),
@@ -325,7 +289,7 @@ async fn state_history(
         entries,
         limit,
         |e| format!("{}:{}", e.record.timestamp, e.seq),
-        |e| StateView::from(e.record),
+        |e| state_entry(e.record),
     )
     .map(Json)
 }

@@ -8,19 +8,20 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::agents::StatusBody;
-use super::auth::{
-    authenticate, check_signature_headers, verify_signature_which, SignatureError,
-    VerifiedSignature, SIGNATURE_HEADER, TIMESTAMP_HEADER,
-};
+use super::auth::authenticate;
 use super::extract::{parse_json, require_json, RawBody};
 use crate::domain::agent::{NotifyBody, NotifyError, NotifyEvent};
 use crate::domain::apikey::Permission;
 use crate::domain::audit::Actor;
+use crate::domain::signature::{
+    check_signature_headers, verify_signature_any, SignatureError, VerifiedSignature,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use crate::domain::time::now_micros;
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::store::RegisterOutcome;
+use crate::wire::StatusMessage;
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,7 +52,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ),
     request_body(content = NotifyBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Registered, updated or deregistered", body = StatusBody,
+        (status = 200, description = "Registered, updated or deregistered", body = StatusMessage,
          example = json!({"status": "success", "message": "Agent agent-7 registered successfully."})),
         (status = 400, description = "`invalid_json`, `unknown_event_type`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, \
@@ -70,7 +71,7 @@ async fn notify(
     caller: WebhookCaller,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<StatusBody>> {
+) -> Result<Json<StatusMessage>> {
     let (verified, by) = match caller {
         WebhookCaller::Signed => {
             let (secret, verified) = verify_webhook(&state, &headers, &body).await?;
@@ -102,7 +103,7 @@ async fn apply_notify(
     headers: &HeaderMap,
     body: &[u8],
     by: &Actor,
-) -> Result<Json<StatusBody>> {
+) -> Result<Json<StatusMessage>> {
     require_json(headers)?;
     let event = parse_json::<NotifyBody>(body)?
         .validate()
@@ -126,10 +127,7 @@ async fn apply_notify(
             format!("Agent {id} deregistered successfully.")
         }
     };
-    Ok(Json(StatusBody {
-        status: "success",
-        message,
-    }))
+    Ok(Json(StatusMessage::success(message)))
 }
 
 /// How a webhook call authenticates, settled from its headers before its
@@ -207,8 +205,8 @@ async fn verify_webhook(
     let secrets = state.config.webhook_secrets();
     let now = crate::domain::time::now_micros() / 1_000_000;
     let tolerance = state.config.webhook_tolerance;
-    let (which, verified) = verify_signature_which(&secrets, ts, sig, body, now, tolerance)
-        .map_err(signature_refused)?;
+    let (which, verified) =
+        verify_signature_any(&secrets, ts, sig, body, now, tolerance).map_err(signature_refused)?;
     // Remembered (in the database: across restarts, by every replica)
     // until the timestamp leaves the window, after which the timestamp
     // check refuses it anyway.

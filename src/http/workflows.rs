@@ -4,7 +4,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,6 +22,7 @@ use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::http::trace::RequestTrace;
 use crate::store::PutOutcome;
+use crate::wire::Triggered;
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -232,19 +233,6 @@ struct TriggerBody {
     initial_payload: Option<Value>,
 }
 
-/// The trigger's answer.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct Triggered {
-    /// The new session (UUIDv7).
-    session_id: String,
-    /// The definition it runs.
-    workflow_id: String,
-    /// Always `Workflow triggered successfully`.
-    #[schema(example = "Workflow triggered successfully")]
-    message: &'static str,
-}
-
 /// Trigger a workflow on the agent.
 ///
 /// Creates a session and queues its first task in one transaction. A
@@ -331,7 +319,7 @@ async fn trigger(
         Json(Triggered {
             session_id: t.session_id,
             workflow_id: t.workflow_id,
-            message: "Workflow triggered successfully",
+            message: "Workflow triggered successfully".into(),
         }),
     ))
 }

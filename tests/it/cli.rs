@@ -317,7 +317,10 @@ async fn state_commands(backend: Backend) {
     assert_eq!(run.ok(), "State update accepted (a1: busy)\n");
     let current = c.get_state("a1").await.expect("state");
     assert_eq!(current.state.state, "busy");
-    assert_eq!(current.state.details, Some(json!({"k": 1})));
+    assert_eq!(
+        current.state.details.as_ref().map(|d| d.value()),
+        Some(json!({"k": 1}))
+    );
     assert_eq!(
         current
             .state

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use opscore::domain::agent::{AgentId, NotifyBody};
+use opscore::domain::signature::{parse_webhook_timestamp, sign, verify_signature};
 use opscore::domain::state::StateReportBody;
 use opscore::domain::time::{format_micros, parse_timestamp, to_micros};
 use opscore::domain::workflow::parse_definition;
-use opscore::http::auth::{parse_webhook_timestamp, sign, verify_signature};
 use proptest::prelude::*;
 
 const TOL: Duration = Duration::from_secs(300);

@@ -104,7 +104,10 @@ async fn workflow_commands(backend: Backend) {
         ("review", "a1")
     );
     let tasks = session.tasks.expect("tasks");
-    assert_eq!(tasks[0].payload, Some(json!({"text": "hi"})));
+    assert_eq!(
+        tasks[0].payload.as_ref().map(|p| p.value()),
+        Some(json!({"text": "hi"}))
+    );
     let got = opscore(
         b,
         &["workflows", "trigger", "quick", "--agent", "a1", "--json"],
