@@ -11,14 +11,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
-use super::extract::{JsonBody, Path, Query};
+use super::extract::{path_agent, AgentPath, JsonBody, Path, Query};
 use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use super::states::state_entry;
 use crate::domain::agent::{has_nul, lease_body, AgentId};
 use crate::domain::state::validate_state_name;
 use crate::domain::time::{from_micros, now_micros, Micros};
 use crate::domain::{FieldError, Validator};
-use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
+use crate::error::{ApiError, ErrorBody, Result};
 use crate::http::state::AppState;
 use crate::store::{Agent, AgentQuery, Liveness};
 use crate::wire;
@@ -29,27 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_agents))
         .routes(routes!(get_agent))
         .routes(routes!(set_lease))
-}
-
-/// A path agent id that is not well formed names no agent: 404.
-pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
-    AgentId::parse(raw).map_err(|why| {
-        ApiError::new(
-            ErrorCode::AgentNotFound,
-            format!("Agent not found: {raw} ({why})"),
-        )
-    })
-}
-
-/// The `agentId` path parameter.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents the path; handlers read it positionally
-pub(super) struct AgentPath {
-    /// The agent's id.
-    #[serde(rename = "agentId")]
-    #[param(rename = "agentId")]
-    agent_id: String,
 }
 
 /// An agent as the wire shows it, `now` deciding whether it is stale.
@@ -265,15 +244,4 @@ async fn list_agents(
         |a| agent_view(a, &live, now),
     )
     .map(Json)
-}
-
-/// Paging of a listing.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct PageParams {
-    /// `nextCursor` of the previous page.
-    pub(super) cursor: Option<String>,
-    /// Page size.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
-    pub(super) limit: Option<String>,
 }

@@ -19,7 +19,6 @@ use utoipa_axum::routes;
 use super::access::{perm, Require};
 use super::extract::Query;
 use super::keyring::{forbidden, StreamSlot};
-use super::states::STATE_PATH;
 use crate::domain::agent::AgentId;
 use crate::domain::apikey::{Access, Permission};
 use crate::domain::event::{Event, EventKind};
@@ -43,17 +42,6 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
-}
-
-/// Whether a request waits on the feed (an event stream or a blocking
-/// read), from its method, matched route template and query: such
-/// requests are exempt from the request deadline and the concurrency
-/// limit, and are capped by the feed's subscriber limit instead.
-pub fn is_long_poll(method: &axum::http::Method, route: Option<&str>, query: Option<&str>) -> bool {
-    method == axum::http::Method::GET
-        && (route == Some(EVENTS_PATH)
-            || (route == Some(STATE_PATH)
-                && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))))
 }
 
 /// Filters and resume point of the event stream.
@@ -389,20 +377,5 @@ mod tests {
         ] {
             assert!(parse_wait(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn long_polls_are_recognised() {
-        use axum::http::Method;
-        let state = Some(STATE_PATH);
-        assert!(is_long_poll(&Method::GET, Some(EVENTS_PATH), None));
-        assert!(is_long_poll(&Method::GET, state, Some("wait=1s&index=4")));
-        assert!(!is_long_poll(&Method::GET, state, None));
-        assert!(!is_long_poll(&Method::POST, state, Some("index=4")));
-        assert!(!is_long_poll(&Method::GET, state, Some("reindex=4")));
-        // Routes are told apart by template, not by how the path ends.
-        let history = Some("/v1/opscore/agent/{agentId}/state/history");
-        assert!(!is_long_poll(&Method::GET, history, Some("index=4")));
-        assert!(!is_long_poll(&Method::GET, None, Some("index=4")));
     }
 }

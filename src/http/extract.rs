@@ -7,9 +7,12 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
+use crate::domain::agent::AgentId;
 use crate::domain::FieldError;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, Result};
 
 /// When a request's body must have arrived by: set for every request by
 /// the request limits, enforced by [`RawBody`] (which every body extractor
@@ -231,4 +234,25 @@ mod tests {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }
+}
+
+/// A path agent id that is not well formed names no agent: 404.
+pub(super) fn path_agent(raw: &str) -> Result<AgentId> {
+    AgentId::parse(raw).map_err(|why| {
+        ApiError::new(
+            ErrorCode::AgentNotFound,
+            format!("Agent not found: {raw} ({why})"),
+        )
+    })
+}
+
+/// The `agentId` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; handlers read it positionally
+pub(super) struct AgentPath {
+    /// The agent's id.
+    #[serde(rename = "agentId")]
+    #[param(rename = "agentId")]
+    agent_id: String,
 }

@@ -39,9 +39,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use super::auth::{authenticate_request, peer, Authenticated, KeyRing};
-use super::events::is_long_poll;
+use super::events::EVENTS_PATH;
 use super::extract::BodyDeadline;
 use super::ops::HEALTH_PATH;
+use super::states::STATE_PATH;
 use crate::error::ApiError;
 
 /// The shared limit state, cheap to clone.
@@ -176,5 +177,36 @@ impl ShedLog {
                 "at a concurrent request limit: refusing requests with 503 overloaded"
             );
         }
+    }
+}
+
+/// Whether a request waits on the feed (an event stream or a blocking
+/// read), from its method, matched route template and query: such
+/// requests are exempt from the request deadline and the concurrency
+/// limit, and are capped by the feed's subscriber limit instead.
+pub fn is_long_poll(method: &axum::http::Method, route: Option<&str>, query: Option<&str>) -> bool {
+    method == axum::http::Method::GET
+        && (route == Some(EVENTS_PATH)
+            || (route == Some(STATE_PATH)
+                && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_polls_are_recognised() {
+        use axum::http::Method;
+        let state = Some(STATE_PATH);
+        assert!(is_long_poll(&Method::GET, Some(EVENTS_PATH), None));
+        assert!(is_long_poll(&Method::GET, state, Some("wait=1s&index=4")));
+        assert!(!is_long_poll(&Method::GET, state, None));
+        assert!(!is_long_poll(&Method::POST, state, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, state, Some("reindex=4")));
+        // Routes are told apart by template, not by how the path ends.
+        let history = Some("/v1/opscore/agent/{agentId}/state/history");
+        assert!(!is_long_poll(&Method::GET, history, Some("index=4")));
+        assert!(!is_long_poll(&Method::GET, None, Some("index=4")));
     }
 }

@@ -1,7 +1,8 @@
 //! Listing helpers shared by every resource: page shape, limits, cursors.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::IntoParams;
 
 use crate::domain::FieldError;
 use crate::error::ApiError;
@@ -93,6 +94,17 @@ pub fn bounded_page<S, T: Serialize>(
             None
         },
     })
+}
+
+/// Paging of a listing.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PageParams {
+    /// `nextCursor` of the previous page.
+    pub(super) cursor: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
+    pub(super) limit: Option<String>,
 }
 
 #[cfg(test)]

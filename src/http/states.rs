@@ -11,8 +11,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
-use super::agents::{path_agent, AgentPath, PageParams};
+use super::extract::{path_agent, AgentPath};
 use super::extract::{JsonBody, Path, Query};
+use super::paging::PageParams;
 use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
 use crate::domain::state::{ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{from_micros, now_micros};

@@ -11,8 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
-use super::agents::{path_agent, AgentPath};
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
+use super::extract::{path_agent, AgentPath};
 use super::paging::Page;
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{WorkflowDefinition, MAX_DEFINITION_BYTES};

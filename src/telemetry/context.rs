@@ -12,16 +12,8 @@ use tracing::Span;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Registry;
 
+pub use super::otel::Kind;
 use crate::domain::trace::{TraceContext, TraceParent, SAMPLED};
-
-/// The span's role, for exported spans (`otel.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Serving a request.
-    Server,
-    /// Calling out (a dispatch).
-    Client,
-}
 
 /// What the JSON formatter puts on each line logged inside a span.
 #[derive(Debug, Clone)]

@@ -29,9 +29,17 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::context::Kind;
 use crate::config::{OtelConfig, OtlpProtocol};
 use crate::domain::trace::{TraceContext, TraceParent};
+
+/// The span's role, for exported spans (`otel.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Serving a request.
+    Server,
+    /// Calling out (a dispatch).
+    Client,
+}
 
 /// How often a failing collector is complained about.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
