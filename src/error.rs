@@ -1,7 +1,7 @@
 //! The one error type handlers return, and how it becomes a response.
 //!
 //! Every error body is `{"detail": "...", "code": "..."}` (plus `errors` for
-//! validation failures), per contract 1.8. The codes are [`ErrorCode`], each
+//! validation failures), per docs/api.md §1.8. The codes are [`ErrorCode`], each
 //! with its one HTTP status. A 5xx never carries internal text: that is
 //! logged once, inside the request's span, and the client gets a generic
 //! detail.

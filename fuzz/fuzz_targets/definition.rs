@@ -1,4 +1,4 @@
-//! Workflow definitions (contract 1.6) from arbitrary text, read both as
+//! Workflow definitions (docs/api.md §1.6) from arbitrary text, read both as
 //! JSON and as YAML: the HTTP route (`parse_json`, or serde_norway for a YAML
 //! content type) and the startup file loader (`parse_definition`).
 //!

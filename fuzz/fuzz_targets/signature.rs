@@ -1,4 +1,4 @@
-//! Webhook signature verification (contract 1.1) against arbitrary headers,
+//! Webhook signature verification (docs/api.md §1.1) against arbitrary headers,
 //! bodies, secrets and clocks.
 //!
 //! Input, as text lines so the seeds are readable AgentKit calls:
@@ -54,7 +54,7 @@ fn split(data: &[u8]) -> Call<'_> {
     }
 }
 
-/// What contract 1.1 says the verifier must answer, rule by rule.
+/// What docs/api.md §1.1 says the verifier must answer, rule by rule.
 fn model(c: &Call<'_>) -> Result<(), &'static str> {
     let ts = c.timestamp.ok_or("missing")?;
     let sig = c.signature.ok_or("missing")?;
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         kind(&got),
         model(&call),
-        "verdict differs from contract 1.1"
+        "verdict differs from docs/api.md §1.1"
     );
 
     // Sign as AgentKit does, with the input's timestamp when it parses, or

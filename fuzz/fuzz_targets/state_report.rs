@@ -1,4 +1,4 @@
-//! State reports (contract 1.2), through the same steps as the handler
+//! State reports (docs/api.md §1.2), through the same steps as the handler
 //! (`http::agents::report_state`): the body parsed by `parse_json` into
 //! `StateReportBody`, the path's agent id checked, then `validate`.
 //!

@@ -172,7 +172,7 @@ pub struct RetentionConfig {
 /// Where tasks are sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchTarget {
-    /// `POST {AGENTKIT_API_URL}/agents/{agentId}/run` (contract 1.7).
+    /// `POST {AGENTKIT_API_URL}/agents/{agentId}/run` (docs/api.md §1.7).
     AgentKit(url::Url),
     /// The same body straight to the agent's `contactEndpoint`.
     Direct,

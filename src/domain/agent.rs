@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{FieldError, Validator};
 
-/// Longest agent id accepted (contract 1.1).
+/// Longest agent id accepted (docs/api.md §1.1).
 pub const MAX_AGENT_ID_LEN: usize = 128;
 /// Longest agent name or version accepted.
 const MAX_TEXT_LEN: usize = 256;
@@ -123,7 +123,7 @@ pub fn lease_body(body: &Map<String, Value>) -> Result<Option<i64>, FieldError> 
     }
 }
 
-/// A registration webhook event (contract 1.1).
+/// A registration webhook event (docs/api.md §1.1).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NotifyEvent {
     /// An agent appeared or changed its details.

@@ -1,4 +1,4 @@
-//! AgentKit's webhook signature (contract 1.1), pure: no clock, no I/O.
+//! AgentKit's webhook signature (docs/api.md §1.1), pure: no clock, no I/O.
 //!
 //! Header `X-AgentKit-Timestamp` holds whole Unix seconds (or an RFC 3339
 //! time), `X-AgentKit-Signature` the lowercase hex HMAC-SHA256, keyed with

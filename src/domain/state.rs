@@ -1,4 +1,4 @@
-//! Agent states and the state reports agents send (contract 1.2).
+//! Agent states and the state reports agents send (docs/api.md §1.2).
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;

@@ -1,4 +1,4 @@
-//! Workflow definitions (contract 1.6) and the rules that move a session's
+//! Workflow definitions (docs/api.md §1.6) and the rules that move a session's
 //! tasks along: what a state report means for a task in flight, and how long
 //! to wait before a retry. Pure functions, no I/O.
 
@@ -162,7 +162,7 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl WorkflowDefinition {
-    /// Check the rules of contract 1.6: ids well formed and unique, every
+    /// Check the rules of docs/api.md §1.6: ids well formed and unique, every
     /// `nextTaskId` names a task, no cycle, sizes bounded. Returns every
     /// problem found, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {

@@ -1,5 +1,5 @@
 //! The dispatcher: a background loop that claims due task runs from the
-//! database and sends them to the agent framework (contract 1.7).
+//! database and sends them to the agent framework (docs/api.md §1.7).
 //!
 //! Claims are leased, so on PostgreSQL any number of replicas can run this
 //! loop over one database (each skips rows another holds, and a stopped
@@ -27,7 +27,7 @@ use crate::store::{ClaimedRun, DispatchOutcome, Store};
 use crate::telemetry::context::{self, Kind};
 use crate::telemetry::otel;
 
-/// The body sent for a task (contract 1.7).
+/// The body sent for a task (docs/api.md §1.7).
 #[derive(Serialize)]
 struct TaskMessage<'a> {
     #[serde(rename = "senderId")]

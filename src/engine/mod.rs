@@ -26,7 +26,7 @@ pub enum DefinitionSource {
     /// A stored definition, by id.
     Stored(String),
     /// A definition sent with the trigger (already validated), run as sent;
-    /// stored if its id is new (contract 1.4).
+    /// stored if its id is new (docs/api.md §1.4).
     Inline(WorkflowDefinition),
 }
 
@@ -41,7 +41,7 @@ pub struct Triggered {
 
 /// Create a session of `source` for `agent` and queue its first task (its
 /// payload is `initial_payload` if given, else the task's parameters), or
-/// complete it at once when the definition has no tasks (contract 1.4).
+/// complete it at once when the definition has no tasks (docs/api.md §1.4).
 /// `trace` is the triggering request's trace context, stored with the
 /// session so that every dispatch of it joins that trace.
 /// The session is audited as triggered `by`.

@@ -45,7 +45,7 @@ pub struct StatusOnly {
 
 /// Liveness: the process answers.
 ///
-/// No key, no database (contract 1.5); exempt from the concurrency limit.
+/// No key, no database (docs/api.md §1.5); exempt from the concurrency limit.
 #[utoipa::path(
     get,
     operation_id = "getHealth",

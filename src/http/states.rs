@@ -1,4 +1,4 @@
-//! Agent states: reports (contract 1.2), the current state with its
+//! Agent states: reports (docs/api.md §1.2), the current state with its
 //! blocking reads (1.3), the history, and an operator's reset.
 
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! The registration webhook (contract 1.1): AgentKit's signed calls, or a
+//! The registration webhook (docs/api.md §1.1): AgentKit's signed calls, or a
 //! key with the right to register.
 
 use axum::extract::{FromRequestParts, State};

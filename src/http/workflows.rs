@@ -1,4 +1,4 @@
-//! Workflow definitions and the trigger (contract 1.4, 1.6).
+//! Workflow definitions and the trigger (docs/api.md §1.4, §1.6).
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 /// State names that get their own label value; anything else is `other`.
-/// These are the states with a meaning to the service (contract 1.2).
+/// These are the states with a meaning to the service (docs/api.md §1.2).
 pub const KNOWN_STATES: [&str; 6] = [
     "UNKNOWN",
     "initializing",

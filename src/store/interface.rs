@@ -212,7 +212,7 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Store a batch of state reports in one transaction, and in the same
     /// transaction move on any task a report completes, starts or fails
-    /// (contract 1.7). The outer error means nothing was stored; otherwise
+    /// (docs/api.md §1.7). The outer error means nothing was stored; otherwise
     /// there is one result per report, in order (`NotFound` for an unknown or
     /// deregistered agent).
     async fn apply_state_reports(&self, reports: &[StateReport]) -> StoreResult<AppliedReports>;

@@ -47,7 +47,7 @@ pub struct StateEntry {
     pub received_at: DateTime<Utc>,
 }
 
-/// The current state with the agent id, as contract 1.3 shows it, plus
+/// The current state with the agent id, as docs/api.md §1.3 shows it, plus
 /// whether the agent's lease has run out.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,4 +1,4 @@
-//! End-to-end tests of state reports (contract 1.2) and the current state
+//! End-to-end tests of state reports (docs/api.md §1.2) and the current state
 //! they produce (1.3), with the error shape of 1.8, on both backends.
 
 use crate::common;

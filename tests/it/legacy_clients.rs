@@ -3,7 +3,7 @@
 //! trigger the sample workflow with its definition inline, on every
 //! trigger, while this service already stores a different definition under
 //! that id. The old service ran the inline definition as sent; so must this
-//! one (contract 1.4), leaving the stored one as it is.
+//! one (docs/api.md §1.4), leaving the stored one as it is.
 
 use crate::common;
 
@@ -88,7 +88,7 @@ async fn inline_definition_runs_as_sent_beside_a_different_stored_one(backend: B
     assert_eq!(stored_after.body, stored_before.body);
 }
 
-/// An inline definition whose id is not stored yet is stored (contract 1.4).
+/// An inline definition whose id is not stored yet is stored (docs/api.md §1.4).
 async fn a_new_inline_definition_is_stored(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.register("workflow-agent-1").await;

@@ -1,6 +1,6 @@
 //! End-to-end tests of the operator reads (one agent, the agent listing with
 //! its filters and cursor pagination, state history), the operational routes
-//! (contract 1.5), unknown routes and request ids, on both backends.
+//! (docs/api.md §1.5), unknown routes and request ids, on both backends.
 
 use crate::common;
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of the registration webhook (contract 1.1), on both
+//! End-to-end tests of the registration webhook (docs/api.md §1.1), on both
 //! backends. Signed webhooks are built and signed by Python's `json`, `hmac`
 //! and `hashlib`, exactly as AgentKit does, never by our own `sign`.
 

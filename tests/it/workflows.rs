@@ -612,7 +612,7 @@ async fn invalid_triggers_and_definitions_are_refused(backend: Backend) {
     assert_eq!(r.json::<Value>().await.unwrap()["items"], json!([]));
 
     // An inline definition is stored; a different one under its id runs as
-    // sent and leaves the stored one alone (contract 1.4).
+    // sent and leaves the stored one alone (docs/api.md §1.4).
     let (got, _) = trigger(
         &s,
         "a1",

@@ -370,7 +370,7 @@ pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
     }
 }
 
-/// Assert a contract 1.8 error: the status, a JSON object body holding a
+/// Assert a docs/api.md §1.8 error: the status, a JSON object body holding a
 /// non-empty `detail` and exactly `code`, and nothing but `detail`, `code`
 /// and (for validation errors) `errors`.
 #[track_caller]
