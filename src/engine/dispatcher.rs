@@ -161,7 +161,9 @@ async fn run(ctx: Ctx, cfg: DispatchConfig, wake: Arc<Notify>, stop: Cancellatio
             );
             // A span of the triggering request's trace (stored with the
             // session), whose id goes out as the traceparent.
-            let trace = context::start(&span, run.trace.as_ref(), Kind::Client, "dispatch");
+            let trace = context::start(&span, run.trace.as_ref(), Kind::Client, || {
+                "dispatch".to_owned()
+            });
             deliveries.spawn(
                 async move {
                     deliver(&ctx, &target, &run, &trace).await;

@@ -159,9 +159,9 @@ async fn trace_context(mut req: Request, next: Next) -> Response {
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    let name = format!("{} {}", req.method(), route(&req));
     let incoming = incoming_trace(req.headers());
-    let trace = context::start(&span, incoming.as_ref(), Kind::Server, &name);
+    let name = || format!("{} {}", req.method(), route(&req));
+    let trace = context::start(&span, incoming.as_ref(), Kind::Server, name);
     req.extensions_mut().insert(RequestTrace(trace));
     req.extensions_mut().insert(RequestSpan(span));
     next.run(req).await

@@ -26,9 +26,14 @@ pub(super) struct LogIds {
 /// root of a new trace, and return the span's own context: its trace, its
 /// span id, its flags, and the parent's `tracestate`. `span` should declare
 /// the empty fields `trace_id`, `otel.kind` and `otel.name` (it may not
-/// declare them, then they are not recorded). `name` is the exported
-/// span's name.
-pub fn start(span: &Span, parent: Option<&TraceContext>, kind: Kind, name: &str) -> TraceContext {
+/// declare them, then they are not recorded). `name` makes the exported
+/// span's name (called only when spans are exported).
+pub fn start(
+    span: &Span,
+    parent: Option<&TraceContext>,
+    kind: Kind,
+    name: impl FnOnce() -> String,
+) -> TraceContext {
     let own = super::otel::start(span, parent, kind, name).unwrap_or_else(|| match parent {
         Some(p) => p.parent.with_span(new_span_id()),
         // Nobody decided before us: we do, and say the trace is wanted,
@@ -39,19 +44,22 @@ pub fn start(span: &Span, parent: Option<&TraceContext>, kind: Kind, name: &str)
             flags: SAMPLED,
         },
     });
-    span.record("trace_id", tracing::field::display(own.trace_id_hex()));
-    let ids = LogIds {
-        trace_id: own.trace_id_hex(),
-        span_id: own.span_id_hex(),
-    };
-    span.with_subscriber(|(id, dispatch)| {
-        if let Some(data) = dispatch
-            .downcast_ref::<Registry>()
-            .and_then(|registry| registry.span(id))
-        {
-            data.extensions_mut().replace(ids);
-        }
-    });
+    // A span below the log level is not built: nothing to record on it.
+    if !span.is_disabled() {
+        let ids = LogIds {
+            trace_id: own.trace_id_hex(),
+            span_id: own.span_id_hex(),
+        };
+        span.record("trace_id", tracing::field::display(&ids.trace_id));
+        span.with_subscriber(|(id, dispatch)| {
+            if let Some(data) = dispatch
+                .downcast_ref::<Registry>()
+                .and_then(|registry| registry.span(id))
+            {
+                data.extensions_mut().replace(ids);
+            }
+        });
+    }
     TraceContext {
         parent: own,
         state: parent.and_then(|p| p.state.clone()),
@@ -91,14 +99,14 @@ mod tests {
     fn continues_the_callers_trace_or_starts_one() {
         let caller = TraceContext::from_headers(Some(CALLER), Some("k=v")).expect("valid");
         let span = tracing::info_span!("t", trace_id = tracing::field::Empty);
-        let child = start(&span, Some(&caller), Kind::Server, "t");
+        let child = start(&span, Some(&caller), Kind::Server, || "t".into());
         assert_eq!(child.parent.trace_id, caller.parent.trace_id);
         assert_ne!(child.parent.span_id, caller.parent.span_id);
         assert_eq!(child.parent.flags, 0, "an unsampled trace stays unsampled");
         assert_eq!(child.state.as_deref(), Some("k=v"));
 
-        let a = start(&span, None, Kind::Client, "t");
-        let b = start(&span, None, Kind::Client, "t");
+        let a = start(&span, None, Kind::Client, || "t".into());
+        let b = start(&span, None, Kind::Client, || "t".into());
         assert_ne!(a.parent.trace_id, b.parent.trace_id);
         assert!(a.parent.sampled());
         assert_eq!(a.state, None);

@@ -18,8 +18,10 @@ pub mod otel;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing::Subscriber;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -76,40 +78,57 @@ pub fn init_with(
     // Set once: a second call (tests) keeps the first subscriber, and with
     // it the first writer's count.
     let _ = DROPPED.set(writer.error_counter());
+    // Without export the level filter is global, so a span or event below
+    // it is never built (a request's span costs nothing at LOG_LEVEL=warn).
+    // With export it filters the log lines only: spans are exported
+    // whatever the log level.
+    let (exporter, installed) = match otel {
+        Some(cfg) => {
+            let (exporter, spans) = otel::Exporter::start(cfg)?;
+            let installed = tracing_subscriber::registry()
+                .with(lines_layer(format, writer).with_filter(filter))
+                .with(spans)
+                .try_init()
+                .is_ok();
+            if installed {
+                otel::set_exporting();
+            }
+            (Some(exporter), installed)
+        }
+        None => {
+            let installed = tracing_subscriber::registry()
+                .with(filter)
+                .with(lines_layer(format, writer))
+                .try_init()
+                .is_ok();
+            (None, installed)
+        }
+    };
+    Ok(LogGuard {
+        exporter: exporter.filter(|_| installed),
+        _worker: installed.then_some(worker),
+    })
+}
+
+/// The layer that writes log lines to `writer`, in `format`.
+fn lines_layer<S>(format: LogFormat, writer: NonBlocking) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let lines = match format {
+    match format {
         LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
             .map_event_format(json::WithTraceIds)
-            .with_filter(filter)
             .boxed(),
-        LogFormat::Text => lines.with_filter(filter).boxed(),
-    };
-    let (exporter, spans) = match otel {
-        Some(cfg) => {
-            let (exporter, layer) = otel::Exporter::start(cfg)?;
-            (Some(exporter), Some(layer))
-        }
-        None => (None, None),
-    };
-    let installed = tracing_subscriber::registry()
-        .with(lines)
-        .with(spans)
-        .try_init()
-        .is_ok();
-    if installed && exporter.is_some() {
-        otel::set_exporting();
+        LogFormat::Text => lines.boxed(),
     }
-    Ok(LogGuard {
-        exporter: exporter.filter(|_| installed),
-        _worker: installed.then_some(worker),
-    })
 }
 
 /// Log lines dropped because the writer thread fell behind (0 when logging

@@ -120,7 +120,7 @@ pub(super) fn start(
     span: &Span,
     parent: Option<&TraceContext>,
     kind: Kind,
-    name: &str,
+    name: impl FnOnce() -> String,
 ) -> Option<TraceParent> {
     if !exporting() {
         return None;
@@ -132,7 +132,7 @@ pub(super) fn start(
             Kind::Client => "client",
         },
     );
-    span.record("otel.name", name);
+    span.record("otel.name", name());
     if let Some(p) = parent {
         let remote = SpanContext::new(
             TraceId::from_bytes(p.parent.trace_id),
