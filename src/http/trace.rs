@@ -164,7 +164,11 @@ fn trace_context(mut req: Request) -> Request {
     let name = || format!("{} {}", req.method(), route(&req));
     let trace = context::start(&span, incoming.as_ref(), Kind::Server, name);
     req.extensions_mut().insert(RequestTrace(trace));
-    req.extensions_mut().insert(RequestSpan(span));
+    // A span below the log level is Span::none() anyway: [`request_span`]
+    // makes that without an extension.
+    if !span.is_disabled() {
+        req.extensions_mut().insert(RequestSpan(span));
+    }
     req
 }
 
