@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::keyring::KeyRing;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, Shared};
 use crate::store::writer::{StateWriter, WriterOptions};
 
 /// Run the service on `listener` until `shutdown` is cancelled.
@@ -133,7 +133,7 @@ pub async fn serve(
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    let state = AppState {
+    let state = AppState::new(Shared {
         keys,
         config: Arc::new(config),
         store: store.clone(),
@@ -142,7 +142,7 @@ pub async fn serve(
         metrics,
         feed,
         readiness: Arc::default(),
-    };
+    });
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = if sqlite { "sqlite" } else { "postgres" }, "listening");
 

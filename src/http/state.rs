@@ -14,9 +14,29 @@ use crate::metrics::Metrics;
 use crate::store::writer::StateWriter;
 use crate::store::Store;
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs, behind one `Arc`: a request clones the
+/// state several times (each layer's and handler's `State`), and one
+/// reference count is cheaper than one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state over `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Validated configuration.
     pub config: Arc<Config>,
     /// The database.

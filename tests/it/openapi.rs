@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::common::{send, test_config, Backend, TestDb, TestServer};
 use opscore::http::auth::KeyRing;
-use opscore::http::state::AppState;
+use opscore::http::state::{AppState, Shared};
 use opscore::store::writer::{StateWriter, WriterOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -49,7 +49,7 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
     let feed = opscore::engine::feed::Feed::start(store.clone(), 8, stop.clone(), &mut tasks)
         .await
         .unwrap();
-    let state = AppState {
+    let state = AppState::new(Shared {
         keys: Arc::new(KeyRing::new(config.api_key.expose(), store.clone(), None)),
         config: Arc::new(config),
         store: store.clone(),
@@ -58,7 +58,7 @@ async fn router_paths(db: &TestDb) -> BTreeSet<String> {
         metrics: Arc::new(opscore::metrics::Metrics::new()),
         feed,
         readiness: Arc::default(),
-    };
+    });
     let debug = format!("{:?}", opscore::http::router(state));
     stop.cancel();
     while tasks.join_next().await.is_some() {}
