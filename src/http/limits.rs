@@ -45,9 +45,21 @@ use super::ops::HEALTH_PATH;
 use super::states::STATE_PATH;
 use crate::error::ApiError;
 
-/// The shared limit state, cheap to clone.
+/// The shared limit state, behind one `Arc`: every request clones it (one
+/// reference count, not one per part).
 #[derive(Clone)]
-pub struct Limits {
+pub struct Limits(Arc<LimitParts>);
+
+impl std::ops::Deref for Limits {
+    type Target = LimitParts;
+
+    fn deref(&self) -> &LimitParts {
+        &self.0
+    }
+}
+
+/// The parts of [`Limits`].
+pub struct LimitParts {
     in_flight: Arc<Semaphore>,
     unauthenticated: Arc<Semaphore>,
     request_timeout: Duration,
@@ -73,7 +85,7 @@ pub struct LimitSettings {
 impl Limits {
     /// Limits as `settings` say, authenticating callers with `keys`.
     pub fn new(settings: LimitSettings, keys: Arc<KeyRing>) -> Self {
-        Self {
+        Self(Arc::new(LimitParts {
             in_flight: Arc::new(Semaphore::new(settings.max_concurrent)),
             unauthenticated: Arc::new(Semaphore::new(settings.max_unauthenticated)),
             request_timeout: settings.request_timeout,
@@ -81,7 +93,7 @@ impl Limits {
             keys,
             shed: Arc::new(ShedLog::new("OPSCORE_MAX_CONCURRENT_REQUESTS")),
             shed_unauthenticated: Arc::new(ShedLog::new("OPSCORE_MAX_UNAUTHENTICATED_REQUESTS")),
-        }
+        }))
     }
 }
 
