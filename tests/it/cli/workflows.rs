@@ -100,7 +100,10 @@ async fn workflow_commands(backend: Backend) {
     assert_eq!(run.field("Agent"), "a1");
     let session = c.get_session(&run.field("Session")).await.expect("session");
     assert_eq!(
-        (session.workflow_id.as_str(), session.agent_id.as_str()),
+        (
+            session.workflow_id.as_str(),
+            session.agent_id.as_deref().unwrap_or_default()
+        ),
         ("review", "a1")
     );
     let tasks = session.tasks.expect("tasks");
