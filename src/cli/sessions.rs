@@ -83,10 +83,21 @@ pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
 }
 
 fn session_text(s: &Session) -> String {
+    let pool = match (&s.agent_id, &s.agent_selector) {
+        (Some(a), _) => a.clone(),
+        (None, sel) => serde_json::to_string(sel).unwrap_or_default(),
+    };
     let mut text = fields(&[
         ("Session", s.session_id.clone()),
         ("Workflow", s.workflow_id.clone()),
-        ("Agent", s.agent_id.clone()),
+        (
+            if s.agent_id.is_some() {
+                "Agent"
+            } else {
+                "Pool"
+            },
+            pool,
+        ),
         ("Status", s.status.clone()),
         ("Created", time(&s.created_at)),
         ("Updated", time(&s.updated_at)),
@@ -101,22 +112,28 @@ fn session_text(s: &Session) -> String {
         "TASK",
         "NAME",
         "STATUS",
+        "AGENT",
+        "WAITING FOR",
         "ATTEMPTS",
         "DUE",
         "DISPATCHED",
         "FINISHED",
         "LAST ERROR",
+        "OUTPUT",
     ]);
     for r in tasks {
         t.row(vec![
             r.task_id.clone(),
             opt(Some(&r.name)),
             r.status.clone(),
+            opt(r.agent_id.as_deref()),
+            opt(r.waiting_for.map(|w| w.as_str())),
             format!("{}/{}", r.attempts, r.max_retries + 1),
             opt_time(&r.due_at),
             opt_time(&r.dispatched_at),
             opt_time(&r.finished_at),
             opt(r.last_error.as_deref()),
+            json(r.output.as_ref()),
         ]);
     }
     text.push('\n');

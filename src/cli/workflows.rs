@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::output::{json_object_arg, out, print_json, show, CliError, ClientOpts};
 use super::table::{fields, json, opt, Table};
-use crate::client::{Page, Stored, TriggerSource, Triggered, WorkflowDefinition};
+use crate::client::{AgentSelector, Page, Stored, TriggerSource, Triggered, WorkflowDefinition};
 
 /// `opscore workflows`.
 #[derive(Debug, Subcommand)]
@@ -43,14 +43,20 @@ pub enum WorkflowsCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Start a session of a workflow on an agent.
+    /// Start a session of a workflow: on one agent (`--agent A`), or on a
+    /// pool (`--capability X`, several `--agent`, or neither: any agent).
     Trigger {
         /// The stored definition to run.
         #[arg(required_unless_present = "definition", conflicts_with = "definition")]
         workflow_id: Option<String>,
-        /// The agent to run it on.
+        /// The agent to run it on; given more than once (or with
+        /// --capability), the agents of the pool.
         #[arg(long)]
-        agent: String,
+        agent: Vec<String>,
+        /// Run it on a pool: any free agent with this capability (and among
+        /// the --agent ones, if given).
+        #[arg(long)]
+        capability: Option<String>,
         /// The first task's payload, a JSON object [default: its parameters].
         #[arg(long)]
         payload: Option<String>,
@@ -107,6 +113,7 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
         WorkflowsCmd::Trigger {
             workflow_id,
             agent,
+            capability,
             payload,
             definition,
             opts,
@@ -133,9 +140,42 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
                     ))
                 }
             };
-            let call = opts.client()?.trigger(&agent, &source, payload.as_ref());
-            show(opts.machine(), call, |t| triggered_text(t, &agent)).await
+            // One agent and no capability: the per-agent trigger
+            // (docs/api.md §1.4); anything else a pool (§3.3).
+            if let ([one], None) = (agent.as_slice(), &capability) {
+                let call = opts.client()?.trigger(one, &source, payload.as_ref());
+                return show(opts.machine(), call, |t| triggered_text(t, one)).await;
+            }
+            let selector = AgentSelector {
+                capability,
+                agent_ids: (!agent.is_empty()).then_some(agent),
+            };
+            let (id, def) = match &source {
+                TriggerSource::Stored(id) => (id.clone(), None),
+                TriggerSource::Inline(def) => (def.id.clone(), Some(def)),
+            };
+            let call = opts
+                .client()?
+                .trigger_pool(&id, &selector, def, payload.as_ref());
+            let pool = pool_text(&selector);
+            show(opts.machine(), call, |t| triggered_text(t, &pool)).await
         }
+    }
+}
+
+/// How a pool's selector reads in a trigger's answer.
+fn pool_text(s: &AgentSelector) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &s.capability {
+        parts.push(format!("capability {c}"));
+    }
+    if let Some(ids) = &s.agent_ids {
+        parts.push(ids.join(", "));
+    }
+    if parts.is_empty() {
+        "any agent".to_owned()
+    } else {
+        format!("pool of {}", parts.join("; "))
     }
 }
 

@@ -183,6 +183,33 @@ impl Client {
         )
     }
 
+    /// Trigger a workflow on a pool of agents (docs/api.md §3.3):
+    /// `definition`, when given, is run instead of the stored
+    /// `workflow_id` (its id must be `workflow_id`).
+    pub fn trigger_pool(
+        &self,
+        workflow_id: &str,
+        selector: &AgentSelector,
+        definition: Option<&WorkflowDefinition>,
+        payload: Option<&Value>,
+    ) -> Call<Triggered> {
+        let mut body = Map::new();
+        body.insert("agentSelector".into(), json!(selector));
+        if let Some(def) = definition {
+            body.insert("workflowDefinition".into(), json!(def));
+        }
+        if let Some(p) = payload {
+            body.insert("initialPayload".into(), p.clone());
+        }
+        Call::new(
+            self.post(&format!(
+                "/v1/opscore/workflows/{}/trigger",
+                seg(workflow_id)
+            ))
+            .json(&body),
+        )
+    }
+
     /// A session with its task runs.
     pub fn get_session(&self, session_id: &str) -> Call<Session> {
         Call::new(self.get(&format!("/v1/opscore/sessions/{}", seg(session_id))))

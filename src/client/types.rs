@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use crate::domain::workflow::{TaskDefinition, WorkflowDefinition};
+pub use crate::domain::run_rules::WaitingFor;
+pub use crate::domain::workflow::{AgentSelector, TaskDefinition, WorkflowDefinition};
 
 /// The answer of `POST /v1/opscore/workflows`: the stored definition and
 /// whether this call stored it (201) or it was already there (200).

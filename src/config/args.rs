@@ -166,6 +166,10 @@ pub struct ServeArgs {
     /// Deadline of an attempt when the task sets no timeoutSeconds, in seconds.
     #[arg(long, env = "OPSCORE_TASK_TIMEOUT_SECS", default_value = "300", value_parser = whole(1, MAX_SECONDS))]
     pub task_timeout_secs: u64,
+    /// How long a due task may wait for a free agent when it sets no
+    /// queueTimeoutSeconds, in seconds; then its attempt fails.
+    #[arg(long, env = "OPSCORE_QUEUE_TIMEOUT_SECS", default_value = "300", value_parser = whole(1, MAX_SECONDS))]
+    pub queue_timeout_secs: u64,
     /// Delay before the first retry, in milliseconds (doubles per attempt by default).
     #[arg(long, env = "OPSCORE_RETRY_BASE_MS", default_value = "1000", value_parser = whole(1, 3_600_000))]
     pub retry_base_ms: u64,

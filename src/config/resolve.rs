@@ -131,6 +131,7 @@ impl ServeArgs {
             },
             jitter: Jitter::default(),
             default_timeout_secs: self.task_timeout_secs,
+            queue_timeout_secs: self.queue_timeout_secs,
             liveness: Liveness {
                 ttl_secs: self.agent_ttl_secs.and_then(|t| t.0),
                 grace_secs: self.stale_grace_secs,

@@ -5,7 +5,7 @@
 
 use super::liveness::Liveness;
 use super::time::Micros;
-use super::workflow::{Backoff, TaskDefinition};
+use super::workflow::{Backoff, TaskDefinition, WorkflowDefinition};
 
 /// The workflow rules the engine hands the store, applied inside its
 /// transactions when a task moves on (a report fails an attempt, a deadline
@@ -19,6 +19,9 @@ pub struct EngineRules {
     pub jitter: Jitter,
     /// Deadline of an attempt whose task sets no `timeoutSeconds`.
     pub default_timeout_secs: u64,
+    /// How long a due run may wait for an agent when its task sets no
+    /// `queueTimeoutSeconds` (docs/api.md §3.6).
+    pub queue_timeout_secs: u64,
     /// When an agent counts as stale.
     pub liveness: Liveness,
 }
@@ -49,7 +52,7 @@ impl Jitter {
 pub struct NewRun {
     /// Run id (UUIDv7).
     pub run_id: String,
-    /// Position in the session (0 for the first task).
+    /// Position in the session: the task's index in the definition.
     pub position: i64,
     /// The definition's task id.
     pub task_id: String,
@@ -61,42 +64,79 @@ pub struct NewRun {
     pub max_retries: i64,
     /// Attempt deadline in seconds.
     pub timeout_secs: i64,
-    /// When it becomes due.
+    /// When it becomes due (meaningful once `deps_left` is 0).
     pub due_at: Micros,
+    /// Dependencies not completed yet; claimable only at 0.
+    pub deps_left: i64,
+    /// The capability its agent must have (pool sessions only: the
+    /// per-agent trigger of docs/api.md §1.4 never checked it).
+    pub capability: Option<String>,
+    /// The tasks whose outputs its dispatch carries as `inputs`.
+    pub inputs_from: Vec<String>,
+    /// How long it may wait for an agent once due, in seconds.
+    pub queue_timeout_secs: i64,
+}
+
+/// `secs` as microseconds, bounded.
+pub fn secs_us(secs: u64) -> Micros {
+    i64::try_from(secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000
 }
 
 impl NewRun {
-    /// The run for `task` at `position`, due after its delay, with the
-    /// task's timeout or the default one.
-    pub fn for_task(
-        task: &TaskDefinition,
-        position: i64,
-        payload: &serde_json::Value,
+    /// Every run of a session of `def`, in definition order, all queued at
+    /// once: start tasks (no dependency) due after their delay with
+    /// `initial_payload` (else their parameters), every other task with its
+    /// parameters, waiting for its dependencies. `pool`: the session is
+    /// triggered on a pool (tasks' `agentCapability` is then required).
+    pub fn for_session(
+        def: &WorkflowDefinition,
+        initial_payload: Option<&serde_json::Value>,
+        pool: bool,
         now: Micros,
         rules: &EngineRules,
-    ) -> Self {
-        let delay_us =
-            i64::try_from(task.delay_seconds).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-        Self {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            position,
-            task_id: task.task_id.clone(),
-            task_name: if task.name.is_empty() {
-                task.task_id.clone()
-            } else {
-                task.name.clone()
-            },
-            payload: payload.to_string(),
-            max_retries: i64::from(task.max_retries),
-            timeout_secs: task.timeout_seconds.unwrap_or(rules.default_timeout_secs) as i64,
-            due_at: now.saturating_add(delay_us),
-        }
+    ) -> Vec<Self> {
+        let deps = super::graph::dependencies(def);
+        def.tasks
+            .iter()
+            .zip(deps)
+            .enumerate()
+            .map(|(i, (task, deps))| {
+                let start = deps.is_empty();
+                let payload = match initial_payload {
+                    Some(p) if start => p,
+                    _ => &task.parameters,
+                };
+                Self {
+                    run_id: uuid::Uuid::now_v7().to_string(),
+                    position: i as i64,
+                    task_id: task.task_id.clone(),
+                    task_name: if task.name.is_empty() {
+                        task.task_id.clone()
+                    } else {
+                        task.name.clone()
+                    },
+                    payload: payload.to_string(),
+                    max_retries: i64::from(task.max_retries),
+                    timeout_secs: task.timeout_seconds.unwrap_or(rules.default_timeout_secs) as i64,
+                    due_at: now.saturating_add(secs_us(task.delay_seconds)),
+                    deps_left: deps.len() as i64,
+                    capability: if pool {
+                        task.agent_capability.clone()
+                    } else {
+                        None
+                    },
+                    inputs_from: deps.iter().map(|&j| def.tasks[j].task_id.clone()).collect(),
+                    queue_timeout_secs: task
+                        .queue_timeout_seconds
+                        .unwrap_or(rules.queue_timeout_secs)
+                        as i64,
+                }
+            })
+            .collect()
     }
 
-    /// The run of `task`, the one after the run at `position` that just
-    /// completed: only a session's first task takes the trigger's payload,
-    /// every later one its own parameters.
-    pub fn next(task: &TaskDefinition, position: i64, now: Micros, rules: &EngineRules) -> Self {
-        Self::for_task(task, position + 1, &task.parameters, now, rules)
+    /// When a dependent of a task completed at `now` becomes due.
+    pub fn released_due(task: &TaskDefinition, now: Micros) -> Micros {
+        now.saturating_add(secs_us(task.delay_seconds))
     }
 }

@@ -137,7 +137,9 @@ impl NewEvent {
     fn new(kind: EventKind, agent: &str, session: Option<&str>, at: Micros, data: Value) -> Self {
         Self {
             kind,
-            agent_id: Some(agent.to_owned()),
+            // A pool session, or a run no agent holds yet, concerns no
+            // agent.
+            agent_id: (!agent.is_empty()).then(|| agent.to_owned()),
             session_id: session.map(str::to_owned),
             at,
             data: data.to_string(),

@@ -8,6 +8,7 @@ pub mod apikey;
 pub mod audit;
 pub mod engine_rules;
 pub mod event;
+pub mod graph;
 pub mod liveness;
 pub mod newkey;
 pub mod ratelimit;

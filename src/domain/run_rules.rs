@@ -362,24 +362,37 @@ pub fn unsent_retry_reason(run: &RunView) -> String {
     )
 }
 
-/// What follows a completed task.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum AfterCompletion<'a> {
-    /// Queue this task next.
-    Next(&'a TaskDefinition),
-    /// That was the last: the session is completed.
-    SessionCompleted,
+/// What follows a completed task (docs/api.md §3.5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AfterCompletion<'a> {
+    /// The tasks that depended on it: each has one dependency fewer, and
+    /// becomes due (after its `delaySeconds`, counted from now) when that
+    /// was its last.
+    pub dependents: Vec<&'a TaskDefinition>,
+    /// No other run of the session is unfinished: it is completed.
+    pub session_completed: bool,
 }
 
-/// The task after `task_id` in `def`, or the session's end.
-pub fn after_completion<'a>(def: &'a WorkflowDefinition, task_id: &str) -> AfterCompletion<'a> {
-    match def
-        .task(task_id)
-        .and_then(|t| t.next_task_id.as_deref())
-        .and_then(|id| def.task(id))
-    {
-        Some(t) => AfterCompletion::Next(t),
-        None => AfterCompletion::SessionCompleted,
+/// What the completion of `task_id` in `def` does, `unfinished` being how
+/// many other runs of its session have not completed yet.
+pub fn after_completion<'a>(
+    def: &'a WorkflowDefinition,
+    task_id: &str,
+    unfinished: usize,
+) -> AfterCompletion<'a> {
+    let deps = super::graph::dependencies(def);
+    let dependents = def
+        .tasks
+        .iter()
+        .position(|t| t.task_id == task_id)
+        .map(|i| super::graph::dependents(&deps, i))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| &def.tasks[i])
+        .collect();
+    AfterCompletion {
+        dependents,
+        session_completed: unfinished == 0,
     }
 }
 
@@ -406,6 +419,9 @@ pub fn may_send_sql(state: &str, attempts: &str, allow_unknown: &str) -> String 
          OR ({attempts} > 0 AND {state} = '{RETRY_STATE}'))"
     )
 }
+
+mod pool;
+pub use pool::*;
 
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,15 @@ pub struct TaskDefinition {
     /// Wait before the task becomes due.
     #[serde(default)]
     pub delay_seconds: u64,
+    /// Tasks that must complete before this one is due (docs/api.md §3.5).
+    /// Present on any task (`[]` for a start task), the definition is a
+    /// graph: every task with no dependency and no predecessor starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
+    /// How long a due run may wait for an agent before its attempt fails
+    /// (docs/api.md §3.6); the server default if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_seconds: Option<u64>,
 }
 
 fn empty_object() -> Value {
@@ -209,6 +218,14 @@ impl WorkflowDefinition {
                     format!("must be 1 to {MAX_SECONDS}"),
                 ));
             }
+            if t.queue_timeout_seconds
+                .is_some_and(|s| s == 0 || s > MAX_SECONDS)
+            {
+                errors.push(FieldError::new(
+                    f("queueTimeoutSeconds"),
+                    format!("must be 1 to {MAX_SECONDS}"),
+                ));
+            }
             if t.delay_seconds > MAX_SECONDS {
                 errors.push(FieldError::new(
                     f("delaySeconds"),
@@ -226,7 +243,11 @@ impl WorkflowDefinition {
                 }
             }
         }
-        if errors.is_empty() {
+        let graph = super::graph::has_depends_on(self);
+        if errors.is_empty() && graph {
+            errors = super::graph::validate(self);
+        }
+        if errors.is_empty() && !graph {
             // Every next exists and ids are unique: walk from each task; a
             // walk longer than the task count has revisited a task.
             for (i, start) in self.tasks.iter().enumerate() {
@@ -250,7 +271,7 @@ impl WorkflowDefinition {
                 }
             }
         }
-        if errors.is_empty() {
+        if errors.is_empty() && !graph {
             // Execution starts at the first task and follows nextTaskId: a
             // task off that chain would never run.
             let mut reached = vec![false; self.tasks.len()];
@@ -298,6 +319,67 @@ impl WorkflowDefinition {
     /// two bodies that mean the same definition compare equal.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Which agents may take a session's tasks (docs/api.md §3.3): those with
+/// the capability, when set, and among the agent ids, when any are given.
+/// Empty: every registered agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSelector {
+    /// A capability every chosen agent has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// The agents to choose among.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ids: Option<Vec<String>>,
+}
+
+impl AgentSelector {
+    /// The selector of a per-agent trigger (docs/api.md §1.4): a pool of
+    /// one.
+    pub fn one(agent: &str) -> Self {
+        Self {
+            capability: None,
+            agent_ids: Some(vec![agent.to_owned()]),
+        }
+    }
+
+    /// Check it: a capability and every agent id 1 to 128 characters, at
+    /// most [`MAX_TASKS`] agent ids. Problems name their field under
+    /// `prefix`.
+    pub fn validate(&self, prefix: &str) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if let Some(c) = &self.capability {
+            if c.is_empty() || c.len() > MAX_ID_LEN {
+                errors.push(FieldError::new(
+                    format!("{prefix}.capability"),
+                    format!("must be 1 to {MAX_ID_LEN} characters"),
+                ));
+            }
+        }
+        if let Some(ids) = &self.agent_ids {
+            if ids.len() > 1000 {
+                errors.push(FieldError::new(
+                    format!("{prefix}.agentIds"),
+                    "at most 1000 agent ids",
+                ));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if !valid_id(id) {
+                    errors.push(FieldError::new(
+                        format!("{prefix}.agentIds[{i}]"),
+                        "must be an agent id: 1 to 128 characters of letters, digits, '.', '_', ':' and '-'",
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 

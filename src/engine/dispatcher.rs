@@ -40,6 +40,9 @@ struct TaskMessage<'a> {
     task_name: &'a str,
     opscore_session_id: &'a str,
     opscore_task_id: &'a str,
+    /// The outputs of the tasks it depends on (docs/api.md §3.4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -279,6 +282,10 @@ async fn send(
         task_name: &run.task_name,
         opscore_session_id: &run.session_id,
         opscore_task_id: &run.run_id,
+        inputs: run
+            .inputs
+            .as_deref()
+            .and_then(|i| serde_json::from_str::<&RawValue>(i).ok()),
     };
     let url = match target_url(target, run) {
         Ok(url) => url,
@@ -378,6 +385,7 @@ mod tests {
             attempt: 1,
             claim: "c".into(),
             trace: None,
+            inputs: None,
         };
         assert_eq!(
             target_url(&base, &run("a1:x.y")).as_deref(),

@@ -17,7 +17,7 @@ use crate::domain::audit::Actor;
 use crate::domain::engine_rules::{EngineRules, NewRun};
 use crate::domain::time::now_micros;
 use crate::domain::trace::TraceContext;
-use crate::domain::workflow::{parse_definition_file, WorkflowDefinition};
+use crate::domain::workflow::{parse_definition_file, AgentSelector, WorkflowDefinition};
 use crate::store::{NewSession, PutOutcome, Store, StoreResult};
 
 /// Which definition a trigger runs.
@@ -39,16 +39,27 @@ pub struct Triggered {
     pub workflow_id: String,
 }
 
-/// Create a session of `source` for `agent` and queue its first task (its
-/// payload is `initial_payload` if given, else the task's parameters), or
-/// complete it at once when the definition has no tasks (docs/api.md §1.4).
-/// `trace` is the triggering request's trace context, stored with the
-/// session so that every dispatch of it joins that trace.
+/// Where a trigger runs its session: on one agent (docs/api.md §1.4) or
+/// on a pool (§3.3).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The per-agent trigger: a pool of this one agent, which must be
+    /// registered.
+    Agent(AgentId),
+    /// Any agent the selector matches, at dispatch time.
+    Pool(AgentSelector),
+}
+
+/// Create a session of `source` on `target` and queue every task of it
+/// (start tasks get `initial_payload` if given, else their parameters), or
+/// complete it at once when the definition has no tasks (docs/api.md §1.4,
+/// §3.3). `trace` is the triggering request's trace context, stored with
+/// the session so that every dispatch of it joins that trace.
 /// The session is audited as triggered `by`.
 pub async fn trigger(
     store: &dyn Store,
     rules: &EngineRules,
-    agent: &AgentId,
+    target: Target,
     source: DefinitionSource,
     initial_payload: Option<Value>,
     trace: Option<TraceContext>,
@@ -62,14 +73,25 @@ pub async fn trigger(
         DefinitionSource::Stored(id) => (store.get_definition(&id).await?, false),
         DefinitionSource::Inline(def) => (def, true),
     };
-    let first_run = definition.tasks.first().map(|task| {
-        let payload = initial_payload.as_ref().unwrap_or(&task.parameters);
-        NewRun::for_task(task, 0, payload, now, rules)
-    });
+    let (agent_id, selector) = match target {
+        Target::Agent(a) => {
+            let selector = AgentSelector::one(a.as_str());
+            (Some(a), selector)
+        }
+        Target::Pool(selector) => (None, selector),
+    };
+    let runs = NewRun::for_session(
+        &definition,
+        initial_payload.as_ref(),
+        agent_id.is_none(),
+        now,
+        rules,
+    );
     let session = NewSession {
         session_id: uuid::Uuid::now_v7().to_string(),
-        agent_id: agent.clone(),
-        first_run,
+        agent_id,
+        selector,
+        runs,
         definition,
         store_definition,
         trace,

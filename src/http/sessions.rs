@@ -57,6 +57,9 @@ fn run_view(r: RunRecord) -> TaskRun {
         finished_at: r.finished_at.map(from_micros),
         last_error: r.last_error,
         result: r.result.map(RawJson),
+        agent_id: r.agent_id,
+        output: r.output.map(RawJson),
+        waiting_for: r.waiting_for,
     }
 }
 
@@ -66,6 +69,7 @@ fn view(s: SessionRecord, with_tasks: bool) -> Session {
         session_id: s.session_id,
         workflow_id: s.workflow_id,
         agent_id: s.agent_id,
+        agent_selector: s.selector,
         status: s.status.as_str().to_owned(),
         result: s.result.map(RawJson),
         error: s.error,

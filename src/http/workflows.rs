@@ -15,9 +15,9 @@ use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::extract::{path_agent, AgentPath};
 use super::paging::Page;
 use crate::domain::time::now_micros;
-use crate::domain::workflow::{WorkflowDefinition, MAX_DEFINITION_BYTES};
+use crate::domain::workflow::{AgentSelector, WorkflowDefinition, MAX_DEFINITION_BYTES};
 use crate::domain::FieldError;
-use crate::engine::{self, DefinitionSource};
+use crate::engine::{self, DefinitionSource, Target};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::http::trace::RequestTrace;
@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(fetch, remove))
         .routes(routes!(trigger))
+        .routes(routes!(trigger_pool))
 }
 
 /// The `workflowId` path parameter.
@@ -266,19 +267,7 @@ async fn trigger(
     let agent = path_agent(&agent_id)?;
     let source = match (body.workflow_definition_id, body.workflow_definition) {
         (Some(id), None) => DefinitionSource::Stored(id),
-        (None, Some(def)) => {
-            def.validate().map_err(|errors| {
-                ApiError::validation(
-                    errors
-                        .into_iter()
-                        .map(|e| {
-                            FieldError::new(format!("workflowDefinition.{}", e.field), e.message)
-                        })
-                        .collect(),
-                )
-            })?;
-            DefinitionSource::Inline(def)
-        }
+        (None, Some(def)) => DefinitionSource::Inline(inline_definition(def)?),
         _ => {
             return Err(ApiError::invalid_field(
                 "workflowDefinitionId",
@@ -286,26 +275,11 @@ async fn trigger(
             ))
         }
     };
-    let initial_payload = match body.initial_payload {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) if v.to_string().len() <= MAX_DEFINITION_BYTES => Some(v),
-        Some(Value::Object(_)) => {
-            return Err(ApiError::invalid_field(
-                "initialPayload",
-                format!("must be at most {MAX_DEFINITION_BYTES} bytes"),
-            ))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "initialPayload",
-                "must be a JSON object",
-            ))
-        }
-    };
+    let initial_payload = initial_payload(body.initial_payload)?;
     let t = engine::trigger(
         &*state.store,
         &state.config.db.engine,
-        &agent,
+        Target::Agent(agent.clone()),
         source,
         initial_payload,
         trace.map(|Extension(RequestTrace(t))| t),
@@ -314,6 +288,123 @@ async fn trigger(
     .await?;
     state.wake.notify_one();
     tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, agent_id = %agent, "workflow triggered");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Triggered {
+            session_id: t.session_id,
+            workflow_id: t.workflow_id,
+            message: "Workflow triggered successfully".into(),
+        }),
+    ))
+}
+
+/// `initialPayload` checked: null or absent means none; otherwise a JSON
+/// object of at most 256 KiB.
+fn initial_payload(v: Option<Value>) -> Result<Option<Value>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) if v.to_string().len() <= MAX_DEFINITION_BYTES => Ok(Some(v)),
+        Some(Value::Object(_)) => Err(ApiError::invalid_field(
+            "initialPayload",
+            format!("must be at most {MAX_DEFINITION_BYTES} bytes"),
+        )),
+        Some(_) => Err(ApiError::invalid_field(
+            "initialPayload",
+            "must be a JSON object",
+        )),
+    }
+}
+
+/// An inline definition checked, its problems named under
+/// `workflowDefinition`.
+fn inline_definition(def: WorkflowDefinition) -> Result<WorkflowDefinition> {
+    def.validate().map_err(|errors| {
+        ApiError::validation(
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(format!("workflowDefinition.{}", e.field), e.message))
+                .collect(),
+        )
+    })?;
+    Ok(def)
+}
+
+/// The pool trigger's body (docs/api.md §3.3). Extra fields are ignored.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"agentSelector": {"capability": "summarise"}, "initialPayload": {"text": "hello"}}))]
+struct PoolTriggerBody {
+    /// The start tasks' payload (a JSON object of at most 256 KiB) instead
+    /// of their `parameters`.
+    #[schema(value_type = Option<Object>)]
+    initial_payload: Option<Value>,
+    /// Which agents may take its tasks; none: any registered agent (each
+    /// task's `agentCapability` still applies).
+    agent_selector: Option<AgentSelector>,
+    /// An inline definition run instead of the stored one, as in the
+    /// per-agent trigger; its id must be the path's.
+    workflow_definition: Option<WorkflowDefinition>,
+}
+
+/// Trigger a workflow on a pool of agents.
+///
+/// Creates a session and queues every task in one transaction. Each task
+/// goes to a registered, fresh, free agent that matches the selector and
+/// has the task's `agentCapability`, chosen when it is sent.
+#[utoipa::path(
+    post,
+    operation_id = "triggerWorkflowOnPool",
+    path = "/v1/opscore/workflows/{workflowId}/trigger",
+    tag = "workflows",
+    params(WorkflowPath),
+    request_body(content = PoolTriggerBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Session created", body = Triggered),
+        (status = 400, description = "`invalid_json`, `invalid_body`", body = ErrorBody),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key may not trigger workflows", body = ErrorBody),
+        (status = 404, description = "`not_found`: unknown definition id", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not JSON", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad selector, an invalid inline definition or one whose id is not the path's, a non-object `initialPayload`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
+async fn trigger_pool(
+    caller: Require<perm::Trigger>,
+    State(state): State<AppState>,
+    Path(workflow_id): Path<String>,
+    trace: Option<Extension<RequestTrace>>,
+    JsonBody(body): JsonBody<PoolTriggerBody>,
+) -> Result<(StatusCode, Json<Triggered>)> {
+    let selector = body.agent_selector.unwrap_or_default();
+    selector
+        .validate("agentSelector")
+        .map_err(ApiError::validation)?;
+    let source = match body.workflow_definition {
+        Some(def) if def.id != workflow_id => {
+            return Err(ApiError::invalid_field(
+                "workflowDefinition.id",
+                format!("must be the path's workflow id '{workflow_id}'"),
+            ))
+        }
+        Some(def) => DefinitionSource::Inline(inline_definition(def)?),
+        None => DefinitionSource::Stored(workflow_id),
+    };
+    let initial_payload = initial_payload(body.initial_payload)?;
+    let t = engine::trigger(
+        &*state.store,
+        &state.config.db.engine,
+        Target::Pool(selector),
+        source,
+        initial_payload,
+        trace.map(|Extension(RequestTrace(t))| t),
+        &caller.actor(),
+    )
+    .await?;
+    state.wake.notify_one();
+    tracing::info!(session_id = %t.session_id, workflow_id = %t.workflow_id, "workflow triggered on a pool");
     Ok((
         StatusCode::ACCEPTED,
         Json(Triggered {

@@ -18,10 +18,11 @@ use serde_json::{Map, Value};
 
 use crate::domain::agent::AgentId;
 use crate::domain::event::SessionEnd;
+use crate::domain::run_rules::WaitingFor;
 use crate::domain::state::StateRecord;
 use crate::domain::time::Micros;
 use crate::domain::trace::TraceContext;
-use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
+use crate::domain::workflow::{AgentSelector, RunStatus, SessionStatus, WorkflowDefinition};
 
 pub use crate::domain::engine_rules::{EngineRules, Jitter, NewRun};
 pub use crate::domain::liveness::Liveness;
@@ -285,21 +286,23 @@ pub enum PutOutcome {
     Replaced,
 }
 
-/// A session to create, with its first task run (none for an empty workflow).
+/// A session to create, with every task run (none for an empty workflow).
 #[derive(Debug, Clone)]
 pub struct NewSession {
     /// Session id (UUIDv7).
     pub session_id: String,
-    /// The agent that runs it.
-    pub agent_id: AgentId,
+    /// The agent of a per-agent trigger (docs/api.md §1.4); `None` for a
+    /// pool (§3.3).
+    pub agent_id: Option<AgentId>,
+    /// Which agents may take its tasks.
+    pub selector: AgentSelector,
     /// The definition it runs.
     pub definition: WorkflowDefinition,
-    /// Also store the definition (sent inline with the trigger), in the same
-    /// transaction: a different stored definition under its id is a
-    /// `Conflict`, and a refused trigger stores nothing.
+    /// Also store the definition (sent inline with the trigger) when its
+    /// id is new, in the same transaction.
     pub store_definition: bool,
-    /// Its first task, queued in the same transaction.
-    pub first_run: Option<NewRun>,
+    /// Its runs, queued in the same transaction.
+    pub runs: Vec<NewRun>,
     /// The trace of the request that triggered it, which each of its
     /// dispatches joins.
     pub trace: Option<TraceContext>,
@@ -312,8 +315,10 @@ pub struct SessionRecord {
     pub session_id: String,
     /// Definition id.
     pub workflow_id: String,
-    /// Agent.
-    pub agent_id: String,
+    /// The agent of a per-agent trigger; `None` for a pool.
+    pub agent_id: Option<String>,
+    /// Which agents may take its tasks.
+    pub selector: AgentSelector,
     /// Status.
     pub status: SessionStatus,
     /// The last task's result, once completed.
@@ -359,6 +364,12 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// The agent's details when it finished.
     pub result: Option<Box<serde_json::value::RawValue>>,
+    /// The agent it was sent to (or is pinned to), if any yet.
+    pub agent_id: Option<String>,
+    /// The finishing report's `details.output`.
+    pub output: Option<Box<serde_json::value::RawValue>>,
+    /// Why it is not sent yet (docs/api.md §3.6); `None` once sent.
+    pub waiting_for: Option<WaitingFor>,
 }
 
 /// Whose audit entries to list.
@@ -423,6 +434,9 @@ pub struct ClaimedRun {
     pub claim: String,
     /// The session's trace, which the dispatch joins.
     pub trace: Option<TraceContext>,
+    /// The outputs of the tasks it depends on, as a JSON object
+    /// (docs/api.md §3.4); `None` for a start task.
+    pub inputs: Option<String>,
 }
 
 /// How a dispatch attempt went.

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{time, RawJson};
-use crate::domain::workflow::{RunStatus, SessionStatus};
+use crate::domain::run_rules::WaitingFor;
+use crate::domain::workflow::{AgentSelector, RunStatus, SessionStatus};
 
 /// A session; `tasks` only when read by id.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -17,8 +18,13 @@ pub struct Session {
     pub session_id: String,
     /// The definition it runs.
     pub workflow_id: String,
-    /// The agent it runs on.
-    pub agent_id: String,
+    /// The agent of a per-agent trigger (docs/api.md §1.4); null for a
+    /// session triggered on a pool (§3.3).
+    pub agent_id: Option<String>,
+    /// Which agents may take its tasks; a per-agent trigger's is
+    /// `{"agentIds": [agentId]}`.
+    #[serde(default)]
+    pub agent_selector: AgentSelector,
     /// `started`, `running`, `completed`, `failed` or `cancelled`.
     #[schema(value_type = SessionStatus)]
     pub status: String,
@@ -86,6 +92,18 @@ pub struct TaskRun {
     /// The `details` of the report that completed it.
     #[schema(value_type = Option<Object>)]
     pub result: Option<RawJson>,
+    /// The agent its latest attempt went to, or the session's agent; null
+    /// while a pool's run waits for one.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// The finishing report's `details.output` (docs/api.md §3.4).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<RawJson>,
+    /// Why it is not sent yet (docs/api.md §3.6); null once sent or
+    /// ended.
+    #[serde(default)]
+    pub waiting_for: Option<WaitingFor>,
 }
 
 /// The trigger's answer.

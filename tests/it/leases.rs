@@ -33,13 +33,14 @@ async fn one_task_session(store: &dyn Store, def: &str, now: i64) -> NewSession 
         .unwrap();
     let def = parse_definition(def, false).unwrap();
     let rules = StoreOptions::default().engine;
-    let run = NewRun::for_task(&def.tasks[0], 0, &def.tasks[0].parameters, now, &rules);
+    let runs = NewRun::for_session(&def, None, false, now, &rules);
     let session = NewSession {
         session_id: uuid::Uuid::now_v7().to_string(),
-        agent_id: agent,
+        selector: opscore::domain::workflow::AgentSelector::one(agent.as_str()),
+        agent_id: Some(agent),
         definition: def,
         store_definition: false,
-        first_run: Some(run),
+        runs,
         trace: None,
     };
     store

@@ -26,6 +26,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outage;
+mod pools;
 mod properties;
 mod quiet_agents;
 mod reads;

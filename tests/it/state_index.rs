@@ -250,10 +250,10 @@ async fn batches_say_when_a_queued_task_may_go_out() {
     )
     .expect("definition");
     let payload = serde_json::json!({});
-    let first = NewRun::for_task(
-        &definition.tasks[0],
-        0,
-        &payload,
+    let runs = NewRun::for_session(
+        &definition,
+        Some(&payload),
+        false,
         now,
         &EngineRules::default(),
     );
@@ -261,10 +261,11 @@ async fn batches_say_when_a_queued_task_may_go_out() {
         .create_session(
             &NewSession {
                 session_id: uuid::Uuid::now_v7().to_string(),
-                agent_id: id(0),
+                agent_id: Some(id(0)),
+                selector: opscore::domain::workflow::AgentSelector::one(id(0).as_str()),
                 definition,
                 store_definition: true,
-                first_run: Some(first),
+                runs,
                 trace: None,
             },
             &opscore::domain::audit::Actor::system("test"),

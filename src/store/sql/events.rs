@@ -241,10 +241,17 @@ where
             .await?;
             for row in held {
                 let run = InFlight::from_row(row);
+                // A pool's run is retried, on another agent of the pool
+                // if one is free; a per-agent session's fails for good.
+                let pinned: Option<String> =
+                    sqlx::query_scalar("SELECT agent_id FROM sessions WHERE session_id = $1")
+                        .bind(&run.session_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 let failure = Failure {
                     reason: AGENT_STALE,
                     guard: IN_FLIGHT.as_str(),
-                    retryable: false,
+                    retryable: pinned.as_deref() == Some(""),
                     not_before: None,
                 };
                 Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;

@@ -100,7 +100,10 @@ async fn workflow_commands(backend: Backend) {
     assert_eq!(run.field("Agent"), "a1");
     let session = c.get_session(&run.field("Session")).await.expect("session");
     assert_eq!(
-        (session.workflow_id.as_str(), session.agent_id.as_str()),
+        (
+            session.workflow_id.as_str(),
+            session.agent_id.as_deref().unwrap_or_default()
+        ),
         ("review", "a1")
     );
     let tasks = session.tasks.expect("tasks");
@@ -220,4 +223,81 @@ async fn workflow_commands(backend: Backend) {
     );
 }
 
-crate::backend_tests!(workflow_commands);
+/// A pool trigger (docs/api.md §3.3) and what `sessions get` shows of its
+/// tasks: agent, why each waits, output.
+async fn pool_trigger_and_waiting_tasks(backend: Backend) {
+    let s = start(backend).await;
+    let c = client(&s);
+    c.register(&registration("a1")).await.expect("register");
+    let b = s.base.as_str();
+    let got = opscore(
+        b,
+        &[
+            "workflows",
+            "trigger",
+            "sample_workflow_id",
+            "--capability",
+            "summarise",
+            "--agent",
+            "a1",
+            "--agent",
+            "a2",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(got["message"], "Workflow triggered successfully");
+    let sid = got["sessionId"].as_str().expect("sessionId").to_owned();
+    let session = c.get_session(&sid).await.expect("session");
+    assert_eq!(session.agent_id, None);
+    assert_eq!(
+        session.agent_selector.capability.as_deref(),
+        Some("summarise")
+    );
+    assert_eq!(
+        session.agent_selector.agent_ids,
+        Some(vec!["a1".to_owned(), "a2".to_owned()])
+    );
+    let run = opscore(b, &["sessions", "get", &sid]).await;
+    assert_eq!(
+        run.field("Pool"),
+        r#"{"capability":"summarise","agentIds":["a1","a2"]}"#
+    );
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("TASK"))
+        .collect();
+    assert!(
+        rows[0].contains("WAITING FOR") && rows[0].contains("OUTPUT"),
+        "{}",
+        rows[0]
+    );
+    // No dispatcher here: a1 is free but nothing sends; step_2 waits for
+    // step_1.
+    assert!(
+        rows[1].starts_with("step_1") && rows[1].contains("agent_busy"),
+        "{}",
+        rows[1]
+    );
+    assert!(
+        rows[2].starts_with("step_2") && rows[2].contains("dependencies"),
+        "{}",
+        rows[2]
+    );
+    let run = opscore(
+        b,
+        &[
+            "workflows",
+            "trigger",
+            "sample_workflow_id",
+            "--capability",
+            "x",
+        ],
+    )
+    .await;
+    assert_eq!(run.field("Agent"), "pool of capability x");
+}
+
+crate::backend_tests!(workflow_commands, pool_trigger_and_waiting_tasks);

@@ -127,15 +127,36 @@ fn who_may_be_sent_a_task() {
 }
 
 #[test]
-fn completion_queues_the_next_task_or_ends_the_session() {
+fn completion_releases_dependents_or_ends_the_session() {
     let def = parse_definition(
         r#"{"id":"w","tasks":[{"taskId":"a","nextTaskId":"b"},{"taskId":"b"}]}"#,
         false,
     )
     .unwrap();
-    assert!(matches!(after_completion(&def, "a"), AfterCompletion::Next(t) if t.task_id == "b"));
+    let ids = |a: &AfterCompletion<'_>| -> Vec<String> {
+        a.dependents.iter().map(|t| t.task_id.clone()).collect()
+    };
+    let a = after_completion(&def, "a", 1);
     assert_eq!(
-        after_completion(&def, "b"),
-        AfterCompletion::SessionCompleted
+        (ids(&a), a.session_completed),
+        (vec!["b".to_owned()], false)
     );
+    let b = after_completion(&def, "b", 0);
+    assert_eq!((ids(&b), b.session_completed), (vec![], true));
+    let diamond = parse_definition(
+        r#"{"id":"w","tasks":[{"taskId":"a","dependsOn":[]},{"taskId":"b","dependsOn":["a"]},
+            {"taskId":"c","dependsOn":["a"]},{"taskId":"d","dependsOn":["b","c"]}]}"#,
+        false,
+    )
+    .unwrap();
+    for (task, unfinished, want, done) in [
+        ("a", 3, vec!["b", "c"], false),
+        ("b", 2, vec!["d"], false),
+        ("c", 1, vec!["d"], false),
+        ("d", 0, vec![], true),
+    ] {
+        let r = after_completion(&diamond, task, unfinished);
+        assert_eq!(ids(&r), want, "{task}");
+        assert_eq!(r.session_completed, done, "{task}");
+    }
 }

@@ -211,7 +211,8 @@ where
                     }
                     let claimable =
                         fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
-                    dispatchable |= claimable && runs.queued.contains(r.agent_id.as_str());
+                    dispatchable |=
+                        claimable && (runs.unassigned || runs.queued.contains(r.agent_id.as_str()));
                     applied_reports.push((r, current, last_seen));
                 }
             }

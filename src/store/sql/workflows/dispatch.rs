@@ -5,7 +5,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::*;
 use crate::domain::event::{NewEvent, TaskRef};
-use crate::domain::run_rules::{delivery_decision, Delivery, DeliveryDecision};
+use crate::domain::run_rules::{delivery_decision, pick_agent, Delivery, DeliveryDecision};
 use crate::domain::trace::TraceContext;
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::store::sql::backend::RowsAffected;
@@ -39,10 +39,9 @@ where
             String,
             String,
             String,
-            String,
-            String,
             i64,
             String,
+            Option<String>,
             Option<String>,
             Option<String>,
         );
@@ -59,12 +58,22 @@ where
             .await?;
         let mut claimed = Vec::new();
         let mut events = Vec::new();
-        let mut agents = std::collections::HashSet::new();
+        // Agents given a run this round: one run per agent.
+        let mut taken: Vec<String> = Vec::new();
         for c in candidates {
-            // One run per agent: the first due wins this round.
-            if !agents.insert(c.3.clone()) {
+            let free: Vec<(String, String)> = sqlx::query_as(CLAIM_AGENTS.as_str())
+                .bind(now)
+                .bind(allow_unknown)
+                .bind(&c.0)
+                .bind(live.ttl_secs)
+                .bind(live.grace_secs)
+                .fetch_all(&mut *tx)
+                .await?;
+            let ids: Vec<String> = free.iter().map(|(id, _)| id.clone()).collect();
+            let Some(pick) = pick_agent(&ids, &taken, self.rules().jitter.draw()) else {
                 continue;
-            }
+            };
+            let (agent, endpoint) = free[pick].clone();
             // Each claim is its own fencing token: a delivery's late
             // answer is recorded only against the claim it was sent
             // under, never against a newer claim of the same run, even
@@ -75,28 +84,35 @@ where
                 .bind(&claim)
                 .bind(lease_until)
                 .bind(now)
+                .bind(&agent)
                 .execute(&mut *tx)
                 .await;
             match n {
                 Ok(r) if r.rows_affected() == 1 => {
+                    let inputs = match &c.8 {
+                        Some(from) => Some(Self::inputs(&mut tx, &c.1, from).await?),
+                        None => None,
+                    };
                     let task = TaskRef {
                         run_id: &c.0,
-                        task_id: &c.7,
+                        task_id: &c.5,
                         session_id: &c.1,
-                        agent_id: &c.3,
-                        attempt: c.6 + 1,
+                        agent_id: &agent,
+                        attempt: c.4 + 1,
                     };
                     events.push(NewEvent::task(task, RunStatus::Dispatching, None, now));
+                    taken.push(agent.clone());
                     claimed.push(ClaimedRun {
                         run_id: c.0,
                         session_id: c.1,
                         task_name: c.2,
-                        agent_id: c.3,
-                        contact_endpoint: c.4,
-                        payload: c.5,
-                        attempt: c.6 + 1,
+                        agent_id: agent,
+                        contact_endpoint: endpoint,
+                        payload: c.3,
+                        attempt: c.4 + 1,
                         claim,
-                        trace: TraceContext::from_headers(c.8.as_deref(), c.9.as_deref()),
+                        trace: TraceContext::from_headers(c.6.as_deref(), c.7.as_deref()),
+                        inputs,
                     })
                 }
                 Ok(_) => {}
@@ -114,6 +130,31 @@ where
         tx.commit().await?;
         self.events_committed(&events, &indexed);
         Ok(claimed)
+    }
+
+    /// The `inputs` of a run of `session` depending on the tasks `from`
+    /// (a JSON array of task ids): each one's output, null when it gave
+    /// none (docs/api.md §3.4).
+    async fn inputs(conn: &mut B::Connection, session: &str, from: &str) -> StoreResult<String> {
+        let from: Vec<String> = serde_json::from_str(from)
+            .map_err(|e| StoreError::Internal(format!("stored inputs_from: {e}")))?;
+        let done: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT task_id, output FROM task_runs WHERE session_id = $1 AND status = 'completed'",
+        )
+        .bind(session)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut inputs = serde_json::Map::new();
+        for task in from {
+            let output = done
+                .iter()
+                .find(|(t, _)| *t == task)
+                .and_then(|(_, o)| o.as_deref())
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or(serde_json::Value::Null);
+            inputs.insert(task, output);
+        }
+        Ok(serde_json::Value::Object(inputs).to_string())
     }
 
     pub(super) async fn record(
@@ -265,6 +306,45 @@ where
             let failure = Failure {
                 reason: &reason,
                 guard: SENT,
+                retryable: true,
+                not_before: None,
+            };
+            Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
+            touched += 1;
+        }
+        // A due run no agent took within its queue timeout fails its
+        // attempt, with why it waited (docs/api.md §3.6); the retry
+        // rules apply. The attempt counts, so retries run out.
+        let sql = format!(
+            "SELECT run_id, queue_timeout_secs FROM task_runs r WHERE {} LIMIT 256{}",
+            crate::domain::run_rules::queue_timeout_over_sql("$1"),
+            B::CLAIM_LOCK
+        );
+        let waited: Vec<(String, i64)> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+        let live = self.rules().liveness;
+        for (run_id, secs) in waited {
+            let pool = Self::pool_summary(&mut tx, &run_id, now, live).await?;
+            let row: Option<InFlightRow> = sqlx::query_as(&format!(
+                "UPDATE task_runs SET attempts = attempts + 1 WHERE run_id = $1 AND status = 'queued' \
+                 RETURNING {IN_FLIGHT_COLUMNS}"
+            ))
+            .bind(&run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(run) = row.map(InFlight::from_row) else {
+                continue;
+            };
+            let wait = crate::domain::run_rules::WaitView {
+                status: RunStatus::Queued,
+                attempts: run.attempts,
+                deps_left: 0,
+                due_at: now,
+            };
+            let why = crate::domain::run_rules::waiting_for(&wait, &pool, now);
+            let reason = crate::domain::run_rules::queue_timeout_reason(secs, why);
+            let failure = Failure {
+                reason: &reason,
+                guard: QUEUED,
                 retryable: true,
                 not_before: None,
             };

@@ -14,11 +14,12 @@ use std::sync::LazyLock;
 use crate::domain::workflow::{RunStatus, SessionStatus};
 
 pub(in crate::store) const SESSION_COLUMNS: &str =
-    "session_id, workflow_id, agent_id, status, result, error, created_at_us, updated_at_us, finished_at_us";
+    "session_id, workflow_id, agent_id, status, result, error, created_at_us, updated_at_us, finished_at_us, \
+     selector";
 
 pub(in crate::store) const RUN_COLUMNS: &str =
     "run_id, task_id, task_name, status, attempts, max_retries, payload, due_at_us, \
-     dispatched_at_us, started_at_us, finished_at_us, last_error, result";
+     dispatched_at_us, started_at_us, finished_at_us, last_error, result, agent_id, output, deps_left";
 
 pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM sessions GROUP BY status";
@@ -33,31 +34,74 @@ pub(in crate::store) const OLDEST_DUE_RUN: &str =
 
 /// Columns of a run that is being moved along, in `InFlight` order.
 pub(in crate::store) const IN_FLIGHT_COLUMNS: &str =
-    "run_id, session_id, agent_id, task_id, position, status, attempts, max_retries, timeout_secs, dispatched_at_us, \
+    "run_id, session_id, COALESCE(agent_id, ''), task_id, status, attempts, max_retries, timeout_secs, dispatched_at_us, \
      last_report_ts_us";
 
 pub(in crate::store) const INSERT_RUN: &str = "INSERT INTO task_runs (run_id, session_id, position, task_id, task_name, agent_id, status, payload, \
-     attempts, max_retries, timeout_secs, due_at_us, created_at_us) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, 0, $8, $9, $10, $11)";
+     attempts, max_retries, timeout_secs, due_at_us, created_at_us, deps_left, capability, inputs_from, \
+     queue_timeout_secs) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, 0, $8, $9, $10, $11, $12, $13, $14, $15)";
 
-/// Due runs of free agents. A stale agent (not heard from within its TTL
-/// plus grace, `$4` being the default TTL and `$5` the grace, in seconds) is
-/// never sent a task, whether or not the sweep has announced it yet.
-pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
+/// Agent `a` is free to be sent run `r` (`$1` now, `$2` whether UNKNOWN
+/// agents may be sent tasks, `$4` the default TTL and `$5` the grace, in
+/// seconds): registered, in a state to take it, not stale (whether or not
+/// the sweep has announced it yet), nothing in flight.
+pub(in crate::store) static AGENT_FREE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.run_id, r.session_id, r.task_name, r.agent_id, a.contact_endpoint, r.payload, r.attempts, r.task_id, \
-                s.traceparent, s.tracestate \
-         FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
-           JOIN sessions s ON s.session_id = r.session_id \
-         WHERE r.status = 'queued' AND r.due_at_us <= $1 AND a.deregistered_at_us IS NULL \
-           AND {} \
-           AND NOT ({}) \
-           AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = r.agent_id \
-                           AND f.status IN {}) \
-         ORDER BY r.due_at_us LIMIT $3",
+        "a.deregistered_at_us IS NULL AND {} AND NOT ({}) \
+         AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id AND f.status IN {})",
         crate::domain::run_rules::may_send_sql("a.state", "r.attempts", "$2"),
         crate::store::Liveness::expired_sql("a.", "$4", "$5", "$1"),
         IN_FLIGHT.as_str()
+    )
+});
+
+/// Agent `a` may take run `r` of session `s`: the run's agent when it is
+/// pinned to one (a per-agent session), else an agent its pool matches
+/// ([`pool_match_sql`](crate::domain::run_rules::pool_match_sql)).
+pub(in crate::store) static AGENT_MATCHES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "((r.agent_id IS NOT NULL AND a.agent_id = r.agent_id) \
+          OR (r.agent_id IS NULL AND {}))",
+        crate::domain::run_rules::pool_match_sql("s", "r", "a")
+    )
+});
+
+/// Due runs free of dependencies that some free agent may take.
+pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.run_id, r.session_id, r.task_name, r.payload, r.attempts, r.task_id, \
+                s.traceparent, s.tracestate, r.inputs_from \
+         FROM task_runs r JOIN sessions s ON s.session_id = r.session_id \
+         WHERE r.status = 'queued' AND r.due_at_us <= $1 AND r.deps_left = 0 \
+           AND EXISTS (SELECT 1 FROM agents a WHERE {} AND {}) \
+         ORDER BY r.due_at_us LIMIT $3",
+        AGENT_FREE.as_str(),
+        AGENT_MATCHES.as_str(),
+    )
+});
+
+/// The free agents that may take run `$3` (placeholders as in
+/// [`AGENT_FREE`]), in id order, at most 64.
+pub(in crate::store) static CLAIM_AGENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT a.agent_id, a.contact_endpoint \
+         FROM task_runs r JOIN sessions s ON s.session_id = r.session_id, agents a \
+         WHERE r.run_id = $3 AND {} AND {} ORDER BY a.agent_id LIMIT 64",
+        AGENT_FREE.as_str(),
+        AGENT_MATCHES.as_str(),
+    )
+});
+
+/// How many registered agents may take run `$2`, and how many of them are
+/// not stale (`$1` now, `$3` default TTL, `$4` grace).
+pub(in crate::store) static POOL_SUMMARY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN {} THEN 0 ELSE 1 END), 0) \
+         FROM task_runs r JOIN sessions s ON s.session_id = r.session_id, agents a \
+         WHERE r.run_id = $2 AND a.deregistered_at_us IS NULL AND {}",
+        crate::store::Liveness::expired_sql("a.", "$3", "$4", "$1"),
+        AGENT_MATCHES.as_str(),
     )
 });
 
@@ -74,7 +118,7 @@ pub(in crate::store) const CLAIMABLE_STATES: [&str; 2] = [
 /// known only from reports after it.
 pub(in crate::store) const CLAIM_ONE: &str =
     "UPDATE task_runs SET status = 'dispatching', lease_owner = $2, due_at_us = $3, \
-     attempts = attempts + 1, dispatched_at_us = $4, started_at_us = NULL \
+     attempts = attempts + 1, dispatched_at_us = $4, started_at_us = NULL, agent_id = $5 \
      WHERE run_id = $1 AND status = 'queued'";
 
 /// A dispatcher that stopped before confirming delivery gives its claim
@@ -142,6 +186,9 @@ pub(in crate::store) struct AgentRuns {
     pub in_flight: std::collections::HashSet<String>,
     /// With a task queued: becoming idle or fresh may let it go out.
     pub queued: std::collections::HashSet<String>,
+    /// Some queued run of a pool holds no agent yet: any agent becoming
+    /// idle or fresh may let it go out.
+    pub unassigned: bool,
 }
 
 /// A run claimed by a dispatcher that has not recorded the answer yet.
@@ -171,7 +218,6 @@ pub(in crate::store) struct InFlight {
     pub session_id: String,
     pub agent_id: String,
     pub task_id: String,
-    pub position: i64,
     pub status: RunStatus,
     pub attempts: i64,
     pub max_retries: i64,
@@ -185,7 +231,6 @@ pub(in crate::store) type InFlightRow = (
     String,
     String,
     String,
-    i64,
     String,
     i64,
     i64,
@@ -201,13 +246,12 @@ impl InFlight {
             session_id: r.1,
             agent_id: r.2,
             task_id: r.3,
-            position: r.4,
-            status: RunStatus::parse(&r.5).unwrap_or(RunStatus::Failed),
-            attempts: r.6,
-            max_retries: r.7,
-            timeout_secs: r.8,
-            dispatched_at: r.9,
-            last_report_at: r.10,
+            status: RunStatus::parse(&r.4).unwrap_or(RunStatus::Failed),
+            attempts: r.5,
+            max_retries: r.6,
+            timeout_secs: r.7,
+            dispatched_at: r.8,
+            last_report_at: r.9,
         }
     }
 

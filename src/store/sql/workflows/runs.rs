@@ -10,13 +10,27 @@ use super::*;
 use crate::domain::event::{NewEvent, SessionEnd, TaskRef};
 use crate::domain::run_rules::{
     after_completion, after_failure, agent_error_reason, concerned_run, mention, report_effect,
-    AfterCompletion, AfterFailure, FailedAttempt, ReportEffect, ReportView,
+    AfterFailure, FailedAttempt, ReportEffect, ReportView,
 };
 use crate::domain::state::StateReport;
 use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::{EngineRules, NewRun, StoreError, StoreResult};
+
+/// The `output` of a finishing report's details, as JSON text
+/// (docs/api.md §3.4).
+fn output_of(details: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Output<'a> {
+        #[serde(borrow)]
+        output: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Output<'_>>(details)
+        .ok()
+        .and_then(|o| o.output)
+        .map(|o| o.get().to_owned())
+}
 
 impl<B> SqlStore<B>
 where
@@ -35,7 +49,7 @@ where
     pub(in crate::store) async fn insert_run(
         conn: &mut B::Connection,
         session_id: &str,
-        agent_id: &str,
+        agent_id: Option<&str>,
         run: &NewRun,
         now: i64,
         events: &mut Vec<NewEvent>,
@@ -44,10 +58,12 @@ where
             run_id: &run.run_id,
             task_id: &run.task_id,
             session_id,
-            agent_id,
+            agent_id: agent_id.unwrap_or_default(),
             attempt: 0,
         };
         events.push(NewEvent::task(task, RunStatus::Queued, None, now));
+        let inputs_from = (!run.inputs_from.is_empty())
+            .then(|| serde_json::to_string(&run.inputs_from).unwrap_or_default());
         sqlx::query(INSERT_RUN)
             .bind(&run.run_id)
             .bind(session_id)
@@ -60,6 +76,10 @@ where
             .bind(run.timeout_secs)
             .bind(run.due_at)
             .bind(now)
+            .bind(run.deps_left)
+            .bind(run.capability.as_deref())
+            .bind(inputs_from.as_deref())
+            .bind(run.queue_timeout_secs)
             .execute(&mut *conn)
             .await?;
         Ok(())
@@ -87,6 +107,12 @@ where
                 }
             }
         }
+        let unassigned: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        runs.unassigned = unassigned.is_some();
         Ok(runs)
     }
 
@@ -189,26 +215,29 @@ where
         }
     }
 
-    /// The run is done: store its result, then queue the next task or
-    /// complete the session.
+    /// The run is done: store its result and output, then release the
+    /// tasks that depended on it, or complete the session when it was the
+    /// last unfinished run (docs/api.md §3.5).
     pub(in crate::store) async fn complete_run(
         conn: &mut B::Connection,
         run: &InFlight,
         details: Option<&str>,
         now: i64,
-        rules: &EngineRules,
+        _rules: &EngineRules,
         events: &mut Vec<NewEvent>,
     ) -> StoreResult<()> {
+        let output = details.and_then(output_of);
         // The claim (`lease_owner`) stays: a delivery still on its way
         // records its outcome on this attempt when it returns.
         let done = sqlx::query(&format!(
-            "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3 \
+            "UPDATE task_runs SET status = 'completed', result = $2, finished_at_us = $3, output = $4 \
              WHERE run_id = $1 AND status IN {unfinished}",
             unfinished = UNFINISHED_RUNS.as_str()
         ))
         .bind(&run.run_id)
         .bind(details)
         .bind(now)
+        .bind(output.as_deref())
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -241,40 +270,55 @@ where
                 run.session_id
             ))
         })?;
-        match after_completion(&def, &run.task_id) {
-            AfterCompletion::Next(task) => {
-                let new = NewRun::next(task, run.position, now, rules);
-                Self::insert_run(conn, &run.session_id, &run.agent_id, &new, now, events).await
-            }
-            AfterCompletion::SessionCompleted => {
-                let created_at: Option<i64> = sqlx::query_scalar(&format!(
-                    "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, \
-                     updated_at_us = $3 WHERE session_id = $1 AND status IN {unfinished} \
-                     RETURNING created_at_us",
-                    unfinished = UNFINISHED_SESSIONS.as_str()
-                ))
-                .bind(&run.session_id)
-                .bind(details)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if let Some(created_at) = created_at {
-                    let end = SessionEnd {
-                        workflow_id: def.id.clone(),
-                        outcome: SessionStatus::Completed,
-                        created_at,
-                        finished_at: now,
-                    };
-                    events.push(NewEvent::session_ended(
-                        &run.agent_id,
-                        &run.session_id,
-                        end,
-                        None,
-                    ));
-                }
-                Ok(())
-            }
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM task_runs WHERE session_id = $1 AND status <> 'completed'",
+        )
+        .bind(&run.session_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let next = after_completion(&def, &run.task_id, usize::try_from(unfinished).unwrap_or(0));
+        for task in &next.dependents {
+            // The last dependency done: due after its delay from now.
+            sqlx::query(
+                "UPDATE task_runs SET deps_left = deps_left - 1, \
+                 due_at_us = CASE WHEN deps_left = 1 THEN $3 ELSE due_at_us END \
+                 WHERE session_id = $1 AND task_id = $2 AND status = 'queued' AND deps_left > 0",
+            )
+            .bind(&run.session_id)
+            .bind(&task.task_id)
+            .bind(NewRun::released_due(task, now))
+            .execute(&mut *conn)
+            .await?;
         }
+        if !next.session_completed {
+            return Ok(());
+        }
+        let created_at: Option<i64> = sqlx::query_scalar(&format!(
+            "UPDATE sessions SET status = 'completed', result = $2, finished_at_us = $3, \
+             updated_at_us = $3 WHERE session_id = $1 AND status IN {unfinished} \
+             RETURNING created_at_us",
+            unfinished = UNFINISHED_SESSIONS.as_str()
+        ))
+        .bind(&run.session_id)
+        .bind(details)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(created_at) = created_at {
+            let end = SessionEnd {
+                workflow_id: def.id.clone(),
+                outcome: SessionStatus::Completed,
+                created_at,
+                finished_at: now,
+            };
+            events.push(NewEvent::session_ended(
+                &run.agent_id,
+                &run.session_id,
+                end,
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// An attempt failed: queue a retry after backoff (or not before
@@ -307,8 +351,12 @@ where
         // `complete_run`.
         let why = match after_failure(&attempt, &rules.backoff, now, rules.jitter.draw()) {
             AfterFailure::Retry { due } => {
+                // A pool's retry may go to another agent: it holds none
+                // until claimed again (a per-agent session keeps its own).
                 let queued = sqlx::query(&format!(
-                    "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3 \
+                    "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3, \
+                     agent_id = CASE WHEN (SELECT s.agent_id FROM sessions s \
+                       WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END \
                      WHERE run_id = $1 AND status IN {guard}"
                 ))
                 .bind(&run.run_id)
@@ -358,6 +406,29 @@ where
             .fetch_optional(&mut *conn)
             .await?;
             if let Some((workflow_id, created_at)) = ended {
+                // The session failed: its other unfinished runs are
+                // cancelled, in flight or not; a report about one finds
+                // it final and changes nothing (docs/workflows.md).
+                let others: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(&format!(
+                    "UPDATE task_runs SET status = 'cancelled', finished_at_us = $2, lease_owner = NULL \
+                     WHERE session_id = $1 AND status IN {unfinished} \
+                     RETURNING run_id, task_id, attempts, agent_id",
+                    unfinished = UNFINISHED_RUNS.as_str()
+                ))
+                .bind(&run.session_id)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+                for (run_id, task_id, attempt, agent) in &others {
+                    let task = TaskRef {
+                        run_id,
+                        task_id,
+                        session_id: &run.session_id,
+                        agent_id: agent.as_deref().unwrap_or_default(),
+                        attempt: *attempt,
+                    };
+                    events.push(NewEvent::task(task, RunStatus::Cancelled, None, now));
+                }
                 let end = SessionEnd {
                     workflow_id,
                     outcome: SessionStatus::Failed,

@@ -9,7 +9,8 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::*;
 use crate::domain::audit::{Actor, NewAudit};
 use crate::domain::event::{NewEvent, SessionEnd, TaskRef};
-use crate::domain::workflow::{RunStatus, SessionStatus, WorkflowDefinition};
+use crate::domain::run_rules::{waiting_for, waits_for_agent, PoolSummary, WaitView};
+use crate::domain::workflow::{AgentSelector, RunStatus, SessionStatus, WorkflowDefinition};
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::{
@@ -97,10 +98,18 @@ where
     pub(in crate::store) fn session_from_row(row: &B::Row) -> StoreResult<SessionRecord> {
         use sqlx::Row;
         let status: String = row.try_get(3)?;
+        let agent: String = row.try_get(2)?;
+        let selector: Option<String> = row.try_get(9)?;
+        let selector = match selector {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Internal(format!("stored selector: {e}")))?,
+            None => AgentSelector::one(&agent),
+        };
         Ok(SessionRecord {
             session_id: row.try_get(0)?,
             workflow_id: row.try_get(1)?,
-            agent_id: row.try_get(2)?,
+            agent_id: (!agent.is_empty()).then_some(agent),
+            selector,
             status: SessionStatus::parse(&status)
                 .ok_or_else(|| StoreError::Internal(format!("unknown session status {status}")))?,
             result: crate::store::decode_details(row.try_get(4)?),
@@ -112,15 +121,17 @@ where
         })
     }
 
-    pub(in crate::store) fn run_from_row(row: &B::Row) -> StoreResult<RunRecord> {
+    /// A run as read, and what [`waiting_for`] needs of it.
+    pub(in crate::store) fn run_from_row(row: &B::Row) -> StoreResult<(RunRecord, WaitView)> {
         use sqlx::Row;
         let status: String = row.try_get(3)?;
-        Ok(RunRecord {
+        let status = RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Internal(format!("unknown run status {status}")))?;
+        let record = RunRecord {
             run_id: row.try_get(0)?,
             task_id: row.try_get(1)?,
             task_name: row.try_get(2)?,
-            status: RunStatus::parse(&status)
-                .ok_or_else(|| StoreError::Internal(format!("unknown run status {status}")))?,
+            status,
             attempts: row.try_get(4)?,
             max_retries: row.try_get(5)?,
             payload: crate::store::decode_details(row.try_get(6)?),
@@ -130,7 +141,56 @@ where
             finished_at: row.try_get(10)?,
             last_error: row.try_get(11)?,
             result: crate::store::decode_details(row.try_get(12)?),
-        })
+            agent_id: row.try_get(13)?,
+            output: crate::store::decode_details(row.try_get(14)?),
+            waiting_for: None,
+        };
+        let wait = WaitView {
+            status,
+            attempts: record.attempts,
+            deps_left: row.try_get(15)?,
+            due_at: record.due_at,
+        };
+        Ok((record, wait))
+    }
+
+    /// Why each unsent run of a session waits, at `now` (docs/api.md
+    /// §3.6): one count of the agents that may take it per run that waits
+    /// for an agent.
+    pub(in crate::store) async fn fill_waiting(
+        conn: &mut B::Connection,
+        runs: Vec<(RunRecord, WaitView)>,
+        now: i64,
+        live: crate::store::Liveness,
+    ) -> StoreResult<Vec<RunRecord>> {
+        let mut out = Vec::with_capacity(runs.len());
+        for (mut run, wait) in runs {
+            let pool = if waits_for_agent(&wait, now) {
+                Self::pool_summary(conn, &run.run_id, now, live).await?
+            } else {
+                PoolSummary::default()
+            };
+            run.waiting_for = waiting_for(&wait, &pool, now);
+            out.push(run);
+        }
+        Ok(out)
+    }
+
+    /// The agents that may take run `run_id`.
+    pub(in crate::store) async fn pool_summary(
+        conn: &mut B::Connection,
+        run_id: &str,
+        now: i64,
+        live: crate::store::Liveness,
+    ) -> StoreResult<PoolSummary> {
+        let (matching, fresh): (i64, i64) = sqlx::query_as(POOL_SUMMARY.as_str())
+            .bind(now)
+            .bind(run_id)
+            .bind(live.ttl_secs)
+            .bind(live.grace_secs)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(PoolSummary { matching, fresh })
     }
 }
 
@@ -228,15 +288,18 @@ unfinished = UNFINISHED_SESSIONS.as_str()
 
     async fn create_session(&self, s: &NewSession, by: &Actor, now: i64) -> StoreResult<()> {
         let mut tx = self.writer().begin().await?;
-        let exists: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL",
-        )
-        .bind(s.agent_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if exists.is_none() {
-            return Err(StoreError::agent_not_found(&s.agent_id));
+        if let Some(agent) = &s.agent_id {
+            let exists: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM agents WHERE agent_id = $1 AND deregistered_at_us IS NULL",
+            )
+            .bind(agent.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_none() {
+                return Err(StoreError::agent_not_found(agent));
+            }
         }
+        let agent = s.agent_id.as_ref().map_or("", |a| a.as_str());
         let mut audits = Vec::new();
         if s.store_definition {
             // Contract 1.4: an inline definition is stored when its
@@ -250,31 +313,19 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         }
         audits.push(NewAudit::session_triggered(
             by,
-            s.agent_id.as_str(),
+            agent,
             &s.session_id,
             &s.definition.id,
             s.store_definition,
             now,
         ));
         // A workflow without tasks is complete as soon as it exists.
-        let (status, finished, event) = match s.first_run {
-            Some(_) => (
-                SessionStatus::Started,
-                None,
-                NewEvent::session(
-                    s.agent_id.as_str(),
-                    &s.session_id,
-                    &s.definition.id,
-                    SessionStatus::Started,
-                    None,
-                    now,
-                ),
-            ),
-            None => (
+        let (status, finished, event) = if s.runs.is_empty() {
+            (
                 SessionStatus::Completed,
                 Some(now),
                 NewEvent::session_ended(
-                    s.agent_id.as_str(),
+                    agent,
                     &s.session_id,
                     SessionEnd {
                         workflow_id: s.definition.id.clone(),
@@ -284,36 +335,70 @@ unfinished = UNFINISHED_SESSIONS.as_str()
                     },
                     None,
                 ),
-            ),
+            )
+        } else {
+            (
+                SessionStatus::Started,
+                None,
+                NewEvent::session(
+                    agent,
+                    &s.session_id,
+                    &s.definition.id,
+                    SessionStatus::Started,
+                    None,
+                    now,
+                ),
+            )
         };
         let mut events = vec![event];
         let traceparent = s.trace.as_ref().map(|t| t.parent.to_string());
+        // A per-agent session shows its agent, not a selector.
+        let selector = match &s.agent_id {
+            Some(_) => None,
+            None => Some(
+                serde_json::to_string(&s.selector)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+            ),
+        };
+        let mut pool_agents: Vec<&str> = s
+            .selector
+            .agent_ids
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        pool_agents.sort_unstable();
+        pool_agents.dedup();
         sqlx::query(
             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
-             created_at_us, updated_at_us, finished_at_us, traceparent, tracestate) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
+             created_at_us, updated_at_us, finished_at_us, traceparent, tracestate, selector, \
+             pool_capability, pool_agents) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&s.session_id)
         .bind(&s.definition.id)
-        .bind(s.agent_id.as_str())
+        .bind(agent)
         .bind(s.definition.canonical_json())
         .bind(status.as_str())
         .bind(now)
         .bind(finished)
         .bind(traceparent.as_deref())
         .bind(s.trace.as_ref().and_then(|t| t.state.as_deref()))
+        .bind(selector.as_deref())
+        .bind(s.selector.capability.as_deref())
+        .bind(pool_agents.len() as i64)
         .execute(&mut *tx)
         .await?;
-        if let Some(run) = &s.first_run {
-            Self::insert_run(
-                &mut tx,
-                &s.session_id,
-                s.agent_id.as_str(),
-                run,
-                now,
-                &mut events,
-            )
-            .await?;
+        for a in &pool_agents {
+            sqlx::query("INSERT INTO session_agents (session_id, agent_id) VALUES ($1, $2)")
+                .bind(&s.session_id)
+                .bind(*a)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let pinned = s.agent_id.as_ref().map(|a| a.as_str());
+        for run in &s.runs {
+            Self::insert_run(&mut tx, &s.session_id, pinned, run, now, &mut events).await?;
         }
         let mut entries = Vec::with_capacity(audits.len());
         for audit in &audits {
@@ -342,10 +427,12 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
-        session.runs = runs
+        let runs = runs
             .iter()
             .map(Self::run_from_row)
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = crate::domain::time::now_micros();
+        session.runs = Self::fill_waiting(&mut conn, runs, now, self.rules().liveness).await?;
         Ok(session)
     }
 
