@@ -407,5 +407,8 @@ pub fn may_send_sql(state: &str, attempts: &str, allow_unknown: &str) -> String 
     )
 }
 
+mod retry;
+pub use retry::{retry_session, RetryCandidate, RetryDecision};
+
 #[cfg(test)]
 mod tests;

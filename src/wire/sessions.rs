@@ -19,6 +19,10 @@ pub struct Session {
     pub workflow_id: String,
     /// The agent it runs on.
     pub agent_id: String,
+    /// The definition revision it runs (docs/api.md §3.1); null for an
+    /// inline definition that differs from every stored revision.
+    #[serde(default)]
+    pub revision: Option<i64>,
     /// `started`, `running`, `completed`, `failed` or `cancelled`.
     #[schema(value_type = SessionStatus)]
     pub status: String,
