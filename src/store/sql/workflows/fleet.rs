@@ -44,6 +44,18 @@ pub(in crate::store) fn fleet_filter_sql(
             cond.push_str(&format!(" AND session_id < ${}", texts.len()));
         }
     }
+    // Session ids are UUIDv7, whose text starts with the creation time in
+    // milliseconds: a range of ids around the asked times lets the primary
+    // key's order serve the time filter too; `created_at_us` stays the exact
+    // rule. The margin covers the moment between the two clock reads.
+    if let Some(since) = q.since {
+        texts.push(v7_prefix(since / 1000 - ID_TIME_MARGIN_MS));
+        cond.push_str(&format!(" AND session_id >= ${}", texts.len()));
+    }
+    if let Some(until) = q.until {
+        texts.push(v7_prefix(until / 1000 + ID_TIME_MARGIN_MS));
+        cond.push_str(&format!(" AND session_id < ${}", texts.len()));
+    }
     for (v, op) in [(q.since, ">="), (q.until, "<")] {
         if let Some(v) = v {
             nums.push(v);
@@ -54,6 +66,18 @@ pub(in crate::store) fn fleet_filter_sql(
         }
     }
     (cond, texts, nums)
+}
+
+/// How far apart a session's id time and its `created_at_us` may be, at
+/// most (both are read from the clock within one trigger).
+const ID_TIME_MARGIN_MS: i64 = 60_000;
+
+/// The text every UUIDv7 made at millisecond `ms` starts with
+/// (`01a24754-5ba8`): ids made before it sort below it, ids made at or
+/// after it above.
+fn v7_prefix(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 impl<B> SqlStore<B>
@@ -245,9 +269,20 @@ mod tests {
             cond,
             "1 = 1 AND status = $1 AND workflow_id = $2 AND session_id IN \
              (SELECT session_id FROM task_runs WHERE agent_id = $3) AND session_id < $4 \
-             AND created_at_us >= $5 AND created_at_us < $6"
+             AND session_id >= $5 AND session_id < $6 \
+             AND created_at_us >= $7 AND created_at_us < $8"
         );
-        assert_eq!(texts, ["failed", "w", "a1", "0190"]);
+        assert_eq!(
+            texts,
+            [
+                "failed",
+                "w",
+                "a1",
+                "0190",
+                "00000000-0000",
+                "00000000-ea60"
+            ]
+        );
         assert_eq!(nums, [5, 9]);
         // Counts: every filter but the status and the cursor.
         let (cond, texts, nums) = fleet_filter_sql(&q, false);
@@ -255,11 +290,24 @@ mod tests {
             cond,
             "1 = 1 AND workflow_id = $1 AND session_id IN \
              (SELECT session_id FROM task_runs WHERE agent_id = $2) \
-             AND created_at_us >= $3 AND created_at_us < $4"
+             AND session_id >= $3 AND session_id < $4 \
+             AND created_at_us >= $5 AND created_at_us < $6"
         );
-        assert_eq!(texts, ["w", "a1"]);
+        assert_eq!(texts, ["w", "a1", "00000000-0000", "00000000-ea60"]);
         assert_eq!(nums, [5, 9]);
         let (cond, texts, nums) = fleet_filter_sql(&FleetSessionQuery::default(), true);
         assert_eq!((cond.as_str(), texts.len(), nums.len()), ("1 = 1", 0, 0));
+    }
+
+    #[test]
+    fn id_prefixes_order_like_the_ids_of_their_time() {
+        for _ in 0..50 {
+            let id = uuid::Uuid::now_v7().to_string();
+            let ms = chrono::Utc::now().timestamp_millis();
+            assert!(v7_prefix(ms - 5).as_str() <= id.as_str(), "{id}");
+            assert!(v7_prefix(ms + 5).as_str() > id.as_str(), "{id}");
+        }
+        assert_eq!(v7_prefix(-3), "00000000-0000");
+        assert_eq!(v7_prefix(i64::MAX), "ffffffff-ffff");
     }
 }

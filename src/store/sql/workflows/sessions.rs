@@ -202,8 +202,11 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             None
         };
         let revision = if s.store_definition && stored.is_none() {
-            let (_, revision) = Self::put_definition_in(&mut tx, &s.definition, now).await?;
-            audits.push(NewAudit::workflow_created(by, &s.definition, revision, now));
+            let (outcome, revision) = Self::put_definition_in(&mut tx, &s.definition, now).await?;
+            // A concurrent trigger may have stored the same one first.
+            if outcome != PutOutcome::Unchanged {
+                audits.push(NewAudit::workflow_created(by, &s.definition, revision, now));
+            }
             Some(revision)
         } else {
             Self::revision_of(&mut tx, &s.definition).await?
