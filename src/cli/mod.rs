@@ -63,10 +63,11 @@ pub enum ClientCommand {
     /// An agent's current state: read it, or report one.
     #[command(subcommand)]
     State(agents::StateCmd),
-    /// Workflow definitions: list, show, store, trigger.
+    /// Workflow definitions: list, show, store, revisions, trigger.
     #[command(subcommand)]
     Workflows(workflows::WorkflowsCmd),
-    /// Workflow sessions: show, list an agent's, cancel.
+    /// Workflow sessions: show, list (fleet-wide or an agent's), cancel,
+    /// run again.
     #[command(subcommand)]
     Sessions(sessions::SessionsCmd),
     /// API keys: create (the plaintext is shown once), list, show, revoke.

@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::output::{list, show, CliError, ClientOpts, PageOpts};
 use super::table::{fields, json, opt, opt_time, time, Table};
-use crate::client::Session;
+use crate::client::{Session, SessionFilter};
 
 /// The session statuses a listing can filter on.
 const STATUSES: [&str; 5] = ["started", "running", "completed", "failed", "cancelled"];
@@ -20,17 +20,14 @@ pub enum SessionsCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// List an agent's sessions, newest first.
-    List {
-        /// The agent whose sessions to list.
-        #[arg(long)]
-        agent: String,
-        /// Only sessions in this status.
-        #[arg(long, value_parser = STATUSES)]
-        status: Option<String>,
-        /// Paging.
-        #[command(flatten)]
-        page: PageOpts,
+    /// List sessions across the fleet, newest first (or one agent's with
+    /// `--agent`).
+    List(Box<ListArgs>),
+    /// Run a failed or cancelled session again: its failed and cancelled
+    /// tasks are queued afresh, completed ones are not sent again.
+    Retry {
+        /// The session's id.
+        session_id: String,
         /// Server, key, output.
         #[command(flatten)]
         opts: ClientOpts,
@@ -43,6 +40,32 @@ pub enum SessionsCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+}
+
+/// `opscore sessions list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only sessions with a task on this agent.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only sessions in this status.
+    #[arg(long, value_parser = STATUSES)]
+    status: Option<String>,
+    /// Only sessions of this workflow definition id.
+    #[arg(long, value_name = "WORKFLOW_ID")]
+    workflow: Option<String>,
+    /// Only sessions created at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only sessions created before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Paging.
+    #[command(flatten)]
+    page: PageOpts,
+    /// Server, key, output.
+    #[command(flatten)]
+    opts: ClientOpts,
 }
 
 /// Run `opscore sessions …`.
@@ -64,17 +87,47 @@ pub async fn run(cmd: SessionsCmd) -> Result<(), CliError> {
             )
             .await
         }
-        SessionsCmd::List {
-            agent,
-            status,
-            page,
-            opts,
-        } => {
+        SessionsCmd::Retry { session_id, opts } => {
+            show(
+                opts.machine(),
+                opts.client()?.retry_session(&session_id),
+                session_text,
+            )
+            .await
+        }
+        SessionsCmd::List(args) => {
+            let ListArgs {
+                agent,
+                status,
+                workflow,
+                since,
+                until,
+                page,
+                opts,
+            } = *args;
             let client = opts.client()?;
+            // `--agent` alone keeps the agent's own listing (404 for an
+            // unknown agent, and older servers have no fleet listing).
+            if let (Some(agent), None, None, None) = (&agent, &workflow, &since, &until) {
+                return list(
+                    opts.machine(),
+                    &page,
+                    |p| client.list_sessions(agent, status.as_deref(), p),
+                    sessions_table,
+                )
+                .await;
+            }
+            let filter = SessionFilter {
+                status,
+                workflow_id: workflow,
+                agent_id: agent,
+                since,
+                until,
+            };
             list(
                 opts.machine(),
                 &page,
-                |p| client.list_sessions(&agent, status.as_deref(), p),
+                |p| client.list_fleet_sessions(&filter, p),
                 sessions_table,
             )
             .await
@@ -97,6 +150,10 @@ fn session_text(s: &Session) -> String {
                 "Pool"
             },
             pool,
+        ),
+        (
+            "Revision",
+            s.revision.map_or_else(|| "-".to_owned(), |r| r.to_string()),
         ),
         ("Status", s.status.clone()),
         ("Created", time(&s.created_at)),
@@ -143,12 +200,13 @@ fn session_text(s: &Session) -> String {
 
 fn sessions_table(sessions: &[Session]) -> String {
     let mut t = Table::new(&[
-        "SESSION", "WORKFLOW", "STATUS", "CREATED", "FINISHED", "ERROR",
+        "SESSION", "WORKFLOW", "AGENT", "STATUS", "CREATED", "FINISHED", "ERROR",
     ]);
     for s in sessions {
         t.row(vec![
             s.session_id.clone(),
             s.workflow_id.clone(),
+            s.agent_id.clone(),
             s.status.clone(),
             time(&s.created_at),
             opt_time(&s.finished_at),

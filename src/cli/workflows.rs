@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::output::{json_object_arg, out, print_json, show, CliError, ClientOpts};
-use super::table::{fields, json, opt, Table};
-use crate::client::{AgentSelector, Page, Stored, TriggerSource, Triggered, WorkflowDefinition};
+use super::output::{json_object_arg, list, out, print_json, show, CliError, ClientOpts, PageOpts};
+use super::table::{fields, json, opt, opt_time, Table};
+use crate::client::{
+    AgentSelector, Page, Stored, StoredWorkflow, TriggerSource, Triggered, WorkflowDefinition,
+};
 
 /// `opscore workflows`.
 #[derive(Debug, Subcommand)]
@@ -26,7 +28,19 @@ pub enum WorkflowsCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Store a workflow definition from a JSON or YAML file.
+    /// List the revisions stored under a definition id, newest first.
+    Revisions {
+        /// The definition's id.
+        workflow_id: String,
+        /// Paging.
+        #[command(flatten)]
+        page: PageOpts,
+        /// Server, key, output.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Store a workflow definition from a JSON or YAML file (a changed
+    /// definition under a stored id is its next revision).
     Create {
         /// The file (`.json` is read as JSON, anything else as YAML, of
         /// which JSON is a part).
@@ -84,6 +98,20 @@ pub async fn run(cmd: WorkflowsCmd) -> Result<(), CliError> {
                 opts.machine(),
                 opts.client()?.get_definition(&workflow_id),
                 definition_text,
+            )
+            .await
+        }
+        WorkflowsCmd::Revisions {
+            workflow_id,
+            page,
+            opts,
+        } => {
+            let client = opts.client()?;
+            list(
+                opts.machine(),
+                &page,
+                |p| client.list_revisions(&workflow_id, p),
+                revisions_table,
             )
             .await
         }
@@ -261,7 +289,31 @@ fn stored_text(s: &Stored) -> String {
     } else {
         "already stored, unchanged"
     };
-    format!("Workflow {} {what} ({} tasks)\n", d.id, d.tasks.len())
+    let revision = s.revision.map(|r| format!(" as revision {r}"));
+    let revision = if s.created {
+        revision.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    format!(
+        "Workflow {} {what}{revision} ({} tasks)\n",
+        d.id,
+        d.tasks.len()
+    )
+}
+
+fn revisions_table(revisions: &[StoredWorkflow]) -> String {
+    let mut t = Table::new(&["REVISION", "STORED", "NAME", "VERSION", "TASKS"]);
+    for r in revisions {
+        t.row(vec![
+            r.revision.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            opt_time(&r.stored_at),
+            opt(Some(&r.definition.name)),
+            opt(r.definition.version.as_deref()),
+            r.definition.tasks.len().to_string(),
+        ]);
+    }
+    t.render()
 }
 
 fn triggered_text(t: &Triggered, agent: &str) -> String {

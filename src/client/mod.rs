@@ -25,7 +25,8 @@ pub use self::types::*;
 use crate::domain::path_segment as seg;
 use crate::domain::signature::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 pub use crate::wire::{
-    Agent, CurrentState, Page, Registration, Session, StateEntry, StatusMessage, TaskRun, Triggered,
+    Agent, CurrentState, Page, Registration, Session, SessionCounts, StateEntry, StatusMessage,
+    StoredWorkflow, TaskRun, Triggered,
 };
 
 /// Which Ops-Core server a client command talks to, and with what key:

@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use super::types::*;
 use super::{notify_request, seg, Call, Client};
 use crate::wire::{
-    Agent, CurrentState, Page, Registration, Session, StateEntry, StatusMessage, Triggered,
+    Agent, CurrentState, Page, Registration, Session, SessionCounts, StateEntry, StatusMessage,
+    StoredWorkflow, Triggered,
 };
 
 impl Client {
@@ -133,17 +134,36 @@ impl Client {
         Call::new(self.get(&format!("/v1/opscore/workflows/{}", seg(workflow_id))))
     }
 
-    /// Store a definition (JSON). Storing the same one again is not an
-    /// error (`created` is false); a different one under its id is a 409.
+    /// Store a definition (JSON). Storing the newest revision again is not
+    /// an error (`created` is false); a different one under its id is
+    /// stored as the next revision.
     pub fn create_definition(&self, definition: &Value) -> Call<Stored> {
         Call::with(
             self.post("/v1/opscore/workflows").json(definition),
             |status, v| {
+                let revision = v.get("revision").and_then(Value::as_i64);
                 Ok(Stored {
                     created: status == StatusCode::CREATED,
                     definition: serde_json::from_value(v)?,
+                    revision,
                 })
             },
+        )
+    }
+
+    /// One page of the revisions stored under a definition id, newest
+    /// first.
+    pub fn list_revisions(
+        &self,
+        workflow_id: &str,
+        page: &PageRequest,
+    ) -> Call<Page<StoredWorkflow>> {
+        Call::new(
+            self.get(&format!(
+                "/v1/opscore/workflows/{}/revisions",
+                seg(workflow_id)
+            ))
+            .query(&page_query(page)),
         )
     }
 
@@ -249,6 +269,33 @@ impl Client {
             }
         }
         Call::new(self.get("/v1/opscore/audit").query(&q))
+    }
+
+    /// One page of sessions across the fleet, newest first.
+    pub fn list_fleet_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &PageRequest,
+    ) -> Call<Page<Session>> {
+        let mut q = page_query(page);
+        q.extend(filter.query());
+        Call::new(self.get("/v1/opscore/sessions").query(&q))
+    }
+
+    /// How many sessions are in each status (the filter's `status` aside).
+    pub fn session_counts(&self, filter: &SessionFilter) -> Call<SessionCounts> {
+        let q: Vec<_> = filter
+            .query()
+            .into_iter()
+            .filter(|(k, _)| *k != "status")
+            .collect();
+        Call::new(self.get("/v1/opscore/sessions/counts").query(&q))
+    }
+
+    /// Run a failed or cancelled session again; answers with the session,
+    /// running again.
+    pub fn retry_session(&self, session_id: &str) -> Call<Session> {
+        Call::new(self.post(&format!("/v1/opscore/sessions/{}/retry", seg(session_id))))
     }
 
     /// Cancel a session; answers with the session as it now is.

@@ -18,6 +18,39 @@ pub struct Stored {
     pub created: bool,
     /// The definition as stored (defaults filled in).
     pub definition: WorkflowDefinition,
+    /// The revision it is (servers before revisions send none).
+    pub revision: Option<i64>,
+}
+
+/// Filters of `GET /v1/opscore/sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    /// Only sessions in this status.
+    pub status: Option<String>,
+    /// Only sessions of this definition id.
+    pub workflow_id: Option<String>,
+    /// Only sessions with a task run on this agent.
+    pub agent_id: Option<String>,
+    /// RFC 3339: created at or after.
+    pub since: Option<String>,
+    /// RFC 3339: created before.
+    pub until: Option<String>,
+}
+
+impl SessionFilter {
+    /// The query parameters it sets.
+    pub(crate) fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("status", &self.status),
+            ("workflowId", &self.workflow_id),
+            ("agentId", &self.agent_id),
+            ("since", &self.since),
+            ("until", &self.until),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// Which definition a trigger runs.

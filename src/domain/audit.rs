@@ -163,7 +163,7 @@ pub enum AuditKind {
     KeyRevoked,
     /// A workflow definition was stored under a new id.
     WorkflowCreated,
-    /// A stored workflow definition was replaced (by its file at startup).
+    /// A changed workflow definition was stored as the next revision.
     WorkflowUpdated,
     /// A workflow definition was deleted.
     WorkflowDeleted,
@@ -171,6 +171,8 @@ pub enum AuditKind {
     SessionTriggered,
     /// A session was cancelled.
     SessionCancelled,
+    /// A failed or cancelled session was run again.
+    SessionRetried,
     /// An agent registered, or registered again with new details.
     AgentRegistered,
     /// An agent was deregistered.
@@ -183,7 +185,7 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in documentation order.
-    pub const ALL: [AuditKind; 11] = [
+    pub const ALL: [AuditKind; 12] = [
         Self::KeyCreated,
         Self::KeyRevoked,
         Self::WorkflowCreated,
@@ -191,6 +193,7 @@ impl AuditKind {
         Self::WorkflowDeleted,
         Self::SessionTriggered,
         Self::SessionCancelled,
+        Self::SessionRetried,
         Self::AgentRegistered,
         Self::AgentDeregistered,
         Self::AgentStateReset,
@@ -207,6 +210,7 @@ impl AuditKind {
             Self::WorkflowDeleted => "audit.workflow.deleted",
             Self::SessionTriggered => "audit.session.triggered",
             Self::SessionCancelled => "audit.session.cancelled",
+            Self::SessionRetried => "audit.session.retried",
             Self::AgentRegistered => "audit.agent.registered",
             Self::AgentDeregistered => "audit.agent.deregistered",
             Self::AgentStateReset => "audit.agent.state_reset",
@@ -346,28 +350,41 @@ impl NewAudit {
         )
     }
 
-    fn definition_facts(def: &WorkflowDefinition) -> Value {
-        json!({"name": def.name, "version": def.version, "tasks": def.tasks.len()})
+    fn definition_facts(def: &WorkflowDefinition, revision: i64) -> Value {
+        json!({"name": def.name, "version": def.version, "tasks": def.tasks.len(),
+               "revision": revision})
     }
 
-    /// `audit.workflow.created`.
-    pub fn workflow_created(by: &Actor, def: &WorkflowDefinition, at: Micros) -> Self {
+    /// `audit.workflow.created`: the first revision stored under an id
+    /// not stored (or deleted) before.
+    pub fn workflow_created(
+        by: &Actor,
+        def: &WorkflowDefinition,
+        revision: i64,
+        at: Micros,
+    ) -> Self {
         Self::workflow(
             AuditKind::WorkflowCreated,
             by,
             &def.id,
-            Self::definition_facts(def),
+            Self::definition_facts(def, revision),
             at,
         )
     }
 
-    /// `audit.workflow.updated`.
-    pub fn workflow_updated(by: &Actor, def: &WorkflowDefinition, at: Micros) -> Self {
+    /// `audit.workflow.updated`: a changed definition stored as the next
+    /// revision.
+    pub fn workflow_updated(
+        by: &Actor,
+        def: &WorkflowDefinition,
+        revision: i64,
+        at: Micros,
+    ) -> Self {
         Self::workflow(
             AuditKind::WorkflowUpdated,
             by,
             &def.id,
-            Self::definition_facts(def),
+            Self::definition_facts(def, revision),
             at,
         )
     }
@@ -436,6 +453,26 @@ impl NewAudit {
             session,
             workflow,
             json!({}),
+            at,
+        )
+    }
+
+    /// `audit.session.retried`: `tasks` runs queued again.
+    pub fn session_retried(
+        by: &Actor,
+        agent: &str,
+        session: &str,
+        workflow: &str,
+        tasks: usize,
+        at: Micros,
+    ) -> Self {
+        Self::session(
+            AuditKind::SessionRetried,
+            by,
+            agent,
+            session,
+            workflow,
+            json!({"tasks": tasks}),
             at,
         )
     }

@@ -34,7 +34,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in documentation order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         Self::AgentRegistered,
         Self::AgentDeregistered,
         Self::AgentState,
@@ -49,6 +49,7 @@ impl EventKind {
         Self::Audit(AuditKind::WorkflowDeleted),
         Self::Audit(AuditKind::SessionTriggered),
         Self::Audit(AuditKind::SessionCancelled),
+        Self::Audit(AuditKind::SessionRetried),
         Self::Audit(AuditKind::AgentRegistered),
         Self::Audit(AuditKind::AgentDeregistered),
         Self::Audit(AuditKind::AgentStateReset),

@@ -422,6 +422,8 @@ pub fn may_send_sql(state: &str, attempts: &str, allow_unknown: &str) -> String 
 
 mod pool;
 pub use pool::*;
+mod retry;
+pub use retry::{retry_session, RetryCandidate, RetryDecision};
 
 #[cfg(test)]
 mod tests;

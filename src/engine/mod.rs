@@ -163,9 +163,10 @@ pub fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, WorkflowDefin
     Ok(out)
 }
 
-/// Store the definitions read from files. A file is the source of truth for
-/// its id: a different stored definition is replaced (sessions keep the
-/// definition they started with).
+/// Store the definitions read from files, by the rule of the API
+/// (docs/api.md §3.1): a file that differs from its id's newest revision is
+/// stored as the next revision; sessions keep the revision they started
+/// with.
 pub async fn load_definitions(
     store: &dyn Store,
     defs: &[(String, WorkflowDefinition)],
@@ -173,7 +174,7 @@ pub async fn load_definitions(
     let now = now_micros();
     for (file, def) in defs {
         let by = Actor::system(format!("workflow file {file}"));
-        let outcome = store.put_definition(def, true, &by, now).await?;
+        let (outcome, revision) = store.put_definition(def, &by, now).await?;
         match outcome {
             PutOutcome::Created => {
                 tracing::info!(file = %file, workflow_id = %def.id, "workflow definition loaded")
@@ -181,8 +182,8 @@ pub async fn load_definitions(
             PutOutcome::Unchanged => {
                 tracing::debug!(file = %file, workflow_id = %def.id, "workflow definition unchanged")
             }
-            PutOutcome::Replaced => {
-                tracing::warn!(file = %file, workflow_id = %def.id, "workflow definition replaced by the file's version")
+            PutOutcome::Revised => {
+                tracing::info!(file = %file, workflow_id = %def.id, revision, "workflow definition file stored as a new revision")
             }
         }
     }

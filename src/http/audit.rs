@@ -51,7 +51,7 @@ struct AuditParams {
 }
 
 /// An RFC 3339 time parameter in microseconds.
-fn time_param(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<Micros> {
+pub(super) fn time_param(v: &mut Validator, name: &str, raw: Option<&str>) -> Option<Micros> {
     let raw = raw?;
     let parsed = parse_timestamp(raw)
         .map(|t| t.timestamp_micros())

@@ -58,7 +58,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 /// The files under `/dashboard/`: the page's ES modules, its style sheet
 /// and its icon.
-static ASSETS: LazyLock<[(&str, Asset); 7]> = LazyLock::new(|| {
+static ASSETS: LazyLock<[(&str, Asset); 8]> = LazyLock::new(|| {
     [
         ("app.js", Asset::new(include_bytes!("dashboard/app.js"), JS)),
         ("api.js", Asset::new(include_bytes!("dashboard/api.js"), JS)),
@@ -68,6 +68,10 @@ static ASSETS: LazyLock<[(&str, Asset); 7]> = LazyLock::new(|| {
             Asset::new(include_bytes!("dashboard/panel.js"), JS),
         ),
         ("sse.js", Asset::new(include_bytes!("dashboard/sse.js"), JS)),
+        (
+            "sessions.js",
+            Asset::new(include_bytes!("dashboard/sessions.js"), JS),
+        ),
         (
             "app.css",
             Asset::new(

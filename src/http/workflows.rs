@@ -5,30 +5,37 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{perm, Require};
+use super::extract::Query;
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::extract::{path_agent, AgentPath};
-use super::paging::Page;
+use super::paging::{
+    bad_cursor, bounded_page, decode_cursor, parse_limit, Page, PageParams, DEFAULT_LIMIT,
+};
+use crate::domain::time::from_micros;
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{AgentSelector, WorkflowDefinition, MAX_DEFINITION_BYTES};
 use crate::domain::FieldError;
+use crate::domain::Validator;
 use crate::engine::{self, DefinitionSource, Target};
 use crate::error::{ApiError, ErrorBody, ErrorCode, Result};
 use crate::http::state::AppState;
 use crate::http::trace::RequestTrace;
-use crate::store::PutOutcome;
-use crate::wire::Triggered;
+use crate::store::{DefinitionRecord, PutOutcome};
+use crate::wire::{StoredWorkflow, Triggered};
 
 /// Routes of this resource (see `http::openapi` for how to add one).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(fetch, remove))
+        .routes(routes!(revisions))
         .routes(routes!(trigger))
         .routes(routes!(trigger_pool))
 }
@@ -89,12 +96,24 @@ impl FromRequest<AppState> for DefinitionBody {
     }
 }
 
-/// Store a workflow definition.
+/// A stored revision as the wire shows it.
+fn stored_view(r: DefinitionRecord) -> StoredWorkflow {
+    StoredWorkflow {
+        definition: r.definition,
+        revision: Some(r.revision),
+        stored_at: Some(from_micros(r.stored_at)),
+    }
+}
+
+/// Store a workflow definition, or a new revision of one.
 ///
 /// JSON, or YAML with a YAML `Content-Type` (`application/yaml`,
 /// `application/x-yaml`, `text/yaml`, `text/x-yaml`). Defaults are filled in
 /// before storing, so bodies that differ only by a default are the same
-/// definition. Never replaces a different definition.
+/// definition. A definition whose id is stored but whose content differs
+/// from the newest revision is stored as the next revision (201); one
+/// identical to it changes nothing (200). Sessions keep the revision they
+/// started with (docs/api.md §3.1).
 #[utoipa::path(
     post,
     operation_id = "createWorkflow",
@@ -105,11 +124,11 @@ impl FromRequest<AppState> for DefinitionBody {
         (WorkflowDefinition = "application/yaml"),
     )),
     responses(
-        (status = 201, description = "Stored; the definition with defaults filled in", body = WorkflowDefinition),
-        (status = 200, description = "An identical definition was already stored", body = WorkflowDefinition),
+        (status = 201, description = "Stored as a new revision (1 for a new id); the definition with defaults filled in and its `revision`", body = StoredWorkflow),
+        (status = 200, description = "Identical to the newest revision: nothing stored", body = StoredWorkflow),
         (status = 400, description = "`invalid_json`, `invalid_yaml` (not UTF-8), `invalid_body`", body = ErrorBody),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
-        (status = 409, description = "`conflict`: a different definition has this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: another request is storing a revision of this id at the same moment; try again", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: an invalid definition, one entry per problem", body = ErrorBody),
@@ -123,29 +142,43 @@ async fn create(
     DefinitionBody(def): DefinitionBody,
 ) -> Result<impl IntoResponse> {
     def.validate().map_err(ApiError::validation)?;
-    let outcome = state
+    let now = now_micros();
+    let (outcome, revision) = state
         .store
-        .put_definition(&def, false, &caller.actor(), now_micros())
+        .put_definition(&def, &caller.actor(), now)
         .await?;
-    let status = match outcome {
-        PutOutcome::Created => {
-            tracing::info!(workflow_id = %def.id, "workflow definition created");
-            StatusCode::CREATED
+    let (status, stored_at) = match outcome {
+        PutOutcome::Created | PutOutcome::Revised => {
+            tracing::info!(workflow_id = %def.id, revision, "workflow definition stored");
+            (StatusCode::CREATED, now)
         }
-        PutOutcome::Unchanged | PutOutcome::Replaced => StatusCode::OK,
+        PutOutcome::Unchanged => {
+            let found = state
+                .store
+                .list_revisions(&def.id, Some(revision.saturating_add(1)), 1)
+                .await?;
+            (StatusCode::OK, found.first().map_or(now, |r| r.stored_at))
+        }
     };
-    Ok((status, Json(def)))
+    Ok((
+        status,
+        Json(stored_view(DefinitionRecord {
+            definition: def,
+            revision,
+            stored_at,
+        })),
+    ))
 }
 
-/// Every stored definition, ordered by id, in one page (`nextCursor` is
-/// null).
+/// Every stored definition's newest revision, ordered by id, in one page
+/// (`nextCursor` is null).
 #[utoipa::path(
     get,
     operation_id = "listWorkflows",
     path = "/v1/opscore/workflows",
     tag = "workflows",
     responses(
-        (status = 200, description = "Every definition", body = Page<WorkflowDefinition>),
+        (status = 200, description = "Every definition", body = Page<StoredWorkflow>),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
     ),
@@ -154,14 +187,20 @@ async fn create(
 async fn list(
     _: Require<perm::ReadWorkflows>,
     State(state): State<AppState>,
-) -> Result<Json<Page<WorkflowDefinition>>> {
+) -> Result<Json<Page<StoredWorkflow>>> {
     Ok(Json(Page {
-        items: state.store.list_definitions().await?,
+        items: state
+            .store
+            .list_definitions()
+            .await?
+            .into_iter()
+            .map(stored_view)
+            .collect(),
         next_cursor: None,
     }))
 }
 
-/// One workflow definition.
+/// One workflow definition: its newest revision.
 #[utoipa::path(
     get,
     operation_id = "getWorkflow",
@@ -169,7 +208,7 @@ async fn list(
     tag = "workflows",
     params(WorkflowPath),
     responses(
-        (status = 200, description = "The definition", body = WorkflowDefinition),
+        (status = 200, description = "The definition's newest revision", body = StoredWorkflow),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
@@ -180,8 +219,59 @@ async fn fetch(
     _: Require<perm::ReadWorkflows>,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<WorkflowDefinition>> {
-    Ok(Json(state.store.get_definition(&id).await?))
+) -> Result<Json<StoredWorkflow>> {
+    Ok(Json(stored_view(
+        state.store.get_definition_record(&id).await?,
+    )))
+}
+
+/// Every revision stored under a definition id, newest first.
+///
+/// A deleted definition's revisions are still listed (numbers are never
+/// reused); an id never stored is 404.
+#[utoipa::path(
+    get,
+    operation_id = "listWorkflowRevisions",
+    path = "/v1/opscore/workflows/{workflowId}/revisions",
+    tag = "workflows",
+    params(WorkflowPath, PageParams),
+    responses(
+        (status = 200, description = "A page of revisions, newest first", body = Page<StoredWorkflow>),
+        (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no revision was ever stored under this id", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad limit or cursor", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    ),
+    security(("bearerAuth" = [])),
+)]
+async fn revisions(
+    _: Require<perm::ReadWorkflows>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Page<Box<RawValue>>>> {
+    let mut v = Validator::default();
+    let limit = v
+        .check(parse_limit(p.limit.as_deref()))
+        .unwrap_or(DEFAULT_LIMIT);
+    let before = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let pos = decode_cursor(c).and_then(|s| s.parse::<i64>().ok());
+            if pos.is_none() {
+                v.add(bad_cursor());
+            }
+            pos
+        }
+    };
+    v.finish().map_err(ApiError::validation)?;
+    let items = state.store.list_revisions(&id, before, limit).await?;
+    Ok(Json(bounded_page(
+        items,
+        limit,
+        |r| r.revision.to_string(),
+        stored_view,
+    )?))
 }
 
 /// Delete a workflow definition.

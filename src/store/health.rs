@@ -20,11 +20,12 @@ use sqlx::Connection;
 /// The tables the service reads and writes. `/ready` checks each is there
 /// (and, on PostgreSQL, that the service holds SELECT, INSERT, UPDATE and
 /// DELETE on it).
-pub(super) const TABLES: [&str; 13] = [
+pub(super) const TABLES: [&str; 14] = [
     "agents",
     "agent_capabilities",
     "state_history",
     "workflow_definitions",
+    "workflow_revisions",
     "sessions",
     "task_runs",
     "events",

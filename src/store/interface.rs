@@ -252,21 +252,34 @@ pub trait AgentStore: Send + Sync + 'static {
 /// Workflows: definitions, sessions, and the durable queue of task runs.
 #[async_trait]
 pub trait WorkflowStore: Send + Sync + 'static {
-    /// Store a definition. With `replace` false a different definition under
-    /// the same id is a `Conflict`; with true (startup files) it is replaced.
+    /// Store a definition: nothing changes when it is the newest revision
+    /// of its id; otherwise it is stored as the next revision
+    /// (docs/api.md §3.1). Returns what happened and the revision it is.
     async fn put_definition(
         &self,
         def: &WorkflowDefinition,
-        replace: bool,
         by: &Actor,
         now: Micros,
-    ) -> StoreResult<PutOutcome>;
+    ) -> StoreResult<(PutOutcome, i64)>;
 
-    /// One definition.
+    /// One definition (its newest revision).
     async fn get_definition(&self, id: &str) -> StoreResult<WorkflowDefinition>;
 
-    /// Every definition, by id.
-    async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>>;
+    /// One definition's newest revision, with its number.
+    async fn get_definition_record(&self, id: &str) -> StoreResult<DefinitionRecord>;
+
+    /// Every definition's newest revision, by id.
+    async fn list_definitions(&self) -> StoreResult<Vec<DefinitionRecord>>;
+
+    /// A page of a definition id's revisions, newest first, before the
+    /// revision `before` when given; `NotFound` when the id never had one
+    /// (a deleted definition's revisions are still listed).
+    async fn list_revisions(
+        &self,
+        id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<DefinitionRecord>>;
 
     /// Delete a definition; `Conflict` while an unfinished session uses it.
     async fn delete_definition(&self, id: &str, by: &Actor, now: Micros) -> StoreResult<()>;
@@ -281,6 +294,19 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
     /// A page of an agent's sessions, newest first (without runs).
     async fn list_sessions(&self, q: &SessionQuery) -> StoreResult<Vec<SessionRecord>>;
+
+    /// A page of sessions across the fleet, newest first (without runs).
+    async fn list_fleet_sessions(&self, q: &FleetSessionQuery) -> StoreResult<Vec<SessionRecord>>;
+
+    /// How many sessions match `q`'s filters (its status, paging and limit
+    /// aside), by status.
+    async fn count_fleet_sessions(&self, q: &FleetSessionQuery) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Run a `failed` or `cancelled` session again (docs/api.md §3.7):
+    /// its failed and cancelled runs are queued afresh, due at `now`, with
+    /// a fresh retry budget; completed runs are kept. `NotFound` when
+    /// unknown, `Conflict` when it is not failed or cancelled.
+    async fn retry_session(&self, id: &str, by: &Actor, now: Micros) -> StoreResult<()>;
 
     /// Cancel a session and its unfinished runs; idempotent. `Conflict` when
     /// it already completed or failed. Returns the status it now has.

@@ -275,15 +275,27 @@ impl std::fmt::Debug for OnSessionEnd {
     }
 }
 
-/// Whether storing a definition created it, found it unchanged, or replaced it.
+/// Whether storing a definition created it, found it unchanged, or stored
+/// it as the next revision (docs/api.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// It was new.
+    /// Its id was not stored (never, or deleted since): a new revision.
     Created,
-    /// An identical definition was already stored.
+    /// It is identical to the newest revision: nothing stored.
     Unchanged,
-    /// A different definition under the same id was replaced (startup files only).
-    Replaced,
+    /// It differs from the newest revision: stored as the next one.
+    Revised,
+}
+
+/// A stored revision of a definition.
+#[derive(Debug, Clone)]
+pub struct DefinitionRecord {
+    /// The definition (defaults filled in).
+    pub definition: WorkflowDefinition,
+    /// Its revision number, from 1.
+    pub revision: i64,
+    /// When this revision was stored.
+    pub stored_at: Micros,
 }
 
 /// A session to create, with every task run (none for an empty workflow).
@@ -325,6 +337,9 @@ pub struct SessionRecord {
     pub result: Option<Box<serde_json::value::RawValue>>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The definition revision it runs; `None` for an inline definition
+    /// that differs from every stored revision.
+    pub revision: Option<i64>,
     /// Created.
     pub created_at: Micros,
     /// Last change.
@@ -408,6 +423,26 @@ pub struct SessionQuery {
     /// Only this status.
     pub status: Option<SessionStatus>,
     /// Start strictly before this session id.
+    pub before: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Filters and paging for sessions across the fleet, newest first
+/// (docs/api.md §3.2).
+#[derive(Debug, Clone, Default)]
+pub struct FleetSessionQuery {
+    /// Only this status.
+    pub status: Option<SessionStatus>,
+    /// Only sessions of this definition id.
+    pub workflow_id: Option<String>,
+    /// Only sessions with a task run on this agent.
+    pub agent_id: Option<String>,
+    /// Only sessions created at or after this time.
+    pub since: Option<Micros>,
+    /// Only sessions created before this time.
+    pub until: Option<Micros>,
+    /// Start strictly before this session id (the cursor).
     pub before: Option<String>,
     /// Page size.
     pub limit: u32,

@@ -15,6 +15,7 @@
 
 mod agents;
 mod sessions;
+mod workflows;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,6 +23,7 @@ use serde_json::Value;
 
 pub use self::agents::{Agent, CurrentState, Registration, StateEntry};
 pub use self::sessions::{Session, TaskRun, Triggered};
+pub use self::workflows::{SessionCounts, StoredWorkflow};
 
 /// A page of a listing and the cursor of the next page (null on the last).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

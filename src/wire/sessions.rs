@@ -25,6 +25,10 @@ pub struct Session {
     /// `{"agentIds": [agentId]}`.
     #[serde(default)]
     pub agent_selector: AgentSelector,
+    /// The definition revision it runs (docs/api.md §3.1); null for an
+    /// inline definition that differs from every stored revision.
+    #[serde(default)]
+    pub revision: Option<i64>,
     /// `started`, `running`, `completed`, `failed` or `cancelled`.
     #[schema(value_type = SessionStatus)]
     pub status: String,

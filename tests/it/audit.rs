@@ -344,7 +344,7 @@ async fn every_change_is_audited_with_the_acting_key(backend: Backend) {
     assert_eq!(at(3)["details"]["agentName"], "One");
     assert_eq!(
         at(6)["details"],
-        json!({"name": "Audit wf", "version": "2.1", "tasks": 1})
+        json!({"name": "Audit wf", "version": "2.1", "tasks": 1, "revision": 1})
     );
     assert_eq!(at(9)["details"], json!({"inlineDefinition": false}));
     assert_eq!(at(11)["details"], json!({"inlineDefinition": true}));

@@ -71,6 +71,9 @@ struct Row {
     make_workflow: bool,
     /// Only open the response (an event stream never ends).
     stream: bool,
+    /// Before the request, cancel the matrix's session (so that running it
+    /// again is allowed each time).
+    cancel_first: bool,
 }
 
 fn row(method: Method, path: &'static str, statuses: [u16; 5]) -> Row {
@@ -86,6 +89,7 @@ fn row(method: Method, path: &'static str, statuses: [u16; 5]) -> Row {
         public: false,
         make_workflow: false,
         stream: false,
+        cancel_first: false,
     }
 }
 
@@ -114,6 +118,12 @@ fn rows(session: &str, victim: &str) -> Vec<Row> {
     let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
     let session_path = leak(format!("/v1/opscore/sessions/{session}"));
     let cancel_path = leak(format!("/v1/opscore/sessions/{session}/cancel"));
+    let mut retry = row(
+        M::POST,
+        leak(format!("/v1/opscore/sessions/{session}/retry")),
+        [200, 200, 403, 403, 403],
+    );
+    retry.cancel_first = true;
     let key_path = leak(format!("/v1/opscore/keys/{victim}"));
     let mut health = row(M::GET, "/health", [200; 5]);
     health.public = true;
@@ -220,6 +230,18 @@ fn rows(session: &str, victim: &str) -> Vec<Row> {
         ),
         row(M::GET, session_path, [200, 200, 403, 403, 403]),
         row(M::POST, cancel_path, [200, 200, 403, 403, 403]),
+        retry,
+        row(M::GET, "/v1/opscore/sessions", [200, 200, 403, 403, 403]),
+        row(
+            M::GET,
+            "/v1/opscore/sessions/counts",
+            [200, 200, 403, 403, 403],
+        ),
+        row(
+            M::GET,
+            "/v1/opscore/workflows/mx/revisions",
+            [200, 200, 403, 403, 403],
+        ),
         row(
             M::GET,
             "/v1/opscore/agent/a1/sessions",
@@ -325,6 +347,10 @@ async fn auth_matrix(backend: Backend) {
                 let made = send(s.post("/v1/opscore/workflows").json(&def)).await;
                 assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
             }
+            if r.cancel_first {
+                let c = send(s.post(&format!("/v1/opscore/sessions/{session}/cancel"))).await;
+                assert_eq!(c.status, StatusCode::OK, "{}", c.body);
+            }
             let path = r.path.replace("{n}", &n);
             let mut rb = s.client.request(r.method.clone(), s.url(&path));
             if let Some(t) = token(who) {
@@ -357,8 +383,8 @@ async fn auth_matrix(backend: Backend) {
             checked += 1;
         }
     }
-    // Every row was run for every caller (33 routes and variants).
-    assert_eq!(checked, 33 * EVERYONE.len());
+    // Every row was run for every caller (37 routes and variants).
+    assert_eq!(checked, 37 * EVERYONE.len());
     s.stop().await;
 }
 

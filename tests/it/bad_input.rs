@@ -668,13 +668,19 @@ fn cases() -> Vec<Case> {
         )
         .json(json!({"id": "neg", "tasks": [{"taskId": "t", "maxRetries": -1}]})),
         case(
-            "definition: same id, different content",
-            "POST",
-            "/v1/opscore/workflows",
-            409,
-            "conflict",
-        )
-        .json(json!({"id": "wf1", "tasks": [{"taskId": "other"}]})),
+            "definition: revisions of an id never stored",
+            "GET",
+            "/v1/opscore/workflows/nope/revisions",
+            404,
+            "not_found",
+        ),
+        case(
+            "definition: revisions with a bad cursor",
+            "GET",
+            "/v1/opscore/workflows/wf1/revisions?cursor=zz",
+            422,
+            "validation_failed",
+        ),
         case(
             "definition: unknown",
             "GET",
@@ -761,6 +767,41 @@ fn cases() -> Vec<Case> {
             "/v1/opscore/sessions/nope/cancel",
             404,
             "session_not_found",
+        ),
+        case(
+            "session: retry unknown",
+            "POST",
+            "/v1/opscore/sessions/nope/retry",
+            404,
+            "session_not_found",
+        ),
+        case(
+            "fleet sessions: bad status filter",
+            "GET",
+            "/v1/opscore/sessions?status=exploded",
+            422,
+            "validation_failed",
+        ),
+        case(
+            "fleet sessions: bad since",
+            "GET",
+            "/v1/opscore/sessions?since=yesterday",
+            422,
+            "validation_failed",
+        ),
+        case(
+            "fleet sessions: bad limit",
+            "GET",
+            "/v1/opscore/sessions?limit=1001",
+            422,
+            "validation_failed",
+        ),
+        case(
+            "session counts: bad until",
+            "GET",
+            "/v1/opscore/sessions/counts?until=never",
+            422,
+            "validation_failed",
         ),
         case(
             "sessions: bad status filter",
@@ -913,6 +954,13 @@ async fn every_bad_input_is_refused_and_changes_nothing(backend: Backend) {
         409,
         "conflict",
     ));
+    cases.push(case(
+        "session: retry a completed one",
+        "POST",
+        &format!("/v1/opscore/sessions/{done}/retry"),
+        409,
+        "conflict",
+    ));
 
     let mut failures = Vec::new();
     for c in &cases {
@@ -1001,6 +1049,8 @@ async fn every_bad_input_is_refused_and_changes_nothing(backend: Backend) {
             "not_found",
         ),
         (vec!["sessions", "cancel", &done], 1, "conflict"),
+        (vec!["sessions", "retry", &done], 1, "conflict"),
+        (vec!["sessions", "list", "--since", "soon"], 1, "since"),
         (vec!["sessions", "get", "nope"], 1, "session_not_found"),
         (vec!["agents", "list", "--limit", "0"], 2, "limit"),
         (

@@ -10,6 +10,8 @@ mod browser;
 use crate::common;
 #[path = "dashboard/restartable.rs"]
 mod restartable;
+#[path = "dashboard/sessions_view.rs"]
+mod sessions_view;
 
 use std::time::{Duration, Instant};
 

@@ -472,9 +472,13 @@ async fn definitions_api(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "a changed definition is the next revision (docs/api.md §3.1)"
+    );
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["code"], "conflict");
+    assert_eq!(v["revision"], 2);
     let yaml = "id: w_yaml\nname: Y\ntasks:\n  - taskId: a\n    nextTaskId: b\n  - taskId: b\n";
     let r = s
         .post("/v1/opscore/workflows")

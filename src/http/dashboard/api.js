@@ -48,3 +48,16 @@ export async function api(path) {
 }
 
 export const enc = encodeURIComponent;
+
+/** POST `API + path` (with a JSON `body` if given), as JSON, or throw its ApiError. */
+export async function apiPost(path, body) {
+  const headers = authHeaders({ Accept: 'application/json' });
+  const init = { method: 'POST', headers, cache: 'no-store' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(API + path, init);
+  if (!resp.ok) throw await errorFrom(resp);
+  return resp.json();
+}

@@ -4,15 +4,18 @@
 // messages) is untrusted text: it only ever reaches the page through
 // textContent or attributes, never parsed as markup.
 //
-// This module: the key form, the agents table and the live feed that keeps
-// it current. api.js calls the API, sse.js reads the event stream (fetched,
-// since EventSource cannot send an Authorization header), panel.js is the
-// agent panel, dom.js builds elements. ES modules are strict and scoped.
+// This module: the key form, the views and their deep links (#/agents,
+// #/agents/{id}, #/sessions, #/sessions/{id}), the agents table and the live
+// feed that keeps the page current. api.js calls the API, sse.js reads the
+// event stream (fetched, since EventSource cannot send an Authorization
+// header), panel.js is the agent panel, sessions.js the Sessions view and a
+// session's page, dom.js builds elements. ES modules are strict and scoped.
 
 import { API, auth, authHeaders, errorFrom, api, enc, ApiError } from './api.js';
 import { readEvents } from './sse.js';
 import { el, cell, badge, ago, fullTime } from './dom.js';
 import * as panel from './panel.js';
+import * as sessions from './sessions.js';
 
 const KEY_STORAGE = 'opscore.apiKey';
 const AGENT_PAGE = 500;
@@ -32,6 +35,10 @@ const ui = {
   agentsBody: document.querySelector('#agents tbody'),
   empty: $('empty'),
   appError: $('app-error'),
+  views: $('views'),
+  navAgents: $('nav-agents'),
+  navSessions: $('nav-sessions'),
+  agentsPane: document.querySelector('.agents-pane'),
 };
 
 // Bumped whenever the dashboard starts over (new key, key forgotten), so
@@ -41,6 +48,8 @@ let loaded = false;
 /** agentId -> {data, row, version} */
 const agents = new Map();
 const feed = { lastId: null, controller: null };
+/** Set while the page closes the agent panel itself (not the user). */
+let keepHash = false;
 
 // ---------------------------------------------------------- key form
 
@@ -50,6 +59,7 @@ function showLogin(message) {
   loaded = false;
   ui.app.hidden = true;
   ui.forget.hidden = true;
+  ui.views.hidden = true;
   ui.login.hidden = false;
   ui.keyError.textContent = message || '';
   ui.keyError.hidden = !message;
@@ -94,15 +104,64 @@ function start() {
   ui.login.hidden = true;
   ui.app.hidden = false;
   ui.forget.hidden = false;
+  ui.views.hidden = false;
+  ui.navSessions.hidden = true;
   showAppError('');
+  // Starting over is not the user closing the panel: the address (a deep
+  // link, or the view before a reload) stays as it is.
+  keepHash = true;
   panel.closeDetail();
+  keepHash = false;
   agents.clear();
   ui.agentsBody.replaceChildren();
   loaded = false;
   ui.count.textContent = 'Loading…';
   feed.lastId = null;
   runFeed(generation);
+  const gen = generation;
+  // The Sessions view, and the buttons that change sessions, only for keys
+  // whose role may use them: the API itself says (see sessions.probe).
+  sessions.probe().then((may) => {
+    if (gen !== generation) return;
+    ui.navSessions.hidden = may !== true;
+    route();
+  });
+  route();
 }
+
+// ------------------------------------------------------------ views
+
+/** Show the view the location's hash names; reloads land on the same one. */
+function route() {
+  if (ui.app.hidden) return;
+  const parts = location.hash.replace(/^#\/?/, '').split('/');
+  const view = parts[0] || 'agents';
+  let id = null;
+  try {
+    id = parts.length > 1 && parts[1] !== '' ? decodeURIComponent(parts.slice(1).join('/')) : null;
+  } catch (_) {
+    id = null;
+  }
+  const onSessions = view === 'sessions';
+  ui.agentsPane.hidden = onSessions;
+  ui.navAgents.classList.toggle('current', !onSessions);
+  ui.navSessions.classList.toggle('current', onSessions);
+  if (onSessions) {
+    if (panel.openAgentId() !== null) panel.closeDetail();
+    if (id === null) sessions.showFleet();
+    else sessions.showSession(id);
+    return;
+  }
+  sessions.hide();
+  if (id === null) {
+    if (panel.openAgentId() !== null) panel.closeDetail();
+  } else if (panel.openAgentId() !== id) {
+    const entry = agents.get(id);
+    panel.openDetail(id, entry ? entry.data : null);
+  }
+}
+
+window.addEventListener('hashchange', route);
 
 function showAppError(message) {
   ui.appError.textContent = message;
@@ -260,6 +319,7 @@ function apply(kind, msg) {
     case 'session.status':
     case 'task.status':
       if (panel.openAgentId() === id && msg.sessionId) panel.sessionEvent(kind, msg.sessionId, d);
+      if (msg.sessionId) sessions.sessionEvent(msg.sessionId);
       break;
     default:
       break;
@@ -397,6 +457,13 @@ function select(id) {
 
 panel.hooks.onSelect = (id) => {
   for (const e of agents.values()) e.row.classList.toggle('selected', e.data.agentId === id);
+  if (keepHash) return;
+  // The open panel is in the address, so a reload or a shared link opens it.
+  const want = id === null ? '#/agents' : '#/agents/' + enc(id);
+  const onAgents = !location.hash.startsWith('#/sessions');
+  if (onAgents && location.hash !== want && (id !== null || location.hash.startsWith('#/agents/'))) {
+    location.hash = want;
+  }
 };
 
 ui.agentsBody.addEventListener('click', (ev) => {

@@ -143,6 +143,13 @@ function addSession(sel, s, first) {
   return entry;
 }
 
+/** A link to the session's own page. */
+function sessionLink(id) {
+  const a = el('a', 'session-id mono', id);
+  a.href = '#/sessions/' + enc(id);
+  return a;
+}
+
 function status(s) {
   return el('span', 'st st-' + String(s).replace(/[^a-z_]/g, ''), s);
 }
@@ -154,7 +161,7 @@ function renderSession(entry) {
     el('strong', '', s.workflowId),
     status(s.status),
     timeEl(s.createdAt, 'muted'),
-    el('span', 'session-id mono', s.sessionId),
+    sessionLink(s.sessionId),
   );
   const parts = [head];
   if (s.error) parts.push(el('div', 'error', s.error));

@@ -115,8 +115,69 @@ async fn session_commands(backend: Backend) {
     )
     .await;
     assert_eq!(run.code, 2, "{run:?}");
+
+    // Across the fleet: without --agent, and with the fleet's filters.
+    c.register(&registration("a2")).await.expect("register");
+    let on_a2 = c.trigger("a2", &sample, None).await.expect("trigger");
     let run = opscore(b, &["sessions", "list"]).await;
-    assert_eq!(run.code, 2, "--agent is required: {run:?}");
+    assert_eq!(
+        run.column("SESSION"),
+        [
+            on_a2.session_id.clone(),
+            done.session_id.clone(),
+            newer.session_id.clone(),
+            older.session_id.clone()
+        ]
+    );
+    let first = run.stdout.lines().nth(1).expect("a row");
+    assert!(first.contains(" a2 "), "the agent column: {first}");
+    let run = opscore(
+        b,
+        &[
+            "sessions",
+            "list",
+            "--workflow",
+            "sample_workflow_id",
+            "--status",
+            "started",
+        ],
+    )
+    .await;
+    assert_eq!(
+        run.column("SESSION"),
+        [on_a2.session_id.clone(), newer.session_id.clone()]
+    );
+    let since = chrono::Utc::now().to_rfc3339();
+    let run = opscore(b, &["sessions", "list", "--since", &since]).await;
+    assert!(run.column("SESSION").is_empty(), "{run:?}");
+    let run = opscore(b, &["sessions", "list", "--until", &since, "--agent", "a2"]).await;
+    assert_eq!(run.column("SESSION"), vec![on_a2.session_id.clone()]);
+    let got = opscore(b, &["sessions", "list", "--workflow", "empty", "--json"])
+        .await
+        .json();
+    let filter = opscore::client::SessionFilter {
+        workflow_id: Some("empty".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        got,
+        c.list_fleet_sessions(&filter, &Default::default())
+            .json()
+            .await
+            .expect("fleet list")
+    );
+    let run = opscore(b, &["sessions", "list", "--since", "yesterday"]).await;
+    assert!(run.failed(1).ends_with("(validation_failed)\n"), "{run:?}");
+
+    // Run a cancelled session again; a started one cannot be.
+    let run = opscore(b, &["sessions", "retry", &older.session_id]).await;
+    assert_eq!(run.field("Status"), "running");
+    assert_eq!(run.field("Error"), "-");
+    let got = opscore(b, &["sessions", "retry", &newer.session_id, "--json"]).await;
+    assert_refused(&got, c.retry_session(&newer.session_id).await);
+    assert!(got.stderr.ends_with("(conflict)\n"), "{got:?}");
+    let run = opscore(b, &["sessions", "retry", "no-such-session"]).await;
+    assert_refused(&run, c.retry_session("no-such-session").await);
 }
 
 crate::backend_tests!(session_commands);

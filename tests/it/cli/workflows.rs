@@ -36,7 +36,7 @@ async fn workflow_commands(backend: Backend) {
     // Create from YAML (converted client side), then again: unchanged.
     let review = file("review.yaml", REVIEW_YAML);
     let run = opscore(b, &["workflows", "create", &review]).await;
-    assert_eq!(run.ok(), "Workflow review stored (2 tasks)\n");
+    assert_eq!(run.ok(), "Workflow review stored as revision 1 (2 tasks)\n");
     let stored = c.get_definition("review").await.expect("stored");
     assert_eq!(stored.tasks[0].parameters, json!({"topic": "billing"}));
     assert_eq!(stored.tasks[1].delay_seconds, 5);
@@ -182,9 +182,34 @@ async fn workflow_commands(backend: Backend) {
     );
     let run = opscore(b, &["workflows", "create", &cycle]).await;
     assert!(run.failed(1).ends_with("(validation_failed)\n"), "{run:?}");
+
+    // A changed definition under a stored id: its next revision; both
+    // listed, newest first.
     let other = file("other.yaml", "id: review\ntasks: []\n");
-    let run = opscore(b, &["workflows", "create", &other, "--json"]).await;
-    assert!(run.failed(1).ends_with("(conflict)\n"), "{run:?}");
+    let got = opscore(b, &["workflows", "create", &other, "--json"])
+        .await
+        .json();
+    assert_eq!(got["revision"], 2);
+    let run = opscore(b, &["workflows", "create", &review]).await;
+    assert_eq!(run.ok(), "Workflow review stored as revision 3 (2 tasks)\n");
+    let run = opscore(b, &["workflows", "revisions", "review"]).await;
+    assert_eq!(run.column("REVISION"), ["3", "2", "1"]);
+    let run = opscore(b, &["workflows", "revisions", "review", "--limit", "1"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 2, "{run:?}");
+    assert!(run.stderr.contains("--cursor"), "{run:?}");
+    let got = opscore(b, &["workflows", "revisions", "review", "--json"])
+        .await
+        .json();
+    assert_eq!(
+        got,
+        c.list_revisions("review", &Default::default())
+            .json()
+            .await
+            .expect("revisions")
+    );
+    let run = opscore(b, &["workflows", "revisions", "nope"]).await;
+    assert_refused(&run, c.list_revisions("nope", &Default::default()).await);
 
     // Bad input on the command line: exit 2, nothing sent.
     let missing = dir.path().join("missing.yaml").display().to_string();

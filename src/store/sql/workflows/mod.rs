@@ -6,6 +6,8 @@
 //! [`WorkflowStore`]: crate::store::WorkflowStore
 
 mod dispatch;
+mod fleet;
+mod revisions;
 mod runs;
 mod sessions;
 
@@ -15,7 +17,7 @@ use crate::domain::workflow::{RunStatus, SessionStatus};
 
 pub(in crate::store) const SESSION_COLUMNS: &str =
     "session_id, workflow_id, agent_id, status, result, error, created_at_us, updated_at_us, finished_at_us, \
-     selector";
+     selector, revision";
 
 pub(in crate::store) const RUN_COLUMNS: &str =
     "run_id, task_id, task_name, status, attempts, max_retries, payload, due_at_us, \

@@ -14,8 +14,8 @@ use crate::domain::workflow::{AgentSelector, RunStatus, SessionStatus, WorkflowD
 use crate::store::sql::backend::RowsAffected;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::{
-    ClaimedRun, DispatchOutcome, Entity, NewSession, PutOutcome, RunRecord, SessionQuery,
-    SessionRecord, StoreError, StoreResult, WorkflowStore,
+    ClaimedRun, DefinitionRecord, DispatchOutcome, Entity, FleetSessionQuery, NewSession,
+    PutOutcome, RunRecord, SessionQuery, SessionRecord, StoreError, StoreResult, WorkflowStore,
 };
 
 impl<B> SqlStore<B>
@@ -32,69 +32,6 @@ where
     for<'q> i32: Decode<'q, B> + Type<B>,
     for<'q> bool: Encode<'q, B> + Type<B>,
 {
-    /// Store a definition whose id is not stored yet; `false` (and
-    /// nothing changed) when one is.
-    pub(in crate::store) async fn insert_definition(
-        conn: &mut B::Connection,
-        def: &WorkflowDefinition,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO workflow_definitions (workflow_id, name, definition, created_at_us, updated_at_us) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workflow_id) DO NOTHING",
-        )
-        .bind(&def.id)
-        .bind(&def.name)
-        .bind(def.canonical_json())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    /// Store a definition inside the caller's transaction (see
-    /// `WorkflowStore::put_definition`).
-    pub(in crate::store) async fn put_definition_in(
-        conn: &mut B::Connection,
-        def: &WorkflowDefinition,
-        replace: bool,
-        now: i64,
-    ) -> StoreResult<PutOutcome> {
-        let canonical = def.canonical_json();
-        let outcome = if Self::insert_definition(conn, def, now).await? {
-            PutOutcome::Created
-        } else {
-            let stored: String = sqlx::query_scalar(
-                "SELECT definition FROM workflow_definitions WHERE workflow_id = $1",
-            )
-            .bind(&def.id)
-            .fetch_one(&mut *conn)
-            .await?;
-            if stored == canonical {
-                PutOutcome::Unchanged
-            } else if replace {
-                sqlx::query(
-                    "UPDATE workflow_definitions SET name = $2, definition = $3, updated_at_us = $4 \
-                     WHERE workflow_id = $1",
-                )
-                .bind(&def.id)
-                .bind(&def.name)
-                .bind(&canonical)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                PutOutcome::Replaced
-            } else {
-                return Err(StoreError::Conflict(format!(
-                    "a different workflow definition with id '{}' already exists",
-                    def.id
-                )));
-            }
-        };
-        Ok(outcome)
-    }
-
     pub(in crate::store) fn session_from_row(row: &B::Row) -> StoreResult<SessionRecord> {
         use sqlx::Row;
         let status: String = row.try_get(3)?;
@@ -117,6 +54,7 @@ where
             created_at: row.try_get(6)?,
             updated_at: row.try_get(7)?,
             finished_at: row.try_get(8)?,
+            revision: row.try_get(10)?,
             runs: Vec::new(),
         })
     }
@@ -212,17 +150,16 @@ where
     async fn put_definition(
         &self,
         def: &WorkflowDefinition,
-        replace: bool,
         by: &Actor,
         now: i64,
-    ) -> StoreResult<PutOutcome> {
+    ) -> StoreResult<(PutOutcome, i64)> {
         let mut tx = self.writer().begin().await?;
-        let outcome = Self::put_definition_in(&mut tx, def, replace, now).await?;
+        let (outcome, revision) = Self::put_definition_in(&mut tx, def, now).await?;
         let audit = match outcome {
-            PutOutcome::Created => NewAudit::workflow_created(by, def, now),
-            PutOutcome::Replaced => NewAudit::workflow_updated(by, def, now),
+            PutOutcome::Created => NewAudit::workflow_created(by, def, revision, now),
+            PutOutcome::Revised => NewAudit::workflow_updated(by, def, revision, now),
             // Nothing changed: nothing to audit.
-            PutOutcome::Unchanged => return Ok(outcome),
+            PutOutcome::Unchanged => return Ok((outcome, revision)),
         };
         let mut events = Vec::new();
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
@@ -230,7 +167,7 @@ where
         tx.commit().await?;
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
-        Ok(outcome)
+        Ok((outcome, revision))
     }
 
     async fn get_definition(&self, id: &str) -> StoreResult<WorkflowDefinition> {
@@ -244,14 +181,27 @@ where
         serde_json::from_str(&text).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
-    async fn list_definitions(&self) -> StoreResult<Vec<WorkflowDefinition>> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT definition FROM workflow_definitions ORDER BY workflow_id")
-                .fetch_all(self.reader())
-                .await?;
-        rows.iter()
-            .map(|t| serde_json::from_str(t).map_err(|e| StoreError::Internal(e.to_string())))
-            .collect()
+    async fn get_definition_record(&self, id: &str) -> StoreResult<DefinitionRecord> {
+        self.newest_revision(id)
+            .await?
+            .ok_or_else(|| StoreError::not_found(Entity::WorkflowDefinition, id))
+    }
+
+    async fn list_definitions(&self) -> StoreResult<Vec<DefinitionRecord>> {
+        self.newest_revisions().await
+    }
+
+    async fn list_revisions(
+        &self,
+        id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<DefinitionRecord>> {
+        let page = self.revisions_page(id, before, limit).await?;
+        if page.is_empty() && !self.has_revisions(id).await? {
+            return Err(StoreError::not_found(Entity::WorkflowDefinition, id));
+        }
+        Ok(page)
     }
 
     async fn delete_definition(&self, id: &str, by: &Actor, now: i64) -> StoreResult<()> {
@@ -301,16 +251,29 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         }
         let agent = s.agent_id.as_ref().map_or("", |a| a.as_str());
         let mut audits = Vec::new();
-        if s.store_definition {
-            // Contract 1.4: an inline definition is stored when its
-            // id is new; one that differs from the stored one runs
-            // as sent (the session keeps it), the stored one left
-            // as it is. The old service's load scripts send theirs
-            // on every trigger.
-            if Self::insert_definition(&mut tx, &s.definition, now).await? {
-                audits.push(NewAudit::workflow_created(by, &s.definition, now));
+        // Contract 1.4: an inline definition is stored when its id is not
+        // stored; one that differs from the stored one runs as sent (the
+        // session keeps it), the stored one left as it is. The old
+        // service's load scripts send theirs on every trigger. The
+        // session records the stored revision it runs (§3.1), if any.
+        let stored: Option<i64> = if s.store_definition {
+            sqlx::query_scalar("SELECT revision FROM workflow_definitions WHERE workflow_id = $1")
+                .bind(&s.definition.id)
+                .fetch_optional(&mut *tx)
+                .await?
+        } else {
+            None
+        };
+        let revision = if s.store_definition && stored.is_none() {
+            let (outcome, revision) = Self::put_definition_in(&mut tx, &s.definition, now).await?;
+            // A concurrent trigger may have stored the same one first.
+            if outcome != PutOutcome::Unchanged {
+                audits.push(NewAudit::workflow_created(by, &s.definition, revision, now));
             }
-        }
+            Some(revision)
+        } else {
+            Self::revision_of(&mut tx, &s.definition).await?
+        };
         audits.push(NewAudit::session_triggered(
             by,
             agent,
@@ -371,9 +334,10 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         pool_agents.dedup();
         sqlx::query(
             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
+             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
              created_at_us, updated_at_us, finished_at_us, traceparent, tracestate, selector, \
-             pool_capability, pool_agents) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12)",
+             pool_capability, pool_agents, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&s.session_id)
         .bind(&s.definition.id)
@@ -387,6 +351,7 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         .bind(selector.as_deref())
         .bind(s.selector.capability.as_deref())
         .bind(pool_agents.len() as i64)
+        .bind(revision)
         .execute(&mut *tx)
         .await?;
         for a in &pool_agents {
@@ -460,6 +425,18 @@ unfinished = UNFINISHED_SESSIONS.as_str()
             .fetch_all(self.reader())
             .await?;
         rows.iter().map(Self::session_from_row).collect()
+    }
+
+    async fn list_fleet_sessions(&self, q: &FleetSessionQuery) -> StoreResult<Vec<SessionRecord>> {
+        self.fleet_sessions(q).await
+    }
+
+    async fn count_fleet_sessions(&self, q: &FleetSessionQuery) -> StoreResult<Vec<(String, i64)>> {
+        self.fleet_counts(q).await
+    }
+
+    async fn retry_session(&self, id: &str, by: &Actor, now: i64) -> StoreResult<()> {
+        self.retry(id, by, now).await
     }
 
     async fn cancel_session(&self, id: &str, by: &Actor, now: i64) -> StoreResult<SessionStatus> {
