@@ -206,7 +206,7 @@ fn sessions_table(sessions: &[Session]) -> String {
         t.row(vec![
             s.session_id.clone(),
             s.workflow_id.clone(),
-            s.agent_id.clone(),
+            s.agent_id.clone().unwrap_or_else(|| "(pool)".to_owned()),
             s.status.clone(),
             time(&s.created_at),
             opt_time(&s.finished_at),

@@ -164,7 +164,7 @@ where
         let def: WorkflowDefinition = serde_json::from_str(&definition)
             .map_err(|e| StoreError::Internal(format!("stored definition of session {id}: {e}")))?;
         let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT run_id, task_id, agent_id, status, attempts, max_retries FROM task_runs \
+            "SELECT run_id, task_id, COALESCE(agent_id, ''), status, attempts, max_retries FROM task_runs \
              WHERE session_id = $1 AND status IN ('failed', 'cancelled') ORDER BY position, created_at_us",
         )
         .bind(id)
@@ -192,7 +192,9 @@ where
             let (run_id, task_id, run_agent, _, attempts, _) = &rows[*i];
             sqlx::query(
                 "UPDATE task_runs SET status = 'queued', due_at_us = $2, max_retries = $3, \
-                 finished_at_us = NULL, lease_owner = NULL \
+                 finished_at_us = NULL, lease_owner = NULL, \
+                 agent_id = CASE WHEN (SELECT s.agent_id FROM sessions s \
+                   WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END \
                  WHERE run_id = $1 AND status IN ('failed', 'cancelled')",
             )
             .bind(run_id)

@@ -334,7 +334,6 @@ unfinished = UNFINISHED_SESSIONS.as_str()
         pool_agents.dedup();
         sqlx::query(
             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
-             "INSERT INTO sessions (session_id, workflow_id, agent_id, definition, status, \
              created_at_us, updated_at_us, finished_at_us, traceparent, tracestate, selector, \
              pool_capability, pool_agents, revision) \
              VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13)",
