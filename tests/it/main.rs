@@ -28,6 +28,7 @@ mod openapi;
 mod outage;
 mod properties;
 mod quiet_agents;
+mod read_model;
 mod reads;
 mod replicas;
 mod retention;
