@@ -26,12 +26,12 @@ pub(crate) struct ReadCounters {
 
 impl ReadCounters {
     /// A read answered from memory.
-    pub(crate) fn from_memory(&self, read: AgentRead) {
+    pub(crate) fn answered_from_memory(&self, read: AgentRead) {
         self.memory[read as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A read that queried the database.
-    pub(crate) fn from_database(&self, read: AgentRead) {
+    pub(crate) fn answered_from_database(&self, read: AgentRead) {
         self.database[read as usize].fetch_add(1, Ordering::Relaxed);
     }
 

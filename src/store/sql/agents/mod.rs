@@ -447,14 +447,14 @@ where
     }
 
     async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent> {
-        self.reads().from_memory(AgentRead::Agent);
+        self.reads().answered_from_memory(AgentRead::Agent);
         self.model()
             .get_agent(id.as_str())
             .ok_or_else(|| StoreError::agent_not_found(id))
     }
 
     async fn get_agent_consistent(&self, id: &AgentId) -> StoreResult<Agent> {
-        self.reads().from_database(AgentRead::Agent);
+        self.reads().answered_from_database(AgentRead::Agent);
         let sql = format!("SELECT {} FROM agents WHERE agent_id = $1", AGENT_COLUMNS);
         let row = sqlx::query(&sql)
             .bind(id.as_str())
@@ -465,14 +465,14 @@ where
     }
 
     async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState> {
-        self.reads().from_memory(AgentRead::State);
+        self.reads().answered_from_memory(AgentRead::State);
         self.model()
             .get_state(id.as_str())
             .ok_or_else(|| StoreError::agent_not_found(id))
     }
 
     async fn get_state_consistent(&self, id: &AgentId) -> StoreResult<AgentState> {
-        self.reads().from_database(AgentRead::State);
+        self.reads().answered_from_database(AgentRead::State);
         // The newest feed index about it comes from the same
         // snapshot as its state: a blocking read waiting past it
         // misses nothing and is not woken by what it returned.
@@ -493,10 +493,10 @@ where
 
     async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>> {
         if let (Some(state), false) = (&q.state, q.consistent) {
-            self.reads().from_memory(AgentRead::List);
+            self.reads().answered_from_memory(AgentRead::List);
             return Ok(self.model().list_in_state(state, q, &self.rules().liveness));
         }
-        self.reads().from_database(AgentRead::List);
+        self.reads().answered_from_database(AgentRead::List);
         let (sql, binds) = list_agents_sql(q, &self.rules().liveness);
         let mut query = sqlx::query(&sql);
         for b in &binds {
