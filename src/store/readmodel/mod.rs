@@ -37,6 +37,8 @@ use std::sync::{Arc, RwLock};
 pub use apply::Change;
 
 use super::{Agent, AgentQuery, AgentState, Liveness};
+use crate::domain::audit::AuditKind;
+use crate::domain::event::EventKind;
 use crate::domain::state::{StateRecord, UNKNOWN};
 use crate::domain::time::Micros;
 
@@ -351,6 +353,25 @@ impl ReadModel {
     pub fn seen(&self, id: &str, at: Micros) {
         if let Some(e) = write(self.shard(id)).get_mut(id) {
             e.last_seen = e.last_seen.max(at);
+        }
+    }
+
+    /// Whether an event of `kind` about `id` at feed index `index` would
+    /// change more than the agent's feed index: false for one already
+    /// applied (this process's own, repeated by the feed), so that the
+    /// feed need not parse it again.
+    pub fn is_news(&self, id: &str, index: i64, kind: EventKind) -> bool {
+        let shard = read(self.shard(id));
+        let Some(e) = shard.get(id) else {
+            return kind == EventKind::AgentRegistered;
+        };
+        match kind {
+            EventKind::AgentState => index > e.applied.state,
+            EventKind::AgentDeregistered => index > e.applied.registered,
+            EventKind::AgentRegistered => index > e.applied.details,
+            EventKind::Audit(AuditKind::AgentLeaseSet) => index > e.applied.lease,
+            EventKind::AgentFresh => true,
+            _ => false,
         }
     }
 

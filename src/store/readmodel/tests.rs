@@ -261,3 +261,26 @@ fn a_listing_pages_past_many_steps() {
     assert!(page.windows(2).all(|w| w[0].agent_id < w[1].agent_id));
     assert_eq!(m.len(), LIST_STEP * 2 + 10);
 }
+
+#[test]
+fn knows_which_events_are_news() {
+    let m = ReadModel::default();
+    assert!(m.is_news("a1", 1, EventKind::AgentRegistered));
+    assert!(!m.is_news("a1", 1, EventKind::AgentState), "unknown agent");
+    m.apply(
+        "a1",
+        3,
+        Change::Registered {
+            details: details("A", None),
+            at: 1,
+        },
+    );
+    m.apply("a1", 5, state_change("a1", "idle", 5, 5));
+    assert!(!m.is_news("a1", 5, EventKind::AgentState));
+    assert!(m.is_news("a1", 6, EventKind::AgentState));
+    assert!(!m.is_news("a1", 3, EventKind::AgentRegistered));
+    assert!(m.is_news("a1", 4, EventKind::AgentDeregistered));
+    assert!(!m.is_news("a1", 9, EventKind::TaskStatus));
+    m.apply("a1", 9, Change::Other);
+    assert_eq!(m.get_state("a1").expect("known").event_index, Some(9));
+}

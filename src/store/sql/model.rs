@@ -103,6 +103,10 @@ where
             let Some(id) = e.agent_id.as_deref() else {
                 continue;
             };
+            if !model.is_news(id, e.index, e.kind) {
+                model.apply(id, e.index, Change::Other);
+                continue;
+            }
             let change = match (e.kind, registered.get(id)) {
                 (EventKind::AgentRegistered, Some(a)) => {
                     let capabilities =
