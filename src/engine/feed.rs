@@ -67,7 +67,13 @@ impl Feed {
         stop: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> StoreResult<Self> {
-        let head = store.event_bounds().await?.head;
+        // From where the read model was loaded, so that the model learns
+        // of everything committed since.
+        let head = store
+            .event_bounds()
+            .await?
+            .head
+            .min(store.read_model_head());
         let (tx, _) = broadcast::channel(BUFFER);
         let feed = Self {
             inner: Arc::new(Inner {
@@ -195,6 +201,9 @@ impl Feed {
             let after = self.head();
             let events = self.inner.store.read_events(after, PAGE).await?;
             let full = events.len() == PAGE as usize;
+            // The read model first: a read that reports index N reflects
+            // every change up to N.
+            self.inner.store.apply_feed_events(&events).await?;
             for e in events {
                 self.inner.head.store(e.index, Ordering::Release);
                 // No receivers is fine: nobody is watching.

@@ -51,17 +51,43 @@ fn agent_view(a: Agent, live: &Liveness, now: Micros) -> wire::Agent {
     }
 }
 
+/// The `consistent` query flag of the agent reads.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ConsistentParam {
+    /// `true`: read the database, which holds every replica's commits the
+    /// moment they are made, rather than this process's read model (which
+    /// has them within milliseconds). Default `false`.
+    #[param(value_type = Option<bool>)]
+    pub(super) consistent: Option<String>,
+}
+
+impl ConsistentParam {
+    /// Whether the read must ask the database; 422 naming `consistent`.
+    pub(super) fn consistent(&self) -> Result<bool> {
+        let mut v = Validator::default();
+        let on = flag(&mut v, "consistent", self.consistent.as_deref()).unwrap_or(false);
+        v.finish().map_err(ApiError::validation)?;
+        Ok(on)
+    }
+}
+
 /// One agent: registration details and current state.
+///
+/// Answered from this process's read model, which has what another
+/// replica committed within milliseconds; `consistent=true` reads the
+/// database.
 #[utoipa::path(
     get,
     operation_id = "getAgent",
     path = "/v1/opscore/agent/{agentId}",
     tag = "agents",
-    params(AgentPath),
+    params(AgentPath, ConsistentParam),
     responses(
         (status = 200, description = "The agent", body = wire::Agent),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad `consistent`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`", body = ErrorBody),
     ),
     security(("bearerAuth" = [])),
@@ -70,8 +96,14 @@ async fn get_agent(
     _: Require<perm::ReadAgent>,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
+    Query(p): Query<ConsistentParam>,
 ) -> Result<Json<wire::Agent>> {
-    let agent = state.store.get_agent(&path_agent(&agent_id)?).await?;
+    let id = path_agent(&agent_id)?;
+    let agent = if p.consistent()? {
+        state.store.get_agent_consistent(&id).await?
+    } else {
+        state.store.get_agent(&id).await?
+    };
     Ok(Json(agent_view(
         agent,
         &state.config.db.engine.liveness,
@@ -157,6 +189,10 @@ struct ListAgentsParams {
     /// Page size.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
+    /// `true`: read the database rather than the read model (which
+    /// answers the `state` filter from memory).
+    #[param(value_type = Option<bool>)]
+    consistent: Option<String>,
 }
 
 /// A `true`/`false` (or `1`/`0`) query flag.
@@ -203,6 +239,7 @@ async fn list_agents(
     )
     .unwrap_or(false);
     let stale = flag(&mut v, "stale", p.stale.as_deref());
+    let consistent = flag(&mut v, "consistent", p.consistent.as_deref()).unwrap_or(false);
     if let Some(s) = &p.state {
         if let Err(m) = validate_state_name(s) {
             v.add(FieldError::new("state", m));
@@ -234,6 +271,7 @@ async fn list_agents(
         now,
         after,
         limit,
+        consistent,
     };
     let agents = state.store.list_agents(&q).await?;
     let live = state.config.db.engine.liveness;

@@ -167,6 +167,10 @@ struct StateReadParams {
     /// seconds, at most `10m`; default `5m` when `index` is given.
     #[param(example = "30s")]
     wait: Option<String>,
+    /// `true`: read the database, which holds every replica's commits the
+    /// moment they are made, rather than this process's read model.
+    #[param(value_type = Option<bool>)]
+    consistent: Option<String>,
 }
 
 /// The agent's current state; with `index`, a blocking read.
@@ -175,7 +179,9 @@ struct StateReadParams {
 /// agent's state can still be read. With `index` (and optionally `wait`)
 /// the answer comes once the agent's state has moved past that feed index,
 /// or with the current state when the wait ends. Every answer carries
-/// `X-Opscore-Index`. Blocking reads count against the feed's subscriber
+/// `X-Opscore-Index`. Answered from this process's read model, which has
+/// what another replica committed within milliseconds (what this process
+/// committed, at once); `consistent=true` reads the database. Blocking reads count against the feed's subscriber
 /// limit and their key's stream cap, not the request limit and deadline.
 #[utoipa::path(
     get,
@@ -188,7 +194,7 @@ struct StateReadParams {
          headers(("X-Opscore-Index" = i64, description = "The feed index this read is current as of; pass it as the next `index`"))),
         (status = 401, description = "`missing_credentials`, `invalid_authorization`, `invalid_api_key`, `key_revoked`, `key_expired` (a blocking read also answers the last two when its key is revoked or expires while it waits)", body = ErrorBody),
         (status = 404, description = "`agent_not_found`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad `index` or `wait`; or `invalid_query`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad `index`, `wait` or `consistent`; or `invalid_query`", body = ErrorBody),
         (status = 429, description = "`too_many_streams` (a blocking read): this key holds all the streams and blocking reads it may", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`; for a blocking read, `overloaded` when the feed is at its subscriber limit", body = ErrorBody),
     ),
@@ -201,6 +207,10 @@ async fn get_state(
     Query(p): Query<StateReadParams>,
 ) -> Result<([(&'static str, String); 1], Json<CurrentState>)> {
     let id = path_agent(&agent_id)?;
+    let consistent = super::agents::ConsistentParam {
+        consistent: p.consistent,
+    }
+    .consistent()?;
     let blocking = super::events::blocking_params(p.index.as_deref(), p.wait.as_deref())?;
     // The index is taken before the read, so the state returned is at
     // least as new as it: a client waiting past it misses nothing.
@@ -221,7 +231,11 @@ async fn get_state(
             }
         }
     };
-    let agent = state.store.get_state(&id).await?;
+    let agent = if consistent {
+        state.store.get_state_consistent(&id).await?
+    } else {
+        state.store.get_state(&id).await?
+    };
     let index = index.max(agent.event_index.unwrap_or(0));
     Ok((
         [(INDEX_HEADER, index.to_string())],

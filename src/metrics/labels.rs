@@ -88,6 +88,12 @@ pub(super) struct SessionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ReadLabels {
+    pub(super) read: &'static str,
+    pub(super) source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct PoolLabel {
     pub(super) pool: &'static str,
 }

@@ -153,6 +153,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Delete up to `limit` of the oldest events written before `before`.
     async fn prune_events(&self, before: Micros, limit: u32) -> StoreResult<u64>;
 
+    /// Bring the read model up to `events`, just read from the feed in
+    /// index order (other replicas' commits among them), before the feed
+    /// serves them. Registrations from elsewhere read their details from
+    /// the database.
+    async fn apply_feed_events(&self, events: &[crate::domain::event::Event]) -> StoreResult<()>;
+
+    /// The feed index the read model was loaded at: the feed must start
+    /// at or before it.
+    fn read_model_head(&self) -> i64;
+
     /// Notified after every commit of this process that wrote events.
     fn feed_signal(&self) -> Arc<tokio::sync::Notify>;
 
@@ -217,17 +227,25 @@ pub trait AgentStore: Send + Sync + 'static {
     /// deregistered agent).
     async fn apply_state_reports(&self, reports: &[StateReport]) -> StoreResult<AppliedReports>;
 
-    /// One agent with its current state.
+    /// One agent with its current state, from the read model (memory).
     async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent>;
 
-    /// One agent's current state and lease (a deregistered agent's too).
-    /// `event_index` is never older than `current`: a blocking read waiting
-    /// past it misses nothing and is not woken by what it already returned.
-    /// SQLite answers from memory ([`current`]); PostgreSQL asks the
-    /// database.
+    /// [`get_agent`](Self::get_agent) read from the database itself
+    /// (`consistent=true`): every commit of every replica so far.
+    async fn get_agent_consistent(&self, id: &AgentId) -> StoreResult<Agent>;
+
+    /// One agent's current state and lease (a deregistered agent's too),
+    /// from the read model (memory). `event_index` is never older than
+    /// `current`: a blocking read waiting past it misses nothing and is not
+    /// woken by what it already returned.
     async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState>;
 
-    /// A page of agents ordered by id.
+    /// [`get_state`](Self::get_state) read from the database itself, with
+    /// the newest feed index about the agent from the same snapshot.
+    async fn get_state_consistent(&self, id: &AgentId) -> StoreResult<AgentState>;
+
+    /// A page of agents ordered by id. With a state filter, and unless
+    /// `q.consistent`, answered from the read model.
     async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>>;
 
     /// A page of an agent's state history, newest first. Unknown agent:
@@ -247,6 +265,11 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Use of each connection pool (for metrics). No I/O.
     fn pool_stats(&self) -> Vec<PoolStats>;
+
+    /// Agent reads answered so far, from memory and from the database (for
+    /// metrics, and for tests that check reads stay off the database). No
+    /// I/O.
+    fn agent_reads(&self) -> AgentReads;
 }
 
 /// Workflows: definitions, sessions, and the durable queue of task runs.

@@ -3,11 +3,12 @@
 //!
 //! Handlers never see SQL errors: each backend maps them to [`StoreError`].
 
-pub mod current;
 mod error;
 mod health;
 mod interface;
 mod postgres;
+pub mod readmodel;
+mod reads;
 mod sql;
 mod sqlite;
 pub mod writer;
@@ -79,6 +80,19 @@ impl Agent {
     }
 }
 
+/// The agent reads [`AgentStore::agent_reads`] counts, in its order.
+pub const AGENT_READS: [&str; 3] = ["state", "agent", "list"];
+
+/// Agent reads this process has answered since it started, by where the
+/// answer came from: one count per [`AGENT_READS`] entry, in its order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentReads {
+    /// Answered from the in-memory read model.
+    pub memory: [u64; 3],
+    /// Answered by a query of the database.
+    pub database: [u64; 3],
+}
+
 /// What storing a batch of state reports did.
 #[derive(Debug)]
 pub struct AppliedReports {
@@ -136,6 +150,8 @@ pub struct AgentQuery {
     pub after: Option<String>,
     /// Page size.
     pub limit: u32,
+    /// Read the database rather than the read model.
+    pub consistent: bool,
 }
 
 /// Paging for state history, newest first.

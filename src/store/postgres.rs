@@ -31,6 +31,7 @@ impl Backend for Postgres {
     const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
     const EVENT_LOCK: &'static str = EVENT_LOCK;
     const KEY_NOTIFY: &'static str = "SELECT pg_notify('opscore_keys', $1)";
+    const SNAPSHOT: &'static str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -87,12 +88,15 @@ impl SqlStore<Postgres> {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL at {target}: {e}"))?;
+        let model = Self::load_read_model(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load agents from PostgreSQL at {target}: {e}"))?;
         Ok(Self::new(
             ("main", pool),
             None,
             opts.engine,
             opts.on_session_end.clone(),
-            None,
+            std::sync::Arc::new(model),
         ))
     }
 }

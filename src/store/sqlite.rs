@@ -4,8 +4,7 @@
 //! crash or power loss. SQLite has one writer at a time; writes go through a
 //! one-connection pool (no `SQLITE_BUSY` storms between our own connections),
 //! reads through a separate pool that WAL lets run beside the writer. One
-//! Ops-Core process per database file, which is what lets the store answer
-//! state reads from memory (`current`).
+//! Ops-Core process per database file.
 
 use std::str::FromStr;
 
@@ -21,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 use futures_util::future::BoxFuture;
 use sqlx::Sqlite;
 
-use super::current::CurrentStates;
-use super::sql::agents::STATE_COLUMNS;
 use super::sql::{Backend, Binds, SqlStore};
 use super::{RemoteSignals, StoreOptions};
 
@@ -51,6 +48,8 @@ impl Backend for Sqlite {
     const EVENT_LOCK: &'static str = "";
     // One process: its key cache learns of its own changes directly.
     const KEY_NOTIFY: &'static str = "";
+    // A read transaction sees one snapshot from its first read.
+    const SNAPSHOT: &'static str = "";
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -123,7 +122,7 @@ impl SqlStore<Sqlite> {
                 .connect_with(connect.read_only(true))
                 .await?
         };
-        let current = Arc::new(load_current_states(&read).await?);
+        let model = Arc::new(SqlStore::<Sqlite>::load_read_model(&read).await?);
         // An in-memory database reads through the writer's pool.
         let read = (!in_memory).then_some(("reader", read));
         Ok(Self::new(
@@ -131,7 +130,7 @@ impl SqlStore<Sqlite> {
             read,
             opts.engine,
             opts.on_session_end.clone(),
-            Some(current),
+            model,
         ))
     }
 }
@@ -175,24 +174,6 @@ fn make_private(db: &std::path::Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn make_private(_: &std::path::Path) -> std::io::Result<()> {
     Ok(())
-}
-
-/// Every agent's current state and newest feed index, as stored.
-async fn load_current_states(pool: &SqlitePool) -> anyhow::Result<CurrentStates> {
-    use futures_util::TryStreamExt;
-    let current = CurrentStates::default();
-    let sql = format!("SELECT {STATE_COLUMNS} FROM agents");
-    let mut rows = sqlx::query(&sql).fetch(pool);
-    while let Some(row) = rows.try_next().await? {
-        current.load(SqlStore::<Sqlite>::state_from_row(&row)?);
-    }
-    let newest: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT agent_id, MAX(idx) FROM events WHERE agent_id IS NOT NULL GROUP BY agent_id",
-    )
-    .fetch_all(pool)
-    .await?;
-    current.indexed(&newest);
-    Ok(current)
 }
 
 #[cfg(test)]

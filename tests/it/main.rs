@@ -30,6 +30,7 @@ mod outage;
 mod pools;
 mod properties;
 mod quiet_agents;
+mod read_model;
 mod reads;
 mod replicas;
 mod retention;

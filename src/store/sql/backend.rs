@@ -75,6 +75,10 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// revokes that key: tells every other process to read it again (see
     /// `follow_remote`); `""` where one process owns the database.
     const KEY_NOTIFY: &'static str;
+    /// Run first in the transaction that loads the read model, so that
+    /// every query of it reads one snapshot; `""` where a transaction does
+    /// so by itself (SQLite in WAL mode).
+    const SNAPSHOT: &'static str;
     /// This backend's migrations.
     fn migrator() -> &'static Migrator;
     /// Until `stop`, tell `signals` whenever another process commits events

@@ -290,6 +290,14 @@ where
         Ok(deleted)
     }
 
+    async fn apply_feed_events(&self, events: &[Event]) -> StoreResult<()> {
+        self.apply_feed(events).await
+    }
+
+    fn read_model_head(&self) -> i64 {
+        self.model().loaded_through()
+    }
+
     fn feed_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.feed().clone()
     }
@@ -304,18 +312,16 @@ where
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// After a commit that wrote `events`: note the feed index of
-    /// each event about an agent (`indexed`, from `flush_events`) in
-    /// the state index, tell the observer of the sessions the commit
-    /// ended, then wake this process's feed.
+    /// After a commit that wrote `events`: apply them to the read model
+    /// with the feed index each got (`indexed`, from `flush_events`), tell
+    /// the observer of the sessions the commit ended, then wake this
+    /// process's feed.
     pub(in crate::store) fn events_committed(
         &self,
         events: &[NewEvent],
         indexed: &[(String, i64)],
     ) {
-        if let Some(c) = self.current() {
-            c.indexed(indexed);
-        }
+        self.apply_committed(events, indexed);
         for end in events.iter().filter_map(|e| e.ended.as_ref()) {
             self.on_session_end().tell(end);
         }

@@ -10,6 +10,7 @@ pub(super) mod audit;
 mod backend;
 pub(super) mod events;
 pub(super) mod keys;
+mod model;
 pub(super) mod retention;
 pub(super) mod workflows;
 
@@ -20,7 +21,8 @@ use tokio::sync::{broadcast, Notify};
 
 pub use backend::{Backend, Binds};
 
-use super::current::CurrentStates;
+use super::readmodel::ReadModel;
+use super::reads::ReadCounters;
 use super::{EngineRules, KeyChange, OnSessionEnd, PoolStats, RemoteSignals};
 
 /// Key changes buffered for a key cache that falls behind (it then reads
@@ -29,8 +31,7 @@ const KEY_CHANGES: usize = 256;
 
 /// The store over a [`Backend`]'s database: a pool that writes and one that
 /// reads (the same pool where the backend has one), the rules the engine
-/// handed it, this process's feed signal, and (SQLite) the in-memory index
-/// of current states.
+/// handed it, this process's feed signal, and the read model.
 pub struct SqlStore<B: Backend> {
     write: Pool<B>,
     read: Pool<B>,
@@ -43,7 +44,9 @@ pub struct SqlStore<B: Backend> {
     /// Keys other replicas created or revoked, as this process hears of
     /// them.
     keys: broadcast::Sender<KeyChange>,
-    current: Option<Arc<CurrentStates>>,
+    model: Arc<ReadModel>,
+    /// Agent reads answered, by source.
+    reads: Arc<ReadCounters>,
 }
 
 impl<B: Backend> std::fmt::Debug for SqlStore<B> {
@@ -66,21 +69,21 @@ impl<B: Backend> Clone for SqlStore<B> {
             on_session_end: self.on_session_end.clone(),
             feed: self.feed.clone(),
             keys: self.keys.clone(),
-            current: self.current.clone(),
+            model: self.model.clone(),
+            reads: self.reads.clone(),
         }
     }
 }
 
 impl<B: Backend> SqlStore<B> {
     /// A store over open, migrated pools. `read` is `None` where reads go
-    /// through the writer's pool; `current` is the state index of a
-    /// backend whose process is the database's only writer.
+    /// through the writer's pool; `model` is the read model, loaded.
     pub(super) fn new(
         (write_name, write): (&'static str, Pool<B>),
         read: Option<(&'static str, Pool<B>)>,
         rules: EngineRules,
         on_session_end: OnSessionEnd,
-        current: Option<Arc<CurrentStates>>,
+        model: Arc<ReadModel>,
     ) -> Self {
         let (read_name, read) = match read {
             Some((name, pool)) => (Some(name), pool),
@@ -94,8 +97,14 @@ impl<B: Backend> SqlStore<B> {
             on_session_end,
             feed: Arc::new(Notify::new()),
             keys: broadcast::channel(KEY_CHANGES).0,
-            current,
+            model,
+            reads: Arc::default(),
         }
+    }
+
+    /// Agent reads answered so far, by source.
+    pub(super) fn reads(&self) -> &ReadCounters {
+        &self.reads
     }
 
     /// The pool every write goes through.
@@ -113,10 +122,9 @@ impl<B: Backend> SqlStore<B> {
         &self.rules
     }
 
-    /// The in-memory index of current states, where this process is the
-    /// database's only writer (SQLite).
-    pub(super) fn current(&self) -> Option<&CurrentStates> {
-        self.current.as_deref()
+    /// The read model: every agent, in memory.
+    pub(super) fn model(&self) -> &ReadModel {
+        &self.model
     }
 
     /// Who is told of the sessions this process's commits end.

@@ -14,9 +14,11 @@ use crate::domain::audit::{Actor, NewAudit};
 use crate::domain::event::NewEvent;
 use crate::domain::state::{StateRecord, StateReport, UNKNOWN};
 use crate::store::health::PROBE_WRITE;
+use crate::store::readmodel::{Change, Details};
+use crate::store::reads::AgentRead;
 use crate::store::{
-    Agent, AgentQuery, AgentState, AgentStore, AppliedReports, HistoryEntry, HistoryQuery,
-    Liveness, PoolStats, RegisterOutcome, StoreError, StoreResult,
+    Agent, AgentQuery, AgentReads, AgentState, AgentStore, AppliedReports, HistoryEntry,
+    HistoryQuery, Liveness, PoolStats, RegisterOutcome, StoreError, StoreResult,
 };
 
 /// Columns of `agents` in the order `agent_from_row` reads them.
@@ -316,8 +318,18 @@ where
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
-        if let Some(c) = self.current() {
-            c.registered(reg, now, inserted);
+        // The registration's own event is the first about the agent.
+        if let Some(index) = indexed.iter().map(|(_, i)| *i).min() {
+            let details = Details {
+                name: &reg.name,
+                version: &reg.version,
+                contact_endpoint: &reg.contact_endpoint,
+                capabilities: &caps,
+                metadata: &meta,
+                ttl_secs: reg.ttl_secs,
+            };
+            self.model()
+                .apply(id, index, Change::Registered { details, at: now });
         }
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
@@ -346,9 +358,6 @@ where
         }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
-        if let Some(c) = self.current() {
-            c.deregistered(id.as_str(), now);
-        }
         self.events_committed(&events, &indexed);
         Self::audit_committed(&audited);
         Ok(())
@@ -368,9 +377,9 @@ where
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(last_seen) = last_seen else {
+        if last_seen.is_none() {
             return Err(StoreError::agent_not_found(id));
-        };
+        }
         let details = details
             .map(serde_json::value::RawValue::from_string)
             .transpose()
@@ -395,10 +404,6 @@ where
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
-        if let Some(c) = self.current() {
-            // The reset UNKNOWN is current whatever came before it.
-            c.reported(&report, true, last_seen);
-        }
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
         Ok(())
@@ -432,9 +437,6 @@ where
         let entry = Self::write_audit(&mut tx, &audit, &mut events).await?;
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
-        if let Some(c) = self.current() {
-            c.lease_set(id.as_str(), ttl_secs);
-        }
         self.events_committed(&events, &indexed);
         Self::audit_committed(&[entry]);
         self.get_agent(id).await
@@ -445,6 +447,14 @@ where
     }
 
     async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent> {
+        self.reads().answered_from_memory(AgentRead::Agent);
+        self.model()
+            .get_agent(id.as_str())
+            .ok_or_else(|| StoreError::agent_not_found(id))
+    }
+
+    async fn get_agent_consistent(&self, id: &AgentId) -> StoreResult<Agent> {
+        self.reads().answered_from_database(AgentRead::Agent);
         let sql = format!("SELECT {} FROM agents WHERE agent_id = $1", AGENT_COLUMNS);
         let row = sqlx::query(&sql)
             .bind(id.as_str())
@@ -455,11 +465,14 @@ where
     }
 
     async fn get_state(&self, id: &AgentId) -> StoreResult<AgentState> {
-        if let Some(c) = self.current() {
-            return c
-                .get(id.as_str())
-                .ok_or_else(|| StoreError::agent_not_found(id));
-        }
+        self.reads().answered_from_memory(AgentRead::State);
+        self.model()
+            .get_state(id.as_str())
+            .ok_or_else(|| StoreError::agent_not_found(id))
+    }
+
+    async fn get_state_consistent(&self, id: &AgentId) -> StoreResult<AgentState> {
+        self.reads().answered_from_database(AgentRead::State);
         // The newest feed index about it comes from the same
         // snapshot as its state: a blocking read waiting past it
         // misses nothing and is not woken by what it returned.
@@ -479,6 +492,11 @@ where
     }
 
     async fn list_agents(&self, q: &AgentQuery) -> StoreResult<Vec<Agent>> {
+        if let (Some(state), false) = (&q.state, q.consistent) {
+            self.reads().answered_from_memory(AgentRead::List);
+            return Ok(self.model().list_in_state(state, q, &self.rules().liveness));
+        }
+        self.reads().answered_from_database(AgentRead::List);
         let (sql, binds) = list_agents_sql(q, &self.rules().liveness);
         let mut query = sqlx::query(&sql);
         for b in &binds {
@@ -564,6 +582,10 @@ where
     fn pool_stats(&self) -> Vec<PoolStats> {
         self.pools()
     }
+
+    fn agent_reads(&self) -> AgentReads {
+        self.reads().snapshot()
+    }
 }
 
 #[cfg(test)]
@@ -581,6 +603,7 @@ mod tests {
                 now: 0,
                 after: Some("a5".into()),
                 limit: 10,
+                consistent: false,
             },
             &Default::default(),
         );

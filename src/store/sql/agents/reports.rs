@@ -250,10 +250,10 @@ where
         }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
-        if let Some(c) = self.current() {
-            for (r, current, last_seen) in applied_reports {
-                c.reported(r, current, last_seen);
-            }
+        // Every report is a sighting, also one that did not become
+        // current (no event says so); the states come with the events.
+        for (r, _, last_seen) in applied_reports {
+            self.model().seen(r.agent_id.as_str(), last_seen);
         }
         self.events_committed(&events, &indexed);
         Ok(AppliedReports {
