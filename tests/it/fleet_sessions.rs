@@ -247,7 +247,12 @@ async fn a_failed_session_runs_again_to_completion(backend: Backend) {
     assert!(v["error"].is_null(), "{v}");
     assert!(v["finishedAt"].is_null(), "{v}");
     let tasks = v["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 2);
+    // Every task has its run from the trigger on (§3.5): the third was
+    // cancelled with the session and is queued again, behind the second.
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[2]["status"], "queued", "{v}");
+    assert_eq!(tasks[2]["waitingFor"], "dependencies", "{v}");
+    assert_eq!(tasks[2]["attempts"], 0, "{v}");
     assert_eq!(tasks[0]["status"], "completed", "completed runs are kept");
     assert_eq!(tasks[0]["runId"], first_run);
     assert_eq!(tasks[1]["runId"], two_run.as_str());
@@ -295,7 +300,7 @@ async fn a_failed_session_runs_again_to_completion(backend: Backend) {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["audit.session.retried", "audit.session.triggered"]);
-    assert_eq!(audit["items"][0]["details"], json!({"tasks": 1}));
+    assert_eq!(audit["items"][0]["details"], json!({"tasks": 2}));
     s.stop().await;
 }
 
