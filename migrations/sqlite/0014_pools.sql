@@ -69,3 +69,5 @@ CREATE UNIQUE INDEX task_runs_one_in_flight ON task_runs (agent_id)
 CREATE INDEX task_runs_queued_by_agent ON task_runs (agent_id) WHERE status = 'queued';
 -- Queued runs no agent holds yet: a report that frees an agent asks.
 CREATE INDEX task_runs_unassigned ON task_runs (due_at_us) WHERE status = 'queued' AND agent_id IS NULL;
+-- 0013's "sessions with a task on this agent" index went with the old table.
+CREATE INDEX task_runs_by_agent ON task_runs (agent_id, session_id);
