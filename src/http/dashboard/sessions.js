@@ -236,12 +236,13 @@ async function refresh() {
 /** A feed event (`session.status` or `task.status`) about any session. */
 export function sessionEvent(sessionId) {
   if (!ui.page.hidden && page.id === sessionId) refresh();
-  if (!ui.fleet.hidden) {
-    // Many events come in bursts: read the list again once they settle.
-    clearTimeout(list.reload);
+  if (!ui.fleet.hidden && list.reload === null) {
+    // Events come in bursts: read the list (and its counts, a scan of the
+    // sessions) again a second after the first, at most once a second.
     list.reload = setTimeout(() => {
+      list.reload = null;
       if (!ui.fleet.hidden) loadFleet(true);
-    }, 400);
+    }, 1000);
   }
 }
 
