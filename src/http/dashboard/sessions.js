@@ -250,7 +250,7 @@ function renderPage(s) {
   ui.title.textContent = s.workflowId + ' · ' + s.sessionId;
   const facts = [
     'revision ' + (s.revision === null || s.revision === undefined ? 'inline' : s.revision),
-    s.agentId ? 'agent ' + s.agentId : 'pool',
+    s.agentId ? 'agent ' + s.agentId : 'pool' + selectorText(s.agentSelector),
     'created ' + (parseTime(s.createdAt) || s.createdAt).toLocaleString(),
   ];
   if (s.finishedAt) facts.push('finished ' + (parseTime(s.finishedAt) || s.finishedAt).toLocaleString());
@@ -261,6 +261,15 @@ function renderPage(s) {
   renderActions(s);
   renderTimeline(s);
   renderGraph(s);
+}
+
+/** A pool trigger's selector, when the server sends one. */
+function selectorText(sel) {
+  if (!sel || typeof sel !== 'object') return '';
+  const parts = [];
+  if (typeof sel.capability === 'string') parts.push('capability ' + sel.capability);
+  if (Array.isArray(sel.agentIds) && sel.agentIds.length) parts.push('agents ' + sel.agentIds.join(', '));
+  return parts.length ? ' (' + parts.join('; ') + ')' : '';
 }
 
 function renderActions(s) {
