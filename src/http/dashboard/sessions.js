@@ -236,12 +236,13 @@ async function refresh() {
 /** A feed event (`session.status` or `task.status`) about any session. */
 export function sessionEvent(sessionId) {
   if (!ui.page.hidden && page.id === sessionId) refresh();
-  if (!ui.fleet.hidden) {
-    // Many events come in bursts: read the list again once they settle.
-    clearTimeout(list.reload);
+  if (!ui.fleet.hidden && list.reload === null) {
+    // Events come in bursts: read the list (and its counts, a scan of the
+    // sessions) again a second after the first, at most once a second.
     list.reload = setTimeout(() => {
+      list.reload = null;
       if (!ui.fleet.hidden) loadFleet(true);
-    }, 400);
+    }, 1000);
   }
 }
 
@@ -249,7 +250,7 @@ function renderPage(s) {
   ui.title.textContent = s.workflowId + ' · ' + s.sessionId;
   const facts = [
     'revision ' + (s.revision === null || s.revision === undefined ? 'inline' : s.revision),
-    s.agentId ? 'agent ' + s.agentId : 'pool',
+    s.agentId ? 'agent ' + s.agentId : 'pool' + selectorText(s.agentSelector),
     'created ' + (parseTime(s.createdAt) || s.createdAt).toLocaleString(),
   ];
   if (s.finishedAt) facts.push('finished ' + (parseTime(s.finishedAt) || s.finishedAt).toLocaleString());
@@ -260,6 +261,15 @@ function renderPage(s) {
   renderActions(s);
   renderTimeline(s);
   renderGraph(s);
+}
+
+/** A pool trigger's selector, when the server sends one. */
+function selectorText(sel) {
+  if (!sel || typeof sel !== 'object') return '';
+  const parts = [];
+  if (typeof sel.capability === 'string') parts.push('capability ' + sel.capability);
+  if (Array.isArray(sel.agentIds) && sel.agentIds.length) parts.push('agents ' + sel.agentIds.join(', '));
+  return parts.length ? ' (' + parts.join('; ') + ')' : '';
 }
 
 function renderActions(s) {
