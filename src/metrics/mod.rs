@@ -179,7 +179,7 @@ impl Metrics {
         let queue_depth = Gauge::default();
         r.register(
             "opscore_task_queue_depth",
-            "Task runs queued: waiting to be due or for their agent to be free",
+            "Task runs queued with their dependencies done: waiting to be due or for an agent to be free",
             queue_depth.clone(),
         );
         let agents_stale = Gauge::default();

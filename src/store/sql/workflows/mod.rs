@@ -27,12 +27,13 @@ pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM sessions GROUP BY status";
 
 pub(in crate::store) const COUNT_QUEUED_RUNS: &str =
-    "SELECT COUNT(*) FROM task_runs WHERE status = 'queued'";
+    "SELECT COUNT(*) FROM task_runs WHERE status = 'queued' AND deps_left = 0";
 
-/// The due time of the queued run due longest as of `$1`: one probe of the
-/// `task_runs_due (status, due_at_us)` index on both backends.
+/// The due time of the queued run due longest as of `$1`, over the
+/// `task_runs_due (status, due_at_us)` index on both backends. Runs still
+/// waiting for their dependencies (docs/api.md §3.5) are not due work yet.
 pub(in crate::store) const OLDEST_DUE_RUN: &str =
-    "SELECT MIN(due_at_us) FROM task_runs WHERE status = 'queued' AND due_at_us <= $1";
+    "SELECT MIN(due_at_us) FROM task_runs WHERE status = 'queued' AND deps_left = 0 AND due_at_us <= $1";
 
 /// Columns of a run that is being moved along, in `InFlight` order.
 pub(in crate::store) const IN_FLIGHT_COLUMNS: &str =
