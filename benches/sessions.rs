@@ -64,6 +64,8 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
         error_rate: 0.0,
         trigger_workflow: None,
         trigger_every_ms: 1000,
+        trigger_capability: None,
+        capabilities: vec!["summarise".into()],
     };
     let sim_stop = CancellationToken::new();
     let sim = tokio::spawn(opscore::sim::run(sim_args, sim_stop.clone()));

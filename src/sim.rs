@@ -2,8 +2,12 @@
 //! benchmarks. It registers N agents through the signed webhook, serves the
 //! AgentKit `/v1/agents/{agentId}/run` endpoint for them (and a direct-mode
 //! contact endpoint), reports `idle`, and on each task reports `active`,
-//! waits, then reports `idle` with a result, or `error` with a set
-//! probability (then `idle` again, ready for the retry).
+//! waits, then reports `idle` with a result and an `output` (the task's
+//! name, the agent, the keys of its `inputs`), or `error` with a set
+//! probability (then `idle` again, ready for the retry). It can trigger a
+//! workflow on each agent in turn, or on a pool of its agents; the built-in
+//! [`PARALLEL_DEMO`] workflow (a fan-out and a join) is stored when it is
+//! the one to trigger.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -52,6 +56,36 @@ pub struct SimArgs {
     /// How often to trigger it, in milliseconds.
     #[arg(long, env = "SIM_TRIGGER_EVERY_MS", default_value_t = 2000)]
     pub trigger_every_ms: u64,
+    /// Trigger it on a pool: any free agent with this capability
+    /// (`POST /v1/opscore/workflows/{id}/trigger`), not each agent in turn.
+    #[arg(long, env = "SIM_TRIGGER_CAPABILITY")]
+    pub trigger_capability: Option<String>,
+    /// The capabilities every simulated agent registers, comma-separated.
+    #[arg(
+        long,
+        env = "SIM_CAPABILITIES",
+        default_value = "summarise,simulate",
+        value_delimiter = ','
+    )]
+    pub capabilities: Vec<String>,
+}
+
+/// The id of the simulator's built-in parallel workflow: stored by the
+/// simulator when it is the workflow to trigger.
+pub const PARALLEL_DEMO: &str = "sim_parallel";
+
+/// [`PARALLEL_DEMO`]: one task fans out to three that run at the same time
+/// on different agents of a pool, and a join that gets their outputs.
+fn parallel_demo() -> Value {
+    json!({"id": PARALLEL_DEMO, "name": "Simulated fan-out and join",
+        "description": "Stored by opscore simulate: split, three parallel parts, merge.",
+        "tasks": [
+            {"taskId": "split", "name": "Split", "agentCapability": "summarise", "dependsOn": []},
+            {"taskId": "part_a", "name": "Part A", "agentCapability": "summarise", "dependsOn": ["split"]},
+            {"taskId": "part_b", "name": "Part B", "agentCapability": "summarise", "dependsOn": ["split"]},
+            {"taskId": "part_c", "name": "Part C", "agentCapability": "summarise", "dependsOn": ["split"]},
+            {"taskId": "merge", "name": "Merge", "agentCapability": "summarise",
+             "dependsOn": ["part_a", "part_b", "part_c"]}]})
 }
 
 struct Sim {
@@ -98,7 +132,7 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
     for id in &ids {
         let details = json!({
             "agentId": id, "agentName": format!("Simulated {id}"), "version": "sim-1",
-            "capabilities": ["summarise", "simulate"],
+            "capabilities": args.capabilities,
             "contactEndpoint": format!("{advertise}/agents/{id}/task"), "metadata": {"simulated": true},
         });
         retry("register", || {
@@ -114,10 +148,28 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(agents = ids.len(), "simulated agents registered and idle");
 
     if let (Some(workflow), false) = (&args.trigger_workflow, ids.is_empty()) {
+        if workflow == PARALLEL_DEMO {
+            // 201 stored, 200 already there; a 409 (another one under this
+            // id) leaves that one, which then runs.
+            match sim
+                .client
+                .post_json("/v1/opscore/workflows", &parallel_demo())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(workflow_id = PARALLEL_DEMO, "parallel demo workflow stored")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not store the parallel demo workflow"),
+            }
+        }
         let every = Duration::from_millis(args.trigger_every_ms.max(10));
+        let on = match &args.trigger_capability {
+            Some(c) => On::Pool(c.clone()),
+            None => On::Each(ids.clone()),
+        };
         tokio::spawn(trigger_loop(
             sim.clone(),
-            ids.clone(),
+            on,
             workflow.clone(),
             every,
             stop.clone(),
@@ -142,11 +194,19 @@ pub async fn run(args: SimArgs, stop: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Trigger `workflow` on each agent in turn, and follow each session to its
-/// end in the log.
+/// Where the trigger loop starts its sessions.
+enum On {
+    /// On each of these agents in turn.
+    Each(Vec<String>),
+    /// On a pool of the agents with this capability.
+    Pool(String),
+}
+
+/// Trigger `workflow` on each agent in turn, or on a pool, and follow each
+/// session to its end in the log.
 async fn trigger_loop(
     sim: Arc<Sim>,
-    ids: Vec<String>,
+    on: On,
     workflow: String,
     every: Duration,
     stop: CancellationToken,
@@ -157,13 +217,24 @@ async fn trigger_loop(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let agent = &ids[n % ids.len()];
-        let body = json!({"workflowDefinitionId": workflow, "initialPayload": {"n": n}});
-        let session = match sim
-            .client
-            .post_json(&format!("/v1/opscore/agent/{agent}/workflow"), &body)
-            .await
-        {
+        let (agent, path, body) = match &on {
+            On::Each(ids) => {
+                let agent = ids[n % ids.len()].clone();
+                let path = format!("/v1/opscore/agent/{agent}/workflow");
+                let body = json!({"workflowDefinitionId": workflow, "initialPayload": {"n": n}});
+                (agent, path, body)
+            }
+            On::Pool(capability) => {
+                let path = format!(
+                    "/v1/opscore/workflows/{}/trigger",
+                    crate::domain::path_segment(&workflow)
+                );
+                let body = json!({"agentSelector": {"capability": capability},
+                                  "initialPayload": {"n": n}});
+                (format!("pool of {capability}"), path, body)
+            }
+        };
+        let session = match sim.client.post_json(&path, &body).await {
             Ok(v) => v["sessionId"].as_str().unwrap_or_default().to_owned(),
             Err(e) => {
                 tracing::warn!(agent_id = %agent, error = %e, "trigger failed");
@@ -184,14 +255,15 @@ async fn trigger_loop(
                 };
                 let status = v["status"].as_str().unwrap_or_default();
                 if matches!(status, "completed" | "failed" | "cancelled") {
-                    // Attempts per task, in order, e.g. "1,2".
-                    let attempts = v["tasks"].as_array().map_or(String::new(), |t| {
-                        t.iter()
-                            .map(|t| t["attempts"].to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    });
-                    tracing::info!(session_id = %session, status, attempts = %attempts, error = v["error"].as_str().unwrap_or(""), "workflow session finished");
+                    // Attempts per task, in order, e.g. "1,2", and the
+                    // agent each task ended on.
+                    let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+                    let column = |f: &dyn Fn(&Value) -> String| {
+                        tasks.iter().map(f).collect::<Vec<_>>().join(",")
+                    };
+                    let attempts = column(&|t| t["attempts"].to_string());
+                    let agents = column(&|t| t["agentId"].as_str().unwrap_or("-").to_owned());
+                    tracing::info!(session_id = %session, status, attempts = %attempts, agents = %agents, error = v["error"].as_str().unwrap_or(""), "workflow session finished");
                     return;
                 }
             }
@@ -247,6 +319,11 @@ async fn on_task(
         } else {
             let mut d = refs.clone();
             d["result"] = json!({"echo": body["payload"], "by": agent_id});
+            let inputs: Vec<&String> = body["inputs"]
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            d["output"] = json!({"task": body["task_name"], "by": agent_id, "inputs": inputs});
             c.report_state(&agent_id, "idle", Some(&d)).await
         };
         if let Err(e) = result {

@@ -53,6 +53,8 @@ impl SimFleet {
             error_rate: 0.0,
             trigger_workflow: None,
             trigger_every_ms: 2000,
+            trigger_capability: None,
+            capabilities: vec!["summarise".to_owned(), "simulate".to_owned()],
         };
         let ids: Vec<String> = (0..agents).map(|i| format!("{id_prefix}-{i}")).collect();
         let stop = CancellationToken::new();

@@ -64,7 +64,7 @@ pub struct NewRun {
     pub max_retries: i64,
     /// Attempt deadline in seconds.
     pub timeout_secs: i64,
-    /// When it becomes due (meaningful once `deps_left` is 0).
+    /// When it becomes due; [`NOT_DUE`] while `deps_left` is not 0.
     pub due_at: Micros,
     /// Dependencies not completed yet; claimable only at 0.
     pub deps_left: i64,
@@ -76,6 +76,10 @@ pub struct NewRun {
     /// How long it may wait for an agent once due, in seconds.
     pub queue_timeout_secs: i64,
 }
+
+/// The due time of a run that waits for dependencies: after any time a
+/// clock will read, so it is never in the range of due runs.
+pub const NOT_DUE: Micros = i64::MAX / 2;
 
 /// `secs` as microseconds, bounded.
 pub fn secs_us(secs: u64) -> Micros {
@@ -118,7 +122,14 @@ impl NewRun {
                     payload: payload.to_string(),
                     max_retries: i64::from(task.max_retries),
                     timeout_secs: task.timeout_seconds.unwrap_or(rules.default_timeout_secs) as i64,
-                    due_at: now.saturating_add(secs_us(task.delay_seconds)),
+                    // A run waiting for dependencies is due only once they
+                    // completed: until then it stays out of the due range
+                    // every claim scans.
+                    due_at: if start {
+                        now.saturating_add(secs_us(task.delay_seconds))
+                    } else {
+                        NOT_DUE
+                    },
                     deps_left: deps.len() as i64,
                     capability: if pool {
                         task.agent_capability.clone()

@@ -29,6 +29,7 @@ impl Backend for Postgres {
     const LOCK_AGENTS_IN_ORDER: &'static str = LOCK_AGENTS_IN_ORDER;
     // Replicas claim due runs concurrently: each skips rows another holds.
     const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
+    const AGENT_CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     const EVENT_LOCK: &'static str = EVENT_LOCK;
     const KEY_NOTIFY: &'static str = "SELECT pg_notify('opscore_keys', $1)";
     const SNAPSHOT: &'static str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";

@@ -44,6 +44,7 @@ impl Backend for Sqlite {
     const LOCK_AGENTS_IN_ORDER: &'static str = "";
     // One dispatcher per SQLite database: its single writer serialises claims.
     const CLAIM_LOCK: &'static str = "";
+    const AGENT_CLAIM_LOCK: &'static str = "";
     // One writer: events are numbered in commit order by themselves.
     const EVENT_LOCK: &'static str = "";
     // One process: its key cache learns of its own changes directly.

@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::agentkit::{Call, FakeAgentKit};
+use crate::common::sse::Stream;
 use crate::common::{register_at, Backend, TestServer, KEY};
 
 async fn start(
@@ -538,7 +539,69 @@ async fn the_per_agent_chain_passes_outputs_on(backend: Backend) {
     s.stop().await;
 }
 
+/// `opscore simulate` registers its agents with capabilities, stores and
+/// triggers its parallel demo on a pool, and finishes tasks with outputs:
+/// the join gets the three parts' outputs, and the parts ran on several
+/// agents.
+async fn the_simulator_runs_a_parallel_workflow_on_a_pool(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.dispatch.target = DispatchTarget::Direct;
+        c.dispatch.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut feed = Stream::open(&s.base, "?kinds=session.status", None).await;
+    let args = opscore::sim::SimArgs {
+        target: opscore::client::TargetArgs {
+            server: opscore::client::ServerArgs {
+                url: Some(s.base.clone()),
+                api_key: Some(KEY.to_owned()),
+                ..Default::default()
+            },
+            webhook_secret: None,
+        },
+        agents: 4,
+        id_prefix: "simp".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_url: None,
+        task_ms: 100,
+        error_rate: 0.0,
+        trigger_workflow: Some(opscore::sim::PARALLEL_DEMO.into()),
+        trigger_every_ms: 5000,
+        trigger_capability: Some("summarise".into()),
+        capabilities: vec!["summarise".into(), "translate".into()],
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sim = tokio::spawn(opscore::sim::run(args, stop.clone()));
+    let sid = loop {
+        let m = feed
+            .next(Duration::from_secs(20))
+            .await
+            .expect("a session ends");
+        if m.data["data"]["status"] == "completed" {
+            break m.data["sessionId"].as_str().unwrap().to_owned();
+        }
+        assert_ne!(m.data["data"]["status"], "failed", "{m:?}");
+    };
+    let v = s.session(&sid).await;
+    assert_eq!(v["workflowId"], opscore::sim::PARALLEL_DEMO);
+    assert_eq!(v["agentSelector"], json!({"capability": "summarise"}));
+    assert_eq!(
+        task(&v, "merge")["output"]["inputs"],
+        json!(["part_a", "part_b", "part_c"])
+    );
+    assert_eq!(task(&v, "part_b")["output"]["inputs"], json!(["split"]));
+    let parts: HashSet<&str> = ["part_a", "part_b", "part_c"]
+        .iter()
+        .map(|t| task(&v, t)["agentId"].as_str().unwrap())
+        .collect();
+    assert!(parts.len() >= 2, "the parts ran side by side: {parts:?}");
+    stop.cancel();
+    sim.await.unwrap().unwrap();
+    s.stop().await;
+}
+
 backend_tests!(
+    the_simulator_runs_a_parallel_workflow_on_a_pool,
     six_independent_tasks_share_the_capable_agents,
     diamond_passes_outputs_and_runs_in_parallel,
     invalid_graphs_are_refused_naming_the_tasks,

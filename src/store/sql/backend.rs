@@ -68,6 +68,11 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// dispatchers (PostgreSQL replicas) skip rows another holds; `""`
     /// where one dispatcher runs per database (SQLite).
     const CLAIM_LOCK: &'static str;
+    /// Ends the query that takes the row lock of the agent a claim picked,
+    /// so replicas claiming at once never pick the same agent (each skips
+    /// an agent another holds); `""` where one dispatcher runs per
+    /// database (SQLite).
+    const AGENT_CLAIM_LOCK: &'static str;
     /// Run by every event-writing transaction just before it inserts its
     /// events (see `sql::events`); `""` for none.
     const EVENT_LOCK: &'static str;

@@ -48,6 +48,16 @@ where
         let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), B::CLAIM_LOCK);
         let live = self.rules().liveness;
         let mut tx = self.writer().begin().await?;
+        let any_free: Option<i32> = sqlx::query_scalar(ANY_AGENT_FREE.as_str())
+            .bind(now)
+            .bind(allow_unknown)
+            .bind(live.ttl_secs)
+            .bind(live.grace_secs)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if any_free.is_none() {
+            return Ok(Vec::new());
+        }
         let candidates: Vec<Candidate> = sqlx::query_as(&sql)
             .bind(now)
             .bind(allow_unknown)
@@ -70,10 +80,16 @@ where
                 .fetch_all(&mut *tx)
                 .await?;
             let ids: Vec<String> = free.iter().map(|(id, _)| id.clone()).collect();
-            let Some(pick) = pick_agent(&ids, &taken, self.rules().jitter.draw()) else {
+            let Some((agent, endpoint)) = Self::lock_free_agent(
+                &mut tx,
+                &free,
+                pick_agent(&ids, &taken, self.rules().jitter.draw()),
+                &mut taken,
+            )
+            .await?
+            else {
                 continue;
             };
-            let (agent, endpoint) = free[pick].clone();
             // Each claim is its own fencing token: a delivery's late
             // answer is recorded only against the claim it was sent
             // under, never against a newer claim of the same run, even
@@ -101,7 +117,6 @@ where
                         attempt: c.4 + 1,
                     };
                     events.push(NewEvent::task(task, RunStatus::Dispatching, None, now));
-                    taken.push(agent.clone());
                     claimed.push(ClaimedRun {
                         run_id: c.0,
                         session_id: c.1,
@@ -130,6 +145,45 @@ where
         tx.commit().await?;
         self.events_committed(&events, &indexed);
         Ok(claimed)
+    }
+
+    /// The agent a claim takes, from the free ones (`free`, starting at
+    /// `first`, skipping `taken`): the first whose row lock it gets and
+    /// that still has nothing in flight. On PostgreSQL another replica's
+    /// claim holds its agent's row until it commits, so two replicas never
+    /// pick one agent (and the unique index never has to refuse one);
+    /// every agent tried is added to `taken`.
+    async fn lock_free_agent(
+        conn: &mut B::Connection,
+        free: &[(String, String)],
+        first: Option<usize>,
+        taken: &mut Vec<String>,
+    ) -> StoreResult<Option<(String, String)>> {
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let lock = format!(
+            "SELECT 1 FROM agents a WHERE a.agent_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id \
+                             AND f.status IN {}){}",
+            IN_FLIGHT.as_str(),
+            B::AGENT_CLAIM_LOCK
+        );
+        for k in 0..free.len() {
+            let (agent, endpoint) = &free[(first + k) % free.len()];
+            if taken.contains(agent) {
+                continue;
+            }
+            taken.push(agent.clone());
+            let got: Option<i32> = sqlx::query_scalar(&lock)
+                .bind(agent)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if got.is_some() {
+                return Ok(Some((agent.clone(), endpoint.clone())));
+            }
+        }
+        Ok(None)
     }
 
     /// The `inputs` of a run of `session` depending on the tasks `from`

@@ -70,6 +70,20 @@ pub(in crate::store) static AGENT_MATCHES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Whether any agent is free to take some run (`$1` now, `$2` whether
+/// UNKNOWN agents may be sent tasks, `$3` the default TTL, `$4` the grace):
+/// when none is, a claim stops before it looks at the due runs.
+pub(in crate::store) static ANY_AGENT_FREE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT 1 FROM agents a WHERE a.deregistered_at_us IS NULL AND {} AND NOT ({}) \
+         AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id AND f.status IN {}) \
+         LIMIT 1",
+        crate::domain::run_rules::may_send_sql("a.state", "1", "$2"),
+        crate::store::Liveness::expired_sql("a.", "$3", "$4", "$1"),
+        IN_FLIGHT.as_str()
+    )
+});
+
 /// Due runs free of dependencies that some free agent may take.
 pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
