@@ -49,6 +49,16 @@ async fn agent_text_is_escaped_in_every_output(backend: Backend) {
         .await
         .expect("register");
     store.close().await;
+    // Written by another process: the server's read model has it once its
+    // change feed reads the registration (on SQLite, within a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.get_json("/v1/opscore/agent/evil").await.status != reqwest::StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never saw the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let list = opscore(&s.base, &["agents", "list"]).await;
     let get = opscore(&s.base, &["agents", "get", "evil"]).await;
