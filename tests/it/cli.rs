@@ -114,15 +114,13 @@ pub fn client(s: &TestServer) -> Client {
 /// where a test put them; no lease grace, so an agent registered with a
 /// one-second TTL is stale a second later.
 pub async fn start(backend: Backend) -> TestServer {
-    TestServer::start_with(backend, cli_config).await
-}
-
-/// What the CLI tests change in the test configuration.
-pub fn cli_config(c: &mut opscore::config::Config) {
-    c.dispatch.enabled = false;
-    c.db.engine.liveness.grace_secs = 0;
-    c.workflows_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
-    c.workflows_dir_explicit = true;
+    TestServer::start_with(backend, |c| {
+        c.dispatch.enabled = false;
+        c.db.engine.liveness.grace_secs = 0;
+        c.workflows_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
+        c.workflows_dir_explicit = true;
+    })
+    .await
 }
 
 /// A registration of `id` with the `summarise` capability.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{cli_config, opscore, start};
-use crate::common::{registration, test_config, Backend, TestServer, KEY};
+use super::{opscore, start};
+use crate::common::{registration, Backend, KEY};
 use opscore::domain::agent::AgentId;
 
 const EVIL: &str = "Evil\u{1b}[2J\u{1b}]0;PWNED\u{7}\r\nFAKE-ROW  idle";
@@ -31,11 +31,9 @@ fn terminal_unsafe(what: &str, text: &str) -> Option<String> {
 }
 
 async fn agent_text_is_escaped_in_every_output(backend: Backend) {
-    // Stored as an older version would have, past today's validation,
-    // while no server runs: a server reads agents from its own memory,
-    // loaded from the database when it starts.
-    let db = start(backend).await.stop().await;
-    let store = opscore::store::connect(&db.url, &Default::default())
+    let s = start(backend).await;
+    // Stored as an older version would have, past today's validation.
+    let store = opscore::store::connect(&s.db.url, &Default::default())
         .await
         .expect("open the store");
     let id = AgentId::parse("evil").expect("id");
@@ -51,9 +49,16 @@ async fn agent_text_is_escaped_in_every_output(backend: Backend) {
         .await
         .expect("register");
     store.close().await;
-    let mut config = test_config(&db);
-    cli_config(&mut config);
-    let s = TestServer::start_on(db, config).await;
+    // Written by another process: the server's read model has it once its
+    // change feed reads the registration (on SQLite, within a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.get_json("/v1/opscore/agent/evil").await.status != reqwest::StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never saw the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let list = opscore(&s.base, &["agents", "list"]).await;
     let get = opscore(&s.base, &["agents", "get", "evil"]).await;
