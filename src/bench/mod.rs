@@ -19,6 +19,7 @@
 //! the target must be a loopback address unless `--allow-remote` is given.
 
 mod args;
+pub mod delay_proxy;
 mod load;
 mod report;
 mod run;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use args::plan;
 pub use args::{parse_duration, parse_every, BenchArgs, Every, Scenario};
+pub use delay_proxy::{DelayProxy, DelayProxyArgs};
 use load::Bench;
 pub use report::{Cleanup, Knee, Mode, Report, ScenarioReport, SessionCounts};
 use run::Run;

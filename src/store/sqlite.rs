@@ -47,8 +47,10 @@ impl Backend for Sqlite {
     const LOCK_AGENTS_IN_ORDER: &'static str = "";
     // One dispatcher per SQLite database: its single writer serialises claims.
     const CLAIM_LOCK: &'static str = "";
+    // One process: its feed is woken by its own commits.
+    const EVENT_NOTIFY: &'static str = "";
     // One writer: events are numbered in commit order by themselves.
-    const EVENT_LOCK: &'static str = "";
+    const FEED_MARK: &'static str = "";
     // One process: its key cache learns of its own changes directly.
     const KEY_NOTIFY: &'static str = "";
 

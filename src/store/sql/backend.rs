@@ -68,9 +68,15 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// dispatchers (PostgreSQL replicas) skip rows another holds; `""`
     /// where one dispatcher runs per database (SQLite).
     const CLAIM_LOCK: &'static str;
-    /// Run by every event-writing transaction just before it inserts its
-    /// events (see `sql::events`); `""` for none.
-    const EVENT_LOCK: &'static str;
+    /// Run by every event-writing transaction before it inserts its
+    /// events: tells other processes' feeds to look (delivered at commit);
+    /// `""` where one process owns the database.
+    const EVENT_NOTIFY: &'static str;
+    /// Takes a feed [`Mark`](super::horizon::Mark) and the xmin of a
+    /// snapshot taken after it: one row `(reserved, xid_bound, xmin)` (see
+    /// `sql::horizon`); `""` where commits are in index order by
+    /// themselves (one writer), and the feed needs no horizon.
+    const FEED_MARK: &'static str;
     /// Run, with a key id bound to `$1`, by the transaction that creates or
     /// revokes that key: tells every other process to read it again (see
     /// `follow_remote`); `""` where one process owns the database.

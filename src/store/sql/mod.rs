@@ -9,6 +9,7 @@ pub(super) mod agents;
 pub(super) mod audit;
 mod backend;
 pub(super) mod events;
+mod horizon;
 pub(super) mod keys;
 pub(super) mod retention;
 pub(super) mod workflows;
@@ -44,6 +45,8 @@ pub struct SqlStore<B: Backend> {
     /// them.
     keys: broadcast::Sender<KeyChange>,
     current: Option<Arc<CurrentStates>>,
+    /// How far the feed may be read (see `horizon`).
+    horizon: Arc<horizon::FeedHorizon>,
 }
 
 impl<B: Backend> std::fmt::Debug for SqlStore<B> {
@@ -67,6 +70,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             feed: self.feed.clone(),
             keys: self.keys.clone(),
             current: self.current.clone(),
+            horizon: self.horizon.clone(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl<B: Backend> SqlStore<B> {
             feed: Arc::new(Notify::new()),
             keys: broadcast::channel(KEY_CHANGES).0,
             current,
+            horizon: Arc::default(),
         }
     }
 
