@@ -33,6 +33,7 @@ impl Backend for Postgres {
     const FEED_MARK: &'static str =
         "SELECT reserved, xid_bound, after_xmin FROM opscore_feed_mark()";
     const KEY_NOTIFY: &'static str = "SELECT pg_notify('opscore_keys', $1)";
+    const DATA_MODIFYING_WITH: bool = true;
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR

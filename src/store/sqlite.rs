@@ -51,6 +51,8 @@ impl Backend for Sqlite {
     const EVENT_NOTIFY: &'static str = "";
     // One writer: events are numbered in commit order by themselves.
     const FEED_MARK: &'static str = "";
+    // SQLite's WITH holds only SELECTs.
+    const DATA_MODIFYING_WITH: bool = false;
     // One process: its key cache learns of its own changes directly.
     const KEY_NOTIFY: &'static str = "";
 

@@ -81,6 +81,9 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// revokes that key: tells every other process to read it again (see
     /// `follow_remote`); `""` where one process owns the database.
     const KEY_NOTIFY: &'static str;
+    /// Whether `WITH` may hold INSERTs and UPDATEs (PostgreSQL): report
+    /// batches then take fewer round trips (`agents::one_round`).
+    const DATA_MODIFYING_WITH: bool;
     /// This backend's migrations.
     fn migrator() -> &'static Migrator;
     /// Until `stop`, tell `signals` whenever another process commits events
