@@ -46,8 +46,13 @@ END $$;
 
 ALTER TABLE events ALTER COLUMN idx SET DEFAULT opscore_next_event_index();
 
--- Also returns the xmin of a snapshot taken after both (the mark is settled
--- when it is >= xid_bound; an idle server settles its marks at once).
+-- Also returns after_xmin: the oldest xid still running in this database,
+-- read after both (xid_bound when none is): the mark is settled when it is
+-- >= xid_bound. Only this database's transactions can hold an index, so
+-- only they are waited for: a long transaction elsewhere on the server (a
+-- DROP DATABASE, which holds an xid through a checkpoint) holds no feed
+-- back. A transaction's xid is set in its backend's entry when assigned
+-- and cleared only once its commit is visible to new snapshots.
 CREATE FUNCTION opscore_feed_mark(OUT reserved BIGINT, OUT xid_bound BIGINT, OUT after_xmin BIGINT)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -64,5 +69,9 @@ BEGIN
     -- one.
     oldest := pg_snapshot_xmin(pg_current_snapshot());
     xid_bound := CAST(CAST(oldest AS TEXT) AS BIGINT) + age(xid(oldest));
-    after_xmin := CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT);
+    -- age() measures from the same next xid as xid_bound (it is stable
+    -- for the transaction), so xid_bound - age(x) is x in 64 bits.
+    SELECT COALESCE(MIN(xid_bound - age(backend_xid)), xid_bound) INTO after_xmin
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL;
 END $$;

@@ -72,8 +72,9 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// events: tells other processes' feeds to look (delivered at commit);
     /// `""` where one process owns the database.
     const EVENT_NOTIFY: &'static str;
-    /// Takes a feed [`Mark`](super::horizon::Mark) and the xmin of a
-    /// snapshot taken after it: one row `(reserved, xid_bound, xmin)` (see
+    /// Takes a feed [`Mark`](super::horizon::Mark) and the oldest xid
+    /// running in the database after it: one row `(reserved, xid_bound,
+    /// xmin)` (see
     /// `sql::horizon`); `""` where commits are in index order by
     /// themselves (one writer), and the feed needs no horizon.
     const FEED_MARK: &'static str;

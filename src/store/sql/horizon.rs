@@ -11,10 +11,10 @@
 //! - a [`Mark`] reads the highest index handed out (`reserved`), then the
 //!   next xid to be assigned (`xid_bound`): every transaction holding an
 //!   index `<= reserved` has an xid `< xid_bound`;
-//! - a snapshot whose xmin is `>= xid_bound` has no such transaction still
-//!   running, so it (and every later one) sees every event `<= reserved`
-//!   that will ever commit. That mark is *settled*, and the horizon moves
-//!   up to its `reserved`.
+//! - once the oldest xid still running in the database is `>= xid_bound`
+//!   (or none runs), no such transaction is still running, so every later
+//!   snapshot sees every event `<= reserved` that will ever commit. That
+//!   mark is *settled*, and the horizon moves up to its `reserved`.
 //!
 //! This is the decision, kept free of I/O; the store takes the marks and
 //! snapshots and reads events only up to [`FeedHorizon::observe`]'s answer.
@@ -56,9 +56,10 @@ struct State {
 }
 
 impl FeedHorizon {
-    /// Take `mark` and the xmin of a snapshot taken after it (`xmin`);
-    /// returns the horizon: every event at or below it is final, for any
-    /// snapshot taken after the one `xmin` came from.
+    /// Take `mark` and the oldest xid running in the database, read after
+    /// it (`xmin`; `xid_bound` when none runs); returns the horizon: every
+    /// event at or below it is final, for any snapshot taken after `xmin`
+    /// was read.
     pub fn observe(&self, mark: Mark, xmin: i64) -> i64 {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if mark.reserved > s.settled
@@ -72,9 +73,9 @@ impl FeedHorizon {
             s.pending.push(mark);
         }
         // `xmin >= xid_bound`: no transaction older than the mark is
-        // still running, whenever that snapshot was taken relative to it
-        // (xids below xmin are all finished, and none between xmin and the
-        // bound exist).
+        // still running, whenever `xmin` was read relative to the mark
+        // (none running is below xmin, and an xid below the bound was
+        // assigned before the mark).
         if let Some(top) = s
             .pending
             .iter()
