@@ -62,6 +62,7 @@ async fn main() -> ExitCode {
         Command::Migrate { db } => run_migrate(db).await,
         Command::Simulate(args) => run_simulate(*args).await,
         Command::Bench(args) => run_bench(*args).await,
+        Command::DelayProxy(args) => opscore::bench::delay_proxy::run(args).await,
         // These print their own errors and choose their exit code.
         Command::Healthcheck(args) => return opscore::cli::healthcheck::run(args).await,
         Command::Client(cmd) => return opscore::cli::run(cmd).await,

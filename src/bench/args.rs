@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// S4: ... or when more than this share of its requests failed.
     #[arg(long, env = "BENCH_STRESS_ERROR_LIMIT", default_value_t = 0.05)]
     pub stress_error_limit: f64,
+    /// More replicas of the same service (same database): state reports
+    /// and reads go round robin over `--url` and these (comma-separated
+    /// base URLs); everything else goes to `--url`.
+    #[arg(long, env = "BENCH_REPLICA_URLS", value_delimiter = ',')]
+    pub replica_urls: Vec<String>,
     /// Prefix of the agent ids the run registers. [default: bench-<random>]
     #[arg(long, env = "BENCH_ID_PREFIX")]
     pub id_prefix: Option<String>,

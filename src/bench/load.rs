@@ -34,6 +34,9 @@ pub(crate) struct Bench {
     secret: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Where reports and reads go, round robin: `base` and the replicas.
+    spread: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Bench {
@@ -63,11 +66,30 @@ impl Bench {
             bearer,
             secret,
             timeout,
+            spread: Vec::new(),
+            next: Default::default(),
         })
+    }
+
+    /// Send reports and reads round robin over the base URL and `replicas`.
+    pub(crate) fn with_replicas(mut self, replicas: &[String]) -> Self {
+        self.spread = std::iter::once(self.base.clone())
+            .chain(replicas.iter().map(|u| u.trim_end_matches('/').to_owned()))
+            .collect();
+        self
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `path` on the next replica in turn (the base URL without replicas).
+    fn spread_url(&self, path: &str) -> String {
+        if self.spread.len() < 2 {
+            return self.url(path);
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{path}", self.spread[i % self.spread.len()])
     }
 
     fn build(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> reqwest::Request {
@@ -104,7 +126,7 @@ impl Bench {
             "state": state,
             "details": {"bench": true, "seq": seq},
         });
-        let url = self.url(&format!("/v1/opscore/agent/{agent}/state"));
+        let url = self.spread_url(&format!("/v1/opscore/agent/{agent}/state"));
         Op {
             kind,
             req: self.build(Method::POST, &url, Some(body.to_string().into_bytes())),
@@ -114,7 +136,7 @@ impl Bench {
 
     /// `GET` the current state of `agent`.
     pub(crate) fn read(&self, kind: usize, agent: &str) -> Op {
-        let url = self.url(&format!("/v1/opscore/agent/{agent}/state"));
+        let url = self.spread_url(&format!("/v1/opscore/agent/{agent}/state"));
         Op {
             kind,
             req: self.build(Method::GET, &url, None),

@@ -19,6 +19,7 @@
 //! the target must be a loopback address unless `--allow-remote` is given.
 
 mod args;
+pub mod delay_proxy;
 mod load;
 mod report;
 mod run;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use args::plan;
 pub use args::{parse_duration, parse_every, BenchArgs, Every, Scenario};
+pub use delay_proxy::{DelayProxy, DelayProxyArgs};
 use load::Bench;
 pub use report::{Cleanup, Knee, Mode, Report, ScenarioReport, SessionCounts};
 use run::Run;
@@ -86,13 +88,19 @@ pub async fn run_until(args: BenchArgs, stop: CancellationToken) -> anyhow::Resu
     let target = args.target.server.resolve().map_err(anyhow::Error::msg)?;
     let api_key = target.api_key.clone();
     check_target(&target.url, args.allow_remote).await?;
-    let bench = Arc::new(Bench::new(
-        &target.url,
-        &api_key,
-        args.target.webhook_secret.clone(),
-        args.connections.max(args.max_in_flight),
-        args.timeout,
-    )?);
+    for url in &args.replica_urls {
+        check_target(url, args.allow_remote).await?;
+    }
+    let bench = Arc::new(
+        Bench::new(
+            &target.url,
+            &api_key,
+            args.target.webhook_secret.clone(),
+            args.connections.max(args.max_in_flight),
+            args.timeout,
+        )?
+        .with_replicas(&args.replica_urls),
+    );
     preflight(&bench, &args, &plan).await?;
     let prefix = args.id_prefix.clone().unwrap_or_else(|| {
         let r = uuid::Uuid::new_v4().simple().to_string();

@@ -39,6 +39,9 @@ pub enum Command {
     /// Load-test a running server (loopback only) and print a table of
     /// requests/s and latency percentiles per scenario.
     Bench(Box<crate::bench::BenchArgs>),
+    /// A TCP proxy adding a set delay each way (e.g. between the service
+    /// and PostgreSQL), for the load tool's latency scenario.
+    DelayProxy(crate::bench::DelayProxyArgs),
     /// Apply database migrations and exit.
     Migrate {
         /// Where the database is.

@@ -30,9 +30,12 @@ impl Backend for Postgres {
     // Replicas claim due runs concurrently: each skips rows another holds.
     const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
     const AGENT_CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
-    const EVENT_LOCK: &'static str = EVENT_LOCK;
+    const EVENT_NOTIFY: &'static str = "SELECT pg_notify('opscore_events', '')";
+    const FEED_MARK: &'static str =
+        "SELECT reserved, xid_bound, after_xmin FROM opscore_feed_mark()";
     const KEY_NOTIFY: &'static str = "SELECT pg_notify('opscore_keys', $1)";
     const SNAPSHOT: &'static str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const DATA_MODIFYING_WITH: bool = true;
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR
@@ -62,11 +65,6 @@ const KEYS_CHANNEL: &str = "opscore_keys";
 /// lock the update itself takes, so rows referencing the agent (history,
 /// events) are not held up.
 const LOCK_AGENTS_IN_ORDER: &str = r#"ORDER BY agent_id COLLATE "C" FOR NO KEY UPDATE"#;
-
-/// Run by every event-writing transaction just before its events are
-/// inserted: the lock that makes index order commit order (see
-/// `sql/events.rs`), and the notification other replicas' feeds wake on.
-const EVENT_LOCK: &str = "SELECT pg_advisory_xact_lock(7212026), pg_notify('opscore_events', '')";
 
 impl SqlStore<Postgres> {
     /// Connect to `url` and migrate the database. Several replicas may start

@@ -45,8 +45,12 @@ impl Backend for Sqlite {
     // One dispatcher per SQLite database: its single writer serialises claims.
     const CLAIM_LOCK: &'static str = "";
     const AGENT_CLAIM_LOCK: &'static str = "";
+    // One process: its feed is woken by its own commits.
+    const EVENT_NOTIFY: &'static str = "";
     // One writer: events are numbered in commit order by themselves.
-    const EVENT_LOCK: &'static str = "";
+    const FEED_MARK: &'static str = "";
+    // SQLite's WITH holds only SELECTs.
+    const DATA_MODIFYING_WITH: bool = false;
     // One process: its key cache learns of its own changes directly.
     const KEY_NOTIFY: &'static str = "";
     // A read transaction sees one snapshot from its first read.

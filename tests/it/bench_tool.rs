@@ -266,3 +266,102 @@ async fn bad_settings_are_refused_before_any_request() {
     let bad = Cli::try_parse_from(["opscore", "bench", "--api-key", KEY, "--scenario", "s9"]);
     assert!(bad.is_err());
 }
+
+/// The latency scenario's parts: the delay proxy holds bytes the set time
+/// each way (a round trip through it takes at least twice the delay), and
+/// replicas reaching PostgreSQL through it take the load tool's reports,
+/// spread over all of them by `--replica-urls`. No timing is asserted
+/// beyond the delay being applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_scenario_delays_the_database_and_spreads_over_replicas() {
+    use opscore::bench::DelayProxy;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An echo server behind a 25 ms proxy: each round trip >= 50 ms.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let delay = Duration::from_millis(25);
+    let slow = DelayProxy::start("127.0.0.1:0".parse().unwrap(), echo_addr, delay)
+        .await
+        .expect("proxy");
+    let mut c = tokio::net::TcpStream::connect(slow.addr).await.unwrap();
+    for i in 0..3u8 {
+        let sent = std::time::Instant::now();
+        c.write_all(&[i; 10]).await.unwrap();
+        let mut got = [0u8; 10];
+        c.read_exact(&mut got).await.unwrap();
+        let took = sent.elapsed();
+        assert_eq!(got, [i; 10]);
+        assert!(took >= delay * 2, "round trip {i} took {took:?}");
+    }
+
+    // Two replicas on one PostgreSQL database, each through a 1 ms proxy.
+    let db = common::TestDb::new(Backend::Postgres).await;
+    let pg = url::Url::parse(&db.url).unwrap();
+    let pg_addr = format!(
+        "{}:{}",
+        pg.host_str().unwrap(),
+        pg.port_or_known_default().unwrap()
+    );
+    let proxy = DelayProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        pg_addr,
+        Duration::from_millis(1),
+    )
+    .await
+    .expect("proxy");
+    let mut via = pg.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(common::ServerProcess::spawn(via.as_str(), db.dir.path()).await);
+    }
+    let a = args(
+        &replicas[0].base,
+        &[
+            "--scenario",
+            "s1-max",
+            "--duration",
+            "1s",
+            "--connections",
+            "8",
+            "--agents",
+            "16",
+            "--replica-urls",
+            &replicas[1].base,
+        ],
+    );
+    let report = opscore::bench::run(a).await.expect("bench run");
+    println!("{}", report.table());
+    let r = row(&report, "s1-max");
+    assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+    let client = reqwest::Client::new();
+    for p in &replicas {
+        let m = crate::metrics::Scrape::at(&client, &p.base).await;
+        let reports = m.value(
+            "opscore_http_requests",
+            &[
+                ("route", "/v1/opscore/agent/{agentId}/state"),
+                ("method", "POST"),
+                ("status", "202"),
+            ],
+        );
+        assert!(reports > 0.0, "replica {} took no reports", p.base);
+    }
+    for p in replicas {
+        p.kill().await;
+    }
+}

@@ -18,6 +18,7 @@ mod deploy;
 mod durability;
 mod engine_truth;
 mod feed;
+mod feed_order;
 mod fleet_sessions;
 mod keys;
 mod keys_cli;

@@ -73,9 +73,16 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// an agent another holds); `""` where one dispatcher runs per
     /// database (SQLite).
     const AGENT_CLAIM_LOCK: &'static str;
-    /// Run by every event-writing transaction just before it inserts its
-    /// events (see `sql::events`); `""` for none.
-    const EVENT_LOCK: &'static str;
+    /// Run by every event-writing transaction before it inserts its
+    /// events: tells other processes' feeds to look (delivered at commit);
+    /// `""` where one process owns the database.
+    const EVENT_NOTIFY: &'static str;
+    /// Takes a feed [`Mark`](super::horizon::Mark) and the oldest xid
+    /// running in the database after it: one row `(reserved, xid_bound,
+    /// xmin)` (see
+    /// `sql::horizon`); `""` where commits are in index order by
+    /// themselves (one writer), and the feed needs no horizon.
+    const FEED_MARK: &'static str;
     /// Run, with a key id bound to `$1`, by the transaction that creates or
     /// revokes that key: tells every other process to read it again (see
     /// `follow_remote`); `""` where one process owns the database.
@@ -84,6 +91,9 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// every query of it reads one snapshot; `""` where a transaction does
     /// so by itself (SQLite in WAL mode).
     const SNAPSHOT: &'static str;
+    /// Whether `WITH` may hold INSERTs and UPDATEs (PostgreSQL): report
+    /// batches then take fewer round trips (`agents::one_round`).
+    const DATA_MODIFYING_WITH: bool;
     /// This backend's migrations.
     fn migrator() -> &'static Migrator;
     /// Until `stop`, tell `signals` whenever another process commits events

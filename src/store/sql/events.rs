@@ -4,20 +4,19 @@
 //!
 //! Ordering: a reader that has seen index N must already see every event
 //! below N, or a client resuming after N would miss one for good. SQLite has
-//! one writer, so that holds by itself. On PostgreSQL identity values are
-//! handed out in call order, not commit order, so `flush_events` first takes
-//! a transaction-scoped advisory lock (the backend's `EVENT_LOCK`
-//! statement) and holds it to commit: event-writing transactions commit one
-//! at a time, in index order. Taking it last keeps the serialised part
-//! short (the inserts and the commit). The same statement sends a NOTIFY,
-//! delivered at commit, that wakes the feed of every other replica.
+//! one writer, so that holds by itself. On PostgreSQL indexes are handed out
+//! in call order, not commit order, and writers take no lock shared with
+//! each other (several replicas commit at once); instead every read stops at
+//! the feed horizon (`sql::horizon`), below which no event can still
+//! appear. `flush_events` sends a NOTIFY, delivered at commit, that wakes
+//! the feed of every other replica.
 
 use std::sync::LazyLock;
 
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::backend::RowsAffected;
-use super::{Backend, SqlStore};
+use super::{horizon, Backend, SqlStore};
 use crate::domain::agent::AgentId;
 use crate::domain::event::{Event, EventKind, NewEvent};
 use crate::domain::workflow::AGENT_STALE;
@@ -79,9 +78,9 @@ where
         if events.is_empty() {
             return Ok(indexed);
         }
-        let lock: &str = B::EVENT_LOCK;
-        if !lock.is_empty() {
-            sqlx::query(lock).execute(&mut *conn).await?;
+        let notify: &str = B::EVENT_NOTIFY;
+        if !notify.is_empty() {
+            sqlx::query(notify).execute(&mut *conn).await?;
         }
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = format!(
@@ -136,27 +135,44 @@ where
     for<'q> bool: Encode<'q, B> + Type<B>,
 {
     async fn read_events(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        let (horizon, _) = self.feed_horizon().await?;
         let sql = format!(
-            "SELECT {} FROM events WHERE idx > $1 ORDER BY idx LIMIT $2",
+            "SELECT {} FROM events WHERE idx > $1 AND idx <= $3 ORDER BY idx LIMIT $2",
             EVENT_COLUMNS
         );
         let rows = sqlx::query(&sql)
             .bind(after)
             .bind(i64::from(limit))
+            .bind(horizon)
             .fetch_all(self.reader())
             .await?;
         rows.iter().map(Self::event_from_row).collect()
     }
 
     async fn event_bounds(&self) -> StoreResult<EventBounds> {
+        // The head is what a client starting "from now" starts after:
+        // the horizon once every index handed out by now has settled, so
+        // no event committed later can land below it. That takes as long
+        // as the transactions running now; a transaction that runs on
+        // (anywhere on the server) is waited for a bounded time only, and
+        // the head is then the horizon reached (such a client may receive
+        // a few events committed before it connected).
+        let (mut horizon, reserved) = self.feed_horizon().await?;
+        let deadline = tokio::time::Instant::now() + HEAD_SETTLE_WAIT;
+        while horizon < reserved && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(HORIZON_RECHECK).await;
+            horizon = self.feed_horizon().await?.0;
+        }
         let (pruned_through, head): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT pruned_through, (SELECT MAX(idx) FROM events) FROM event_retention WHERE id = 1",
+            "SELECT pruned_through, (SELECT MAX(idx) FROM events WHERE idx <= $1) \
+             FROM event_retention WHERE id = 1",
         )
+        .bind(horizon)
         .fetch_one(self.reader())
         .await?;
         Ok(EventBounds {
             pruned_through,
-            head: head.unwrap_or(pruned_through),
+            head: head.unwrap_or(pruned_through).max(pruned_through),
         })
     }
 
@@ -308,6 +324,57 @@ where
         stop: tokio_util::sync::CancellationToken,
     ) {
         self.follow_remote(wake, stop).await
+    }
+}
+
+/// How long `event_bounds` waits for the indexes handed out before it to
+/// settle.
+const HEAD_SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How soon a reader looks again while a mark waits for transactions to end
+/// (a few of the report path's transactions).
+const HORIZON_RECHECK: std::time::Duration = std::time::Duration::from_millis(3);
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+{
+    /// The feed horizon after one new mark, and the mark's `reserved`:
+    /// every event at or below the horizon is final for any statement run
+    /// from now on. Without a horizon (one writer), everything committed
+    /// is final: `i64::MAX`.
+    ///
+    /// While a mark waits, the process's feed is woken again shortly, so
+    /// that it does not wait for the next commit (or its once-a-second
+    /// look) to read what has settled meanwhile.
+    async fn feed_horizon(&self) -> StoreResult<(i64, i64)> {
+        if B::FEED_MARK.is_empty() {
+            return Ok((i64::MAX, i64::MAX));
+        }
+        let (reserved, xid_bound, xmin): (i64, i64, i64) = sqlx::query_as(B::FEED_MARK)
+            .fetch_one(self.reader())
+            .await?;
+        let h = &self.horizon;
+        let settled = h.observe(
+            horizon::Mark {
+                reserved,
+                xid_bound,
+            },
+            xmin,
+        );
+        if h.waiting() && h.arm_recheck() {
+            let (h, feed) = (h.clone(), self.feed().clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(HORIZON_RECHECK).await;
+                h.disarm_recheck();
+                feed.notify_one();
+            });
+        }
+        Ok((settled, reserved))
     }
 }
 

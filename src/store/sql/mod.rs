@@ -9,6 +9,7 @@ pub(super) mod agents;
 pub(super) mod audit;
 mod backend;
 pub(super) mod events;
+mod horizon;
 pub(super) mod keys;
 mod model;
 pub(super) mod retention;
@@ -47,6 +48,8 @@ pub struct SqlStore<B: Backend> {
     model: Arc<ReadModel>,
     /// Agent reads answered, by source.
     reads: Arc<ReadCounters>,
+    /// How far the feed may be read (see `horizon`).
+    horizon: Arc<horizon::FeedHorizon>,
 }
 
 impl<B: Backend> std::fmt::Debug for SqlStore<B> {
@@ -71,6 +74,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             keys: self.keys.clone(),
             model: self.model.clone(),
             reads: self.reads.clone(),
+            horizon: self.horizon.clone(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl<B: Backend> SqlStore<B> {
             keys: broadcast::channel(KEY_CHANGES).0,
             model,
             reads: Arc::default(),
+            horizon: Arc::default(),
         }
     }
 

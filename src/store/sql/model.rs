@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
 use super::agents::AGENT_COLUMNS;
+use super::horizon::{FeedHorizon, Mark};
 use super::workflows::AGENT_CHUNK;
 use super::{in_list, Backend, SqlStore};
 use crate::domain::event::{Event, EventKind, NewEvent};
@@ -48,16 +49,52 @@ where
     for<'q> i32: Decode<'q, B> + Type<B>,
     for<'q> bool: Encode<'q, B> + Type<B>,
 {
+    /// A feed horizon (`sql::horizon`) settled now, waiting a bounded time
+    /// for the transactions running now to end; `None` where commits are
+    /// in index order by themselves (SQLite).
+    async fn settled_head(pool: &Pool<B>) -> StoreResult<Option<i64>> {
+        if B::FEED_MARK.is_empty() {
+            return Ok(None);
+        }
+        let horizon = FeedHorizon::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut first = None;
+        loop {
+            let (reserved, xid_bound, xmin): (i64, i64, i64) =
+                sqlx::query_as(B::FEED_MARK).fetch_one(pool).await?;
+            let target = *first.get_or_insert(reserved);
+            let settled = horizon.observe(
+                Mark {
+                    reserved,
+                    xid_bound,
+                },
+                xmin,
+            );
+            // Past the wait, what settled is still a correct head: the
+            // feed replays the rest.
+            if settled >= target || tokio::time::Instant::now() >= deadline {
+                return Ok(Some(settled));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    }
+
     /// Every agent, and the feed index they are current as of, read from
     /// one snapshot of the database.
     pub(in crate::store) async fn load_read_model(pool: &Pool<B>) -> StoreResult<ReadModel> {
         use futures_util::TryStreamExt;
         let model = ReadModel::default();
+        let settled = Self::settled_head(pool).await?;
         let mut tx = pool.begin().await?;
         if !B::SNAPSHOT.is_empty() {
             sqlx::query(B::SNAPSHOT).execute(&mut *tx).await?;
         }
-        let head: i64 = sqlx::query_scalar(EVENT_HEAD).fetch_one(&mut *tx).await?;
+        let newest: i64 = sqlx::query_scalar(EVENT_HEAD).fetch_one(&mut *tx).await?;
+        // Where writers commit out of index order (PostgreSQL), the model
+        // is current only up to a horizon settled before its snapshot was
+        // taken: an event below the newest index may still have been
+        // uncommitted. The feed then applies again what lies above it.
+        let head = settled.map_or(newest, |s| s.min(newest));
         {
             let sql = format!("SELECT {AGENT_COLUMNS} FROM agents");
             let mut rows = sqlx::query(&sql).fetch(&mut *tx);

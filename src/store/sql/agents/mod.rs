@@ -1,6 +1,7 @@
 //! Agents, their states and history: registration, the batched state
 //! reports (which move tasks on in the same transaction), reads and lists.
 
+mod one_round;
 mod reports;
 
 use std::sync::LazyLock;

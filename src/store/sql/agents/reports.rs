@@ -134,12 +134,16 @@ where
         // A handful of statements per batch, not per report: each
         // statement is a round trip to the database (for SQLite, to
         // its connection's thread), and those dominated the cost.
+        let ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
+        let rounds = report_rounds(&ids);
+        if B::DATA_MODIFYING_WITH && rounds.len() == 1 {
+            return self.apply_one_round(reports, &rounds[0]).await;
+        }
         let mut results: Vec<StoreResult<()>> = (0..reports.len()).map(|_| Ok(())).collect();
         let mut events = Vec::new();
         // (report, became current, last seen) in the order applied:
         // for the history and the state index.
         let mut applied_reports = Vec::with_capacity(reports.len());
-        let ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
         let mut tx = self.writer().begin().await?;
         let mut agents = ids.clone();
         agents.sort_unstable();
@@ -165,7 +169,7 @@ where
         // make it claimable: ask once.
         let runs = Self::agents_with_runs(&mut tx, &agents).await?;
         let mut dispatchable = false;
-        for round in report_rounds(&ids) {
+        for round in rounds {
             for chunk in round.chunks(REPORT_CHUNK) {
                 let sql = apply_reports_sql(chunk.len(), B::BINDS);
                 let mut q = sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64, i64)>(&sql);

@@ -191,7 +191,8 @@ where
         for (i, max_retries) in &again {
             let (run_id, task_id, run_agent, _, attempts, _) = &rows[*i];
             sqlx::query(
-                "UPDATE task_runs SET status = 'queued', due_at_us = $2, max_retries = $3, \
+                "UPDATE task_runs SET status = 'queued', max_retries = $3, \
+                 due_at_us = CASE WHEN deps_left > 0 THEN $4 ELSE $2 END, \
                  finished_at_us = NULL, lease_owner = NULL, \
                  agent_id = CASE WHEN (SELECT s.agent_id FROM sessions s \
                    WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END \
@@ -200,6 +201,9 @@ where
             .bind(run_id)
             .bind(now)
             .bind(*max_retries)
+            // A run whose dependencies are not done is not due until they
+            // are (docs/api.md §3.5).
+            .bind(crate::domain::engine_rules::NOT_DUE)
             .execute(&mut *tx)
             .await?;
             let task = TaskRef {

@@ -1,0 +1,252 @@
+//! A report batch in few round trips, where the dialect has data-modifying
+//! `WITH` (PostgreSQL): a batch that holds at most one report per agent
+//! (one round of `report_rounds`, the common case under load) is applied in
+//! two statements between BEGIN and COMMIT instead of six:
+//!
+//! 1. lock the agents' rows in id order and update their current states
+//!    ([`lock_and_apply_sql`]);
+//! 2. the history rows, the events, the NOTIFY for other replicas, and which
+//!    of the agents have task runs ([`tail_sql`]), after the locks are held,
+//!    as the separate query did.
+//!
+//! Only agents with a task run (known from 2) take more statements, to move
+//! their tasks on: their events follow the batch's own, as before. The
+//! decisions are those of `reports.rs`, unchanged.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::reports::{apply_reports_sql, SUPERSEDED_LATER, UNKNOWN_BELOW};
+use crate::domain::event::NewEvent;
+use crate::domain::state::StateReport;
+use crate::domain::workflow::MEANINGFUL_STATES;
+use crate::store::sql::workflows::{AgentRuns, CLAIMABLE_STATES, IN_FLIGHT};
+use crate::store::sql::{Backend, Binds, SqlStore};
+use crate::store::{AppliedReports, StoreError, StoreResult};
+
+/// [`apply_reports_sql`] for `rows` reports of distinct agents, taking the
+/// agents' row locks first, in id byte order (`lock_in_order`), in the same
+/// statement: the materialised CTE locks them in that order, and the update
+/// reaches a row only through it.
+pub(in crate::store) fn lock_and_apply_sql(rows: usize, lock_in_order: &str) -> String {
+    let ids: Vec<String> = (0..rows).map(|r| format!("${}", r * 5 + 1)).collect();
+    let update = apply_reports_sql(rows, Binds::Numbered);
+    let (head, tail) = update
+        .split_once(" RETURNING ")
+        .unwrap_or((update.as_str(), ""));
+    format!(
+        "WITH l AS MATERIALIZED (SELECT agent_id FROM agents WHERE agent_id IN ({}) {lock_in_order}) \
+         {head} AND agents.agent_id IN (SELECT agent_id FROM l) RETURNING {tail}",
+        ids.join(", ")
+    )
+}
+
+/// History rows (`$1`), events (`$2`, in order) and agent ids (`$3`), each
+/// a JSON array; returns `(0, agent, index)` per event inserted, `(1,
+/// agent, 0)` per agent with a run in flight, `(2, agent, 0)` per agent
+/// with a run queued. With `notify`, also sends the NOTIFY other replicas'
+/// feeds wake on (delivered at commit).
+pub(in crate::store) fn tail_sql(notify: bool) -> String {
+    let notify = if notify {
+        " UNION ALL SELECT CAST(3 AS BIGINT), NULL, CAST(0 AS BIGINT) \
+         FROM (SELECT pg_notify('opscore_events', '')) AS n"
+    } else {
+        ""
+    };
+    format!(
+        "WITH h AS (INSERT INTO state_history (agent_id, state, details, ts_us, received_us) \
+           SELECT x->>0, x->>1, x->>2, CAST(x->>3 AS BIGINT), CAST(x->>4 AS BIGINT) \
+           FROM jsonb_array_elements(CAST($1 AS JSONB)) AS x), \
+         e AS (INSERT INTO events (kind, agent_id, session_id, at_us, data) \
+           SELECT x->>0, x->>1, x->>2, CAST(x->>3 AS BIGINT), x->>4 \
+           FROM jsonb_array_elements(CAST($2 AS JSONB)) WITH ORDINALITY AS t(x, n) ORDER BY n \
+           RETURNING agent_id, idx), \
+         ids AS (SELECT jsonb_array_elements_text(CAST($3 AS JSONB)) AS agent_id) \
+         SELECT CAST(0 AS BIGINT), agent_id, idx FROM e \
+         UNION ALL SELECT CAST(1 AS BIGINT), agent_id, CAST(0 AS BIGINT) FROM task_runs \
+           WHERE status IN {in_flight} AND agent_id IN (SELECT agent_id FROM ids) \
+         UNION ALL SELECT DISTINCT CAST(2 AS BIGINT), agent_id, CAST(0 AS BIGINT) FROM task_runs \
+           WHERE status = 'queued' AND agent_id IN (SELECT agent_id FROM ids) \
+         UNION ALL SELECT CAST(4 AS BIGINT), NULL, CAST(0 AS BIGINT) \
+           WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL){notify}",
+        in_flight = IN_FLIGHT.as_str()
+    )
+}
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    usize: ColumnIndex<B::Row>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> Option<&'q str>: Encode<'q, B>,
+    for<'q> String: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
+    for<'q> Option<i64>: Encode<'q, B>,
+    for<'q> i32: Decode<'q, B> + Type<B>,
+    for<'q> bool: Encode<'q, B> + Type<B>,
+{
+    /// Apply `reports`, at most one per agent, given in agent-id order
+    /// (`order`: indexes into `reports`), as the module docs say.
+    pub(super) async fn apply_one_round(
+        &self,
+        reports: &[StateReport],
+        order: &[usize],
+    ) -> StoreResult<AppliedReports> {
+        let mut results: Vec<StoreResult<()>> = (0..reports.len()).map(|_| Ok(())).collect();
+        let mut events = Vec::new();
+        let mut applied = Vec::with_capacity(reports.len());
+        // (report, fresh, current) of each report applied, for the runs.
+        let mut moved = Vec::with_capacity(reports.len());
+        let mut tx = self.writer().begin().await?;
+        for chunk in order.chunks(super::reports::REPORT_CHUNK) {
+            let sql = lock_and_apply_sql(chunk.len(), B::LOCK_AGENTS_IN_ORDER);
+            let mut q = sqlx::query_as::<_, (String, i64, i64, Option<i64>, i64, i64)>(&sql);
+            for &i in chunk {
+                let r = &reports[i];
+                q = q
+                    .bind(r.agent_id.as_str())
+                    .bind(&r.state)
+                    .bind(r.details.as_ref().map(|d| d.get()))
+                    .bind(r.timestamp)
+                    .bind(r.received_at);
+            }
+            let rows: HashMap<String, (i64, i64, Option<i64>, i64, i64)> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, ts, rec, stale, seen, rep)| (id, (ts, rec, stale, seen, rep)))
+                .collect();
+            for &i in chunk {
+                let r = &reports[i];
+                let Some(&(ts, received, stale_since, last_seen, reported)) =
+                    rows.get(r.agent_id.as_str())
+                else {
+                    results[i] = Err(StoreError::agent_not_found(&r.agent_id));
+                    continue;
+                };
+                if reported == SUPERSEDED_LATER {
+                    sqlx::query(UNKNOWN_BELOW)
+                        .bind(r.agent_id.as_str())
+                        .bind(r.timestamp)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let fresh = stale_since == Some(0);
+                if fresh {
+                    events.push(NewEvent::fresh(r.agent_id.as_str(), last_seen));
+                }
+                let current = (ts, received) == (r.timestamp, r.received_at);
+                if current {
+                    events.push(NewEvent::state(r));
+                }
+                applied.push((r, current, last_seen));
+                moved.push((i, fresh, current));
+            }
+        }
+        let history: Vec<_> = applied
+            .iter()
+            .map(|(r, _, _)| {
+                json!([
+                    r.agent_id.as_str(),
+                    r.state,
+                    r.details.as_ref().map(|d| d.get()),
+                    r.timestamp,
+                    r.received_at
+                ])
+            })
+            .collect();
+        let new_events: Vec<_> = events
+            .iter()
+            .map(|e| json!([e.kind.as_str(), e.agent_id, e.session_id, e.at, e.data]))
+            .collect();
+        let agents: Vec<&str> = applied
+            .iter()
+            .map(|(r, _, _)| r.agent_id.as_str())
+            .collect();
+        let rows: Vec<(i64, Option<String>, i64)> = sqlx::query_as(&tail_sql(!events.is_empty()))
+            .bind(serde_json::Value::Array(history).to_string())
+            .bind(serde_json::Value::Array(new_events).to_string())
+            .bind(json!(agents).to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut indexed = Vec::new();
+        let mut runs = AgentRuns::default();
+        for (tag, agent, idx) in rows {
+            match (tag, agent) {
+                (0, Some(a)) => indexed.push((a, idx)),
+                (1, Some(a)) => {
+                    runs.in_flight.insert(a);
+                }
+                (2, Some(a)) => {
+                    runs.queued.insert(a);
+                }
+                // A pool's run no agent holds yet: any freed agent may
+                // take it (docs/api.md §3.3).
+                (4, None) => runs.unassigned = true,
+                _ => {}
+            }
+        }
+        let mut dispatchable = false;
+        let before = events.len();
+        for (i, fresh, current) in moved {
+            let r = &reports[i];
+            let agent = r.agent_id.as_str();
+            let claimable = fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
+            dispatchable |= claimable && (runs.unassigned || runs.queued.contains(agent));
+            // A run waiting for a retry counts too: a report naming it
+            // may show the agent has it after all.
+            if (runs.in_flight.contains(agent) || runs.queued.contains(agent))
+                && MEANINGFUL_STATES.contains(&r.state.as_str())
+            {
+                let moved_before = events.len();
+                Self::advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
+                dispatchable |= events.len() > moved_before;
+            }
+        }
+        indexed.extend(Self::flush_events(&mut tx, &events[before..]).await?);
+        tx.commit().await?;
+        // Every report is a sighting, also one that did not become
+        // current (no event says so); the states come with the events.
+        for (r, _, last_seen) in applied {
+            self.model().seen(r.agent_id.as_str(), last_seen);
+        }
+        self.events_committed(&events, &indexed);
+        Ok(AppliedReports {
+            results,
+            dispatchable,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_names_each_report_agent_bind() {
+        let sql = lock_and_apply_sql(2, "ORDER BY agent_id FOR UPDATE");
+        assert!(
+            sql.starts_with(
+                "WITH l AS MATERIALIZED (SELECT agent_id FROM agents WHERE agent_id IN ($1, $6) \
+                 ORDER BY agent_id FOR UPDATE) UPDATE agents"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "AND agents.agent_id IN (SELECT agent_id FROM l) RETURNING agents.agent_id"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn the_tail_notifies_only_with_events() {
+        assert!(tail_sql(true).contains("pg_notify"));
+        assert!(!tail_sql(false).contains("pg_notify"));
+    }
+}
