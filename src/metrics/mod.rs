@@ -178,7 +178,7 @@ impl Metrics {
         let queue_depth = Gauge::default();
         r.register(
             "opscore_task_queue_depth",
-            "Task runs queued: waiting to be due or for their agent to be free",
+            "Task runs queued: waiting to be due or for an agent to be free (not those waiting for other tasks)",
             queue_depth.clone(),
         );
         let agents_stale = Gauge::default();

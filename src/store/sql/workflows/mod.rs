@@ -24,8 +24,10 @@ pub(in crate::store) const RUN_COLUMNS: &str =
 pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM sessions GROUP BY status";
 
+/// Queued runs free of dependencies: the runs of tasks that wait for
+/// others are not in the queue yet.
 pub(in crate::store) const COUNT_QUEUED_RUNS: &str =
-    "SELECT COUNT(*) FROM task_runs WHERE status = 'queued'";
+    "SELECT COUNT(*) FROM task_runs WHERE status = 'queued' AND deps_left = 0";
 
 /// The due time of the queued run due longest as of `$1`: one probe of the
 /// `task_runs_due (status, due_at_us)` index on both backends.
