@@ -94,9 +94,12 @@ pub fn waiting_for(run: &WaitView, pool: &PoolSummary, now: Micros) -> Option<Wa
 
 /// A due run waiting for an agent longer than its queue timeout (`secs`)
 /// fails its attempt, as SQL over a `task_runs` row, `now` a placeholder.
+/// The timeout is at least a second: that bound lets the due-time index
+/// skip every run not due a second ago.
 pub fn queue_timeout_over_sql(now: &str) -> String {
     format!(
-        "status = 'queued' AND deps_left = 0 AND due_at_us + queue_timeout_secs * 1000000 <= {now}"
+        "status = 'queued' AND deps_left = 0 AND due_at_us <= {now} - 1000000 \
+         AND due_at_us + queue_timeout_secs * 1000000 <= {now}"
     )
 }
 

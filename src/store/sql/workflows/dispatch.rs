@@ -48,20 +48,21 @@ where
         let sql = format!("{}{}", CLAIM_CANDIDATES.as_str(), B::CLAIM_LOCK);
         let live = self.rules().liveness;
         let mut tx = self.writer().begin().await?;
-        let any_free: Option<i32> = sqlx::query_scalar(ANY_AGENT_FREE.as_str())
+        let free: i64 = sqlx::query_scalar(FREE_AGENTS.as_str())
             .bind(now)
             .bind(allow_unknown)
             .bind(live.ttl_secs)
             .bind(live.grace_secs)
-            .fetch_optional(&mut *tx)
+            .bind(i64::from(limit))
+            .fetch_one(&mut *tx)
             .await?;
-        if any_free.is_none() {
+        if free == 0 {
             return Ok(Vec::new());
         }
         let candidates: Vec<Candidate> = sqlx::query_as(&sql)
             .bind(now)
             .bind(allow_unknown)
-            .bind(i64::from(limit))
+            .bind(free.min(i64::from(limit)))
             .bind(live.ttl_secs)
             .bind(live.grace_secs)
             .fetch_all(&mut *tx)

@@ -26,6 +26,8 @@ pub(in crate::store) const RUN_COLUMNS: &str =
 pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM sessions GROUP BY status";
 
+/// Queued runs free of dependencies: the runs of tasks that wait for
+/// others are not in the queue yet.
 pub(in crate::store) const COUNT_QUEUED_RUNS: &str =
     "SELECT COUNT(*) FROM task_runs WHERE status = 'queued' AND deps_left = 0";
 
@@ -70,43 +72,57 @@ pub(in crate::store) static AGENT_MATCHES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Whether any agent is free to take some run (`$1` now, `$2` whether
-/// UNKNOWN agents may be sent tasks, `$3` the default TTL, `$4` the grace):
-/// when none is, a claim stops before it looks at the due runs.
-pub(in crate::store) static ANY_AGENT_FREE: LazyLock<String> = LazyLock::new(|| {
+/// How many agents (at most `$5`) are free to take some run (`$1` now,
+/// `$2` whether UNKNOWN agents may be sent tasks, `$3` the default TTL,
+/// `$4` the grace): a claim takes no more runs than that, and none when
+/// no agent is free, before it looks at the due runs.
+pub(in crate::store) static FREE_AGENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT 1 FROM agents a WHERE a.deregistered_at_us IS NULL AND {} AND NOT ({}) \
+        "SELECT COUNT(*) FROM (SELECT 1 FROM agents a WHERE a.deregistered_at_us IS NULL \
+         AND {} AND NOT ({}) \
          AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id AND f.status IN {}) \
-         LIMIT 1",
+         LIMIT $5) free",
         crate::domain::run_rules::may_send_sql("a.state", "1", "$2"),
         crate::store::Liveness::expired_sql("a.", "$3", "$4", "$1"),
         IN_FLIGHT.as_str()
     )
 });
 
-/// Due runs free of dependencies that some free agent may take.
+/// Due runs free of dependencies that some free agent may take. A run
+/// pinned to its agent looks that one agent up by its key: the pool test
+/// is only for runs that hold none (an `OR` of both would make every due
+/// run scan every agent).
 pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT r.run_id, r.session_id, r.task_name, r.payload, r.attempts, r.task_id, \
                 s.traceparent, s.tracestate, r.inputs_from \
          FROM task_runs r JOIN sessions s ON s.session_id = r.session_id \
          WHERE r.status = 'queued' AND r.due_at_us <= $1 AND r.deps_left = 0 \
-           AND EXISTS (SELECT 1 FROM agents a WHERE {} AND {}) \
+           AND ((r.agent_id IS NOT NULL \
+                 AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = r.agent_id AND {free})) \
+             OR (r.agent_id IS NULL \
+                 AND EXISTS (SELECT 1 FROM agents a WHERE {free} AND {pool}))) \
          ORDER BY r.due_at_us LIMIT $3",
-        AGENT_FREE.as_str(),
-        AGENT_MATCHES.as_str(),
+        free = AGENT_FREE.as_str(),
+        pool = crate::domain::run_rules::pool_match_sql("s", "r", "a"),
     )
 });
 
 /// The free agents that may take run `$3` (placeholders as in
-/// [`AGENT_FREE`]), in id order, at most 64.
+/// [`AGENT_FREE`]), in id order, at most 64: its own agent when it is
+/// pinned to one (looked up by key), else those of its pool.
 pub(in crate::store) static CLAIM_AGENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT a.agent_id, a.contact_endpoint \
+         FROM task_runs r JOIN agents a ON a.agent_id = r.agent_id \
+         WHERE r.run_id = $3 AND {free} \
+         UNION ALL \
+         SELECT * FROM (SELECT a.agent_id, a.contact_endpoint \
          FROM task_runs r JOIN sessions s ON s.session_id = r.session_id, agents a \
-         WHERE r.run_id = $3 AND {} AND {} ORDER BY a.agent_id LIMIT 64",
-        AGENT_FREE.as_str(),
-        AGENT_MATCHES.as_str(),
+         WHERE r.run_id = $3 AND r.agent_id IS NULL AND {free} AND {pool} \
+         ORDER BY a.agent_id LIMIT 64) pooled",
+        free = AGENT_FREE.as_str(),
+        pool = crate::domain::run_rules::pool_match_sql("s", "r", "a"),
     )
 });
 
