@@ -81,6 +81,7 @@ pub struct Metrics {
     pool_idle: Family<PoolLabel, Gauge>,
     pool_max: Family<PoolLabel, Gauge>,
     store_errors: Counter,
+    agent_reads: Family<ReadLabels, Counter>,
     log_lines_dropped: Counter,
     process: process::ProcessMetrics,
     /// Serialises scrapes: a refresh clears and refills gauge families.
@@ -199,6 +200,12 @@ impl Metrics {
             "Open database connections, by pool",
             pool_connections.clone(),
         );
+        let agent_reads = Family::<ReadLabels, Counter>::default();
+        r.register(
+            "opscore_agent_reads",
+            "Agent reads answered (read: state, agent, list), by source: memory (the read model) or database",
+            agent_reads.clone(),
+        );
         let pool_idle = Family::<PoolLabel, Gauge>::default();
         r.register(
             "opscore_db_pool_idle_connections",
@@ -259,6 +266,7 @@ impl Metrics {
             pool_idle,
             pool_max,
             store_errors,
+            agent_reads,
             log_lines_dropped,
             process,
             scrape: tokio::sync::Mutex::new(()),
@@ -400,6 +408,15 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(i64::try_from(p.idle).unwrap_or(i64::MAX));
             self.pool_max.get_or_create(&label).set(i64::from(p.max));
+        }
+        let reads = store.agent_reads();
+        for (i, read) in crate::store::AGENT_READS.into_iter().enumerate() {
+            for (source, n) in [("memory", reads.memory[i]), ("database", reads.database[i])] {
+                // The store counts; this catches the counter up (scrapes
+                // run one at a time).
+                let c = self.agent_reads.get_or_create(&ReadLabels { read, source });
+                c.inc_by(n.saturating_sub(c.get()));
+            }
         }
         let agents = store.count_agents_by_state().await?;
         let sessions = store.count_sessions_by_status().await?;
