@@ -6,6 +6,11 @@
 //! agents and times until every session has completed: each session is two
 //! dispatches, four state reports and their database transactions.
 //!
+//! Three shapes run one after the other on one server: the sample workflow
+//! triggered per agent (1.4), the same chain triggered on the pool of every
+//! agent with its capability (§3.3), and the simulator's fan-out and join
+//! (`sim_parallel`: five tasks, three of them at once) on that pool.
+//!
 //! `cargo bench --bench sessions` runs it on SQLite; with
 //! OPSCORE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres it
 //! also runs on a scratch PostgreSQL database (created and dropped).
@@ -27,10 +32,10 @@ const KEY: &str = "bench-admin-key-0123456789";
 async fn main() -> anyhow::Result<()> {
     let sessions = env_usize("BENCH_SESSIONS", 2000);
     let agents = env_usize("BENCH_AGENTS", 50);
-    println!("sessions completed per second: {sessions} sessions of the 2-task sample workflow over {agents} simulated agents");
+    println!("sessions completed per second: {sessions} sessions of each shape over {agents} simulated agents");
     println!(
-        "{:<10} {:>10} {:>12} {:>12}",
-        "backend", "seconds", "sessions/s", "tasks/s"
+        "{:<10} {:<13} {:>10} {:>12} {:>12}",
+        "backend", "shape", "seconds", "sessions/s", "tasks/s"
     );
     common::on_each_backend(|label, url| async move { run(label, &url, sessions, agents).await })
         .await
@@ -82,15 +87,91 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    client
+        .post_json("/v1/opscore/workflows", &opscore::sim::parallel_demo())
+        .await?;
+    for shape in Shape::ALL {
+        run_shape(label, &client, shape, sessions, agents).await?;
+    }
+    sim_stop.cancel();
+    let _ = sim.await;
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// How the sessions are triggered.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// The 2-task sample chain, each session on one named agent.
+    AgentChain,
+    /// The same chain on the pool of agents with its capability.
+    PoolChain,
+    /// `sim_parallel` (split, three parts at once, merge) on that pool.
+    PoolFanOut,
+}
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::AgentChain, Shape::PoolChain, Shape::PoolFanOut];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::AgentChain => "agent chain",
+            Shape::PoolChain => "pool chain",
+            Shape::PoolFanOut => "pool fan-out",
+        }
+    }
+
+    fn tasks(self) -> f64 {
+        match self {
+            Shape::AgentChain | Shape::PoolChain => 2.0,
+            Shape::PoolFanOut => 5.0,
+        }
+    }
+
+    /// The trigger's path and body for session `i`.
+    fn trigger(self, i: usize, agents: usize) -> (String, Value) {
+        let pool = json!({"capability": "summarise"});
+        match self {
+            Shape::AgentChain => (
+                format!("/v1/opscore/agent/bench-{}/workflow", i % agents),
+                json!({"workflowDefinitionId": "sample_workflow_id", "initialPayload": {"i": i}}),
+            ),
+            Shape::PoolChain => (
+                "/v1/opscore/workflows/sample_workflow_id/trigger".to_owned(),
+                json!({"agentSelector": pool, "initialPayload": {"i": i}}),
+            ),
+            Shape::PoolFanOut => (
+                format!(
+                    "/v1/opscore/workflows/{}/trigger",
+                    opscore::sim::PARALLEL_DEMO
+                ),
+                json!({"agentSelector": pool, "initialPayload": {"i": i}}),
+            ),
+        }
+    }
+}
+
+async fn completed(client: &opscore::client::Client) -> anyhow::Result<usize> {
+    let v: Value = client.get_json("/v1/opscore/sessions/counts").await?;
+    Ok(v["completed"].as_u64().unwrap_or(0) as usize)
+}
+
+async fn run_shape(
+    label: &str,
+    client: &opscore::client::Client,
+    shape: Shape,
+    sessions: usize,
+    agents: usize,
+) -> anyhow::Result<()> {
+    let before = completed(client).await?;
     let started = Instant::now();
     futures::stream::iter(0..sessions)
         .map(|i| {
             let client = client.clone();
             async move {
-                let body = json!({"workflowDefinitionId": "sample_workflow_id", "initialPayload": {"i": i}});
-                client
-                    .post_json(&format!("/v1/opscore/agent/bench-{}/workflow", i % agents), &body)
-                    .await
+                let (path, body) = shape.trigger(i, agents);
+                client.post_json(&path, &body).await
             }
         })
         .buffer_unordered(32)
@@ -101,15 +182,7 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
         })
         .await;
     loop {
-        let mut done = 0;
-        for a in 0..agents {
-            let v: Value = client
-                .get_json(&format!(
-                    "/v1/opscore/agent/bench-{a}/sessions?status=completed&limit=1000"
-                ))
-                .await?;
-            done += v["items"].as_array().map_or(0, Vec::len);
-        }
+        let done = completed(client).await? - before;
         if done >= sessions {
             break;
         }
@@ -120,13 +193,10 @@ async fn run(label: &str, url: &str, sessions: usize, agents: usize) -> anyhow::
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{label:<10} {secs:>10.2} {:>12.0} {:>12.0}",
+        "{label:<10} {:<13} {secs:>10.2} {:>12.0} {:>12.0}",
+        shape.name(),
         sessions as f64 / secs,
-        2.0 * sessions as f64 / secs
+        shape.tasks() * sessions as f64 / secs
     );
-    sim_stop.cancel();
-    let _ = sim.await;
-    stop.cancel();
-    server.await??;
     Ok(())
 }

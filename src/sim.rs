@@ -76,7 +76,7 @@ pub const PARALLEL_DEMO: &str = "sim_parallel";
 
 /// [`PARALLEL_DEMO`]: one task fans out to three that run at the same time
 /// on different agents of a pool, and a join that gets their outputs.
-fn parallel_demo() -> Value {
+pub fn parallel_demo() -> Value {
     json!({"id": PARALLEL_DEMO, "name": "Simulated fan-out and join",
         "description": "Stored by opscore simulate: split, three parallel parts, merge.",
         "tasks": [

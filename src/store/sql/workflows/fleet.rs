@@ -190,14 +190,12 @@ where
         let mut events = Vec::with_capacity(again.len() + 2);
         for (i, max_retries) in &again {
             let (run_id, task_id, run_agent, _, attempts, _) = &rows[*i];
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE task_runs SET status = 'queued', max_retries = $3, \
                  due_at_us = CASE WHEN deps_left > 0 THEN $4 ELSE $2 END, \
-                 finished_at_us = NULL, lease_owner = NULL, \
-                 agent_id = CASE WHEN (SELECT s.agent_id FROM sessions s \
-                   WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END \
-                 WHERE run_id = $1 AND status IN ('failed', 'cancelled')",
-            )
+                 finished_at_us = NULL, lease_owner = NULL, {RELEASE_POOL_AGENT} \
+                 WHERE run_id = $1 AND status IN ('failed', 'cancelled')"
+            ))
             .bind(run_id)
             .bind(now)
             .bind(*max_retries)

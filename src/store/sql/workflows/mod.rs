@@ -26,6 +26,12 @@ pub(in crate::store) const RUN_COLUMNS: &str =
 pub(in crate::store) const COUNT_SESSIONS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM sessions GROUP BY status";
 
+/// The assignment that frees a run being queued again for any agent of
+/// its pool (docs/api.md §3.3); a per-agent session's run keeps its agent.
+/// Pool sessions store `''` as their agent.
+pub(in crate::store) const RELEASE_POOL_AGENT: &str = "agent_id = CASE WHEN (SELECT s.agent_id \
+     FROM sessions s WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END";
+
 /// Queued runs free of dependencies: the runs of tasks that wait for
 /// others are not in the queue yet.
 pub(in crate::store) const COUNT_QUEUED_RUNS: &str =

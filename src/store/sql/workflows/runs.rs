@@ -355,9 +355,7 @@ where
                 // until claimed again (a per-agent session keeps its own).
                 let queued = sqlx::query(&format!(
                     "UPDATE task_runs SET status = 'queued', due_at_us = $2, last_error = $3, \
-                     agent_id = CASE WHEN (SELECT s.agent_id FROM sessions s \
-                       WHERE s.session_id = task_runs.session_id) = '' THEN NULL ELSE agent_id END \
-                     WHERE run_id = $1 AND status IN {guard}"
+                     {RELEASE_POOL_AGENT} WHERE run_id = $1 AND status IN {guard}"
                 ))
                 .bind(&run.run_id)
                 .bind(due)
