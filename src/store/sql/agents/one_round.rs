@@ -18,11 +18,10 @@ use std::collections::HashMap;
 use serde_json::json;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
-use super::reports::{apply_reports_sql, SUPERSEDED_LATER, UNKNOWN_BELOW};
-use crate::domain::event::NewEvent;
+use super::reports::apply_reports_sql;
 use crate::domain::state::StateReport;
 use crate::domain::workflow::MEANINGFUL_STATES;
-use crate::store::sql::workflows::{AgentRuns, CLAIMABLE_STATES, IN_FLIGHT};
+use crate::store::sql::workflows::{AgentRuns, IN_FLIGHT};
 use crate::store::sql::{Backend, Binds, SqlStore};
 use crate::store::{AppliedReports, StoreError, StoreResult};
 
@@ -122,27 +121,12 @@ where
                 .collect();
             for &i in chunk {
                 let r = &reports[i];
-                let Some(&(ts, received, stale_since, last_seen, reported)) =
-                    rows.get(r.agent_id.as_str())
-                else {
+                let Some(row) = rows.get(r.agent_id.as_str()) else {
                     results[i] = Err(StoreError::agent_not_found(&r.agent_id));
                     continue;
                 };
-                if reported == SUPERSEDED_LATER {
-                    sqlx::query(UNKNOWN_BELOW)
-                        .bind(r.agent_id.as_str())
-                        .bind(r.timestamp)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let fresh = stale_since == Some(0);
-                if fresh {
-                    events.push(NewEvent::fresh(r.agent_id.as_str(), last_seen));
-                }
-                let current = (ts, received) == (r.timestamp, r.received_at);
-                if current {
-                    events.push(NewEvent::state(r));
-                }
+                let (fresh, current, last_seen) =
+                    Self::note_applied(&mut tx, r, row, &mut events).await?;
                 applied.push((r, current, last_seen));
                 moved.push((i, fresh, current));
             }
@@ -195,8 +179,7 @@ where
         for (i, fresh, current) in moved {
             let r = &reports[i];
             let agent = r.agent_id.as_str();
-            let claimable = fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
-            dispatchable |= claimable && (runs.unassigned || runs.queued.contains(agent));
+            dispatchable |= runs.may_wake(r, fresh, current);
             // A run waiting for a retry counts too: a report naming it
             // may show the agent has it after all.
             if (runs.in_flight.contains(agent) || runs.queued.contains(agent))

@@ -7,7 +7,7 @@ use super::*;
 use crate::domain::event::NewEvent;
 use crate::domain::state::StateReport;
 use crate::domain::workflow::MEANINGFUL_STATES;
-use crate::store::sql::workflows::{AGENT_CHUNK, CLAIMABLE_STATES};
+use crate::store::sql::workflows::AGENT_CHUNK;
 use crate::store::sql::{value_rows, Backend, Binds, SqlStore};
 use crate::store::{AppliedReports, StoreError, StoreResult};
 
@@ -192,31 +192,13 @@ where
                     .collect();
                 for &i in chunk {
                     let r = &reports[i];
-                    let Some(&(ts, received, stale_since, last_seen, reported)) =
-                        rows.get(r.agent_id.as_str())
-                    else {
+                    let Some(row) = rows.get(r.agent_id.as_str()) else {
                         results[i] = Err(StoreError::agent_not_found(&r.agent_id));
                         continue;
                     };
-                    if reported == SUPERSEDED_LATER {
-                        sqlx::query(UNKNOWN_BELOW)
-                            .bind(r.agent_id.as_str())
-                            .bind(r.timestamp)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    let fresh = stale_since == Some(0);
-                    if fresh {
-                        events.push(NewEvent::fresh(r.agent_id.as_str(), last_seen));
-                    }
-                    let current = (ts, received) == (r.timestamp, r.received_at);
-                    if current {
-                        events.push(NewEvent::state(r));
-                    }
-                    let claimable =
-                        fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
-                    dispatchable |=
-                        claimable && (runs.unassigned || runs.queued.contains(r.agent_id.as_str()));
+                    let (fresh, current, last_seen) =
+                        Self::note_applied(&mut tx, r, row, &mut events).await?;
+                    dispatchable |= runs.may_wake(r, fresh, current);
                     applied_reports.push((r, current, last_seen));
                 }
             }
@@ -264,6 +246,48 @@ where
             results,
             dispatchable,
         })
+    }
+}
+
+/// What the apply statement answers for one agent's report: its agent's
+/// `(ts, received, stale_since, last_seen, reported)` after the update.
+pub(in crate::store) type AppliedRow = (i64, i64, Option<i64>, i64, i64);
+
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: Executor<'c, Database = B>,
+    for<'q> B::Arguments<'q>: IntoArguments<'q, B>,
+    for<'q> &'q str: Encode<'q, B> + Type<B>,
+    for<'q> i64: Encode<'q, B> + Type<B>,
+{
+    /// The bookkeeping of one applied report, the same whichever way the
+    /// batch reached the database: a late report that took a later one's
+    /// place moves that one's history below it; the events of an agent
+    /// becoming fresh again and of a state becoming current. Returns
+    /// `(fresh, current, last_seen)`.
+    pub(in crate::store) async fn note_applied(
+        conn: &mut B::Connection,
+        r: &StateReport,
+        &(ts, received, stale_since, last_seen, reported): &AppliedRow,
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<(bool, bool, i64)> {
+        if reported == SUPERSEDED_LATER {
+            sqlx::query(UNKNOWN_BELOW)
+                .bind(r.agent_id.as_str())
+                .bind(r.timestamp)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let fresh = stale_since == Some(0);
+        if fresh {
+            events.push(NewEvent::fresh(r.agent_id.as_str(), last_seen));
+        }
+        let current = (ts, received) == (r.timestamp, r.received_at);
+        if current {
+            events.push(NewEvent::state(r));
+        }
+        Ok((fresh, current, last_seen))
     }
 }
 

@@ -13,6 +13,7 @@ mod sessions;
 
 use std::sync::LazyLock;
 
+use crate::domain::state::StateReport;
 use crate::domain::workflow::{RunStatus, SessionStatus};
 
 pub(in crate::store) const SESSION_COLUMNS: &str =
@@ -228,6 +229,16 @@ pub(in crate::store) struct AgentRuns {
     /// Some queued run of a pool holds no agent yet: any agent becoming
     /// idle or fresh may let it go out.
     pub unassigned: bool,
+}
+
+impl AgentRuns {
+    /// Whether `r`, applied (`fresh`: it ended the agent's staleness;
+    /// `current`: it became the agent's state), may have made a queued run
+    /// claimable, so the dispatcher should look now.
+    pub fn may_wake(&self, r: &StateReport, fresh: bool, current: bool) -> bool {
+        let claimable = fresh || (current && CLAIMABLE_STATES.contains(&r.state.as_str()));
+        claimable && (self.unassigned || self.queued.contains(r.agent_id.as_str()))
+    }
 }
 
 /// A run claimed by a dispatcher that has not recorded the answer yet.
