@@ -94,6 +94,11 @@ pub(super) struct ReadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct BatchLabels {
+    pub(super) path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct PoolLabel {
     pub(super) pool: &'static str,
 }

@@ -82,6 +82,7 @@ pub struct Metrics {
     pool_max: Family<PoolLabel, Gauge>,
     store_errors: Counter,
     agent_reads: Family<ReadLabels, Counter>,
+    report_batches: Family<BatchLabels, Counter>,
     log_lines_dropped: Counter,
     process: process::ProcessMetrics,
     /// Serialises scrapes: a refresh clears and refills gauge families.
@@ -206,6 +207,12 @@ impl Metrics {
             "Agent reads answered (read: state, agent, list), by source: memory (the read model) or database",
             agent_reads.clone(),
         );
+        let report_batches = Family::<BatchLabels, Counter>::default();
+        r.register(
+            "opscore_report_batches",
+            "Batches of state reports stored, by path: one_statement (one round trip, committed on its own; PostgreSQL, when no task moves) or transaction",
+            report_batches.clone(),
+        );
         let pool_idle = Family::<PoolLabel, Gauge>::default();
         r.register(
             "opscore_db_pool_idle_connections",
@@ -267,6 +274,7 @@ impl Metrics {
             pool_max,
             store_errors,
             agent_reads,
+            report_batches,
             log_lines_dropped,
             process,
             scrape: tokio::sync::Mutex::new(()),
@@ -417,6 +425,11 @@ impl Metrics {
                 let c = self.agent_reads.get_or_create(&ReadLabels { read, source });
                 c.inc_by(n.saturating_sub(c.get()));
             }
+        }
+        let batches = store.report_batches();
+        for (path, n) in crate::store::REPORT_BATCH_PATHS.into_iter().zip(batches) {
+            let c = self.report_batches.get_or_create(&BatchLabels { path });
+            c.inc_by(n.saturating_sub(c.get()));
         }
         let agents = store.count_agents_by_state().await?;
         let sessions = store.count_sessions_by_status().await?;

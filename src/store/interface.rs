@@ -270,6 +270,11 @@ pub trait AgentStore: Send + Sync + 'static {
     /// metrics, and for tests that check reads stay off the database). No
     /// I/O.
     fn agent_reads(&self) -> AgentReads;
+
+    /// Report batches stored so far, by how, in
+    /// [`REPORT_BATCH_PATHS`](super::REPORT_BATCH_PATHS) order (for
+    /// metrics, and for tests that check which way a batch went). No I/O.
+    fn report_batches(&self) -> [u64; 2];
 }
 
 /// Workflows: definitions, sessions, and the durable queue of task runs.

@@ -80,6 +80,12 @@ impl Agent {
     }
 }
 
+/// How a batch of state reports was stored, in the order of
+/// [`AgentStore::report_batches`]: in one statement committed on its own
+/// (PostgreSQL, when the batch moves no task on), or in a transaction of
+/// several statements.
+pub const REPORT_BATCH_PATHS: [&str; 2] = ["one_statement", "transaction"];
+
 /// The agent reads [`AgentStore::agent_reads`] counts, in its order.
 pub const AGENT_READS: [&str; 3] = ["state", "agent", "list"];
 

@@ -79,6 +79,8 @@ impl SqlStore<Postgres> {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(opts.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(super::health::idle_check)
             .after_release(super::health::release_check)
             .connect_with(connect)
             .await

@@ -1,6 +1,7 @@
-//! Counts of agent reads by where they were answered: what
+//! Counts of agent reads by where they were answered (what
 //! `opscore_agent_reads` shows, and what tests use to check that steady
-//! state reads stay off the database.
+//! state reads stay off the database), and of report batches by how they
+//! were written (`opscore_report_batches`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,5 +43,26 @@ impl ReadCounters {
             memory: load(&self.memory),
             database: load(&self.database),
         }
+    }
+}
+
+/// Report batches stored, by how ([`super::REPORT_BATCH_PATHS`]).
+#[derive(Debug, Default)]
+pub(crate) struct BatchCounters([AtomicU64; 2]);
+
+impl BatchCounters {
+    /// A batch stored in one statement, committed on its own.
+    pub(crate) fn one_statement(&self) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch stored in a transaction of several statements.
+    pub(crate) fn transaction(&self) {
+        self.0[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far, in [`super::REPORT_BATCH_PATHS`] order.
+    pub(crate) fn snapshot(&self) -> [u64; 2] {
+        self.0.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 }

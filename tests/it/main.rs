@@ -34,6 +34,7 @@ mod quiet_agents;
 mod read_model;
 mod reads;
 mod replicas;
+mod report_batches;
 mod retention;
 mod revisions;
 mod slow_bodies;

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, Notify};
 pub use backend::{Backend, Binds};
 
 use super::readmodel::ReadModel;
-use super::reads::ReadCounters;
+use super::reads::{BatchCounters, ReadCounters};
 use super::{EngineRules, KeyChange, OnSessionEnd, PoolStats, RemoteSignals};
 
 /// Key changes buffered for a key cache that falls behind (it then reads
@@ -48,6 +48,8 @@ pub struct SqlStore<B: Backend> {
     model: Arc<ReadModel>,
     /// Agent reads answered, by source.
     reads: Arc<ReadCounters>,
+    /// Report batches stored, by how.
+    batches: Arc<BatchCounters>,
     /// How far the feed may be read (see `horizon`).
     horizon: Arc<horizon::FeedHorizon>,
 }
@@ -74,6 +76,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             keys: self.keys.clone(),
             model: self.model.clone(),
             reads: self.reads.clone(),
+            batches: self.batches.clone(),
             horizon: self.horizon.clone(),
         }
     }
@@ -103,6 +106,7 @@ impl<B: Backend> SqlStore<B> {
             keys: broadcast::channel(KEY_CHANGES).0,
             model,
             reads: Arc::default(),
+            batches: Arc::default(),
             horizon: Arc::default(),
         }
     }
@@ -110,6 +114,11 @@ impl<B: Backend> SqlStore<B> {
     /// Agent reads answered so far, by source.
     pub(super) fn reads(&self) -> &ReadCounters {
         &self.reads
+    }
+
+    /// Report batches stored so far, by how.
+    pub(super) fn batches(&self) -> &BatchCounters {
+        &self.batches
     }
 
     /// The pool every write goes through.

@@ -587,6 +587,10 @@ where
     fn agent_reads(&self) -> AgentReads {
         self.reads().snapshot()
     }
+
+    fn report_batches(&self) -> [u64; 2] {
+        self.batches().snapshot()
+    }
 }
 
 #[cfg(test)]

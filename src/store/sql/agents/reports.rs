@@ -43,31 +43,33 @@ pub(in crate::store) const UNKNOWN_BELOW: &str = "UPDATE state_history SET ts_us
 /// `state_reported` ([`SUPERSEDED_LATER`] when the report took the place of
 /// a later `UNKNOWN`). A deregistered or unknown agent returns no row.
 pub(in crate::store) fn apply_reports_sql(rows: usize, binds: Binds) -> String {
+    let values = value_rows(rows, &["TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"], binds);
+    update_states_sql(&format!("(VALUES {values}) AS v"))
+}
+
+/// A report (`v`) takes the place of a later `UNKNOWN` the service set
+/// (the agent's row as it was before the update): [`SUPERSEDED_LATER`].
+pub(in crate::store) const SUPERSEDES_LATER: &str =
+    "state_reported = 0 AND state_ts_us > v.column4";
+
+/// The `UPDATE` of [`apply_reports_sql`] from `source`, a row source named
+/// `v` whose columns `column1` to `column5` are the reports' five values.
+pub(in crate::store) fn update_states_sql(source: &str) -> String {
     const NEWER: &str = "(state_reported = 0 OR state_ts_us < v.column4 \
                          OR (state_ts_us = v.column4 AND state_received_us <= v.column5))";
-    let mut sql = format!(
+    format!(
         "UPDATE agents SET \
          last_seen_us = CASE WHEN last_seen_us < v.column5 THEN v.column5 ELSE last_seen_us END, \
          state = CASE WHEN {NEWER} THEN v.column2 ELSE state END, \
          state_details = CASE WHEN {NEWER} THEN v.column3 ELSE state_details END, \
          state_ts_us = CASE WHEN {NEWER} THEN v.column4 ELSE state_ts_us END, \
          state_received_us = CASE WHEN {NEWER} THEN v.column5 ELSE state_received_us END, \
-         state_reported = CASE WHEN state_reported = 0 AND state_ts_us > v.column4 \
-                               THEN {SUPERSEDED_LATER} ELSE 1 END, \
+         state_reported = CASE WHEN {SUPERSEDES_LATER} THEN {SUPERSEDED_LATER} ELSE 1 END, \
          stale_since_us = CASE WHEN stale_since_us > 0 THEN 0 ELSE NULL END \
-         FROM (VALUES "
-    );
-    sql.push_str(&value_rows(
-        rows,
-        &["TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"],
-        binds,
-    ));
-    sql.push_str(
-        ") AS v WHERE agents.agent_id = v.column1 AND agents.deregistered_at_us IS NULL \
+         FROM {source} WHERE agents.agent_id = v.column1 AND agents.deregistered_at_us IS NULL \
          RETURNING agents.agent_id, agents.state_ts_us, agents.state_received_us, \
-         agents.stale_since_us, agents.last_seen_us, CAST(agents.state_reported AS BIGINT)",
-    );
-    sql
+         agents.stale_since_us, agents.last_seen_us, CAST(agents.state_reported AS BIGINT)"
+    )
 }
 
 /// Locks the rows of `rows` agents (binds `$1`…, given in ascending byte
@@ -236,6 +238,7 @@ where
         }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;
+        self.batches().transaction();
         // Every report is a sighting, also one that did not become
         // current (no event says so); the states come with the events.
         for (r, _, last_seen) in applied_reports {

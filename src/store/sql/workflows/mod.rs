@@ -178,6 +178,31 @@ pub(in crate::store) const RECOVER_LEASES: &str =
 pub(in crate::store) static IN_FLIGHT: LazyLock<String> =
     LazyLock::new(|| sql_list(RunStatus::ALL, RunStatus::in_flight, RunStatus::as_str));
 
+/// Statuses of a run a report may move on, as an SQL list: in flight, or
+/// queued (a report naming it may show the agent has it after all).
+pub(in crate::store) static MOVABLE_BY_REPORT: LazyLock<String> = LazyLock::new(|| {
+    sql_list(
+        RunStatus::ALL,
+        |s| s.in_flight() || s == RunStatus::Queued,
+        RunStatus::as_str,
+    )
+});
+
+/// The states in which a report may move a task on
+/// ([`MEANINGFUL_STATES`](crate::domain::workflow::MEANINGFUL_STATES)) or
+/// let a queued one go out ([`CLAIMABLE_STATES`]), as an SQL list.
+pub(in crate::store) static STATES_FOR_RUNS: LazyLock<String> = LazyLock::new(|| {
+    let mut states = crate::domain::workflow::MEANINGFUL_STATES.to_vec();
+    states.extend(
+        CLAIMABLE_STATES
+            .iter()
+            .filter(|s| !states.contains(s))
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    sql_list(states, |_| true, |s| s)
+});
+
 /// Statuses of an unfinished run (not [`RunStatus::is_final`]), as an SQL
 /// list.
 pub(in crate::store) static UNFINISHED_RUNS: LazyLock<String> =
