@@ -97,7 +97,8 @@ async fn batches_go_one_statement_unless_they_need_more(backend: Backend) {
     let mut short = register_payload("short", "Short", &["summarise"], "http://short.test/task");
     short["agent_details"]["metadata"]["ttlSeconds"] = json!(1);
     assert_eq!(s.notify_bearer(&short).await.status, StatusCode::OK);
-    let t = |secs| ts_at(future_base(), secs);
+    let base = future_base();
+    let t = |secs| ts_at(base, secs);
 
     // Plain reports: stored in full, whichever way they went.
     let mark = head(&s).await;

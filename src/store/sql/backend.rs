@@ -73,9 +73,12 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// an agent another holds); `""` where one dispatcher runs per
     /// database (SQLite).
     const AGENT_CLAIM_LOCK: &'static str;
-    /// Run by every event-writing transaction before it inserts its
-    /// events: tells other processes' feeds to look (delivered at commit);
-    /// `""` where one process owns the database.
+    /// Sent after event-writing commits, on its own and never inside a
+    /// write transaction: tells other processes' feeds to look; `""` where
+    /// one process owns the database. (PostgreSQL takes one lock for every
+    /// transaction that notifies and holds it through the commit's WAL
+    /// flush: a NOTIFY inside each write transaction made every replica's
+    /// commits wait on one another.)
     const EVENT_NOTIFY: &'static str;
     /// Takes a feed [`Mark`](super::horizon::Mark) and the oldest xid
     /// running in the database after it: one row `(reserved, xid_bound,

@@ -8,8 +8,8 @@
 //! in call order, not commit order, and writers take no lock shared with
 //! each other (several replicas commit at once); instead every read stops at
 //! the feed horizon (`sql::horizon`), below which no event can still
-//! appear. `flush_events` sends a NOTIFY, delivered at commit, that wakes
-//! the feed of every other replica.
+//! appear. After each event-writing commit, the process tells every other
+//! replica's feed to look (`SqlStore::announce_commits`).
 
 use std::sync::LazyLock;
 
@@ -77,10 +77,6 @@ where
         let mut indexed = Vec::new();
         if events.is_empty() {
             return Ok(indexed);
-        }
-        let notify: &str = B::EVENT_NOTIFY;
-        if !notify.is_empty() {
-            sqlx::query(notify).execute(&mut *conn).await?;
         }
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = format!(
@@ -394,6 +390,7 @@ impl<B: Backend> SqlStore<B> {
         }
         if !events.is_empty() {
             self.feed().notify_one();
+            self.announce().notify_one();
         }
     }
 }

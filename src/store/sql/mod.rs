@@ -52,6 +52,8 @@ pub struct SqlStore<B: Backend> {
     batches: Arc<BatchCounters>,
     /// How far the feed may be read (see `horizon`).
     horizon: Arc<horizon::FeedHorizon>,
+    /// Rung after each event-writing commit (see `announce_commits`).
+    announce: Arc<Notify>,
 }
 
 impl<B: Backend> std::fmt::Debug for SqlStore<B> {
@@ -78,6 +80,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             reads: self.reads.clone(),
             batches: self.batches.clone(),
             horizon: self.horizon.clone(),
+            announce: self.announce.clone(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl<B: Backend> SqlStore<B> {
             reads: Arc::default(),
             batches: Arc::default(),
             horizon: Arc::default(),
+            announce: Arc::new(Notify::new()),
         }
     }
 
@@ -159,18 +163,60 @@ impl<B: Backend> SqlStore<B> {
         pools
     }
 
-    /// Until `stop`, hear what other replicas do: their events wake
-    /// `wake`, their key changes go to [`key_changes`](Self::key_changes).
+    /// Until `stop`, hear what other replicas do (their events wake
+    /// `wake`, their key changes go to [`key_changes`](Self::key_changes)),
+    /// and tell them of this process's commits ([`Self::announce_commits`]).
     pub(super) async fn follow_remote(
         &self,
         wake: Arc<Notify>,
         stop: tokio_util::sync::CancellationToken,
-    ) {
+    ) where
+        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    {
         let signals = RemoteSignals {
             events: wake,
             keys: self.keys.clone(),
         };
-        B::follow_remote(&self.write, signals, stop).await
+        tokio::join!(
+            B::follow_remote(&self.write, signals, stop.clone()),
+            self.announce_commits(stop)
+        );
+    }
+
+    /// What event-writing commits ring to have [`Self::announce_commits`]
+    /// tell the other replicas.
+    pub(super) fn announce(&self) -> &Notify {
+        &self.announce
+    }
+
+    /// Until `stop`, send [`Backend::EVENT_NOTIFY`] after event-writing
+    /// commits, on its own: one at a time, so the commits made while one
+    /// is on its way share the next. Other replicas' feeds also look on a
+    /// timer, so a NOTIFY lost (the process stopped, the database was
+    /// unreachable) delays them, never loses an event.
+    async fn announce_commits(&self, stop: tokio_util::sync::CancellationToken)
+    where
+        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+        for<'q> B::Arguments<'q>: sqlx::IntoArguments<'q, B>,
+    {
+        let notify: &str = B::EVENT_NOTIFY;
+        if notify.is_empty() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.announce.notified() => {}
+            }
+            if let Err(e) = sqlx::query(notify).execute(&self.write).await {
+                tracing::debug!(error = %e, "cannot tell other replicas of new events");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+        }
     }
 
     /// Keys other replicas create or revoke from now on.

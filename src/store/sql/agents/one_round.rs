@@ -5,22 +5,20 @@
 //! First, in **one statement** and so one round trip, committed on its own
 //! ([`one_statement_sql`]): lock the agents' rows in id order, update their
 //! current states, insert the history rows and the `agent.state` events of
-//! the reports that became current, and send the NOTIFY other replicas'
-//! feeds wake on. The statement first checks that the batch needs nothing
-//! more: no report for an agent with a task run in flight or queued in a
-//! state that may move the task on (decided in Rust) or let it go out, none
-//! that ends an agent's
-//! staleness (an `agent.fresh` event) and none that takes the place of a
-//! later `UNKNOWN` (its history entry is moved). If one does, it writes
-//! nothing and says so, and the batch is applied as below.
+//! the reports that became current. The statement first checks that the
+//! batch needs nothing more: no report for an agent with a task run in
+//! flight or queued in a state that may move the task on (decided in Rust)
+//! or let it go out, none that ends an agent's staleness (an `agent.fresh`
+//! event) and none that takes the place of a later `UNKNOWN` (its history
+//! entry is moved). If one does, it writes nothing and says so, and the
+//! batch is applied as below.
 //!
 //! Otherwise, two statements between BEGIN and COMMIT instead of six:
 //!
 //! 1. lock the agents' rows in id order and update their current states
 //!    ([`lock_and_apply_sql`]);
-//! 2. the history rows, the events, the NOTIFY for other replicas, and which
-//!    of the agents have task runs ([`tail_sql`]), after the locks are held,
-//!    as the separate query did.
+//! 2. the history rows, the events, and which of the agents have task runs
+//!    ([`tail_sql`]), after the locks are held, as the separate query did.
 //!
 //! Only agents with a task run (known from 2) take more statements, to move
 //! their tasks on: their events follow the batch's own, as before. The
@@ -104,8 +102,6 @@ pub(in crate::store) fn one_statement_sql(rows: usize, lock_in_order: &str) -> S
          SELECT CAST(0 AS BIGINT), agent_id, state_ts_us, state_received_us, stale_since_us, last_seen_us, state_reported FROM u \
          UNION ALL SELECT 1, agent_id, idx, 0, NULL, 0, 0 FROM e \
          UNION ALL SELECT 2, NULL, 0, 0, NULL, 0, 0 FROM go WHERE NOT ok \
-         UNION ALL SELECT 3, NULL, 0, 0, NULL, 0, 0 \
-           FROM (SELECT pg_notify('opscore_events', '') FROM (SELECT 1 FROM e LIMIT 1) AS any_event) AS n \
          UNION ALL SELECT 4, NULL, 0, 0, NULL, 0, 0 \
            WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL)",
         movable = MOVABLE_BY_REPORT.as_str(),
@@ -117,15 +113,8 @@ pub(in crate::store) fn one_statement_sql(rows: usize, lock_in_order: &str) -> S
 /// History rows (`$1`), events (`$2`, in order) and agent ids (`$3`), each
 /// a JSON array; returns `(0, agent, index)` per event inserted, `(1,
 /// agent, 0)` per agent with a run in flight, `(2, agent, 0)` per agent
-/// with a run queued. With `notify`, also sends the NOTIFY other replicas'
-/// feeds wake on (delivered at commit).
-pub(in crate::store) fn tail_sql(notify: bool) -> String {
-    let notify = if notify {
-        " UNION ALL SELECT CAST(3 AS BIGINT), NULL, CAST(0 AS BIGINT) \
-         FROM (SELECT pg_notify('opscore_events', '')) AS n"
-    } else {
-        ""
-    };
+/// with a run queued.
+pub(in crate::store) fn tail_sql() -> String {
     format!(
         "WITH h AS (INSERT INTO state_history (agent_id, state, details, ts_us, received_us) \
            SELECT x->>0, x->>1, x->>2, CAST(x->>3 AS BIGINT), CAST(x->>4 AS BIGINT) \
@@ -141,7 +130,7 @@ pub(in crate::store) fn tail_sql(notify: bool) -> String {
          UNION ALL SELECT DISTINCT CAST(2 AS BIGINT), agent_id, CAST(0 AS BIGINT) FROM task_runs \
            WHERE status = 'queued' AND agent_id IN (SELECT agent_id FROM ids) \
          UNION ALL SELECT CAST(4 AS BIGINT), NULL, CAST(0 AS BIGINT) \
-           WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL){notify}",
+           WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL)",
         in_flight = IN_FLIGHT.as_str()
     )
 }
@@ -228,7 +217,7 @@ where
             .iter()
             .map(|(r, _, _)| r.agent_id.as_str())
             .collect();
-        let rows: Vec<(i64, Option<String>, i64)> = sqlx::query_as(&tail_sql(!events.is_empty()))
+        let rows: Vec<(i64, Option<String>, i64)> = sqlx::query_as(&tail_sql())
             .bind(serde_json::Value::Array(history).to_string())
             .bind(serde_json::Value::Array(new_events).to_string())
             .bind(json!(agents).to_string())
@@ -371,11 +360,5 @@ mod tests {
             ),
             "{sql}"
         );
-    }
-
-    #[test]
-    fn the_tail_notifies_only_with_events() {
-        assert!(tail_sql(true).contains("pg_notify"));
-        assert!(!tail_sql(false).contains("pg_notify"));
     }
 }
