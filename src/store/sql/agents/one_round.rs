@@ -279,20 +279,22 @@ where
         order: &[usize],
     ) -> StoreResult<Option<AppliedReports>> {
         let sql = one_statement_sql(order.len(), B::LOCK_AGENTS_IN_ORDER);
+        // Each report's `agent.state` event, inserted if it became current.
+        let candidates: Vec<NewEvent> = order
+            .iter()
+            .map(|&i| NewEvent::state(&reports[i]))
+            .collect();
         let mut q = sqlx::query_as::<_, OneStatementRow>(&sql);
-        let mut candidates = Vec::with_capacity(order.len());
-        for &i in order {
+        for (&i, event) in order.iter().zip(&candidates) {
             let r = &reports[i];
-            let event = NewEvent::state(r);
             q = q
                 .bind(r.agent_id.as_str())
                 .bind(&r.state)
                 .bind(r.details.as_ref().map(|d| d.get()))
                 .bind(r.timestamp)
                 .bind(r.received_at)
-                .bind(event.at);
-            q = q.bind(event.data.clone());
-            candidates.push(event);
+                .bind(event.at)
+                .bind(event.data.as_str());
         }
         let mut updated = HashMap::with_capacity(order.len());
         let mut indexed = Vec::new();
