@@ -195,6 +195,7 @@ export function sessionEvent(kind, sessionId, d) {
     entry.data.status = d.status;
     entry.data.error = d.error;
     renderSession(entry);
+    readAgainAfterRefresh(entry);
     return;
   }
   if (entry && Array.isArray(entry.data.tasks)) {
@@ -204,12 +205,23 @@ export function sessionEvent(kind, sessionId, d) {
       run.attempts = d.attempt;
       run.lastError = d.error;
       renderSession(entry);
+      readAgainAfterRefresh(entry);
       return;
     }
   }
   // A session or run this panel has not seen yet: read it whole.
   if (!entry) entry = addSession(sel, { sessionId, workflowId: d.workflowId || '', status: d.status || 'started' }, true);
   refreshSession(sel, entry);
+}
+
+/**
+ * A read of the session in flight may have been answered before the event
+ * just applied, and would put the older state back when it lands: read
+ * again after it. (Every run exists from the trigger on, so no later
+ * event of an unknown run comes to set it right.)
+ */
+function readAgainAfterRefresh(entry) {
+  if (entry.refreshing) entry.again = true;
 }
 
 async function refreshSession(sel, entry) {
