@@ -123,16 +123,6 @@ fn row_is(id: &str, cond: &str) -> String {
     )
 }
 
-async fn report(s: &TestServer, id: &str, state: &str, details: Value) {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{id}/state"))
-        .json(&json!({"agentId": id, "timestamp": now(), "state": state, "details": details}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
 async fn register(s: &TestServer, id: &str, name: &str, caps: &[&str], ttl: Option<u64>) {
     let mut body = register_payload(id, name, caps, &format!("http://{id}.test/task"));
     if let Some(t) = ttl {
@@ -222,7 +212,8 @@ async fn dashboard_shows_live_changes_in_headless_chromium() {
 
     // The acceptance check: a report is on the page within two seconds of
     // its 202, badge coloured as active.
-    report(&s, "a1", "active", json!({"task": "warm-up"})).await;
+    s.report_now("a1", "active", json!({"task": "warm-up"}))
+        .await;
     let acked = Instant::now();
     b.wait_js(
         &row_is("a1", "r.querySelector('.badge').dataset.state === 'active'"),
@@ -265,7 +256,7 @@ async fn dashboard_shows_live_changes_in_headless_chromium() {
         "a1's history in the panel",
     )
     .await;
-    report(&s, "a1", "idle", Value::Null).await;
+    s.report_now("a1", "idle", Value::Null).await;
     b.wait_js(
         "return document.querySelector('#history .badge')?.dataset.state === 'idle'",
         SECOND * 5,
@@ -294,10 +285,10 @@ async fn dashboard_shows_live_changes_in_headless_chromium() {
         let body = &calls[n - 1].body;
         let ids =
             json!({"taskId": body["opscore_task_id"], "sessionId": body["opscore_session_id"]});
-        report(&s, "a1", "active", ids.clone()).await;
+        s.report_now("a1", "active", ids.clone()).await;
         let mut done = ids;
         done["result"] = json!(n);
-        report(&s, "a1", "idle", done).await;
+        s.report_now("a1", "idle", done).await;
     }
     let session = format!("#sessions li[data-session-id=\"{sid}\"]");
     b.wait_js(
@@ -329,7 +320,8 @@ async fn dashboard_shows_live_changes_in_headless_chromium() {
     .await;
     b.screenshot(&target_dir().join("dashboard-1280x800.png"))
         .await;
-    report(&s, "lazy", "error", json!({"why": "woke up grumpy"})).await;
+    s.report_now("lazy", "error", json!({"why": "woke up grumpy"}))
+        .await;
     b.wait_js(
         &row_is(
             "lazy",

@@ -68,16 +68,9 @@ async fn report(s: &TestServer, agent: &str, state: &str, details: Value) {
     .await
 }
 
+/// Trigger an inline definition on `agent`; returns the session id.
 async fn trigger(s: &TestServer, agent: &str, def: Value) -> String {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/workflow"))
-        .json(&json!({"workflowDefinition": def}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let v: Value = r.json().await.unwrap();
-    v["sessionId"].as_str().unwrap().to_owned()
+    s.trigger(agent, json!({"workflowDefinition": def})).await
 }
 
 fn ids(call: &common::agentkit::Call) -> Value {

@@ -24,34 +24,6 @@ async fn start(backend: Backend, kit: &FakeAgentKit) -> TestServer {
     .await
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339()
-}
-
-async fn report(s: &TestServer, agent: &str, state: &str) {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/state"))
-        .json(&json!({"agentId": agent, "timestamp": now(), "state": state, "details": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
-async fn trigger(s: &TestServer, agent: &str, body: Value) -> String {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/workflow"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn get(s: &TestServer, path: &str) -> (StatusCode, Value) {
     let r = s.get(path).send().await.unwrap();
     (r.status(), r.json().await.unwrap_or(Value::Null))
@@ -94,7 +66,7 @@ async fn sessions_are_listed_across_the_fleet(backend: Backend) {
     for a in ["a1", "a2"] {
         s.register(a).await;
         // Busy agents: nothing is sent, every session stays put.
-        report(&s, a, "busy").await;
+        s.report_now(a, "busy", json!({})).await;
     }
     let t0 = chrono::Utc::now();
     let mut made = Vec::new();
@@ -110,16 +82,13 @@ async fn sessions_are_listed_across_the_fleet(backend: Backend) {
         } else {
             json!({"workflowDefinitionId": wf})
         };
-        made.push(trigger(&s, agent, body).await);
+        made.push(s.trigger(agent, body).await);
     }
     let t_mid = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let last = trigger(
-        &s,
-        "a2",
-        json!({"workflowDefinitionId": "sample_workflow_id"}),
-    )
-    .await;
+    let last = s
+        .trigger("a2", json!({"workflowDefinitionId": "sample_workflow_id"}))
+        .await;
     made.push(last.clone());
     let (status, _) = post(&s, &format!("/v1/opscore/sessions/{}/cancel", made[1])).await;
     assert_eq!(status, StatusCode::OK);
@@ -227,11 +196,11 @@ async fn a_failed_session_runs_again_to_completion(backend: Backend) {
         &["one", "two", "three"],
         json!({"maxRetries": 0}),
     );
-    let sid = trigger(&s, "a1", json!({"workflowDefinition": def})).await;
+    let sid = s.trigger("a1", json!({"workflowDefinition": def})).await;
     kit.wait_calls(1, 10).await;
     kit.script(&[Reply::Status(500)]);
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     let v = s.wait_session(&sid, |v| v["status"] == "failed").await;
     assert!(
         v["error"].as_str().unwrap().contains("task two failed"),
@@ -269,12 +238,12 @@ async fn a_failed_session_runs_again_to_completion(backend: Backend) {
     let calls = kit.wait_calls(3, 10).await;
     assert_eq!(calls[2].body["opscore_task_id"], two_run.as_str());
     assert_eq!(calls[2].idempotency_key, format!("{two_run}:2"));
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     let calls = kit.wait_calls(4, 10).await;
     assert_eq!(calls[3].body["task_name"], "THREE");
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "finished").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "finished", json!({})).await;
     let v = s.wait_session(&sid, |v| v["status"] == "completed").await;
     assert_eq!(v["tasks"].as_array().unwrap().len(), 3);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -308,13 +277,10 @@ async fn a_cancelled_session_runs_again(backend: Backend) {
     let kit = FakeAgentKit::start().await;
     let s = start(backend, &kit).await;
     s.register("a1").await;
-    report(&s, "a1", "busy").await;
-    let sid = trigger(
-        &s,
-        "a1",
-        json!({"workflowDefinitionId": "sample_workflow_id"}),
-    )
-    .await;
+    s.report_now("a1", "busy", json!({})).await;
+    let sid = s
+        .trigger("a1", json!({"workflowDefinitionId": "sample_workflow_id"}))
+        .await;
     // Not failed or cancelled yet: refused.
     let (status, _) = post(&s, &format!("/v1/opscore/sessions/{sid}/retry")).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -327,13 +293,13 @@ async fn a_cancelled_session_runs_again(backend: Backend) {
     assert_eq!(v["tasks"][0]["attempts"], 0);
     assert!(kit.calls().is_empty());
     // The agent becomes free: the task goes out, and the chain completes.
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "idle", json!({})).await;
     kit.wait_calls(1, 10).await;
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     kit.wait_calls(2, 10).await;
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     s.wait_session(&sid, |v| v["status"] == "completed").await;
     s.stop().await;
 }

@@ -24,10 +24,6 @@ async fn start(backend: Backend, kit: &FakeAgentKit) -> TestServer {
     .await
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339()
-}
-
 /// A two-task chain `a` → `b` whose task names end in `tag`.
 fn chain(id: &str, tag: &str) -> Value {
     json!({"id": id, "name": id, "tasks": [
@@ -169,36 +165,14 @@ async fn changed_definitions_are_new_revisions(backend: Backend) {
     s.stop().await;
 }
 
-async fn report(s: &TestServer, agent: &str, state: &str) {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/state"))
-        .json(&json!({"agentId": agent, "timestamp": now(), "state": state, "details": {}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
-async fn trigger(s: &TestServer, agent: &str, body: Value) -> String {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/workflow"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn a_session_runs_its_own_revision(backend: Backend) {
     let kit = FakeAgentKit::start().await;
     let s = start(backend, &kit).await;
     s.register("a1").await;
     post_definition(&s, &chain("w_run", "1")).await;
-    let sid = trigger(&s, "a1", json!({"workflowDefinitionId": "w_run"})).await;
+    let sid = s
+        .trigger("a1", json!({"workflowDefinitionId": "w_run"}))
+        .await;
     assert_eq!(s.session(&sid).await["revision"], 1);
     let calls = kit.wait_calls(1, 10).await;
     assert_eq!(calls[0].body["task_name"], "A1");
@@ -216,16 +190,16 @@ async fn a_session_runs_its_own_revision(backend: Backend) {
         (StatusCode::CREATED, Some(2))
     );
 
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     let calls = kit.wait_calls(2, 10).await;
     assert_eq!(
         calls[1].body["task_name"], "B1",
         "the session's own revision"
     );
     assert_eq!(calls[1].body["payload"], json!({"tag": "1"}));
-    report(&s, "a1", "active").await;
-    report(&s, "a1", "idle").await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     let v = s.wait_session(&sid, |v| v["status"] == "completed").await;
     assert_eq!(v["revision"], 1);
     let names: Vec<&str> = v["tasks"]
@@ -239,7 +213,9 @@ async fn a_session_runs_its_own_revision(backend: Backend) {
     assert_eq!(kit.calls().len(), 2);
 
     // A new session runs the newest revision.
-    let sid2 = trigger(&s, "a1", json!({"workflowDefinitionId": "w_run"})).await;
+    let sid2 = s
+        .trigger("a1", json!({"workflowDefinitionId": "w_run"}))
+        .await;
     assert_eq!(s.session(&sid2).await["revision"], 2);
     s.post(&format!("/v1/opscore/sessions/{sid2}/cancel"))
         .send()
@@ -247,20 +223,26 @@ async fn a_session_runs_its_own_revision(backend: Backend) {
         .unwrap();
     // Inline: identical to a stored revision records it; different from
     // every one records none, runs as sent, and stores nothing.
-    let sid3 = trigger(&s, "a1", json!({"workflowDefinition": chain("w_run", "1")})).await;
+    let sid3 = s
+        .trigger("a1", json!({"workflowDefinition": chain("w_run", "1")}))
+        .await;
     assert_eq!(s.session(&sid3).await["revision"], 1);
     s.post(&format!("/v1/opscore/sessions/{sid3}/cancel"))
         .send()
         .await
         .unwrap();
-    let sid4 = trigger(&s, "a1", json!({"workflowDefinition": chain("w_run", "9")})).await;
+    let sid4 = s
+        .trigger("a1", json!({"workflowDefinition": chain("w_run", "9")}))
+        .await;
     let v = s.session(&sid4).await;
     assert!(v["revision"].is_null(), "{v}");
     assert_eq!(v["tasks"][0]["name"], "A9");
     let (_, page) = get(&s, "/v1/opscore/workflows/w_run/revisions").await;
     assert_eq!(revisions_of(&page), [2, 1]);
     // Inline under a new id: stored as its revision 1.
-    let sid5 = trigger(&s, "a1", json!({"workflowDefinition": chain("w_new", "1")})).await;
+    let sid5 = s
+        .trigger("a1", json!({"workflowDefinition": chain("w_new", "1")}))
+        .await;
     assert_eq!(s.session(&sid5).await["revision"], 1);
     let (_, v) = get(&s, "/v1/opscore/workflows/w_new").await;
     assert_eq!(v["revision"], 1);
@@ -276,8 +258,10 @@ async fn definition_files_become_revisions(backend: Backend) {
     config.workflows_dir = dir.clone();
     let s = TestServer::start_on(db, config.clone()).await;
     s.register("a1").await;
-    report(&s, "a1", "busy").await;
-    let sid = trigger(&s, "a1", json!({"workflowDefinitionId": "w_file"})).await;
+    s.report_now("a1", "busy", json!({})).await;
+    let sid = s
+        .trigger("a1", json!({"workflowDefinitionId": "w_file"}))
+        .await;
     let db = s.stop().await;
     // The same file again: nothing new; a changed file: the next revision.
     let s = TestServer::start_on(db, config.clone()).await;

@@ -33,16 +33,6 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
 
-async fn report(s: &TestServer, agent: &str, state: &str, details: Value) {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/state"))
-        .json(&json!({"agentId": agent, "timestamp": now(), "state": state, "details": details}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
 async fn trigger(s: &TestServer, agent: &str, body: Value) -> (StatusCode, Value) {
     let r = s
         .post(&format!("/v1/opscore/agent/{agent}/workflow"))
@@ -87,18 +77,19 @@ async fn sample_workflow_completes(backend: Backend) {
 
     let v = s.wait_session(&sid, status_is("running")).await;
     assert_eq!(v["tasks"][0]["status"], "dispatched");
-    report(&s, "a1", "active", json!({})).await;
+    s.report_now("a1", "active", json!({})).await;
     let v = s.session(&sid).await;
     assert_eq!(v["tasks"][0]["status"], "running");
     assert!(v["tasks"][0]["startedAt"].is_string());
-    report(&s, "a1", "idle", json!({"summary": "done 1"})).await;
+    s.report_now("a1", "idle", json!({"summary": "done 1"}))
+        .await;
 
     let calls = kit.wait_calls(2, 10).await;
     assert_eq!(calls[1].body["payload"], json!({"value": 123}));
     assert_eq!(calls[1].body["task_name"], "Second");
     assert_ne!(calls[1].body["opscore_task_id"], run1.as_str());
-    report(&s, "a1", "active", json!({})).await;
-    report(&s, "a1", "finished", json!({"final": true})).await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "finished", json!({"final": true})).await;
 
     let v = s.wait_session(&sid, status_is("completed")).await;
     assert_eq!(v["result"], json!({"final": true}));
@@ -251,8 +242,8 @@ async fn timeout_then_retry(backend: Backend) {
             .contains("timed out"),
         "{v}"
     );
-    report(&s, "a1", "active", json!({})).await;
-    report(&s, "a1", "idle", json!({"ok": true})).await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "idle", json!({"ok": true})).await;
     let v = s.wait_session(&sid, status_is("completed")).await;
     assert_eq!(v["tasks"][0]["attempts"], 2);
     s.stop().await;
@@ -299,8 +290,9 @@ async fn agent_error_fails_the_attempt(backend: Backend) {
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
     s.wait_session(&sid, status_is("running")).await;
-    report(&s, "a1", "active", json!({})).await;
-    report(&s, "a1", "error", json!({"reason": "model unavailable"})).await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "error", json!({"reason": "model unavailable"}))
+        .await;
     let v = s.wait_session(&sid, status_is("failed")).await;
     assert!(
         v["error"].as_str().unwrap().contains("model unavailable"),
@@ -322,7 +314,7 @@ async fn cancel_mid_flight(backend: Backend) {
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
     s.wait_session(&sid, status_is("running")).await;
-    report(&s, "a1", "active", json!({})).await;
+    s.report_now("a1", "active", json!({})).await;
     for _ in 0..2 {
         let r = s
             .post(&format!("/v1/opscore/sessions/{sid}/cancel"))
@@ -335,7 +327,7 @@ async fn cancel_mid_flight(backend: Backend) {
         assert_eq!(v["tasks"][0]["status"], "cancelled");
     }
     // The agent finishes the task it had; nothing further is dispatched.
-    report(&s, "a1", "idle", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     // A second session proves the dispatcher is alive and past the first.
     let (_, body) = trigger(
         &s,
@@ -375,11 +367,13 @@ async fn late_and_duplicate_reports_change_nothing(backend: Backend) {
         .unwrap()
         .to_owned();
     s.wait_session(&sid, status_is("running")).await;
-    report(&s, "a1", "idle", json!({"taskId": run1, "n": 1})).await;
+    s.report_now("a1", "idle", json!({"taskId": run1, "n": 1}))
+        .await;
     kit.wait_calls(2, 10).await;
     // A duplicate completion and an error for the finished attempt.
-    report(&s, "a1", "idle", json!({"taskId": run1, "n": 2})).await;
-    report(&s, "a1", "error", json!({"taskId": run1})).await;
+    s.report_now("a1", "idle", json!({"taskId": run1, "n": 2}))
+        .await;
+    s.report_now("a1", "error", json!({"taskId": run1})).await;
     // The second task's 202 may still be on its way to being recorded.
     let v = s
         .wait_session(&sid, |v| v["tasks"][1]["status"] == "dispatched")
@@ -426,13 +420,13 @@ async fn heartbeat_during_a_retry_send_is_not_completion(backend: Backend) {
     let sid = body["sessionId"].as_str().unwrap().to_owned();
     kit.wait_calls(1, 10).await;
     s.wait_session(&sid, status_is("running")).await;
-    report(&s, "a1", "active", json!({})).await;
-    report(&s, "a1", "error", json!({})).await;
-    report(&s, "a1", "idle", json!({})).await;
+    s.report_now("a1", "active", json!({})).await;
+    s.report_now("a1", "error", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     // The retry is on its way (the framework holds it); a plain idle
     // heartbeat now is not about it, whatever the first attempt's send time.
     kit.wait_calls(2, 10).await;
-    report(&s, "a1", "idle", json!({})).await;
+    s.report_now("a1", "idle", json!({})).await;
     let v = s.session(&sid).await;
     assert_ne!(v["tasks"][0]["status"], "completed", "{v}");
     assert_eq!(v["tasks"][0]["attempts"], 2);

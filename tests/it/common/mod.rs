@@ -255,6 +255,28 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Report `state` with `details`, timestamped now (panics unless 202).
+    pub async fn report_now(&self, id: &str, state: &str, details: Value) {
+        let ts = chrono::Utc::now().to_rfc3339();
+        let r = self.report_json(id, &report(id, &ts, state, details)).await;
+        assert_accepted(&r);
+    }
+
+    /// Trigger a workflow on agent `agent` with `body` (a definition id or
+    /// an inline definition); returns the session id (panics unless 202).
+    pub async fn trigger(&self, agent: &str, body: Value) -> String {
+        let r = send(
+            self.post(&format!("/v1/opscore/agent/{agent}/workflow"))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        r.body["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sessionId: {}", r.body))
+            .to_owned()
+    }
+
     /// One session with its task runs, as JSON (panics unless 200).
     pub async fn session(&self, id: &str) -> Value {
         let r = self

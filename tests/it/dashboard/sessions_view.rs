@@ -12,36 +12,13 @@ use crate::common::agentkit::{FakeAgentKit, Reply};
 use crate::common::keys::key_with_role;
 use crate::common::{Backend, TestServer, KEY};
 use opscore::config::DispatchTarget;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-async fn report(s: &TestServer, id: &str, state: &str, details: Value) {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{id}/state"))
-        .json(
-            &json!({"agentId": id, "timestamp": chrono::Utc::now().to_rfc3339(),
-                      "state": state, "details": details}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
+/// Trigger an inline definition on `agent`; returns the session id.
 async fn trigger(s: &TestServer, agent: &str, def: Value) -> String {
-    let r = s
-        .post(&format!("/v1/opscore/agent/{agent}/workflow"))
-        .json(&json!({"workflowDefinition": def}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    s.trigger(agent, json!({"workflowDefinition": def})).await
 }
 
 async fn click(b: &Browser, css: &str) {
@@ -66,7 +43,7 @@ async fn sessions_view_in_headless_chromium() {
     s.register("a1").await;
     s.register("a2").await;
     // a2 is busy: its session waits, started.
-    report(&s, "a2", "busy", Value::Null).await;
+    s.report_now("a2", "busy", Value::Null).await;
     let waiting = trigger(
         &s,
         "a2",
@@ -85,10 +62,10 @@ async fn sessions_view_in_headless_chromium() {
     let calls = kit.wait_calls(1, 10).await;
     kit.script(&[Reply::Status(500)]);
     let ids = json!({"taskId": calls[0].body["opscore_task_id"], "sessionId": failing});
-    report(&s, "a1", "active", ids.clone()).await;
+    s.report_now("a1", "active", ids.clone()).await;
     let mut done = ids;
     done["output"] = json!({"pages": 3});
-    report(&s, "a1", "idle", done).await;
+    s.report_now("a1", "idle", done).await;
     s.wait_session(&failing, |v| v["status"] == "failed").await;
 
     let b = Browser::start().await;
@@ -247,8 +224,8 @@ async fn sessions_view_in_headless_chromium() {
     )
     .await;
     let ids = json!({"taskId": calls[2].body["opscore_task_id"], "sessionId": failing});
-    report(&s, "a1", "active", ids.clone()).await;
-    report(&s, "a1", "idle", ids).await;
+    s.report_now("a1", "active", ids.clone()).await;
+    s.report_now("a1", "idle", ids).await;
     b.wait_js(
         "return document.getElementById('sp-facts').dataset.status === 'completed'
              && [...document.querySelectorAll('#sp-graph g.node')].every(g => g.classList.contains('st-bg-completed'))",
