@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::extract::{path_agent, AgentPath, JsonBody, Path, Query};
-use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{bounded_page, page_query, Page};
 use super::states::state_entry;
 use crate::domain::agent::{has_nul, lease_body, AgentId};
 use crate::domain::state::validate_state_name;
@@ -229,9 +229,9 @@ async fn list_agents(
     Query(p): Query<ListAgentsParams>,
 ) -> Result<Json<Page<Box<RawValue>>>> {
     let mut v = Validator::default();
-    let limit = v
-        .check(parse_limit(p.limit.as_deref()))
-        .unwrap_or(DEFAULT_LIMIT);
+    let (limit, after) = page_query(&mut v, p.limit.as_deref(), p.cursor.as_deref(), |id| {
+        AgentId::parse(id).is_ok().then(|| id.to_owned())
+    });
     let include_deregistered = flag(
         &mut v,
         "includeDeregistered",
@@ -251,16 +251,6 @@ async fn list_agents(
             "must not contain NUL characters",
         ));
     }
-    let after = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => match decode_cursor(c).filter(|id| AgentId::parse(id).is_ok()) {
-            Some(id) => Some(id),
-            None => {
-                v.add(bad_cursor());
-                None
-            }
-        },
-    };
     v.finish().map_err(ApiError::validation)?;
     let now = now_micros();
     let q = AgentQuery {

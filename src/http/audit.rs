@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::access::{perm, Require};
 use super::extract::Query;
-use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{next_cursor, page_query, Page};
 use crate::domain::apikey::is_key_id;
 use crate::domain::audit::{ActorType, AuditEntry, AuditKind};
 use crate::domain::time::{parse_timestamp, Micros};
@@ -64,9 +64,10 @@ impl AuditParams {
     /// bad one.
     fn query(&self) -> Result<AuditQuery> {
         let mut v = Validator::default();
-        let limit = v
-            .check(parse_limit(self.limit.as_deref()))
-            .unwrap_or(DEFAULT_LIMIT);
+        let (limit, before) =
+            page_query(&mut v, self.limit.as_deref(), self.cursor.as_deref(), |p| {
+                p.parse::<i64>().ok()
+            });
         let actor = self.actor.as_deref().and_then(|a| {
             let a = a.trim();
             if is_key_id(a) {
@@ -111,13 +112,6 @@ impl AuditParams {
         });
         let since = time_param(&mut v, "since", self.since.as_deref());
         let until = time_param(&mut v, "until", self.until.as_deref());
-        let before = self.cursor.as_deref().and_then(|c| {
-            let id = decode_cursor(c).and_then(|p| p.parse::<i64>().ok());
-            if id.is_none() {
-                v.add(bad_cursor());
-            }
-            id
-        });
         v.finish().map_err(ApiError::validation)?;
         Ok(AuditQuery {
             actor,
@@ -170,6 +164,7 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::paging::DEFAULT_LIMIT;
 
     fn params(pairs: &[(&str, &str)]) -> AuditParams {
         let get = |k: &str| {

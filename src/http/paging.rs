@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::IntoParams;
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Validator};
 use crate::error::ApiError;
 pub use crate::wire::Page;
 
@@ -19,7 +19,7 @@ pub const MAX_LIMIT: u32 = 1000;
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Parse `limit`: absent means the default; outside 1..=MAX_LIMIT is refused.
-pub fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
+fn parse_limit(raw: Option<&str>) -> Result<u32, FieldError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(s) => match s.parse::<u32>() {
@@ -38,15 +38,36 @@ pub fn encode_cursor(position: &str) -> String {
 }
 
 /// The position inside a cursor, if it is one.
-pub fn decode_cursor(raw: &str) -> Option<String> {
+fn decode_cursor(raw: &str) -> Option<String> {
     hex::decode(raw)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
 }
 
 /// The error for a cursor this server did not issue.
-pub fn bad_cursor() -> FieldError {
+fn bad_cursor() -> FieldError {
     FieldError::new("cursor", "is not a cursor this server issued")
+}
+
+/// A listing's `limit` and `cursor` read into `v`: the page size (the
+/// default when `limit` is bad, so the other parameters are still checked)
+/// and the position `position` reads from the cursor. A cursor that is not
+/// hex of a position `position` accepts is one this server did not issue.
+pub fn page_query<T>(
+    v: &mut Validator,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    position: impl FnOnce(&str) -> Option<T>,
+) -> (u32, Option<T>) {
+    let limit = v.check(parse_limit(limit)).unwrap_or(DEFAULT_LIMIT);
+    let at = cursor.and_then(|c| {
+        let at = decode_cursor(c).and_then(|p| position(&p));
+        if at.is_none() {
+            v.add(bad_cursor());
+        }
+        at
+    });
+    (limit, at)
 }
 
 /// The next cursor: the last item's position when the page is full.

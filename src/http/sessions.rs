@@ -12,7 +12,7 @@ use super::access::{perm, Require};
 use super::audit::time_param;
 use super::extract::{path_agent, AgentPath};
 use super::extract::{Path, Query};
-use super::paging::{bad_cursor, decode_cursor, next_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{next_cursor, page_query, Page};
 use crate::domain::time::{from_micros, now_micros};
 use crate::domain::workflow::{RunStatus, SessionStatus};
 use crate::domain::{FieldError, Validator};
@@ -181,9 +181,12 @@ async fn list(
 ) -> Result<Json<Page<Session>>> {
     let agent = path_agent(&agent_id)?;
     let mut v = Validator::default();
-    let limit = v
-        .check(parse_limit(p.limit.as_deref()))
-        .unwrap_or(DEFAULT_LIMIT);
+    let (limit, before) = page_query(
+        &mut v,
+        p.limit.as_deref(),
+        p.cursor.as_deref(),
+        uuid_position,
+    );
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => match SessionStatus::parse(s) {
@@ -196,16 +199,6 @@ async fn list(
                 None
             }
         },
-    };
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let pos = decode_cursor(c).filter(|s| uuid::Uuid::parse_str(s).is_ok());
-            if pos.is_none() {
-                v.add(bad_cursor());
-            }
-            pos
-        }
     };
     v.finish().map_err(ApiError::validation)?;
     state.store.get_agent(&agent).await?;
@@ -288,14 +281,22 @@ struct FleetParams {
 /// Longest id filter accepted (ids are at most 128 characters).
 const MAX_ID_FILTER: usize = 256;
 
+/// A session cursor's position: the id of the last session sent.
+fn uuid_position(s: &str) -> Option<String> {
+    uuid::Uuid::parse_str(s).is_ok().then(|| s.to_owned())
+}
+
 impl FleetParams {
     /// The store query these parameters ask for, or the 422 naming each
     /// bad one.
     fn query(&self) -> Result<FleetSessionQuery> {
         let mut v = Validator::default();
-        let limit = v
-            .check(parse_limit(self.limit.as_deref()))
-            .unwrap_or(DEFAULT_LIMIT);
+        let (limit, before) = page_query(
+            &mut v,
+            self.limit.as_deref(),
+            self.cursor.as_deref(),
+            uuid_position,
+        );
         let status = self.status.as_deref().and_then(|s| {
             let st = SessionStatus::parse(s);
             if st.is_none() {
@@ -323,13 +324,6 @@ impl FleetParams {
         let agent_id = id("agentId", self.agent_id.as_deref());
         let since = time_param(&mut v, "since", self.since.as_deref());
         let until = time_param(&mut v, "until", self.until.as_deref());
-        let before = self.cursor.as_deref().and_then(|c| {
-            let pos = decode_cursor(c).filter(|s| uuid::Uuid::parse_str(s).is_ok());
-            if pos.is_none() {
-                v.add(bad_cursor());
-            }
-            pos
-        });
         v.finish().map_err(ApiError::validation)?;
         Ok(FleetSessionQuery {
             status,

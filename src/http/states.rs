@@ -14,7 +14,7 @@ use super::access::{perm, Require};
 use super::extract::{path_agent, AgentPath};
 use super::extract::{JsonBody, Path, Query};
 use super::paging::PageParams;
-use super::paging::{bad_cursor, bounded_page, decode_cursor, parse_limit, Page, DEFAULT_LIMIT};
+use super::paging::{bounded_page, page_query, Page};
 use crate::domain::state::{ReportError, StateRecord, StateReportBody};
 use crate::domain::time::{from_micros, now_micros};
 use crate::domain::Validator;
@@ -279,22 +279,10 @@ async fn state_history(
 ) -> Result<Json<Page<Box<RawValue>>>> {
     let agent = path_agent(&agent_id)?;
     let mut v = Validator::default();
-    let limit = v
-        .check(parse_limit(p.limit.as_deref()))
-        .unwrap_or(DEFAULT_LIMIT);
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let pos = decode_cursor(c).and_then(|s| {
-                let (ts, seq) = s.split_once(':')?;
-                Some((ts.parse::<i64>().ok()?, seq.parse::<i64>().ok()?))
-            });
-            if pos.is_none() {
-                v.add(bad_cursor());
-            }
-            pos
-        }
-    };
+    let (limit, before) = page_query(&mut v, p.limit.as_deref(), p.cursor.as_deref(), |s| {
+        let (ts, seq) = s.split_once(':')?;
+        Some((ts.parse::<i64>().ok()?, seq.parse::<i64>().ok()?))
+    });
     v.finish().map_err(ApiError::validation)?;
     let entries = state
         .store

@@ -15,9 +15,7 @@ use super::access::{perm, Require};
 use super::extract::Query;
 use super::extract::{parse_json, require_json, JsonBody, Path, RawBody};
 use super::extract::{path_agent, AgentPath};
-use super::paging::{
-    bad_cursor, bounded_page, decode_cursor, parse_limit, Page, PageParams, DEFAULT_LIMIT,
-};
+use super::paging::{bounded_page, page_query, Page, PageParams};
 use crate::domain::time::from_micros;
 use crate::domain::time::now_micros;
 use crate::domain::workflow::{AgentSelector, WorkflowDefinition, MAX_DEFINITION_BYTES};
@@ -251,19 +249,9 @@ async fn revisions(
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page<Box<RawValue>>>> {
     let mut v = Validator::default();
-    let limit = v
-        .check(parse_limit(p.limit.as_deref()))
-        .unwrap_or(DEFAULT_LIMIT);
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let pos = decode_cursor(c).and_then(|s| s.parse::<i64>().ok());
-            if pos.is_none() {
-                v.add(bad_cursor());
-            }
-            pos
-        }
-    };
+    let (limit, before) = page_query(&mut v, p.limit.as_deref(), p.cursor.as_deref(), |s| {
+        s.parse::<i64>().ok()
+    });
     v.finish().map_err(ApiError::validation)?;
     let items = state.store.list_revisions(&id, before, limit).await?;
     Ok(Json(bounded_page(
