@@ -37,6 +37,7 @@ mod replicas;
 mod report_batches;
 mod retention;
 mod revisions;
+mod session_lock_order;
 mod slow_bodies;
 mod staleness;
 mod state_index;

@@ -40,7 +40,6 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::reports::{apply_reports_sql, update_states_sql, SUPERSEDES_LATER};
 use crate::domain::event::NewEvent;
 use crate::domain::state::StateReport;
-use crate::domain::workflow::MEANINGFUL_STATES;
 use crate::store::sql::workflows::{AgentRuns, IN_FLIGHT, MOVABLE_BY_REPORT, STATES_FOR_RUNS};
 use crate::store::sql::{value_rows, Backend, Binds, SqlStore};
 use crate::store::{AppliedReports, StoreError, StoreResult};
@@ -242,20 +241,16 @@ where
         }
         let mut dispatchable = false;
         let before = events.len();
+        let mut moving = Vec::new();
         for (i, fresh, current) in moved {
             let r = &reports[i];
-            let agent = r.agent_id.as_str();
             dispatchable |= runs.may_wake(r, fresh, current);
-            // A run waiting for a retry counts too: a report naming it
-            // may show the agent has it after all.
-            if (runs.in_flight.contains(agent) || runs.queued.contains(agent))
-                && MEANINGFUL_STATES.contains(&r.state.as_str())
-            {
-                let moved_before = events.len();
-                Self::advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
-                dispatchable |= events.len() > moved_before;
+            if runs.may_move(r) {
+                moving.push(r);
             }
         }
+        dispatchable |=
+            Self::advance_in_session_order(&mut tx, moving, self.rules(), &mut events).await?;
         indexed.extend(Self::flush_events(&mut tx, &events[before..]).await?);
         tx.commit().await?;
         self.batches().transaction();

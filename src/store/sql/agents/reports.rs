@@ -6,7 +6,6 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::*;
 use crate::domain::event::NewEvent;
 use crate::domain::state::StateReport;
-use crate::domain::workflow::MEANINGFUL_STATES;
 use crate::store::sql::workflows::AGENT_CHUNK;
 use crate::store::sql::{value_rows, Backend, Binds, SqlStore};
 use crate::store::{AppliedReports, StoreError, StoreResult};
@@ -206,22 +205,17 @@ where
             }
             // Tasks move on in report order per agent: this round's
             // before the next round's reports are applied.
-            for &i in &round {
-                let r = &reports[i];
-                // A run waiting for a retry counts too: a report
-                // naming it may show the agent has it after all.
-                let agent = r.agent_id.as_str();
-                if results[i].is_ok()
-                    && (runs.in_flight.contains(agent) || runs.queued.contains(agent))
-                    && MEANINGFUL_STATES.contains(&r.state.as_str())
-                {
-                    let before = events.len();
-                    Self::advance_on_report(&mut tx, r, self.rules(), &mut events).await?;
-                    // A task moved on: the agent may be free, a next
-                    // task or a retry queued.
-                    dispatchable |= events.len() > before;
-                }
-            }
+            // A run waiting for a retry counts too: a report naming it
+            // may show the agent has it after all.
+            let moving: Vec<&StateReport> = round
+                .iter()
+                .filter(|&&i| results[i].is_ok() && runs.may_move(&reports[i]))
+                .map(|&i| &reports[i])
+                .collect();
+            // A task moved on: the agent may be free, a next task or a
+            // retry queued.
+            dispatchable |=
+                Self::advance_in_session_order(&mut tx, moving, self.rules(), &mut events).await?;
         }
         for chunk in applied_reports.chunks(REPORT_CHUNK) {
             let sql = insert_history_sql(chunk.len(), B::BINDS);

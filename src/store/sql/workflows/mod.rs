@@ -257,6 +257,15 @@ pub(in crate::store) struct AgentRuns {
 }
 
 impl AgentRuns {
+    /// Whether `r` may move on a run of its agent: one in flight, or one
+    /// waiting for a retry (a report naming it may show the agent has it
+    /// after all), and a state the engine reads.
+    pub fn may_move(&self, r: &StateReport) -> bool {
+        let agent = r.agent_id.as_str();
+        (self.in_flight.contains(agent) || self.queued.contains(agent))
+            && crate::domain::workflow::MEANINGFUL_STATES.contains(&r.state.as_str())
+    }
+
     /// Whether `r`, applied (`fresh`: it ended the agent's staleness;
     /// `current`: it became the agent's state), may have made a queued run
     /// claimable, so the dispatcher should look now.

@@ -85,7 +85,6 @@ where
         Ok(())
     }
 
-    /// Apply a state report's meaning to the agent's run in flight.
     /// Which of `agents` have a task in flight, and which have one
     /// queued.
     pub(in crate::store) async fn agents_with_runs(
@@ -114,6 +113,52 @@ where
         .await?;
         runs.unassigned = unassigned.is_some();
         Ok(runs)
+    }
+
+    /// Apply `reports` (each from a different agent) to the runs they
+    /// concern, as [`advance_on_report`](Self::advance_on_report) does, in
+    /// the order of those runs' sessions; whether any run moved on.
+    ///
+    /// Moving a run on locks its session's row. Where transactions write at
+    /// once (PostgreSQL), two batches that took two sessions' rows in
+    /// opposite orders deadlocked: their agents are locked in one order,
+    /// but a pool's parallel tasks put one session's runs on agents far
+    /// apart in it. In session order, every batch takes session rows the
+    /// same way round.
+    pub(in crate::store) async fn advance_in_session_order(
+        conn: &mut B::Connection,
+        mut reports: Vec<&StateReport>,
+        rules: &EngineRules,
+        events: &mut Vec<NewEvent>,
+    ) -> StoreResult<bool> {
+        if reports.len() > 1 {
+            let agents: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
+            let mut session_of = std::collections::HashMap::new();
+            for chunk in agents.chunks(AGENT_CHUNK) {
+                let sql = format!(
+                    "SELECT agent_id, MIN(session_id) FROM task_runs \
+                     WHERE agent_id IN ({}) \
+                     AND (status IN {in_flight} OR (status = 'queued' AND attempts > 0)) \
+                     GROUP BY agent_id",
+                    super::super::in_list(chunk.len()),
+                    in_flight = IN_FLIGHT.as_str()
+                );
+                let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+                for a in chunk {
+                    q = q.bind(*a);
+                }
+                session_of.extend(q.fetch_all(&mut *conn).await?);
+            }
+            reports.sort_by(|a, b| {
+                let key = |r: &StateReport| session_of.get(r.agent_id.as_str()).cloned();
+                key(a).cmp(&key(b))
+            });
+        }
+        let before = events.len();
+        for r in reports {
+            Self::advance_on_report(conn, r, rules, events).await?;
+        }
+        Ok(events.len() > before)
     }
 
     /// Apply a state report to the agent's run it concerns: the engine
