@@ -123,12 +123,13 @@ pub(in crate::store) fn tail_sql() -> String {
            FROM jsonb_array_elements(CAST($2 AS JSONB)) WITH ORDINALITY AS t(x, n) ORDER BY n \
            RETURNING agent_id, idx), \
          ids AS (SELECT jsonb_array_elements_text(CAST($3 AS JSONB)) AS agent_id) \
-         SELECT CAST(0 AS BIGINT), agent_id, idx FROM e \
-         UNION ALL SELECT CAST(1 AS BIGINT), agent_id, CAST(0 AS BIGINT) FROM task_runs \
+         SELECT CAST(0 AS BIGINT), agent_id, idx, CAST(NULL AS TEXT) FROM e \
+         UNION ALL SELECT CAST(1 AS BIGINT), agent_id, CAST(0 AS BIGINT), session_id FROM task_runs \
            WHERE status IN {in_flight} AND agent_id IN (SELECT agent_id FROM ids) \
-         UNION ALL SELECT DISTINCT CAST(2 AS BIGINT), agent_id, CAST(0 AS BIGINT) FROM task_runs \
-           WHERE status = 'queued' AND agent_id IN (SELECT agent_id FROM ids) \
-         UNION ALL SELECT CAST(4 AS BIGINT), NULL, CAST(0 AS BIGINT) \
+         UNION ALL SELECT CAST(2 AS BIGINT), agent_id, CAST(0 AS BIGINT), \
+           MIN(CASE WHEN attempts > 0 THEN session_id END) FROM task_runs \
+           WHERE status = 'queued' AND agent_id IN (SELECT agent_id FROM ids) GROUP BY agent_id \
+         UNION ALL SELECT CAST(4 AS BIGINT), NULL, CAST(0 AS BIGINT), CAST(NULL AS TEXT) \
            WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL)",
         in_flight = IN_FLIGHT.as_str()
     )
@@ -216,7 +217,7 @@ where
             .iter()
             .map(|(r, _, _)| r.agent_id.as_str())
             .collect();
-        let rows: Vec<(i64, Option<String>, i64)> = sqlx::query_as(&tail_sql())
+        let rows: Vec<(i64, Option<String>, i64, Option<String>)> = sqlx::query_as(&tail_sql())
             .bind(serde_json::Value::Array(history).to_string())
             .bind(serde_json::Value::Array(new_events).to_string())
             .bind(json!(agents).to_string())
@@ -224,15 +225,11 @@ where
             .await?;
         let mut indexed = Vec::new();
         let mut runs = AgentRuns::default();
-        for (tag, agent, idx) in rows {
+        for (tag, agent, idx, session) in rows {
             match (tag, agent) {
                 (0, Some(a)) => indexed.push((a, idx)),
-                (1, Some(a)) => {
-                    runs.in_flight.insert(a);
-                }
-                (2, Some(a)) => {
-                    runs.queued.insert(a);
-                }
+                (1, Some(a)) => runs.note(a, true, session),
+                (2, Some(a)) => runs.note(a, false, session),
                 // A pool's run no agent holds yet: any freed agent may
                 // take it (docs/api.md §3.3).
                 (4, None) => runs.unassigned = true,
@@ -250,7 +247,8 @@ where
             }
         }
         dispatchable |=
-            Self::advance_in_session_order(&mut tx, moving, self.rules(), &mut events).await?;
+            Self::advance_in_session_order(&mut tx, &runs, moving, self.rules(), &mut events)
+                .await?;
         indexed.extend(Self::flush_events(&mut tx, &events[before..]).await?);
         tx.commit().await?;
         self.batches().transaction();

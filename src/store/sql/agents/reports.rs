@@ -215,7 +215,8 @@ where
             // A task moved on: the agent may be free, a next task or a
             // retry queued.
             dispatchable |=
-                Self::advance_in_session_order(&mut tx, moving, self.rules(), &mut events).await?;
+                Self::advance_in_session_order(&mut tx, &runs, moving, self.rules(), &mut events)
+                    .await?;
         }
         for chunk in applied_reports.chunks(REPORT_CHUNK) {
             let sql = insert_history_sql(chunk.len(), B::BINDS);

@@ -233,13 +233,16 @@ fn sql_list<S: Copy>(
 pub(in crate::store) const AGENT_CHUNK: usize = 500;
 
 /// Which of `rows` agents (binds `$1`…) have a task in flight (`1`) or
-/// queued (`0`); each half uses its own partial index.
+/// queued (`0`), each with the session of the run a report may move on
+/// (see [`AgentRuns::note`]); each half uses its own partial index.
 pub(in crate::store) fn agents_with_runs_sql(rows: usize) -> String {
     let binds = super::in_list(rows);
     format!(
-        "SELECT agent_id, 1 FROM task_runs WHERE status IN {in_flight} AND agent_id IN ({binds}) \
+        "SELECT agent_id, 1, session_id FROM task_runs \
+         WHERE status IN {in_flight} AND agent_id IN ({binds}) \
          UNION ALL \
-         SELECT DISTINCT agent_id, 0 FROM task_runs WHERE status = 'queued' AND agent_id IN ({binds})",
+         SELECT agent_id, 0, MIN(CASE WHEN attempts > 0 THEN session_id END) FROM task_runs \
+         WHERE status = 'queued' AND agent_id IN ({binds}) GROUP BY agent_id",
         in_flight = IN_FLIGHT.as_str()
     )
 }
@@ -254,9 +257,25 @@ pub(in crate::store) struct AgentRuns {
     /// Some queued run of a pool holds no agent yet: any agent becoming
     /// idle or fresh may let it go out.
     pub unassigned: bool,
+    /// The session of the run a report from each agent may move on.
+    pub session_of: std::collections::HashMap<String, String>,
 }
 
 impl AgentRuns {
+    /// Note a row of [`agents_with_runs_sql`]: `agent` has a run in
+    /// flight (else queued ones), and `session` is that of the run in
+    /// flight or of a queued one waiting for a retry.
+    pub fn note(&mut self, agent: String, in_flight: bool, session: Option<String>) {
+        if let Some(s) = session {
+            self.session_of.insert(agent.clone(), s);
+        }
+        if in_flight {
+            self.in_flight.insert(agent);
+        } else {
+            self.queued.insert(agent);
+        }
+    }
+
     /// Whether `r` may move on a run of its agent: one in flight, or one
     /// waiting for a retry (a report naming it may show the agent has it
     /// after all), and a state the engine reads.

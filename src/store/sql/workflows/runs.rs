@@ -94,16 +94,12 @@ where
         let mut runs = AgentRuns::default();
         for chunk in agents.chunks(AGENT_CHUNK) {
             let sql = agents_with_runs_sql(chunk.len());
-            let mut q = sqlx::query_as::<_, (String, i32)>(&sql);
+            let mut q = sqlx::query_as::<_, (String, i32, Option<String>)>(&sql);
             for a in chunk {
                 q = q.bind(*a);
             }
-            for (agent, in_flight) in q.fetch_all(&mut *conn).await? {
-                if in_flight == 1 {
-                    runs.in_flight.insert(agent);
-                } else {
-                    runs.queued.insert(agent);
-                }
+            for (agent, in_flight, session) in q.fetch_all(&mut *conn).await? {
+                runs.note(agent, in_flight == 1, session);
             }
         }
         let unassigned: Option<i32> = sqlx::query_scalar(
@@ -117,7 +113,8 @@ where
 
     /// Apply `reports` (each from a different agent) to the runs they
     /// concern, as [`advance_on_report`](Self::advance_on_report) does, in
-    /// the order of those runs' sessions; whether any run moved on.
+    /// the order of those runs' sessions (`runs.session_of`); whether any
+    /// run moved on.
     ///
     /// Moving a run on locks its session's row. Where transactions write at
     /// once (PostgreSQL), two batches that took two sessions' rows in
@@ -127,33 +124,12 @@ where
     /// same way round.
     pub(in crate::store) async fn advance_in_session_order(
         conn: &mut B::Connection,
+        runs: &AgentRuns,
         mut reports: Vec<&StateReport>,
         rules: &EngineRules,
         events: &mut Vec<NewEvent>,
     ) -> StoreResult<bool> {
-        if reports.len() > 1 {
-            let agents: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
-            let mut session_of = std::collections::HashMap::new();
-            for chunk in agents.chunks(AGENT_CHUNK) {
-                let sql = format!(
-                    "SELECT agent_id, MIN(session_id) FROM task_runs \
-                     WHERE agent_id IN ({}) \
-                     AND (status IN {in_flight} OR (status = 'queued' AND attempts > 0)) \
-                     GROUP BY agent_id",
-                    super::super::in_list(chunk.len()),
-                    in_flight = IN_FLIGHT.as_str()
-                );
-                let mut q = sqlx::query_as::<_, (String, String)>(&sql);
-                for a in chunk {
-                    q = q.bind(*a);
-                }
-                session_of.extend(q.fetch_all(&mut *conn).await?);
-            }
-            reports.sort_by(|a, b| {
-                let key = |r: &StateReport| session_of.get(r.agent_id.as_str()).cloned();
-                key(a).cmp(&key(b))
-            });
-        }
+        reports.sort_by_key(|r| runs.session_of.get(r.agent_id.as_str()));
         let before = events.len();
         for r in reports {
             Self::advance_on_report(conn, r, rules, events).await?;
