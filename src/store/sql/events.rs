@@ -153,12 +153,7 @@ where
         // (anywhere on the server) is waited for a bounded time only, and
         // the head is then the horizon reached (such a client may receive
         // a few events committed before it connected).
-        let (mut horizon, reserved) = self.feed_horizon().await?;
-        let deadline = tokio::time::Instant::now() + HEAD_SETTLE_WAIT;
-        while horizon < reserved && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(HORIZON_RECHECK).await;
-            horizon = self.feed_horizon().await?.0;
-        }
+        let horizon = settled_horizon(|| self.feed_horizon(), HEAD_SETTLE_WAIT).await?;
         let (pruned_through, head): (i64, Option<i64>) = sqlx::query_as(
             "SELECT pruned_through, (SELECT MAX(idx) FROM events WHERE idx <= $1) \
              FROM event_retention WHERE id = 1",
@@ -331,6 +326,28 @@ const HEAD_SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// (a few of the report path's transactions).
 const HORIZON_RECHECK: std::time::Duration = std::time::Duration::from_millis(3);
 
+/// The horizon once every feed index reserved by now has settled, `read`
+/// (`(horizon, reserved)`, as [`SqlStore::read_mark`] gives them) again
+/// every few milliseconds until then. A transaction that runs on is waited
+/// for `wait` only; the horizon reached by then is still a correct head,
+/// the feed replaying what settles later.
+pub(in crate::store) async fn settled_horizon<F, Fut>(
+    mut read: F,
+    wait: std::time::Duration,
+) -> StoreResult<i64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<(i64, i64)>>,
+{
+    let (mut horizon, reserved) = read().await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while horizon < reserved && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(HORIZON_RECHECK).await;
+        horizon = read().await?.0;
+    }
+    Ok(horizon)
+}
+
 impl<B> SqlStore<B>
 where
     B: Backend,
@@ -339,6 +356,22 @@ where
     usize: ColumnIndex<B::Row>,
     for<'q> i64: Encode<'q, B> + Decode<'q, B> + Type<B>,
 {
+    /// Read a new feed mark through `pool` into `horizon`: the horizon
+    /// after it, and the mark's `reserved` (PostgreSQL only; see
+    /// [`Backend::FEED_MARK`]).
+    pub(in crate::store) async fn read_mark(
+        pool: &sqlx::Pool<B>,
+        horizon: &horizon::FeedHorizon,
+    ) -> StoreResult<(i64, i64)> {
+        let (reserved, xid_bound, xmin): (i64, i64, i64) =
+            sqlx::query_as(B::FEED_MARK).fetch_one(pool).await?;
+        let mark = horizon::Mark {
+            reserved,
+            xid_bound,
+        };
+        Ok((horizon.observe(mark, xmin), reserved))
+    }
+
     /// The feed horizon after one new mark, and the mark's `reserved`:
     /// every event at or below the horizon is final for any statement run
     /// from now on. Without a horizon (one writer), everything committed
@@ -351,17 +384,8 @@ where
         if B::FEED_MARK.is_empty() {
             return Ok((i64::MAX, i64::MAX));
         }
-        let (reserved, xid_bound, xmin): (i64, i64, i64) = sqlx::query_as(B::FEED_MARK)
-            .fetch_one(self.reader())
-            .await?;
+        let (settled, reserved) = Self::read_mark(self.reader(), &self.horizon).await?;
         let h = &self.horizon;
-        let settled = h.observe(
-            horizon::Mark {
-                reserved,
-                xid_bound,
-            },
-            xmin,
-        );
         if h.waiting() && h.arm_recheck() {
             let (h, feed) = (h.clone(), self.feed().clone());
             tokio::spawn(async move {

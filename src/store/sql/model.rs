@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
 use super::agents::AGENT_COLUMNS;
-use super::horizon::{FeedHorizon, Mark};
+use super::events::settled_horizon;
+use super::horizon::FeedHorizon;
 use super::workflows::AGENT_CHUNK;
 use super::{in_list, Backend, SqlStore};
 use crate::domain::event::{Event, EventKind, NewEvent};
@@ -57,26 +58,9 @@ where
             return Ok(None);
         }
         let horizon = FeedHorizon::default();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut first = None;
-        loop {
-            let (reserved, xid_bound, xmin): (i64, i64, i64) =
-                sqlx::query_as(B::FEED_MARK).fetch_one(pool).await?;
-            let target = *first.get_or_insert(reserved);
-            let settled = horizon.observe(
-                Mark {
-                    reserved,
-                    xid_bound,
-                },
-                xmin,
-            );
-            // Past the wait, what settled is still a correct head: the
-            // feed replays the rest.
-            if settled >= target || tokio::time::Instant::now() >= deadline {
-                return Ok(Some(settled));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        }
+        let wait = std::time::Duration::from_secs(5);
+        let settled = settled_horizon(|| Self::read_mark(pool, &horizon), wait).await?;
+        Ok(Some(settled))
     }
 
     /// Every agent, and the feed index they are current as of, read from
