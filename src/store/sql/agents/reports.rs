@@ -205,8 +205,6 @@ where
             }
             // Tasks move on in report order per agent: this round's
             // before the next round's reports are applied.
-            // A run waiting for a retry counts too: a report naming it
-            // may show the agent has it after all.
             let moving: Vec<&StateReport> = round
                 .iter()
                 .filter(|&&i| results[i].is_ok() && runs.may_move(&reports[i]))
