@@ -21,7 +21,8 @@
 //! - Failed authentications are counted per client address: past a burst
 //!   the address is throttled (429 `too_many_failures`). While it is, a
 //!   token is checked only if it is the bootstrap key or names a key this
-//!   process already holds (no query for guesses); valid keys keep working.
+//!   process holds or has seen its right secret for (no query for
+//!   guesses); valid keys keep working.
 //! - Each key may hold only so many event streams and blocking reads open
 //!   at once ([`KeyRing::open_stream`]).
 
@@ -179,6 +180,11 @@ pub struct KeyRing {
     missing: Mutex<HashMap<String, Instant>>,
     /// Failed authentications per client address.
     failures: FailureThrottle,
+    /// Key ids that authenticated with their right secret in this process:
+    /// a throttled address still has them checked. Unlike `cache`, a
+    /// change heard from elsewhere does not drop them (it says a key's
+    /// content may have changed, not that its id is a guess).
+    vouched: Mutex<std::collections::HashSet<String>>,
     /// Open streams and blocking reads per key (the bootstrap key is "").
     streams: Mutex<HashMap<String, u32>>,
     /// Cap on those of a key without its own `max_streams`.
@@ -265,6 +271,7 @@ impl KeyRing {
             shared: None,
             missing: Mutex::new(HashMap::new()),
             failures: FailureThrottle::new(DEFAULT_FAILURE_BURST),
+            vouched: Mutex::new(std::collections::HashSet::new()),
             streams: Mutex::new(HashMap::new()),
             default_max_streams: DEFAULT_MAX_STREAMS,
             changed: tokio::sync::Notify::new(),
@@ -387,6 +394,15 @@ impl KeyRing {
             }
             Err(e) => return Err(e),
         };
+        if let Some(id) = principal.key_id() {
+            let mut vouched = lock(&self.vouched);
+            if !vouched.contains(id) {
+                if vouched.len() >= MAX_CACHED {
+                    vouched.clear();
+                }
+                vouched.insert(id.to_owned());
+            }
+        }
         let bucket = principal.key_id().unwrap_or("");
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
         let now = Instant::now();
@@ -432,7 +448,9 @@ impl KeyRing {
     /// or a token naming a key this process holds.
     fn known(&self, token: &str) -> bool {
         bool::from(digest(token).ct_eq(&self.bootstrap))
-            || parse_token(token).is_some_and(|t| lock(&self.cache).contains_key(t.key_id))
+            || parse_token(token).is_some_and(|t| {
+                lock(&self.cache).contains_key(t.key_id) || lock(&self.vouched).contains(t.key_id)
+            })
     }
 
     /// The key `key_id`, from the cache while fresh, else from the store.

@@ -123,3 +123,28 @@ async fn use_is_recorded_once_per_resolution() {
     ring.authenticate(&plain).await.unwrap();
     assert_eq!(ring.pending_use(&k.key_id), None);
 }
+
+/// A throttled address keeps using a key it authenticated with before,
+/// also after this process dropped its cached keys (PostgreSQL's listener
+/// does that whenever it connects): the CI run of c0d6f88 saw the valid
+/// key refused with 429 when the listener connected late, under load.
+#[tokio::test]
+async fn a_valid_key_outlasts_a_dropped_cache_while_throttled() {
+    let (store, ring) = ring().await;
+    let (k, plain) = key(Role::Agent, &["a1"]);
+    store.create_key(&k, &Actor::system("test")).await.unwrap();
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    ring.authenticate_from(&plain, Some(ip)).await.unwrap();
+    let (_, guess) = key(Role::Admin, &[]);
+    for _ in 0..=DEFAULT_FAILURE_BURST {
+        let _ = ring.authenticate_from(&guess, Some(ip)).await;
+    }
+    let e = ring.authenticate_from(&guess, Some(ip)).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TooManyFailures);
+    ring.forget(&KeyChange::All);
+    let p = ring.authenticate_from(&plain, Some(ip)).await;
+    assert!(p.is_ok(), "{:?}", p.err().map(|e| e.code()));
+    // Guesses still cost no query: still throttled.
+    let e = ring.authenticate_from(&guess, Some(ip)).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TooManyFailures);
+}
