@@ -114,9 +114,27 @@ async fn a_report_batch_takes_session_rows_in_session_order() {
     lock_session(&mut holder, &older, false).await.unwrap();
     let done = [report(&a1, "idle", now + 2), report(&a2, "idle", now + 2)];
     let (applied, newer_free) = tokio::join!(store.apply_state_reports(&done), async {
-        // Long enough for the batch to reach the held row.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Probe only once the batch waits on a lock (the held row): before
+        // that, the newer session would be free on the old code too.
         let mut probe = PgConnection::connect(&db.url).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut probe)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the batch never waited for the held session"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let free = lock_session(&mut probe, &newer, true).await;
         drop(probe);
         drop(holder);
