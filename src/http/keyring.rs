@@ -9,7 +9,7 @@
 //!   [`run_key_follower`]) and drop their copy, within milliseconds.
 //!   [`CACHE_TTL`] bounds how long a copy outlives a change that was not
 //!   heard (after the connection that hears them comes back, every copy is
-//!   dropped).
+//!   marked stale and read again on use).
 //! - When a key was last used is written off the request path, at most once
 //!   per [`USE_RESOLUTION`] per key, by [`KeyRing::flush_usage`] (run by a
 //!   background task).
@@ -21,8 +21,8 @@
 //! - Failed authentications are counted per client address: past a burst
 //!   the address is throttled (429 `too_many_failures`). While it is, a
 //!   token is checked only if it is the bootstrap key or names a key this
-//!   process holds or has seen its right secret for (no query for
-//!   guesses); valid keys keep working.
+//!   process holds, fresh or stale (no query for guesses); valid keys keep
+//!   working.
 //! - Each key may hold only so many event streams and blocking reads open
 //!   at once ([`KeyRing::open_stream`]).
 
@@ -156,6 +156,16 @@ pub fn forbidden(role: Role, p: Permission) -> ApiError {
 struct Cached {
     key: Arc<ApiKey>,
     fetched: Instant,
+    /// A change to this key was heard since it was read: the next use
+    /// reads it again. Its id stays known, so that a throttled address
+    /// keeps having it checked.
+    stale: bool,
+}
+
+impl Cached {
+    fn fresh(&self) -> bool {
+        !self.stale && self.fetched.elapsed() < CACHE_TTL
+    }
 }
 
 #[derive(Default)]
@@ -180,11 +190,6 @@ pub struct KeyRing {
     missing: Mutex<HashMap<String, Instant>>,
     /// Failed authentications per client address.
     failures: FailureThrottle,
-    /// Key ids that authenticated with their right secret in this process:
-    /// a throttled address still has them checked. Unlike `cache`, a
-    /// change heard from elsewhere does not drop them (it says a key's
-    /// content may have changed, not that its id is a guess).
-    vouched: Mutex<std::collections::HashSet<String>>,
     /// Open streams and blocking reads per key (the bootstrap key is "").
     streams: Mutex<HashMap<String, u32>>,
     /// Cap on those of a key without its own `max_streams`.
@@ -271,7 +276,6 @@ impl KeyRing {
             shared: None,
             missing: Mutex::new(HashMap::new()),
             failures: FailureThrottle::new(DEFAULT_FAILURE_BURST),
-            vouched: Mutex::new(std::collections::HashSet::new()),
             streams: Mutex::new(HashMap::new()),
             default_max_streams: DEFAULT_MAX_STREAMS,
             changed: tokio::sync::Notify::new(),
@@ -394,15 +398,6 @@ impl KeyRing {
             }
             Err(e) => return Err(e),
         };
-        if let Some(id) = principal.key_id() {
-            let mut vouched = lock(&self.vouched);
-            if !vouched.contains(id) {
-                if vouched.len() >= MAX_CACHED {
-                    vouched.clear();
-                }
-                vouched.insert(id.to_owned());
-            }
-        }
         let bucket = principal.key_id().unwrap_or("");
         let own = principal.key.as_deref().and_then(|k| k.rate_limit);
         let now = Instant::now();
@@ -448,16 +443,14 @@ impl KeyRing {
     /// or a token naming a key this process holds.
     fn known(&self, token: &str) -> bool {
         bool::from(digest(token).ct_eq(&self.bootstrap))
-            || parse_token(token).is_some_and(|t| {
-                lock(&self.cache).contains_key(t.key_id) || lock(&self.vouched).contains(t.key_id)
-            })
+            || parse_token(token).is_some_and(|t| lock(&self.cache).contains_key(t.key_id))
     }
 
     /// The key `key_id`, from the cache while fresh, else from the store.
     /// An id the store lacked is not asked for again within [`CACHE_TTL`].
     async fn lookup(&self, key_id: &str) -> Result<Option<Arc<ApiKey>>, ApiError> {
         if let Some(c) = lock(&self.cache).get(key_id) {
-            if c.fetched.elapsed() < CACHE_TTL {
+            if c.fresh() {
                 return Ok(Some(c.key.clone()));
             }
         }
@@ -508,7 +501,7 @@ impl KeyRing {
         }
         lock(&self.missing).remove(&key.key_id);
         if cache.len() >= MAX_CACHED {
-            cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
+            cache.retain(|_, c| c.fresh());
             if cache.len() >= MAX_CACHED {
                 cache.clear();
             }
@@ -518,6 +511,7 @@ impl KeyRing {
             Cached {
                 key: key.clone(),
                 fetched: Instant::now(),
+                stale: false,
             },
         );
         drop(cache);
@@ -525,22 +519,26 @@ impl KeyRing {
         key
     }
 
-    /// Drop what this process holds of the keys `change` names (another
-    /// process created or revoked them): the next use reads them again,
-    /// and open streams check their key at once.
+    /// Mark stale what this process holds of the keys `change` names
+    /// (another process created or revoked them): the next use reads them
+    /// again, and open streams check their key at once. Their ids stay
+    /// known (see [`KeyRing::known`]): a change says a key's content may
+    /// differ, not that its id is a guess.
     pub fn forget(&self, change: &KeyChange) {
         // Under the cache's lock, so that a read racing with the change
-        // either lands before it (and is dropped here) or sees the new
+        // either lands before it (and is marked stale here) or sees the new
         // generation (and is not cached).
         let mut cache = lock(&self.cache);
         self.generation.fetch_add(1, Ordering::AcqRel);
         match change {
             KeyChange::Key(id) => {
-                cache.remove(id);
+                if let Some(c) = cache.get_mut(id) {
+                    c.stale = true;
+                }
                 lock(&self.missing).remove(id);
             }
             KeyChange::All => {
-                cache.clear();
+                cache.values_mut().for_each(|c| c.stale = true);
                 lock(&self.missing).clear();
             }
         }
