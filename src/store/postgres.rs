@@ -27,6 +27,7 @@ impl Backend for Postgres {
          AND has_table_privilege(to_regclass(t.name), 'UPDATE') \
          AND has_table_privilege(to_regclass(t.name), 'DELETE'), FALSE)";
     const LOCK_AGENTS_IN_ORDER: &'static str = LOCK_AGENTS_IN_ORDER;
+    const SESSION_LOCK: &'static str = " FOR NO KEY UPDATE";
     // Replicas claim due runs concurrently: each skips rows another holds.
     const CLAIM_LOCK: &'static str = " FOR UPDATE OF r SKIP LOCKED";
     const AGENT_CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";

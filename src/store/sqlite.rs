@@ -42,6 +42,7 @@ impl Backend for Sqlite {
          WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m WHERE m.type = 'table' AND m.name = t.value)";
     // One writer connection: its transactions never wait on each other's rows.
     const LOCK_AGENTS_IN_ORDER: &'static str = "";
+    const SESSION_LOCK: &'static str = "";
     // One dispatcher per SQLite database: its single writer serialises claims.
     const CLAIM_LOCK: &'static str = "";
     const AGENT_CLAIM_LOCK: &'static str = "";

@@ -1,13 +1,22 @@
-//! Report batches take session rows in one order. On PostgreSQL several
-//! batches commit at once; moving a run on locks its session's row, and a
-//! pool's parallel tasks put one session's runs on agents far apart in the
-//! agent order the batch locks in. Two batches that took two sessions'
-//! rows in opposite orders deadlocked, and PostgreSQL broke the cycle
-//! after its one-second `deadlock_timeout` by failing one of them (seen
-//! under `cargo bench --bench sessions`, pool fan-out). This holds one
-//! session's row from outside and checks that a batch waiting for it has
-//! not already taken the other's.
+//! The lock order of everything that moves task runs (docs/operations.md,
+//! "PostgreSQL under load"), on PostgreSQL, where transactions write at
+//! once and a cycle costs a one-second `deadlock_timeout`:
+//!
+//! - Report batches take session rows in one order. Moving a run on locks
+//!   its session's row, and a pool's parallel tasks put one session's runs
+//!   on agents far apart in the agent order the batch locks in. Two batches
+//!   that took two sessions' rows in opposite orders deadlocked (seen under
+//!   `cargo bench --bench sessions`, pool fan-out).
+//! - A session's row before its run's. A batch completing two tasks of one
+//!   session held the session when it reached the second task, while a
+//!   dispatcher recording that task's delivery held the task and wanted
+//!   the session (seen in the server log during the test suites).
+//! - Sweeps wait for nothing: they skip what another transaction holds.
+//!
+//! Each test holds a session's row from outside, lets the store's
+//! transaction wait for it, and checks what that transaction already took.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
@@ -22,7 +31,12 @@ use opscore::store::{DispatchOutcome, NewRun, NewSession, Store, StoreOptions};
 
 /// A one-task session pinned to `agent`, created at `now`.
 async fn session_on(store: &dyn Store, agent: &AgentId, now: i64) -> String {
-    let def = parse_definition(r#"{"id":"w","tasks":[{"taskId":"t"}]}"#, false).unwrap();
+    session_of(store, agent, r#"{"id":"w","tasks":[{"taskId":"t"}]}"#, now).await
+}
+
+/// A session of the workflow `definition` pinned to `agent`.
+async fn session_of(store: &dyn Store, agent: &AgentId, definition: &str, now: i64) -> String {
+    let def = parse_definition(definition, false).unwrap();
     let runs = NewRun::for_session(&def, None, false, now, &StoreOptions::default().engine);
     let session = NewSession {
         session_id: uuid::Uuid::now_v7().to_string(),
@@ -53,9 +67,21 @@ fn report(agent: &AgentId, state: &str, at: i64) -> StateReport {
 /// `FOR UPDATE` on session `id` from a connection of its own, in a
 /// transaction left open: `Ok` holds the row until `conn` is dropped.
 async fn lock_session(conn: &mut PgConnection, id: &str, nowait: bool) -> Result<(), sqlx::Error> {
+    lock_row(conn, "sessions", "session_id", id, nowait).await
+}
+
+/// `FOR UPDATE` on the row of `table` whose `column` is `id`, as
+/// [`lock_session`] does.
+async fn lock_row(
+    conn: &mut PgConnection,
+    table: &str,
+    column: &str,
+    id: &str,
+    nowait: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query("BEGIN").execute(&mut *conn).await?;
     let sql = format!(
-        "SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE{}",
+        "SELECT 1 FROM {table} WHERE {column} = $1 FOR UPDATE{}",
         if nowait { " NOWAIT" } else { "" }
     );
     sqlx::query(&sql)
@@ -63,6 +89,64 @@ async fn lock_session(conn: &mut PgConnection, id: &str, nowait: bool) -> Result
         .execute(&mut *conn)
         .await
         .map(|_| ())
+}
+
+/// Returns once a backend of the test database waits on a lock (the held
+/// row): before that, whatever the probe finds free proves nothing.
+async fn until_one_waits(probe: &mut PgConnection, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *probe)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never waited for the held session"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A store on a fresh PostgreSQL database with agents `ids` registered.
+async fn store_with(db: &TestDb, ids: &[&str], now: i64) -> (Arc<dyn Store>, Vec<AgentId>) {
+    let store = opscore::store::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for id in ids {
+        let a = AgentId::parse(id).unwrap();
+        store
+            .register_agent(&registration(a.clone(), None), &Actor::system("test"), now)
+            .await
+            .unwrap();
+        agents.push(a);
+    }
+    (store, agents)
+}
+
+/// Claims every due run, as dispatcher `d`: (run id, claim, attempt).
+async fn claim_all(store: &dyn Store, now: i64) -> Vec<(String, String, i64)> {
+    store
+        .claim_due_runs("d", now, now + 60_000_000, 10, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.run_id, c.claim, c.attempt))
+        .collect()
+}
+
+async fn accepted(store: &dyn Store, (run, claim, attempt): &(String, String, i64), now: i64) {
+    store
+        .record_dispatch(run, claim, *attempt, now, &DispatchOutcome::Accepted)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,27 +198,8 @@ async fn a_report_batch_takes_session_rows_in_session_order() {
     lock_session(&mut holder, &older, false).await.unwrap();
     let done = [report(&a1, "idle", now + 2), report(&a2, "idle", now + 2)];
     let (applied, newer_free) = tokio::join!(store.apply_state_reports(&done), async {
-        // Probe only once the batch waits on a lock (the held row): before
-        // that, the newer session would be free on the old code too.
         let mut probe = PgConnection::connect(&db.url).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&mut probe)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the batch never waited for the held session"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_one_waits(&mut probe, "the batch").await;
         let free = lock_session(&mut probe, &newer, true).await;
         drop(probe);
         drop(holder);
@@ -154,5 +219,97 @@ async fn a_report_batch_takes_session_rows_in_session_order() {
         let s = store.get_session(id).await.unwrap();
         assert_eq!(s.status, SessionStatus::Completed, "session {id}");
     }
+    store.close().await;
+}
+
+/// A dispatcher recording a delivery takes the session's row before the
+/// run's: while it waits for the session, the run is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_record_takes_the_session_before_the_run() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let now = now_micros();
+    let (store, agents) = store_with(&db, &["a1"], now).await;
+    let session = session_on(&*store, &agents[0], now).await;
+    let claimed = claim_all(&*store, now).await;
+    assert_eq!(claimed.len(), 1);
+    let run = claimed[0].0.clone();
+
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    lock_session(&mut holder, &session, false).await.unwrap();
+    let ((), run_free) = tokio::join!(accepted(&*store, &claimed[0], now), async {
+        let mut probe = PgConnection::connect(&db.url).await.unwrap();
+        until_one_waits(&mut probe, "the delivery record").await;
+        let free = lock_row(&mut probe, "task_runs", "run_id", &run, true).await;
+        drop(probe);
+        drop(holder);
+        free
+    });
+    assert!(
+        run_free.is_ok(),
+        "the delivery record held the run while it waited for the session: {run_free:?}"
+    );
+    let s = store.get_session(&session).await.unwrap();
+    assert_eq!(s.status, SessionStatus::Running);
+    store.close().await;
+}
+
+/// A report completing a task takes the session's row before the run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completing_report_takes_the_session_before_the_run() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let now = now_micros();
+    let (store, agents) = store_with(&db, &["a1"], now).await;
+    let session = session_on(&*store, &agents[0], now).await;
+    let claimed = claim_all(&*store, now).await;
+    accepted(&*store, &claimed[0], now).await;
+    let run = claimed[0].0.clone();
+    store
+        .apply_state_reports(&[report(&agents[0], "active", now + 1)])
+        .await
+        .unwrap();
+
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    lock_session(&mut holder, &session, false).await.unwrap();
+    let done = [report(&agents[0], "idle", now + 2)];
+    let (applied, run_free) = tokio::join!(store.apply_state_reports(&done), async {
+        let mut probe = PgConnection::connect(&db.url).await.unwrap();
+        until_one_waits(&mut probe, "the report batch").await;
+        let free = lock_row(&mut probe, "task_runs", "run_id", &run, true).await;
+        drop(probe);
+        drop(holder);
+        free
+    });
+    assert!(
+        run_free.is_ok(),
+        "the batch held the run while it waited for the session: {run_free:?}"
+    );
+    assert!(applied.unwrap().results.iter().all(Result::is_ok));
+    let s = store.get_session(&session).await.unwrap();
+    assert_eq!(s.status, SessionStatus::Completed);
+    store.close().await;
+}
+
+/// The timeout sweep does not wait for a session another transaction
+/// holds: it leaves that session's runs for its next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_skips_a_session_held_elsewhere() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let now = now_micros();
+    let (store, agents) = store_with(&db, &["a1"], now).await;
+    let def = r#"{"id":"w","tasks":[{"taskId":"t","maxRetries":0,"timeoutSeconds":1}]}"#;
+    let session = session_of(&*store, &agents[0], def, now).await;
+    let claimed = claim_all(&*store, now).await;
+    accepted(&*store, &claimed[0], now).await;
+    let later = now + 3_600_000_000;
+
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    lock_session(&mut holder, &session, false).await.unwrap();
+    let swept = tokio::time::timeout(Duration::from_secs(10), store.expire_overdue(later)).await;
+    let swept = swept.expect("the sweep waited for the held session");
+    assert_eq!(swept.unwrap(), 0, "the held session's run was swept");
+    drop(holder);
+    assert_eq!(store.expire_overdue(later).await.unwrap(), 1);
+    let s = store.get_session(&session).await.unwrap();
+    assert_eq!(s.status, SessionStatus::Failed);
     store.close().await;
 }

@@ -64,6 +64,10 @@ pub trait Backend: Database<QueryResult: RowsAffected> {
     /// writer connection, whose transactions never wait on each other's
     /// rows) skips that statement.
     const LOCK_AGENTS_IN_ORDER: &'static str;
+    /// Ends the query that takes a session's row lock before any of its
+    /// runs is moved (`SqlStore::lock_session`), where transactions write
+    /// at once (PostgreSQL); `""` (one writer connection) skips that query.
+    const SESSION_LOCK: &'static str;
     /// Ends the queries that pick runs to claim or expire, so concurrent
     /// dispatchers (PostgreSQL replicas) skip rows another holds; `""`
     /// where one dispatcher runs per database (SQLite).

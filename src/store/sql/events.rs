@@ -236,33 +236,37 @@ where
         }
         // A stale agent is not going to finish what it holds: its
         // runs in flight fail for good now, with the reason, rather
-        // than wait out their task timeout (docs/agents.md).
+        // than wait out their task timeout (docs/agents.md). In session
+        // order, each session's row before its run, as report batches.
+        use super::workflows::{Failure, InFlight, InFlightRow, IN_FLIGHT, IN_FLIGHT_COLUMNS};
+        let mut held = Vec::new();
         for id in stale {
-            use super::workflows::{Failure, InFlight, InFlightRow, IN_FLIGHT, IN_FLIGHT_COLUMNS};
-            let held: Vec<InFlightRow> = sqlx::query_as(&format!(
+            let rows: Vec<InFlightRow> = sqlx::query_as(&format!(
                 "SELECT {IN_FLIGHT_COLUMNS} FROM task_runs WHERE agent_id = $1 AND status IN {in_flight}",
                 in_flight = IN_FLIGHT.as_str()
             ))
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
-            for row in held {
-                let run = InFlight::from_row(row);
-                // A pool's run is retried, on another agent of the pool
-                // if one is free; a per-agent session's fails for good.
-                let pinned: Option<String> =
-                    sqlx::query_scalar("SELECT agent_id FROM sessions WHERE session_id = $1")
-                        .bind(&run.session_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let failure = Failure {
-                    reason: AGENT_STALE,
-                    guard: IN_FLIGHT.as_str(),
-                    retryable: pinned.as_deref() == Some(""),
-                    not_before: None,
-                };
-                Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
-            }
+            held.extend(rows.into_iter().map(InFlight::from_row));
+        }
+        held.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        for run in held {
+            Self::lock_session(&mut tx, &run.session_id, true).await?;
+            // A pool's run is retried, on another agent of the pool
+            // if one is free; a per-agent session's fails for good.
+            let pinned: Option<String> =
+                sqlx::query_scalar("SELECT agent_id FROM sessions WHERE session_id = $1")
+                    .bind(&run.session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let failure = Failure {
+                reason: AGENT_STALE,
+                guard: IN_FLIGHT.as_str(),
+                retryable: pinned.as_deref() == Some(""),
+                not_before: None,
+            };
+            Self::fail_attempt(&mut tx, &run, &failure, now, self.rules(), &mut events).await?;
         }
         let indexed = Self::flush_events(&mut tx, &events).await?;
         tx.commit().await?;

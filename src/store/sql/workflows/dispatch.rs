@@ -238,6 +238,7 @@ where
         let Some(run) = row.map(InFlight::from_row) else {
             return Ok(());
         };
+        Self::lock_session(&mut tx, &run.session_id, true).await?;
         let (delivery, error, retryable, not_before) = match outcome {
             DispatchOutcome::Accepted => (Delivery::Accepted, None, true, None),
             DispatchOutcome::Retry { error, not_before } => {
@@ -331,7 +332,7 @@ where
     pub(super) async fn expire(&self, now: i64) -> StoreResult<u64> {
         let mut tx = self.writer().begin().await?;
         let recovered: Vec<(String, String, String, String, i64, Option<String>)> =
-            sqlx::query_as(RECOVER_LEASES)
+            sqlx::query_as(&recover_leases_sql(B::CLAIM_LOCK))
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -357,6 +358,9 @@ where
         let overdue: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
         for row in overdue {
             let run = InFlight::from_row(row);
+            if !Self::lock_session(&mut tx, &run.session_id, false).await? {
+                continue;
+            }
             let reason = crate::domain::run_rules::timeout_reason(&run.view());
             let failure = Failure {
                 reason: &reason,
@@ -371,13 +375,17 @@ where
         // attempt, with why it waited (docs/api.md §3.6); the retry
         // rules apply. The attempt counts, so retries run out.
         let sql = format!(
-            "SELECT run_id, queue_timeout_secs FROM task_runs r WHERE {} LIMIT 256{}",
+            "SELECT run_id, session_id, queue_timeout_secs FROM task_runs r WHERE {} LIMIT 256{}",
             crate::domain::run_rules::queue_timeout_over_sql("$1"),
             B::CLAIM_LOCK
         );
-        let waited: Vec<(String, i64)> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
+        let waited: Vec<(String, String, i64)> =
+            sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
         let live = self.rules().liveness;
-        for (run_id, secs) in waited {
+        for (run_id, session_id, secs) in waited {
+            if !Self::lock_session(&mut tx, &session_id, false).await? {
+                continue;
+            }
             let pool = Self::pool_summary(&mut tx, &run_id, now, live).await?;
             let row: Option<InFlightRow> = sqlx::query_as(&format!(
                 "UPDATE task_runs SET attempts = attempts + 1 WHERE run_id = $1 AND status = 'queued' \
@@ -416,6 +424,9 @@ where
         let unsent: Vec<InFlightRow> = sqlx::query_as(&sql).bind(now).fetch_all(&mut *tx).await?;
         for row in unsent {
             let run = InFlight::from_row(row);
+            if !Self::lock_session(&mut tx, &run.session_id, false).await? {
+                continue;
+            }
             let reason = crate::domain::run_rules::unsent_retry_reason(&run.view());
             let failure = Failure {
                 reason: &reason,

@@ -163,12 +163,18 @@ pub(in crate::store) const CLAIM_ONE: &str =
 
 /// A dispatcher that stopped before confirming delivery gives its claim
 /// back. The attempt number goes back too, so the resend carries the same
-/// Idempotency-Key and the framework can drop a duplicate.
-pub(in crate::store) const RECOVER_LEASES: &str =
-    "UPDATE task_runs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL, \
-     last_error = 'dispatcher stopped before confirming delivery; resending' \
-     WHERE status = 'dispatching' AND due_at_us <= $1 \
-     RETURNING run_id, task_id, session_id, agent_id, attempts, last_error";
+/// Idempotency-Key and the framework can drop a duplicate. A sweep waits
+/// for no row (see [`SqlStore::lock_session`]): `claim_lock` skips runs
+/// another transaction holds.
+pub(in crate::store) fn recover_leases_sql(claim_lock: &str) -> String {
+    format!(
+        "UPDATE task_runs SET status = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+         last_error = 'dispatcher stopped before confirming delivery; resending' \
+         WHERE run_id IN (SELECT run_id FROM task_runs r \
+           WHERE status = 'dispatching' AND due_at_us <= $1{claim_lock}) \
+         RETURNING run_id, task_id, session_id, agent_id, attempts, last_error"
+    )
+}
 
 /// Statuses of a run the agent may be working on
 /// ([`RunStatus::in_flight`]), as an SQL list. Guards on updates name the

@@ -85,6 +85,34 @@ where
         Ok(())
     }
 
+    /// Take session `id`'s row lock, as every transaction does before it
+    /// moves one of the session's runs: a run's row is waited for only by
+    /// a transaction holding its session's, so none holds a run while
+    /// waiting for its session (docs/operations.md, "PostgreSQL under
+    /// load"). A sweep does not `wait`: `false` when another transaction
+    /// holds the session, and the sweep leaves its runs for the next one.
+    /// Where one writer serialises every transaction (SQLite), there is
+    /// nothing to take.
+    pub(in crate::store) async fn lock_session(
+        conn: &mut B::Connection,
+        id: &str,
+        wait: bool,
+    ) -> StoreResult<bool> {
+        if B::SESSION_LOCK.is_empty() {
+            return Ok(true);
+        }
+        let sql = format!(
+            "SELECT 1 FROM sessions WHERE session_id = $1{}{}",
+            B::SESSION_LOCK,
+            if wait { "" } else { " SKIP LOCKED" }
+        );
+        let got: Option<i32> = sqlx::query_scalar(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(got.is_some())
+    }
+
     /// Which of `agents` have a task in flight, and which have one
     /// queued.
     pub(in crate::store) async fn agents_with_runs(
@@ -180,7 +208,12 @@ where
             timestamp: r.timestamp,
             received_at: r.received_at,
         };
-        match report_effect(&seen[i].0, seen[i].1, &report, other_in_flight) {
+        let effect = report_effect(&seen[i].0, seen[i].1, &report, other_in_flight);
+        if effect == ReportEffect::None {
+            return Ok(());
+        }
+        Self::lock_session(conn, &run.session_id, true).await?;
+        match effect {
             ReportEffect::None => Ok(()),
             ReportEffect::Started { deadline } => {
                 let started = sqlx::query(
