@@ -79,38 +79,55 @@ pub(in crate::store) static AGENT_MATCHES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The agents free to take some run, `(agent_id, state)` (`$1` now, `$2`
+/// whether UNKNOWN agents may be sent tasks, `ttl` and `grace` the
+/// placeholders of the default TTL and the grace, in seconds): as
+/// [`AGENT_FREE`] says, in a state to take a first attempt or a retry;
+/// whether one may take a given run is `may_send_sql` of its attempts.
+fn free_agents_sql(ttl: &str, grace: &str) -> String {
+    format!(
+        "SELECT a.agent_id, a.state FROM agents a WHERE a.deregistered_at_us IS NULL \
+         AND {} AND NOT ({}) \
+         AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id AND f.status IN {})",
+        crate::domain::run_rules::may_send_sql("a.state", "1", "$2"),
+        crate::store::Liveness::expired_sql("a.", ttl, grace, "$1"),
+        IN_FLIGHT.as_str()
+    )
+}
+
 /// How many agents (at most `$5`) are free to take some run (`$1` now,
 /// `$2` whether UNKNOWN agents may be sent tasks, `$3` the default TTL,
 /// `$4` the grace): a claim takes no more runs than that, and none when
 /// no agent is free, before it looks at the due runs.
 pub(in crate::store) static FREE_AGENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM agents a WHERE a.deregistered_at_us IS NULL \
-         AND {} AND NOT ({}) \
-         AND NOT EXISTS (SELECT 1 FROM task_runs f WHERE f.agent_id = a.agent_id AND f.status IN {}) \
-         LIMIT $5) free",
-        crate::domain::run_rules::may_send_sql("a.state", "1", "$2"),
-        crate::store::Liveness::expired_sql("a.", "$3", "$4", "$1"),
-        IN_FLIGHT.as_str()
+        "SELECT COUNT(*) FROM ({} LIMIT $5) free",
+        free_agents_sql("$3", "$4")
     )
 });
 
 /// Due runs free of dependencies that some free agent may take. A run
 /// pinned to its agent looks that one agent up by its key: the pool test
 /// is only for runs that hold none (an `OR` of both would make every due
-/// run scan every agent).
+/// run scan every agent). The pool test reads the free agents found once
+/// for the whole query (`fa`), not the agents table again for each due
+/// run: on PostgreSQL that was a scan of the state index and its heap per
+/// run, and it made a claim round cost in proportion to the queue.
 pub(in crate::store) static CLAIM_CANDIDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.run_id, r.session_id, r.task_name, r.payload, r.attempts, r.task_id, \
+        "WITH fa AS MATERIALIZED ({free_agents}) \
+         SELECT r.run_id, r.session_id, r.task_name, r.payload, r.attempts, r.task_id, \
                 s.traceparent, s.tracestate, r.inputs_from \
          FROM task_runs r JOIN sessions s ON s.session_id = r.session_id \
          WHERE r.status = 'queued' AND r.due_at_us <= $1 AND r.deps_left = 0 \
            AND ((r.agent_id IS NOT NULL \
                  AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = r.agent_id AND {free})) \
              OR (r.agent_id IS NULL \
-                 AND EXISTS (SELECT 1 FROM agents a WHERE {free} AND {pool}))) \
+                 AND EXISTS (SELECT 1 FROM fa a WHERE {may_send} AND {pool}))) \
          ORDER BY r.due_at_us LIMIT $3",
+        free_agents = free_agents_sql("$4", "$5"),
         free = AGENT_FREE.as_str(),
+        may_send = crate::domain::run_rules::may_send_sql("a.state", "r.attempts", "$2"),
         pool = crate::domain::run_rules::pool_match_sql("s", "r", "a"),
     )
 });
