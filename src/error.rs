@@ -403,7 +403,7 @@ impl From<StoreError> for ApiError {
                 format!("{entity} not found: {id}"),
             ),
             StoreError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
-            StoreError::Unavailable(m) => Self::unavailable(m),
+            StoreError::Unavailable(m) | StoreError::ConnectionLost(m) => Self::unavailable(m),
             StoreError::Internal(m) => Self::internal(m),
         }
     }

@@ -20,6 +20,13 @@ pub enum StoreError {
     /// The database cannot be reached or is not accepting writes right now.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The database ended the connection the request ran on (a restart, a
+    /// failover, an operator ending sessions): an outage to the client, as
+    /// [`Unavailable`](Self::Unavailable), but one a fresh connection may
+    /// not meet. Pooled connections that went idle before it are pinged
+    /// before their next use (`health::idle_check`).
+    #[error("storage connection lost: {0}")]
+    ConnectionLost(String),
     /// Anything else: a bug or corruption. Logged, never shown to clients.
     #[error("storage error: {0}")]
     Internal(String),
@@ -73,6 +80,10 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
+        if connection_lost(&e) {
+            super::health::note_connection_lost();
+            return Self::ConnectionLost(e.to_string());
+        }
         match e {
             E::RowNotFound => Self::NotFound {
                 entity: Entity::Row,
@@ -105,6 +116,23 @@ impl From<sqlx::Error> for StoreError {
             }
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+/// Whether `e` says the connection it ran on is gone: the socket failed,
+/// or PostgreSQL ended the session (a connection exception, class 08, or
+/// an administrator or crash shutdown, 57P01 and 57P02).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+                && db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02")
+        }
+        _ => false,
     }
 }
 
@@ -147,6 +175,21 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed socket is a lost connection (applied again by the writer);
+    /// a pool that hands out none in time is an outage.
+    #[test]
+    fn a_failed_socket_is_a_lost_connection() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        assert!(matches!(
+            StoreError::from(io),
+            StoreError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+    }
 
     /// Outages (503) and statement faults (500), by the codes each
     /// database reports.

@@ -13,6 +13,10 @@
 //! each connection goes back to its pool and closes any that still counts
 //! an open transaction once the pending rollback has run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnectionMetadata;
 use sqlx::Connection;
@@ -78,19 +82,45 @@ pub(super) fn release_check<C: Connection>(
 /// handed out ([`idle_check`]).
 const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// When a statement last found its connection ended by the database, in
+/// microseconds after [`EPOCH`] (0: never). One clock for the process:
+/// the pools' callbacks see only a connection, not the store it serves,
+/// and a ping too many costs a round trip, not a request.
+static LAST_LOSS_US: AtomicU64 = AtomicU64::new(0);
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A statement found its connection ended by the database
+/// ([`StoreError::ConnectionLost`](super::StoreError::ConnectionLost)):
+/// the others pooled with it likely were too.
+pub(super) fn note_connection_lost() {
+    let at = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
+    LAST_LOSS_US.store(at.max(1), Ordering::Release);
+}
+
+/// Whether a connection idle for `idle_for` went idle before the last
+/// connection loss was noticed.
+fn idle_since_a_loss(idle_for: Duration) -> bool {
+    let lost = LAST_LOSS_US.load(Ordering::Acquire);
+    let now = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let idle = u64::try_from(idle_for.as_micros()).unwrap_or(u64::MAX);
+    lost > 0 && now.saturating_sub(idle) <= lost
+}
+
 /// For a pool's `before_acquire`, in place of sqlx's ping on every
 /// acquire: ping only a connection idle for [`PING_AFTER_IDLE`] or more.
 /// sqlx already pings each connection as it goes back to the pool, so one
 /// handed out sooner was working a moment ago; the ping on acquire was a
 /// round trip more for every batch and query under load (2 ms more each
 /// with the database 1 ms away). One idle longer may have been cut off
-/// (the database restarted), and a failed ping here gets a fresh one.
+/// (the database restarted), and so may one that went idle before a
+/// statement found its own connection ended ([`note_connection_lost`]); a
+/// failed ping here gets a fresh one.
 pub(super) fn idle_check<C: Connection>(
     conn: &mut C,
     meta: PoolConnectionMetadata,
 ) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
     Box::pin(async move {
-        if meta.idle_for >= PING_AFTER_IDLE {
+        if meta.idle_for >= PING_AFTER_IDLE || idle_since_a_loss(meta.idle_for) {
             conn.ping().await?;
         }
         Ok(true)

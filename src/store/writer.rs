@@ -104,7 +104,14 @@ async fn worker(
         }
         let (reports, waiters): (Vec<StateReport>, Vec<_>) =
             jobs.drain(..).map(|j| (j.report, j.done)).unzip();
-        let (results, dispatchable) = match store.apply_state_reports(&reports).await {
+        let mut applied = store.apply_state_reports(&reports).await;
+        if let Err(StoreError::ConnectionLost(e)) = &applied {
+            // Nothing was acknowledged: apply the batch again, once, on a
+            // fresh connection (those pooled before the loss are pinged).
+            tracing::warn!(error = %e, batch = reports.len(), "database connection lost; applying the batch again");
+            applied = store.apply_state_reports(&reports).await;
+        }
+        let (results, dispatchable) = match applied {
             Ok(applied) => (applied.results, applied.dispatchable),
             // One poisonous report must not fail its neighbours: retry each
             // alone. An unavailable database fails them all at once instead.

@@ -693,9 +693,9 @@ async fn postgres_refusals_are_storage_outages() {
     )
     .await;
     superuser(&admin, &end_sessions).await;
-    // The first report may be handed a connection the database just ended
-    // (a pooled connection is pinged only after a second idle), and fails
-    // on that instead; the next ones reach the read-only database.
+    // Each report must be refused; the cause is logged once one reaches
+    // the read-only database (a batch that met a connection the database
+    // had just ended is applied again on a fresh one first).
     for _ in 0..20 {
         assert_refused(&report().await, "a report to a read-only database");
         if server.logged("read-only transaction") {
@@ -737,6 +737,62 @@ async fn postgres_refusals_are_storage_outages() {
     server.kill().await;
     drop(db);
     drop(role);
+}
+
+/// The database ending the service's connections (a restart, a failover,
+/// an operator's `pg_terminate_backend`) costs no report: a connection used
+/// in the last second is handed out unpinged, and a batch that meets one
+/// the database ended is applied again on a fresh one, not refused. Before
+/// that, the first batch of each writer worker was refused with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_the_database_ended_cost_no_report() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let db_name = db.url.rsplit('/').next().expect("name").to_owned();
+    let server = common::ServerProcess::spawn_with(
+        &db.url,
+        db.dir.path(),
+        &[("OPSCORE_DISPATCHER", "false")],
+    )
+    .await;
+    let (client, base) = (reqwest::Client::new(), server.base.clone());
+    let agents: Vec<String> = (0..16).map(|i| format!("a{i}")).collect();
+    for a in &agents {
+        common::register_at(&client, &base, a, &["summarise"]).await;
+    }
+    let burst = || {
+        let reports = agents.iter().map(|a| {
+            send(
+                client
+                    .post(format!("{base}/v1/opscore/agent/{a}/state"))
+                    .bearer_auth(common::KEY)
+                    .json(&json!({"agentId": a,
+                        "timestamp": chrono::Utc::now().to_rfc3339(), "state": "idle"})),
+            )
+        });
+        futures_util::future::join_all(reports)
+    };
+    let end_sessions = format!(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+         WHERE datname = '{db_name}' AND pid <> pg_backend_pid()"
+    );
+    for round in 0..3 {
+        // Every writer worker's connection was used a moment ago.
+        for r in burst().await {
+            assert_eq!(r.status, StatusCode::ACCEPTED, "warm-up: {}", r.body);
+        }
+        superuser(&common::pg_admin_url(), &end_sessions).await;
+        let refused: Vec<String> = burst()
+            .await
+            .into_iter()
+            .filter(|r| r.status != StatusCode::ACCEPTED)
+            .map(|r| format!("{} {}", r.status, r.body))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "round {round}: reports refused after the database ended the connections: {refused:?}"
+        );
+    }
+    server.kill().await;
 }
 
 /// A PostgreSQL server that cannot be reached at startup is named (host,
