@@ -40,7 +40,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use super::reports::{apply_reports_sql, update_states_sql, SUPERSEDES_LATER};
 use crate::domain::event::NewEvent;
 use crate::domain::state::StateReport;
-use crate::store::sql::workflows::{AgentRuns, IN_FLIGHT, MOVABLE_BY_REPORT, STATES_FOR_RUNS};
+use crate::store::sql::workflows::{agent_runs_sql, AgentRuns, MOVABLE_BY_REPORT, STATES_FOR_RUNS};
 use crate::store::sql::{value_rows, Backend, Binds, SqlStore};
 use crate::store::{AppliedReports, StoreError, StoreResult};
 
@@ -124,14 +124,14 @@ pub(in crate::store) fn tail_sql() -> String {
            RETURNING agent_id, idx), \
          ids AS (SELECT jsonb_array_elements_text(CAST($3 AS JSONB)) AS agent_id) \
          SELECT CAST(0 AS BIGINT), agent_id, idx, CAST(NULL AS TEXT) FROM e \
-         UNION ALL SELECT CAST(1 AS BIGINT), agent_id, CAST(0 AS BIGINT), session_id FROM task_runs \
-           WHERE status IN {in_flight} AND agent_id IN (SELECT agent_id FROM ids) \
-         UNION ALL SELECT CAST(2 AS BIGINT), agent_id, CAST(0 AS BIGINT), \
-           MIN(CASE WHEN attempts > 0 THEN session_id END) FROM task_runs \
-           WHERE status = 'queued' AND agent_id IN (SELECT agent_id FROM ids) GROUP BY agent_id \
+         UNION ALL {runs} \
          UNION ALL SELECT CAST(4 AS BIGINT), NULL, CAST(0 AS BIGINT), CAST(NULL AS TEXT) \
            WHERE EXISTS (SELECT 1 FROM task_runs WHERE status = 'queued' AND agent_id IS NULL)",
-        in_flight = IN_FLIGHT.as_str()
+        runs = agent_runs_sql(
+            "SELECT agent_id FROM ids",
+            ("CAST(1 AS BIGINT)", "CAST(2 AS BIGINT)"),
+            "CAST(0 AS BIGINT), "
+        )
     )
 }
 

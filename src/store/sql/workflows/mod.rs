@@ -251,22 +251,29 @@ fn sql_list<S: Copy>(
         .collect();
     format!("({})", names.join(", "))
 }
-/// Most agent ids bound in one [`agents_with_runs_sql`] or
+/// Most agent ids bound in one [`agent_runs_sql`] or
 /// [`lock_agents_sql`](super::agents::lock_agents_sql).
 pub(in crate::store) const AGENT_CHUNK: usize = 500;
 
-/// Which of `rows` agents (binds `$1`…) have a task in flight (`1`) or
-/// queued (`0`), each with the session of the run a report may move on
-/// (see [`AgentRuns::note`]); each half uses its own partial index.
-pub(in crate::store) fn agents_with_runs_sql(rows: usize) -> String {
-    let binds = super::in_list(rows);
+/// Which of the agents `agents` (an SQL list or subquery of ids) have a
+/// task in flight and which have one queued, each with the session of the
+/// run a report may move on ([`AgentRuns::note`]): a row `(in_flight,
+/// agent_id, {filler}session_id)` per run in flight and `(queued, agent_id,
+/// {filler}session_id)` per agent with runs queued, the session that of
+/// one waiting for a retry. `filler` puts columns of the caller's before
+/// the session. Each half uses its own partial index.
+pub(in crate::store) fn agent_runs_sql(
+    agents: &str,
+    (in_flight, queued): (&str, &str),
+    filler: &str,
+) -> String {
     format!(
-        "SELECT agent_id, 1, session_id FROM task_runs \
-         WHERE status IN {in_flight} AND agent_id IN ({binds}) \
+        "SELECT {in_flight}, agent_id, {filler}session_id FROM task_runs \
+         WHERE status IN {in_flight_list} AND agent_id IN ({agents}) \
          UNION ALL \
-         SELECT agent_id, 0, MIN(CASE WHEN attempts > 0 THEN session_id END) FROM task_runs \
-         WHERE status = 'queued' AND agent_id IN ({binds}) GROUP BY agent_id",
-        in_flight = IN_FLIGHT.as_str()
+         SELECT {queued}, agent_id, {filler}MIN(CASE WHEN attempts > 0 THEN session_id END) \
+         FROM task_runs WHERE status = 'queued' AND agent_id IN ({agents}) GROUP BY agent_id",
+        in_flight_list = IN_FLIGHT.as_str()
     )
 }
 
@@ -285,7 +292,7 @@ pub(in crate::store) struct AgentRuns {
 }
 
 impl AgentRuns {
-    /// Note a row of [`agents_with_runs_sql`]: `agent` has a run in
+    /// Note a row of [`agent_runs_sql`]: `agent` has a run in
     /// flight (else queued ones), and `session` is that of the run in
     /// flight or of a queued one waiting for a retry.
     pub fn note(&mut self, agent: String, in_flight: bool, session: Option<String>) {

@@ -121,12 +121,12 @@ where
     ) -> StoreResult<AgentRuns> {
         let mut runs = AgentRuns::default();
         for chunk in agents.chunks(AGENT_CHUNK) {
-            let sql = agents_with_runs_sql(chunk.len());
-            let mut q = sqlx::query_as::<_, (String, i32, Option<String>)>(&sql);
+            let sql = agent_runs_sql(&super::super::in_list(chunk.len()), ("1", "0"), "");
+            let mut q = sqlx::query_as::<_, (i32, String, Option<String>)>(&sql);
             for a in chunk {
                 q = q.bind(*a);
             }
-            for (agent, in_flight, session) in q.fetch_all(&mut *conn).await? {
+            for (in_flight, agent, session) in q.fetch_all(&mut *conn).await? {
                 runs.note(agent, in_flight == 1, session);
             }
         }
