@@ -56,8 +56,7 @@ fn run_view(r: RunRecord) -> TaskRun {
         attempts: r.attempts,
         max_retries: r.max_retries,
         payload: r.payload.map(RawJson),
-        due_at: (pending && r.due_at < crate::domain::engine_rules::NOT_DUE)
-            .then(|| from_micros(r.due_at)),
+        due_at: r.due_at.filter(|_| pending).map(from_micros),
         dispatched_at: r.dispatched_at.map(from_micros),
         started_at: r.started_at.map(from_micros),
         finished_at: r.finished_at.map(from_micros),

@@ -389,8 +389,9 @@ pub struct RunRecord {
     pub max_retries: i64,
     /// Payload sent.
     pub payload: Option<Box<serde_json::value::RawValue>>,
-    /// When queued: due time; in flight: deadline.
-    pub due_at: Micros,
+    /// When queued: due time (`None` while it waits for its
+    /// dependencies); in flight: deadline.
+    pub due_at: Option<Micros>,
     /// Last dispatch.
     pub dispatched_at: Option<Micros>,
     /// Agent reported active.

@@ -190,7 +190,7 @@ async fn a_retry_waits_the_backoff_with_the_engines_jitter(backend: Backend) {
         assert_eq!(s.runs[0].status, RunStatus::Queued);
         assert_eq!(
             s.runs[0].due_at,
-            now + wait_ms * 1000,
+            Some(now + wait_ms * 1000),
             "retry {wait_ms} ms after the failed delivery"
         );
         store.close().await;

@@ -65,6 +65,7 @@ where
         let status: String = row.try_get(3)?;
         let status = RunStatus::parse(&status)
             .ok_or_else(|| StoreError::Internal(format!("unknown run status {status}")))?;
+        let due_at: i64 = row.try_get(7)?;
         let record = RunRecord {
             run_id: row.try_get(0)?,
             task_id: row.try_get(1)?,
@@ -73,7 +74,7 @@ where
             attempts: row.try_get(4)?,
             max_retries: row.try_get(5)?,
             payload: crate::store::decode_details(row.try_get(6)?),
-            due_at: row.try_get(7)?,
+            due_at: (due_at < crate::domain::engine_rules::NOT_DUE).then_some(due_at),
             dispatched_at: row.try_get(8)?,
             started_at: row.try_get(9)?,
             finished_at: row.try_get(10)?,
@@ -87,7 +88,7 @@ where
             status,
             attempts: record.attempts,
             deps_left: row.try_get(15)?,
-            due_at: record.due_at,
+            due_at,
         };
         Ok((record, wait))
     }
