@@ -469,6 +469,28 @@ async fn a_stale_agents_task_moves_to_another_of_its_pool(backend: Backend) {
         s.session(&sid).await["tasks"][0]["output"],
         "done elsewhere"
     );
+
+    // Both gone silent: a new task of the pool waits, and says why.
+    for id in ["m1", "m2"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while s.get_json(&format!("/v1/opscore/agent/{id}")).await.body["stale"] != true {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never went stale"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let sid = pool_session(
+        &s,
+        "one",
+        json!({"workflowDefinition": def, "agentSelector": {"capability": "summarise"}}),
+    )
+    .await;
+    let v = s.session(&sid).await;
+    assert_eq!(v["tasks"][0]["waitingFor"], "agent_stale", "{v:#}");
+    assert_eq!(v["tasks"][0]["status"], "queued");
+    assert_eq!(kit.calls().len(), 2, "nothing sent to a stale agent");
     s.stop().await;
 }
 
