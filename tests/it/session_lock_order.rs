@@ -66,8 +66,8 @@ fn report(agent: &AgentId, state: &str, at: i64) -> StateReport {
 
 /// `FOR UPDATE` on session `id` from a connection of its own, in a
 /// transaction left open: `Ok` holds the row until `conn` is dropped.
-async fn lock_session(conn: &mut PgConnection, id: &str, nowait: bool) -> Result<(), sqlx::Error> {
-    lock_row(conn, "sessions", "session_id", id, nowait).await
+async fn lock_session(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+    lock_row(conn, "sessions", "session_id", id, false).await
 }
 
 /// `FOR UPDATE` on the row of `table` whose `column` is `id`, as
@@ -93,7 +93,7 @@ async fn lock_row(
 
 /// Returns once a backend of the test database waits on a lock (the held
 /// row): before that, whatever the probe finds free proves nothing.
-async fn until_one_waits(probe: &mut PgConnection, what: &str) {
+async fn until_one_waits(probe: &mut PgConnection) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -108,10 +108,32 @@ async fn until_one_waits(probe: &mut PgConnection, what: &str) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what} never waited for the held session"
+            "the store's transaction never waited for the held session"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs `op` while session `held`'s row is held from outside and, once
+/// `op` waits on a lock, asks for the row of `table` whose `column` is
+/// `id` with NOWAIT: `Ok` when `op` had not taken it. The held row is let
+/// go after the probe, so `op` then finishes.
+async fn probe_while_held<T>(
+    db: &TestDb,
+    held: &str,
+    op: impl std::future::Future<Output = T>,
+    (table, column, id): (&str, &str, &str),
+) -> (T, Result<(), sqlx::Error>) {
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    lock_session(&mut holder, held).await.unwrap();
+    tokio::join!(op, async {
+        let mut probe = PgConnection::connect(&db.url).await.unwrap();
+        until_one_waits(&mut probe).await;
+        let free = lock_row(&mut probe, table, column, id, true).await;
+        drop(probe);
+        drop(holder);
+        free
+    })
 }
 
 /// A store on a fresh PostgreSQL database with agents `ids` registered.
@@ -194,17 +216,14 @@ async fn a_report_batch_takes_session_rows_in_session_order() {
         .unwrap();
     assert!(started.results.iter().all(Result::is_ok));
 
-    let mut holder = PgConnection::connect(&db.url).await.unwrap();
-    lock_session(&mut holder, &older, false).await.unwrap();
     let done = [report(&a1, "idle", now + 2), report(&a2, "idle", now + 2)];
-    let (applied, newer_free) = tokio::join!(store.apply_state_reports(&done), async {
-        let mut probe = PgConnection::connect(&db.url).await.unwrap();
-        until_one_waits(&mut probe, "the batch").await;
-        let free = lock_session(&mut probe, &newer, true).await;
-        drop(probe);
-        drop(holder);
-        free
-    });
+    let (applied, newer_free) = probe_while_held(
+        &db,
+        &older,
+        store.apply_state_reports(&done),
+        ("sessions", "session_id", &newer),
+    )
+    .await;
     assert!(
         newer_free.is_ok(),
         "the batch took the newer session's row before the older one's: {newer_free:?}"
@@ -234,16 +253,13 @@ async fn a_delivery_record_takes_the_session_before_the_run() {
     assert_eq!(claimed.len(), 1);
     let run = claimed[0].0.clone();
 
-    let mut holder = PgConnection::connect(&db.url).await.unwrap();
-    lock_session(&mut holder, &session, false).await.unwrap();
-    let ((), run_free) = tokio::join!(accepted(&*store, &claimed[0], now), async {
-        let mut probe = PgConnection::connect(&db.url).await.unwrap();
-        until_one_waits(&mut probe, "the delivery record").await;
-        let free = lock_row(&mut probe, "task_runs", "run_id", &run, true).await;
-        drop(probe);
-        drop(holder);
-        free
-    });
+    let ((), run_free) = probe_while_held(
+        &db,
+        &session,
+        accepted(&*store, &claimed[0], now),
+        ("task_runs", "run_id", &run),
+    )
+    .await;
     assert!(
         run_free.is_ok(),
         "the delivery record held the run while it waited for the session: {run_free:?}"
@@ -268,17 +284,14 @@ async fn a_completing_report_takes_the_session_before_the_run() {
         .await
         .unwrap();
 
-    let mut holder = PgConnection::connect(&db.url).await.unwrap();
-    lock_session(&mut holder, &session, false).await.unwrap();
     let done = [report(&agents[0], "idle", now + 2)];
-    let (applied, run_free) = tokio::join!(store.apply_state_reports(&done), async {
-        let mut probe = PgConnection::connect(&db.url).await.unwrap();
-        until_one_waits(&mut probe, "the report batch").await;
-        let free = lock_row(&mut probe, "task_runs", "run_id", &run, true).await;
-        drop(probe);
-        drop(holder);
-        free
-    });
+    let (applied, run_free) = probe_while_held(
+        &db,
+        &session,
+        store.apply_state_reports(&done),
+        ("task_runs", "run_id", &run),
+    )
+    .await;
     assert!(
         run_free.is_ok(),
         "the batch held the run while it waited for the session: {run_free:?}"
@@ -303,7 +316,7 @@ async fn a_sweep_skips_a_session_held_elsewhere() {
     let later = now + 3_600_000_000;
 
     let mut holder = PgConnection::connect(&db.url).await.unwrap();
-    lock_session(&mut holder, &session, false).await.unwrap();
+    lock_session(&mut holder, &session).await.unwrap();
     let swept = tokio::time::timeout(Duration::from_secs(10), store.expire_overdue(later)).await;
     let swept = swept.expect("the sweep waited for the held session");
     assert_eq!(swept.unwrap(), 0, "the held session's run was swept");
