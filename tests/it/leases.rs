@@ -4,7 +4,8 @@
 //! lost its claim cannot record an answer for it, not even when it is the
 //! one that claimed the run again (each claim is its own fencing token);
 //! and a failed delivery waits out the backoff with the jitter the engine
-//! hands the store.
+//! hands the store; and a claim finds a free agent's run however many
+//! runs no free agent can take are queued before it.
 
 use crate::common::{Backend, TestDb};
 use opscore::domain::agent::{AgentId, Registration};
@@ -197,7 +198,72 @@ async fn a_retry_waits_the_backoff_with_the_engines_jitter(backend: Backend) {
     }
 }
 
+/// A one-task session of agent `agent` (registered), created at `now`.
+async fn session_for(store: &dyn Store, agent: &AgentId, now: i64) -> String {
+    let def = parse_definition(r#"{"id":"w","tasks":[{"taskId":"t"}]}"#, false).unwrap();
+    let runs = NewRun::for_session(&def, None, false, now, &StoreOptions::default().engine);
+    let session = NewSession {
+        session_id: uuid::Uuid::now_v7().to_string(),
+        selector: opscore::domain::workflow::AgentSelector::one(agent.as_str()),
+        agent_id: Some(agent.clone()),
+        definition: def,
+        store_definition: false,
+        runs,
+        trace: None,
+    };
+    let by = opscore::domain::audit::Actor::system("test");
+    store.create_session(&session, &by, now).await.unwrap();
+    session.session_id
+}
+
+/// A claim finds a free agent's run behind runs no free agent can take
+/// (here 100 runs of a busy agent, queued first). A claim that walked the
+/// queue in windows and stopped at the first would leave it waiting for
+/// ever (checked against such a walk, which was not kept: see
+/// docs/performance.md).
+async fn a_claim_finds_a_free_agents_run_behind_a_busy_agents_queue(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = opscore::store::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let now = now_micros();
+    let by = opscore::domain::audit::Actor::system("test");
+    let (busy, free) = (
+        AgentId::parse("busy").unwrap(),
+        AgentId::parse("free").unwrap(),
+    );
+    for a in [&busy, &free] {
+        let reg = crate::common::registration(a.clone(), None);
+        store.register_agent(&reg, &by, now).await.unwrap();
+    }
+    for i in 0..101 {
+        session_for(&*store, &busy, now + i).await;
+    }
+    // The busy agent takes its first run; its other 100 stay queued.
+    let first = store
+        .claim_due_runs("d", now + 1_000, now + 60_000_000, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].agent_id, "busy");
+    let behind = session_for(&*store, &free, now + 200).await;
+    let claimed = store
+        .claim_due_runs("d", now + 1_000, now + 60_000_000, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| (c.agent_id.as_str(), c.session_id.as_str()))
+            .collect::<Vec<_>>(),
+        [("free", behind.as_str())],
+        "the free agent's run behind the busy agent's queue"
+    );
+    store.close().await;
+}
+
 backend_tests!(
     a_stopped_dispatchers_claim_returns_with_its_attempt_number,
-    a_retry_waits_the_backoff_with_the_engines_jitter
+    a_retry_waits_the_backoff_with_the_engines_jitter,
+    a_claim_finds_a_free_agents_run_behind_a_busy_agents_queue
 );

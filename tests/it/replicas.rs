@@ -84,11 +84,10 @@ async fn run_sessions_on_three_replicas(kill_one: bool) {
                     .send()
                     .await
                     .expect("trigger");
-                assert_eq!(r.status(), StatusCode::ACCEPTED);
-                r.json::<Value>().await.unwrap()["sessionId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or_default();
+                assert_eq!(status, StatusCode::ACCEPTED, "trigger: {body}");
+                body["sessionId"].as_str().unwrap().to_owned()
             }
         })
         .buffer_unordered(32)
@@ -294,11 +293,10 @@ async fn three_replicas_share_a_pool() {
                     .send()
                     .await
                     .expect("trigger");
-                assert_eq!(r.status(), StatusCode::ACCEPTED);
-                r.json::<Value>().await.unwrap()["sessionId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or_default();
+                assert_eq!(status, StatusCode::ACCEPTED, "trigger: {body}");
+                body["sessionId"].as_str().unwrap().to_owned()
             }
         })
         .buffer_unordered(32)
