@@ -10,10 +10,8 @@
 use crate::common::{Backend, TestDb};
 use opscore::domain::agent::{AgentId, Registration};
 use opscore::domain::time::now_micros;
-use opscore::domain::workflow::{parse_definition, RunStatus};
-use opscore::store::{
-    DispatchOutcome, EngineRules, Jitter, NewRun, NewSession, Store, StoreOptions,
-};
+use opscore::domain::workflow::RunStatus;
+use opscore::store::{DispatchOutcome, EngineRules, Jitter, NewSession, Store, StoreOptions};
 
 /// Register agent `a1` and start a session of the workflow `def` (JSON)
 /// for it at `now`.
@@ -32,27 +30,7 @@ async fn one_task_session(store: &dyn Store, def: &str, now: i64) -> NewSession 
         .register_agent(&reg, &opscore::domain::audit::Actor::system("test"), now)
         .await
         .unwrap();
-    let def = parse_definition(def, false).unwrap();
-    let rules = StoreOptions::default().engine;
-    let runs = NewRun::for_session(&def, None, false, now, &rules);
-    let session = NewSession {
-        session_id: uuid::Uuid::now_v7().to_string(),
-        selector: opscore::domain::workflow::AgentSelector::one(agent.as_str()),
-        agent_id: Some(agent),
-        definition: def,
-        store_definition: false,
-        runs,
-        trace: None,
-    };
-    store
-        .create_session(
-            &session,
-            &opscore::domain::audit::Actor::system("test"),
-            now,
-        )
-        .await
-        .unwrap();
-    session
+    crate::common::start_session(store, &agent, def, now).await
 }
 
 async fn a_stopped_dispatchers_claim_returns_with_its_attempt_number(backend: Backend) {
@@ -200,20 +178,10 @@ async fn a_retry_waits_the_backoff_with_the_engines_jitter(backend: Backend) {
 
 /// A one-task session of agent `agent` (registered), created at `now`.
 async fn session_for(store: &dyn Store, agent: &AgentId, now: i64) -> String {
-    let def = parse_definition(r#"{"id":"w","tasks":[{"taskId":"t"}]}"#, false).unwrap();
-    let runs = NewRun::for_session(&def, None, false, now, &StoreOptions::default().engine);
-    let session = NewSession {
-        session_id: uuid::Uuid::now_v7().to_string(),
-        selector: opscore::domain::workflow::AgentSelector::one(agent.as_str()),
-        agent_id: Some(agent.clone()),
-        definition: def,
-        store_definition: false,
-        runs,
-        trace: None,
-    };
-    let by = opscore::domain::audit::Actor::system("test");
-    store.create_session(&session, &by, now).await.unwrap();
-    session.session_id
+    let def = r#"{"id":"w","tasks":[{"taskId":"t"}]}"#;
+    crate::common::start_session(store, agent, def, now)
+        .await
+        .session_id
 }
 
 /// A claim finds a free agent's run behind runs no free agent can take

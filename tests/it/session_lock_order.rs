@@ -26,8 +26,8 @@ use opscore::domain::agent::AgentId;
 use opscore::domain::audit::Actor;
 use opscore::domain::state::StateReport;
 use opscore::domain::time::now_micros;
-use opscore::domain::workflow::{parse_definition, AgentSelector, SessionStatus};
-use opscore::store::{DispatchOutcome, NewRun, NewSession, Store, StoreOptions};
+use opscore::domain::workflow::SessionStatus;
+use opscore::store::{DispatchOutcome, Store, StoreOptions};
 
 /// A one-task session pinned to `agent`, created at `now`.
 async fn session_on(store: &dyn Store, agent: &AgentId, now: i64) -> String {
@@ -36,22 +36,9 @@ async fn session_on(store: &dyn Store, agent: &AgentId, now: i64) -> String {
 
 /// A session of the workflow `definition` pinned to `agent`.
 async fn session_of(store: &dyn Store, agent: &AgentId, definition: &str, now: i64) -> String {
-    let def = parse_definition(definition, false).unwrap();
-    let runs = NewRun::for_session(&def, None, false, now, &StoreOptions::default().engine);
-    let session = NewSession {
-        session_id: uuid::Uuid::now_v7().to_string(),
-        selector: AgentSelector::one(agent.as_str()),
-        agent_id: Some(agent.clone()),
-        definition: def,
-        store_definition: false,
-        runs,
-        trace: None,
-    };
-    store
-        .create_session(&session, &Actor::system("test"), now)
+    crate::common::start_session(store, agent, definition, now)
         .await
-        .unwrap();
-    session.session_id
+        .session_id
 }
 
 fn report(agent: &AgentId, state: &str, at: i64) -> StateReport {

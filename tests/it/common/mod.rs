@@ -764,6 +764,32 @@ macro_rules! backend_tests {
     };
 }
 
+/// Start a session of the workflow `definition` (JSON) pinned to `agent`
+/// at `now`, through the store directly, as a per-agent trigger does.
+pub async fn start_session(
+    store: &dyn opscore::store::Store,
+    agent: &AgentId,
+    definition: &str,
+    now: i64,
+) -> opscore::store::NewSession {
+    use opscore::domain::workflow::{parse_definition, AgentSelector};
+    use opscore::store::{NewRun, NewSession, StoreOptions};
+    let def = parse_definition(definition, false).unwrap();
+    let runs = NewRun::for_session(&def, None, false, now, &StoreOptions::default().engine);
+    let session = NewSession {
+        session_id: uuid::Uuid::now_v7().to_string(),
+        selector: AgentSelector::one(agent.as_str()),
+        agent_id: Some(agent.clone()),
+        definition: def,
+        store_definition: false,
+        runs,
+        trace: None,
+    };
+    let by = opscore::domain::audit::Actor::system("test");
+    store.create_session(&session, &by, now).await.unwrap();
+    session
+}
+
 /// A registration of `agent_id` as the tests' agents have it, for tests that
 /// call the store directly; `ttl_secs` is its own lease, if any.
 pub fn registration(agent_id: AgentId, ttl_secs: Option<i64>) -> Registration {
